@@ -1,0 +1,159 @@
+"""The webhook gateway: verify, publish durably, and only then say 200.
+
+Stripe stops retrying an event once it gets a 2xx, so 200 is a promise that the event is safe:
+it is sent only after JetStream has acked the publish (stored, and with `sync_interval: always`
+on disk). Every failure before that point answers so that nothing is half-done:
+
+    400  missing/invalid signature, stale timestamp, not JSON, not an event, wrong mode
+    413  body larger than SYNCMESH_MAX_BODY_BYTES
+    503  NATS unreachable or no ack in time: Stripe retries, and the retry is deduplicated
+    200  published (or already in the stream: the same event twice is one message)
+
+The gateway needs NATS only; no webhook waits on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.metrics import GatewayMetrics
+from gateway.verify import verify_event
+from services.common.bus import Bus
+from services.common.errors import MalformedEventError, PublishError, SignatureError, WrongModeError
+from services.common.events import StripeEvent, to_envelope
+from services.common.logs import current_event_id
+from services.common.settings import Settings
+from services.common.tracing import inject_headers, setup_tracing
+from syncmesh.events.v1 import envelope_pb2
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+
+
+async def publish_event(bus: Bus, event: StripeEvent, *, source: int) -> bool:
+    """Publish one verified event to `stripe.<type>`; return True if JetStream already had it.
+
+    Shared by the webhook handler and the tools that feed events in by other routes (sweeper,
+    redrive), so every event enters the stream the same way.
+    """
+    with _tracer.start_as_current_span(
+        f"publish {event.subject}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": event.subject,
+            "messaging.message.id": event.id,
+        },
+    ):
+        ack = await bus.publish(
+            event.subject, to_envelope(event, source=source), msg_id=event.id, headers=inject_headers()
+        )
+    return bool(ack.duplicate)
+
+
+def _refuse(metrics: GatewayMetrics, outcome: str, status: int, reason: str) -> web.Response:
+    metrics.requests.labels(outcome).inc()
+    return web.json_response({"error": reason}, status=status)
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return _refuse(metrics, "too_large", 413, f"body larger than {settings.max_body_bytes} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _refuse(metrics, "too_large", 413, f"body larger than {settings.max_body_bytes} bytes")
+    try:
+        event = verify_event(
+            body,
+            request.headers.get("Stripe-Signature"),
+            secrets=settings.webhook_secrets,
+            tolerance=settings.webhook_tolerance_seconds,
+            mode=settings.mode,
+        )
+    except SignatureError as exc:
+        return _refuse(metrics, "bad_signature", 400, str(exc))
+    except MalformedEventError as exc:
+        return _refuse(metrics, "malformed", 400, str(exc))
+    except WrongModeError as exc:
+        return _refuse(metrics, "wrong_mode", 400, str(exc))
+
+    token = current_event_id.set(event.id)
+    started = time.perf_counter()
+    try:
+        duplicate = await publish_event(request.app[BUS], event, source=envelope_pb2.EVENT_SOURCE_WEBHOOK)
+    except PublishError as exc:
+        log.warning("event not accepted, Stripe will retry: %s", exc)
+        return _refuse(metrics, "unavailable", 503, "event bus unavailable, retry later")
+    finally:
+        current_event_id.reset(token)
+    metrics.publish_seconds.observe(time.perf_counter() - started)
+    metrics.requests.labels("duplicate" if duplicate else "accepted").inc()
+    return web.json_response({"received": True, "duplicate": duplicate})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[BUS].is_ready():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready", "reason": "NATS not connected or stream missing"}, status=503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(settings: Settings, bus: Bus) -> web.Application:
+    # client_max_size makes aiohttp itself refuse larger bodies, also when chunked.
+    setup_tracing("syncmesh-gateway")  # before the Application is built: instrumentation patches it
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[BUS] = bus
+    app[METRICS] = GatewayMetrics()
+    app.router.add_post("/webhooks/stripe", receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+class Gateway:
+    """The gateway process: NATS connection + HTTP server, started and stopped as one."""
+
+    def __init__(self, settings: Settings, *, port: int | None = None, host: str = "0.0.0.0") -> None:
+        self.settings = settings.require("gateway")
+        self.port = settings.port("gateway") if port is None else port
+        self.host = host
+        self.bus = Bus(settings, name="syncmesh-gateway")
+        self.app = create_app(self.settings, self.bus)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        await self.bus.start(wait=2.0)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0 and self._runner.addresses:
+            self.port = int(self._runner.addresses[0][1])
+        log.info("gateway listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops accepting, lets in-flight requests finish
+        await self.bus.close()

@@ -1,0 +1,38 @@
+"""Prometheus metrics for the gateway: requests by outcome and JetStream publish latency.
+
+A registry per application (not the process-global one) so that tests and `syncmesh up`, which
+run several apps in one process, never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class GatewayMetrics:
+    OUTCOMES = (
+        "accepted",
+        "duplicate",
+        "bad_signature",
+        "malformed",
+        "wrong_mode",
+        "too_large",
+        "unavailable",
+    )
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "syncmesh_gateway_requests",
+            "Webhook requests by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "syncmesh_gateway_publish_seconds",
+            "Time from verified webhook to JetStream ack.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        for outcome in self.OUTCOMES:
+            self.requests.labels(outcome)

@@ -1,0 +1,216 @@
+"""The NATS JetStream bus: one connection, the mesh's streams, and durable publishing.
+
+Streams (provisioned idempotently by every process at start-up, so any one can come first):
+
+    STRIPE           stripe.<event type>        Stripe events as received; the system of record
+                                                for replay, kept `stream_max_age_days` (400).
+    SYNCMESH_EVENTS  syncmesh.<service>.<event>  domain events the services publish for other teams.
+    SYNCMESH_DLQ     dlq.<service>              messages a service gave up on, with the reason.
+
+A publish counts only when JetStream has acked it: that ack is what lets the gateway answer
+Stripe 2xx. The connection is opened in the background and re-opened forever, so a process
+started before NATS simply reports not-ready until NATS appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StorageType, StreamConfig
+
+from services.common.errors import PublishError
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STRIPE_STREAM = "STRIPE"
+EVENTS_STREAM = "SYNCMESH_EVENTS"
+DLQ_STREAM = "SYNCMESH_DLQ"
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_days: int
+    description: str
+
+
+def stream_specs(settings: Settings) -> list[StreamSpec]:
+    return [
+        StreamSpec(STRIPE_STREAM, ("stripe.>",), settings.stream_max_age_days, "Stripe events as received"),
+        StreamSpec(EVENTS_STREAM, ("syncmesh.>",), settings.stream_max_age_days, "Domain events of the mesh"),
+        StreamSpec(DLQ_STREAM, ("dlq.>",), settings.stream_max_age_days, "Dead letters, by service"),
+    ]
+
+
+class Bus:
+    """A NATS connection that keeps trying, plus the JetStream operations the mesh needs."""
+
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        if not settings.nats_url:
+            raise ValueError("Bus needs settings.nats_url")
+        self.settings = settings
+        self.name = name
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._streams_ready = False
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def start(self, *, wait: float | None = None) -> None:
+        """Begin connecting in the background; optionally wait up to `wait` seconds for it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect_forever(), name=f"nats-connect-{self.name}")
+        if wait:
+            try:
+                await asyncio.wait_for(self._connected.wait(), wait)
+            except TimeoutError:
+                log.warning("NATS not reachable yet; continuing and retrying in the background")
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        assert self.settings.nats_url
+        while self._nc is None:
+            try:
+                nc = await nats.connect(
+                    servers=self.settings.nats_url.split(","),
+                    name=self.name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    ping_interval=5,
+                    max_outstanding_pings=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("NATS connect failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._nc = nc
+            self._js = nc.jetstream(timeout=self.settings.publish_timeout_seconds)
+            self._connected.set()
+            log.info("connected to NATS")
+        while not self._streams_ready:
+            try:
+                await self.ensure_streams()
+            except (nats.errors.Error, TimeoutError, nats.js.errors.Error) as exc:
+                log.warning("JetStream streams not ready (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS error: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS")
+
+    async def wait_connected(self, timeout: float) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until connected and the streams exist."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.is_ready():
+            if loop.time() > deadline:
+                raise TimeoutError("NATS JetStream not ready")
+            await asyncio.sleep(0.05)
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise PublishError("not connected to NATS")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise PublishError("not connected to NATS")
+        return self._js
+
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def is_ready(self) -> bool:
+        return self.is_connected() and self._streams_ready
+
+    async def close(self) -> None:
+        """Drain (finish in-flight work, flush publishes) and close."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), 5)
+            except (TimeoutError, nats.errors.Error):
+                await self._nc.close()
+
+    # -- streams ----------------------------------------------------------------------------
+
+    async def ensure_streams(self) -> None:
+        """Create the streams, or bring their config up to date; safe to run from every process."""
+        for spec in stream_specs(self.settings):
+            config = StreamConfig(
+                name=spec.name,
+                description=spec.description,
+                subjects=list(spec.subjects),
+                storage=StorageType.FILE,
+                num_replicas=self.settings.stream_replicas,
+                max_age=float(spec.max_age_days * DAY),
+                duplicate_window=float(self.settings.stream_duplicate_window_seconds),
+            )
+            try:
+                await self.js.stream_info(spec.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(config)
+                    log.info("created stream %s", spec.name)
+                    continue
+                except nats.js.errors.BadRequestError:
+                    pass  # another process created it first; fall through to the update
+            await self.js.update_stream(config)
+        self._streams_ready = True
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Publish and wait for JetStream's ack; PublishError when it cannot be confirmed."""
+        if not self.is_connected():
+            raise PublishError("NATS is not connected")
+        all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
+        try:
+            return await self.js.publish(
+                subject,
+                payload,
+                timeout=timeout or self.settings.publish_timeout_seconds,
+                headers=all_headers,
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc

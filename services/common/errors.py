@@ -1,0 +1,83 @@
+"""The mesh's exceptions, one tree, so callers catch exactly what they can handle.
+
+    SyncMeshError
+    ├── SettingsError            bad or missing configuration; the process must not start
+    ├── EventError               an inbound Stripe event that must change nothing
+    │   ├── SignatureError       missing/invalid Stripe-Signature or stale timestamp (HTTP 400)
+    │   ├── MalformedEventError  not JSON, or not shaped like a Stripe event (HTTP 400 / dead letter)
+    │   └── WrongModeError       livemode does not match SYNCMESH_MODE (HTTP 400)
+    ├── PublishError             JetStream did not ack in time; the sender must retry (HTTP 503)
+    ├── HandlerError             raised by a service while handling an event
+    │   ├── RetryableError       a dependency is briefly unavailable: nak, retry with backoff
+    │   └── PermanentError       retrying cannot help: dead-letter at once with the reason
+    ├── ValidationError          a request argument is wrong (gRPC INVALID_ARGUMENT naming `field`)
+    ├── NotFoundError            the record asked for does not exist (gRPC NOT_FOUND)
+    ├── ConflictError            the request contradicts existing state (gRPC FAILED_PRECONDITION)
+    └── UpstreamError            Stripe could not be reached or refused (gRPC UNAVAILABLE)
+
+Anything else escaping a handler is treated as retryable: after `max_deliver` attempts the
+message is dead-lettered with the exception's text, so nothing is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+
+class SyncMeshError(Exception):
+    """Base of every error the mesh raises on purpose."""
+
+
+class SettingsError(SyncMeshError):
+    """Configuration is missing or invalid; the message names the variable."""
+
+
+class EventError(SyncMeshError):
+    """An inbound event that must be refused without side effects."""
+
+
+class SignatureError(EventError):
+    pass
+
+
+class MalformedEventError(EventError):
+    pass
+
+
+class WrongModeError(EventError):
+    pass
+
+
+class PublishError(SyncMeshError):
+    """The event bus did not confirm durable storage."""
+
+
+class HandlerError(SyncMeshError):
+    pass
+
+
+class RetryableError(HandlerError):
+    pass
+
+
+class PermanentError(HandlerError):
+    pass
+
+
+class ValidationError(SyncMeshError):
+    """A caller's argument is wrong. `field` names it, as gRPC clients need to fix their request."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFoundError(SyncMeshError):
+    pass
+
+
+class ConflictError(SyncMeshError):
+    pass
+
+
+class UpstreamError(SyncMeshError):
+    pass

@@ -1,0 +1,152 @@
+"""Stripe events as the mesh passes them around: parsed once, checked for shape, wrapped in
+the protobuf envelope that travels on NATS.
+
+The gateway checks the shape before publishing (so a malformed body gets a 400 and reaches no
+consumer); consumers decode the envelope back into a `StripeEvent`. Both use this module so
+the two sides cannot disagree about what an event is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.errors import MalformedEventError, WrongModeError
+from syncmesh.events.v1 import envelope_pb2
+
+_EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,255}$")
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
+
+Source = int  # one of envelope_pb2.EventSource values
+
+
+@dataclass(frozen=True)
+class StripeEvent:
+    """One Stripe event: its identity, ordering facts and the object it carries."""
+
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    api_version: str
+    account: str
+    object: dict[str, Any]
+    previous_attributes: dict[str, Any] | None
+    raw: bytes
+
+    @property
+    def subject(self) -> str:
+        return subject_for(self.type)
+
+    @property
+    def object_id(self) -> str:
+        return str(self.object.get("id", ""))
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created, tz=UTC)
+
+
+def subject_for(event_type: str) -> str:
+    return f"stripe.{event_type}"
+
+
+def parse_event(body: bytes) -> StripeEvent:
+    """Parse and check a Stripe event body; raise MalformedEventError with a short reason."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedEventError("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedEventError("body is not a JSON object")
+    if data.get("object") != "event":
+        raise MalformedEventError('not a Stripe event (object != "event")')
+    event_id = data.get("id")
+    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+        raise MalformedEventError("event id missing or not of the form evt_…")
+    event_type = data.get("type")
+    if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+        raise MalformedEventError("event type missing or malformed")
+    created = data.get("created")
+    if not isinstance(created, int) or isinstance(created, bool) or created <= 0:
+        raise MalformedEventError("event created missing or not a unix timestamp")
+    livemode = data.get("livemode")
+    if not isinstance(livemode, bool):
+        raise MalformedEventError("event livemode missing or not a boolean")
+    payload = data.get("data")
+    if not isinstance(payload, dict) or not isinstance(payload.get("object"), dict):
+        raise MalformedEventError("event data.object missing or not an object")
+    previous = payload.get("previous_attributes")
+    if previous is not None and not isinstance(previous, dict):
+        raise MalformedEventError("event data.previous_attributes is not an object")
+    api_version = data.get("api_version") or ""
+    account = data.get("account") or ""
+    if not isinstance(api_version, str) or not isinstance(account, str):
+        raise MalformedEventError("event api_version/account must be strings")
+    return StripeEvent(
+        id=event_id,
+        type=event_type,
+        created=created,
+        livemode=livemode,
+        api_version=api_version,
+        account=account,
+        object=payload["object"],
+        previous_attributes=previous,
+        raw=bytes(body),
+    )
+
+
+def check_mode(event: StripeEvent, mode: str) -> None:
+    """Refuse an event of the other mode: test data must never reach a live ledger."""
+    if event.livemode != (mode == "live"):
+        shown = "live" if event.livemode else "test"
+        raise WrongModeError(f"{shown}-mode event refused: this mesh runs in {mode} mode (SYNCMESH_MODE)")
+
+
+def to_envelope(event: StripeEvent, *, source: int, received_at: datetime | None = None) -> bytes:
+    received = Timestamp()
+    received.FromDatetime(received_at or datetime.now(UTC))
+    envelope = envelope_pb2.StripeEventEnvelope(
+        event_id=event.id,
+        event_type=event.type,
+        created=Timestamp(seconds=event.created),
+        livemode=event.livemode,
+        api_version=event.api_version,
+        account=event.account,
+        payload=event.raw,
+        received_at=received,
+        source=source,  # type: ignore[arg-type]
+    )
+    return envelope.SerializeToString()
+
+
+def from_envelope(data: bytes) -> tuple[StripeEvent, envelope_pb2.StripeEventEnvelope]:
+    """Decode a NATS message body; MalformedEventError if it is not a valid envelope."""
+    envelope = envelope_pb2.StripeEventEnvelope()
+    try:
+        envelope.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, but be strict about anything odd
+        raise MalformedEventError(f"message is not a StripeEventEnvelope: {exc}") from None
+    if not envelope.event_id or not envelope.payload:
+        raise MalformedEventError("envelope has no event id or payload")
+    event = parse_event(envelope.payload)
+    if event.id != envelope.event_id:
+        raise MalformedEventError("envelope event id does not match its payload")
+    return event, envelope
+
+
+def api_shape(event_or_object: StripeEvent | dict[str, Any]) -> str:
+    """'basil' for payloads shaped by API 2025-03-31 and later, 'legacy' before.
+
+    Decided by the object itself rather than the version string alone, because backfilled
+    objects and localstripe carry no trustworthy version.
+    """
+    obj = event_or_object.object if isinstance(event_or_object, StripeEvent) else event_or_object
+    if "parent" in obj or "pricing" in obj or "total_taxes" in obj:
+        return "basil"
+    return "legacy"

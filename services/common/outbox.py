@@ -1,0 +1,128 @@
+"""Transactional outbox: domain events commit with the records they describe, then a relay
+publishes them to NATS.
+
+Publishing from inside a handler would either publish events for writes that later roll back
+or lose events when the process dies after commit. Writing them to `outbox` in the handler's
+transaction and relaying after commit gives exactly the committed events, at least once; each
+carries a unique `Nats-Msg-Id` and `meta.event_id` so subscribers drop repeats.
+
+Several replicas relay safely: rows are claimed with FOR UPDATE SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.bus import Bus
+from services.common.db import Conn
+from services.common.errors import PublishError
+from services.common.tracing import inject_headers
+
+log = logging.getLogger(__name__)
+
+#: How long published rows are kept (for audits and `syncmesh` debugging) before pruning.
+KEEP_PUBLISHED = timedelta(days=7)
+
+
+async def add_event(
+    conn: Conn,
+    *,
+    service: str,
+    event_name: str,
+    message: Message,
+    stripe_event_id: str = "",
+) -> str:
+    """Queue `message` (which must have an `EventMeta meta` field) on `syncmesh.<service>.<event_name>`."""
+    event_id = uuid.uuid4().hex
+    meta = message.meta  # type: ignore[attr-defined]
+    meta.event_id = event_id
+    meta.service = service
+    meta.stripe_event_id = stripe_event_id
+    occurred = Timestamp()
+    occurred.FromDatetime(datetime.now(UTC))
+    meta.occurred_at.CopyFrom(occurred)
+    subject = f"syncmesh.{service.replace('-', '_')}.{event_name}"
+    headers = inject_headers({"Syncmesh-Type": message.DESCRIPTOR.full_name})
+    await conn.execute(
+        "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+        subject,
+        message.DESCRIPTOR.full_name,
+        event_id,
+        message.SerializeToString(),
+        headers,
+    )
+    return event_id
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows; woken after each commit, and polls for leftovers."""
+
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, *, batch: int = 200, poll_seconds: float = 1.0) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.batch = batch
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()
+            try:
+                while await self.relay_once() == self.batch:
+                    pass
+                if loop.time() - last_prune > 3600:
+                    await self._prune()
+                    last_prune = loop.time()
+            except (PublishError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox relay paused: %s", exc)
+                await asyncio.sleep(self.poll_seconds)
+
+    async def relay_once(self) -> int:
+        """Publish up to one batch; return how many rows were published."""
+        if not self.bus.is_ready():
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, subject, msg_id, payload, headers FROM outbox WHERE published_at IS NULL "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch,
+            )
+            if not rows:
+                return 0
+            done: list[int] = []
+            for row in rows:
+                try:
+                    await self.bus.publish(row["subject"], row["payload"], msg_id=row["msg_id"], headers=row["headers"])
+                except PublishError as exc:
+                    log.warning("outbox relay paused: %s", exc)
+                    break
+                done.append(row["id"])
+            if done:
+                await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", done)
+                self.published += len(done)
+            return len(done)
+
+    async def _prune(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("DELETE FROM outbox WHERE published_at < $1", datetime.now(UTC) - KEEP_PUBLISHED)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()

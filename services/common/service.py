@@ -1,0 +1,182 @@
+"""Running a service: the wiring every service shares, so none of them copies it.
+
+A service is described by a `ServiceDefinition` (its schema, migrations, the Stripe event
+subjects it consumes, its handler and its gRPC registration). `ServiceRuntime` turns that into
+a process:
+
+    start:  gRPC server up at once (health NOT_SERVING), so probes get an answer
+            -> NATS connection and streams (retried in the background)
+            -> Postgres pool and migrations (retried until the database answers)
+            -> consumer loop + outbox relay + health watcher -> SERVING
+    stop:   health NOT_SERVING -> stop fetching, finish the batch in flight -> flush the
+            outbox -> drain NATS -> stop gRPC with a grace period -> close the pool
+
+Readiness is re-checked every second: losing PostgreSQL or NATS turns health NOT_SERVING until
+they are back; the consumer and relay back off meanwhile and catch up afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import stripe
+
+from services.common import db
+from services.common.bus import Bus
+from services.common.consumer import Consumer, Handler
+from services.common.errors import UpstreamError
+from services.common.grpc_server import GrpcServer, start_grpc_server
+from services.common.logs import setup_logging
+from services.common.outbox import OutboxRelay
+from services.common.settings import Settings
+from services.common.stripe_api import make_stripe_client
+from services.common.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    #: Deployable name: customer, billing or crm-export (also the port and durable name).
+    name: str
+    #: PostgreSQL schema the service owns.
+    schema: str
+    migrations: Path
+    #: Stripe subjects consumed, e.g. ("stripe.customer.*",).
+    subjects: tuple[str, ...]
+    handler: Handler
+    #: Full gRPC service name, also the health-check name.
+    grpc_service_name: str
+    #: Adds the service's servicer(s) to the server; gets the runtime for pool/bus/settings.
+    register_grpc: Callable[[grpc.aio.Server, ServiceRuntime], None]
+    #: Extra long-running tasks (none by default).
+    background: Callable[[ServiceRuntime], list[Coroutine[Any, Any, None]]] = field(default=lambda _rt: [])
+
+
+class ServiceRuntime:
+    def __init__(self, definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
+        self.definition = definition
+        self.settings = settings.require(definition.name)
+        self.port = settings.port(definition.name) if port is None else port
+        self.bus = Bus(settings, name=f"syncmesh-{definition.name}")
+        self.stripe: stripe.StripeClient | None = make_stripe_client(settings)
+        self._pool: asyncpg.Pool | None = None
+        self.grpc: GrpcServer | None = None
+        self.consumer: Consumer | None = None
+        self.relay: OutboxRelay | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The database pool; UNAVAILABLE to gRPC callers while the database is not reachable yet."""
+        if self._pool is None:
+            raise UpstreamError(f"{self.definition.name} is starting: its database is not ready yet, retry shortly")
+        return self._pool
+
+    async def start(self) -> None:
+        setup_tracing(f"syncmesh-{self.definition.name}")
+        self.grpc = await start_grpc_server(
+            settings=self.settings,
+            port=self.port,
+            service_name=self.definition.grpc_service_name,
+            register=lambda server: self.definition.register_grpc(server, self),
+        )
+        self.port = self.grpc.port
+        await self.bus.start()
+        self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    async def wait_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _bring_up(self) -> None:
+        assert self.settings.database_url
+        delay = 0.2
+        while self._pool is None:
+            try:
+                pool = await db.create_pool(self.settings.database_url, self.definition.schema)
+                await db.migrate(
+                    pool,
+                    self.definition.schema,
+                    [("runtime", db.RUNTIME_MIGRATIONS), (self.definition.name, self.definition.migrations)],
+                )
+                self._pool = pool
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.relay = OutboxRelay(self._pool, self.bus)
+        self.consumer = Consumer(
+            service=self.definition.name,
+            bus=self.bus,
+            pool=self._pool,
+            handler=self.definition.handler,
+            subjects=self.definition.subjects,
+            settings=self.settings,
+            on_commit=self.relay.wake,
+        )
+        for name, coro in [
+            ("consumer", self.consumer.run()),
+            ("outbox", self.relay.run()),
+            ("health", self._watch_health()),
+            *((f"background-{i}", c) for i, c in enumerate(self.definition.background(self))),
+        ]:
+            self._tasks.append(asyncio.create_task(coro, name=f"{self.definition.name}-{name}"))
+
+    async def _watch_health(self) -> None:
+        assert self.grpc is not None and self._pool is not None
+        while True:
+            ready = self.bus.is_ready() and await db.ping(self._pool)
+            await self.grpc.set_serving(ready)
+            if ready:
+                self._ready.set()
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace_seconds
+        if self.grpc is not None:
+            await self.grpc.set_serving(False)
+        if self.consumer is not None:
+            await self.consumer.stop(grace)
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.relay_once(), 5)
+            self.relay.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bus.close()
+        if self.grpc is not None:
+            await self.grpc.stop(min(grace, 5.0))
+        if self._pool is not None:
+            await self._pool.close()
+
+
+async def run_until_signalled(
+    start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Start, wait for SIGTERM or SIGINT, stop: the process life cycle Kubernetes expects."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await start()
+    await stopping.wait()
+    log.info("shutting down")
+    await stop()
+
+
+def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
+    """Entry point for `syncmesh serve <service>` and `python -m services.<service>`."""
+    setup_logging(settings.log_level)
+    runtime = ServiceRuntime(definition, settings, port=port)
+    asyncio.run(run_until_signalled(runtime.start, runtime.stop))

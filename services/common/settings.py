@@ -1,0 +1,262 @@
+"""Settings from the environment, validated once at start-up.
+
+Every process of the mesh reads the same variables; each deployable needs only some of them
+(`REQUIRED_BY`), so the gateway starts without a database and a service without webhook
+secrets. A bad value stops the process with a message that names the variable and says what
+would be accepted, because an operator reading a crash-looping pod has nothing else to go on.
+
+Secrets can come from files (`SYNCMESH_X_FILE=/path`), which is how Kubernetes mounts them;
+setting both the variable and its `_FILE` twin is refused as ambiguous.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from services.common.errors import SettingsError
+
+Mode = Literal["live", "test"]
+
+#: The deployables and the variables each cannot run without. Kubernetes manifests are checked
+#: against this table, so a setting added here and forgotten there fails the test suite.
+REQUIRED_BY: dict[str, tuple[str, ...]] = {
+    "gateway": ("SYNCMESH_NATS_URL", "SYNCMESH_WEBHOOK_SECRETS", "SYNCMESH_MODE"),
+    "customer": ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE"),
+    "billing": ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE"),
+    "crm-export": ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE"),
+}
+
+#: Default listening ports: the gateway speaks HTTP, the services gRPC.
+DEFAULT_PORTS: dict[str, int] = {"gateway": 8080, "customer": 50051, "billing": 50052, "crm-export": 50053}
+PORT_VARIABLES: dict[str, str] = {
+    "gateway": "SYNCMESH_GATEWAY_PORT",
+    "customer": "SYNCMESH_CUSTOMER_PORT",
+    "billing": "SYNCMESH_BILLING_PORT",
+    "crm-export": "SYNCMESH_CRM_EXPORT_PORT",
+}
+
+#: Variables whose values are secret: readable from `<NAME>_FILE`, never logged.
+SECRET_VARIABLES = ("SYNCMESH_WEBHOOK_SECRETS", "SYNCMESH_STRIPE_API_KEY", "SYNCMESH_DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Construct with `load_settings`; tests use `dataclasses.replace`."""
+
+    nats_url: str | None = None
+    database_url: str | None = None
+    webhook_secrets: tuple[str, ...] = ()
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    mode: Mode = "test"
+    sync_start: datetime | None = None
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    #: How long the STRIPE stream keeps events: long enough to rebuild a service from history.
+    stream_max_age_days: int = 400
+    #: JetStream replicas for the mesh's streams: 1 on one machine, 3 on a NATS cluster.
+    stream_replicas: int = 1
+    #: JetStream's publish dedup window; the database's idempotency record is the real guarantee.
+    stream_duplicate_window_seconds: int = 120
+    #: Largest webhook body accepted. Stripe events are a few KB; an invoice with ten expanded
+    #: lines stays well under 256 KiB, so 1 MiB leaves room without inviting abuse.
+    max_body_bytes: int = 1024 * 1024
+    #: Signature timestamp tolerance, as in every official Stripe SDK.
+    webhook_tolerance_seconds: int = 300
+    #: How long the gateway waits for JetStream's ack before answering 503.
+    publish_timeout_seconds: float = 2.0
+    #: Attempts before a message is dead-lettered.
+    max_deliver: int = 5
+    #: Bounds recovery after a consumer crash: an unacked message is redelivered after this.
+    ack_wait_seconds: float = 5.0
+    fetch_batch: int = 256
+    #: Short on purpose: fetch waits for the batch to fill or this to pass (latency path).
+    fetch_timeout_seconds: float = 0.02
+    shutdown_grace_seconds: float = 20.0
+    log_level: str = "INFO"
+    #: Under dry run the services compute every record they would write, log it, and roll back.
+    dry_run: bool = False
+    #: gRPC TLS: a cert and key turn TLS on; a client CA on top requires client certificates.
+    grpc_tls_cert_file: str | None = None
+    grpc_tls_key_file: str | None = None
+    grpc_tls_client_ca_file: str | None = None
+
+    def port(self, deployable: str) -> int:
+        return int(self.ports[deployable])
+
+    def require(self, deployable: str) -> Settings:
+        """Fail start-up naming every variable this deployable needs and lacks."""
+        missing = [name for name in REQUIRED_BY[deployable] if not _is_set(self, name)]
+        if missing:
+            raise SettingsError(
+                f"{', '.join(missing)} must be set to run {deployable} "
+                "(or leave the URLs unset and use `syncmesh up` for the embedded default)"
+            )
+        return self
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _is_set(settings: Settings, variable: str) -> bool:
+    value = {
+        "SYNCMESH_NATS_URL": settings.nats_url,
+        "SYNCMESH_DATABASE_URL": settings.database_url,
+        "SYNCMESH_WEBHOOK_SECRETS": settings.webhook_secrets,
+        "SYNCMESH_MODE": settings.mode,
+    }[variable]
+    return bool(value)
+
+
+def _read(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, or the contents of the file named by `<name>_FILE`."""
+    direct = env.get(name)
+    file_name = env.get(f"{name}_FILE")
+    if direct is not None and file_name is not None:
+        raise SettingsError(f"{name} and {name}_FILE are both set: keep one")
+    if file_name is not None:
+        try:
+            return Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE={file_name} cannot be read: {exc.strerror}") from exc
+    if direct is None or direct.strip() == "":
+        return None
+    return direct.strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = _read(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value} is out of range ({minimum} to {maximum})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = _read(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value} is out of range ({minimum} to {maximum})")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = _read(env, name)
+    if raw is None:
+        return None
+    for url in raw.split(","):
+        if not url.strip().startswith(tuple(f"{s}://" for s in schemes)):
+            shown = raw if name != "SYNCMESH_DATABASE_URL" else raw.split("://", 1)[0] + "://…"
+            raise SettingsError(f"{name}={shown!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+    return raw
+
+
+def parse_timestamp(name: str, raw: str) -> datetime:
+    """An ISO-8601 date or date-time (UTC when no zone is given), or unix seconds."""
+    try:
+        if raw.isdigit():
+            return datetime.fromtimestamp(int(raw), tz=UTC)
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not a date: use ISO-8601 like 2025-01-31 or 2025-01-31T00:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every SYNCMESH_* variable; raise SettingsError naming the first bad one."""
+    env = os.environ if env is None else env
+
+    secrets_raw = _read(env, "SYNCMESH_WEBHOOK_SECRETS")
+    secrets = tuple(s.strip() for s in (secrets_raw or "").split(",") if s.strip())
+    for secret in secrets:
+        if not secret.startswith("whsec_"):
+            raise SettingsError(
+                "SYNCMESH_WEBHOOK_SECRETS holds a value that is not a webhook signing secret: "
+                "each comma-separated entry starts with whsec_ (Stripe Dashboard > Webhooks > Signing secret)"
+            )
+
+    mode_raw = (_read(env, "SYNCMESH_MODE") or "test").lower()
+    if mode_raw not in ("live", "test"):
+        raise SettingsError(f"SYNCMESH_MODE={mode_raw!r} must be live or test")
+    mode: Mode = "live" if mode_raw == "live" else "test"
+
+    api_key = _read(env, "SYNCMESH_STRIPE_API_KEY")
+    if api_key is not None:
+        check_stripe_api_key(api_key, mode, variable="SYNCMESH_STRIPE_API_KEY")
+
+    sync_start_raw = _read(env, "SYNCMESH_SYNC_START")
+    sync_start = parse_timestamp("SYNCMESH_SYNC_START", sync_start_raw) if sync_start_raw else None
+
+    ports = {
+        name: _int(env, var, DEFAULT_PORTS[name], minimum=1, maximum=65535) for name, var in PORT_VARIABLES.items()
+    }
+
+    log_level = (_read(env, "SYNCMESH_LOG_LEVEL") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"SYNCMESH_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+
+    dry_run_raw = (_read(env, "SYNCMESH_DRY_RUN") or "false").lower()
+    if dry_run_raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"SYNCMESH_DRY_RUN={dry_run_raw!r} must be true or false")
+
+    return Settings(
+        nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls")),
+        database_url=_url(env, "SYNCMESH_DATABASE_URL", ("postgres", "postgresql")),
+        webhook_secrets=secrets,
+        stripe_api_key=api_key,
+        stripe_api_base=_url(env, "SYNCMESH_STRIPE_API_BASE", ("http", "https")),
+        mode=mode,
+        sync_start=sync_start,
+        ports=ports,
+        stream_max_age_days=_int(env, "SYNCMESH_STREAM_MAX_AGE_DAYS", 400, minimum=1, maximum=3650),
+        stream_replicas=_int(env, "SYNCMESH_STREAM_REPLICAS", 1, minimum=1, maximum=5),
+        stream_duplicate_window_seconds=_int(
+            env, "SYNCMESH_STREAM_DUPLICATE_WINDOW_SECONDS", 120, minimum=1, maximum=86400
+        ),
+        max_body_bytes=_int(env, "SYNCMESH_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=16 * 1024 * 1024),
+        webhook_tolerance_seconds=_int(env, "SYNCMESH_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1, maximum=3600),
+        publish_timeout_seconds=_float(env, "SYNCMESH_PUBLISH_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=30),
+        max_deliver=_int(env, "SYNCMESH_MAX_DELIVER", 5, minimum=1, maximum=100),
+        ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),
+        fetch_batch=_int(env, "SYNCMESH_FETCH_BATCH", 256, minimum=1, maximum=10000),
+        fetch_timeout_seconds=_float(env, "SYNCMESH_FETCH_TIMEOUT_SECONDS", 0.02, minimum=0.001, maximum=5),
+        shutdown_grace_seconds=_float(env, "SYNCMESH_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0, maximum=300),
+        log_level=log_level,
+        dry_run=dry_run_raw in ("true", "1", "yes"),
+        grpc_tls_cert_file=_read(env, "SYNCMESH_GRPC_TLS_CERT_FILE"),
+        grpc_tls_key_file=_read(env, "SYNCMESH_GRPC_TLS_KEY_FILE"),
+        grpc_tls_client_ca_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_CA_FILE"),
+    )
+
+
+def check_stripe_api_key(key: str, mode: Mode, *, variable: str) -> None:
+    """Refuse keys that cannot do the job, or that would cross test data into a live ledger."""
+    if key.startswith("pk_"):
+        raise SettingsError(
+            f"{variable} holds a publishable key (pk_…), which cannot read customers or invoices: "
+            "use a secret key (sk_…) or a restricted key (rk_…) from Stripe Dashboard > Developers > API keys"
+        )
+    if not key.startswith(("sk_", "rk_")):
+        raise SettingsError(f"{variable} is not a Stripe secret (sk_…) or restricted (rk_…) key")
+    key_mode = "live" if key.startswith(("sk_live_", "rk_live_")) else "test"
+    if key_mode != mode:
+        raise SettingsError(
+            f"{variable} is a {key_mode}-mode key but SYNCMESH_MODE={mode}: "
+            f"use a {mode}-mode key, or set SYNCMESH_MODE={key_mode}"
+        )

@@ -1,0 +1,39 @@
+"""The one place a Stripe API client is made, so every caller gets the same key checks, base
+address override (for localstripe or a recorded stand-in), async HTTP client and retries.
+"""
+
+from __future__ import annotations
+
+import stripe
+
+from services.common.errors import SettingsError, UpstreamError
+from services.common.settings import Settings, check_stripe_api_key
+
+
+def make_stripe_client(settings: Settings, *, max_network_retries: int = 2) -> stripe.StripeClient | None:
+    """A client for `settings.stripe_api_key`, or None when no key is configured."""
+    if not settings.stripe_api_key:
+        return None
+    check_stripe_api_key(settings.stripe_api_key, settings.mode, variable="SYNCMESH_STRIPE_API_KEY")
+    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+    return stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses=base,  # type: ignore[arg-type]
+        http_client=stripe.AIOHTTPClient(),
+        max_network_retries=max_network_retries,
+    )
+
+
+def require_stripe_client(settings: Settings) -> stripe.StripeClient:
+    client = make_stripe_client(settings)
+    if client is None:
+        raise SettingsError(
+            "SYNCMESH_STRIPE_API_KEY must be set for this operation (a secret sk_ or restricted rk_ key)"
+        )
+    return client
+
+
+def upstream_error(exc: stripe.StripeError, doing: str) -> UpstreamError:
+    """A Stripe failure as an UpstreamError that says what was being done, without the key."""
+    message = getattr(exc, "user_message", None) or str(exc).split("\n")[0]
+    return UpstreamError(f"Stripe could not {doing}: {message}")

@@ -1,0 +1,110 @@
+"""`syncmesh`: run the mesh, or one part of it, and operate it.
+
+    syncmesh up [--demo]                   gateway + the three services (embedded NATS/PostgreSQL
+                                           when no URLs are set), Ctrl-C stops everything
+    syncmesh gateway [--port N]            the webhook gateway alone (Kubernetes)
+    syncmesh serve SERVICE [--port N]      one service alone: customer, billing, crm-export
+    syncmesh import ...                    data sheets and imports, added by the services
+
+Services add their own subcommands through `services/<name>/cli.py:register(subparsers)`, so
+this file does not grow with every feature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.common.errors import SettingsError
+from services.common.logs import setup_logging
+from services.common.settings import load_settings
+
+SERVICES = {"customer": "services.customer", "billing": "services.billing", "crm-export": "services.crm_export"}
+
+#: Modules that may add subcommands: `register(subparsers, groups)` where groups maps a
+#: shared command name ("import", ...) to its sub-subparsers.
+EXTENSIONS = ("services.customer.cli", "services.billing.cli", "services.crm_export.cli", "syncmesh.ops")
+
+
+def service_definition(name: str) -> Any:
+    """The ServiceDefinition of a service, from `services.<pkg>.app.DEFINITION`."""
+    if name not in SERVICES:
+        raise SettingsError(f"unknown service {name!r}: choose one of {', '.join(SERVICES)}")
+    return importlib.import_module(f"{SERVICES[name]}.app").DEFINITION
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from services.common.service import run_until_signalled
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    gateway = Gateway(settings, port=args.port)
+    asyncio.run(run_until_signalled(gateway.start, gateway.stop))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from services.common.service import serve
+
+    serve(service_definition(args.service), load_settings(), port=args.port)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from syncmesh.mesh import run_mesh
+
+    return run_mesh(demo=args.demo, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syncmesh", description="Keeps an ERP and a CRM in step with Stripe.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole mesh (embedded NATS and PostgreSQL unless URLs are set)")
+    up.add_argument("--demo", action="store_true", help="also run localstripe and drive a demo scenario through it")
+    up.add_argument("--data-dir", default=".syncmesh", help="where the embedded servers keep data (default .syncmesh)")
+    up.set_defaults(func=_cmd_up)
+
+    gw = sub.add_parser("gateway", help="run the webhook gateway")
+    gw.add_argument("--port", type=int, default=None, help="HTTP port (default SYNCMESH_GATEWAY_PORT or 8080)")
+    gw.set_defaults(func=_cmd_gateway)
+
+    serve = sub.add_parser("serve", help="run one service")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("--port", type=int, default=None, help="gRPC port (default from SYNCMESH_<SERVICE>_PORT)")
+    serve.set_defaults(func=_cmd_serve)
+
+    groups: dict[str, Any] = {}
+    imports = sub.add_parser("import", help="import data sheets or run an initial import")
+    groups["import"] = imports.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for module_name in EXTENSIONS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that extension is not part of this build
+            raise
+        register: Callable[[Any, dict[str, Any]], None] = module.register
+        register(sub, groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"syncmesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

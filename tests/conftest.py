@@ -1,0 +1,118 @@
+"""Fixtures shared by the whole suite: real servers, fresh state per test.
+
+One nats-server and one PostgreSQL per test session (per xdist worker), started from the
+pip-installed binaries on free loopback ports; never the machine's own services. Each test gets
+an empty JetStream (streams deleted) and a database of its own, so tests cannot see each
+other's data. Tests that kill or restart a server use `own_nats` / `own_postgres` instead,
+which start a private one for that test alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from services.common.embedded import NatsServer, PostgresServer
+from services.common.settings import Settings
+from tests.support.signing import TEST_SECRET
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("pg"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server for this test only: it may be stopped, killed and restarted."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL for this test only: it may be stopped, killed and restarted."""
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    yield server
+    server.kill()
+
+
+async def _clean_jetstream(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def nats_url(nats_server: NatsServer) -> str:
+    """The shared nats-server, with every stream deleted first."""
+    await _clean_jetstream(nats_server.url)
+    return nats_server.url
+
+
+@pytest.fixture
+async def database_url(pg_server: PostgresServer) -> AsyncIterator[str]:
+    """A new, empty database for this test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_server.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield pg_server.dsn(name)
+
+
+@pytest.fixture
+def settings(nats_url: str, database_url: str) -> Settings:
+    """Settings pointing at the test's servers, with short timings so failures surface fast."""
+    return Settings(
+        nats_url=nats_url,
+        database_url=database_url,
+        webhook_secrets=(TEST_SECRET,),
+        mode="test",
+        ports={"gateway": 0, "customer": 0, "billing": 0, "crm-export": 0},
+        ack_wait_seconds=2.0,
+        max_deliver=3,
+        publish_timeout_seconds=1.0,
+        shutdown_grace_seconds=2.0,
+    )
+
+
+async def eventually(check: object, timeout: float = 10.0, interval: float = 0.05) -> object:
+    """Poll an async or sync predicate until it returns a truthy value; fail with the last one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: object = None
+    while loop.time() < deadline:
+        result = check()  # type: ignore[operator]
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        last = result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
