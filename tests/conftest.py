@@ -116,3 +116,26 @@ async def eventually(check: object, timeout: float = 10.0, interval: float = 0.0
         last = result
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@pytest.fixture
+def localstripe(tmp_path: Path) -> Iterator[object]:
+    """A fresh localstripe (Stripe stand-in) on a loopback port, for this test only."""
+    from syncmesh.localstripe_process import LocalStripe
+
+    server = LocalStripe(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def stripe_client_for(localstripe: object):  # type: ignore[no-untyped-def]
+    """An official-SDK client pointed at a localstripe fixture."""
+    import stripe
+
+    return stripe.StripeClient(
+        "sk_test_localstripe",
+        base_addresses={"api": localstripe.url},  # type: ignore[attr-defined]
+        http_client=stripe.AIOHTTPClient(),
+        max_network_retries=0,
+    )

@@ -42,13 +42,14 @@ async def add_event(
 ) -> str:
     """Queue `message` (which must have an `EventMeta meta` field) on `syncmesh.<service>.<event_name>`."""
     event_id = uuid.uuid4().hex
-    meta = message.meta  # type: ignore[attr-defined]
-    meta.event_id = event_id
-    meta.service = service
-    meta.stripe_event_id = stripe_event_id
-    occurred = Timestamp()
-    occurred.FromDatetime(datetime.now(UTC))
-    meta.occurred_at.CopyFrom(occurred)
+    if "meta" in message.DESCRIPTOR.fields_by_name:
+        meta = message.meta  # type: ignore[attr-defined]
+        meta.event_id = event_id
+        meta.service = service
+        meta.stripe_event_id = stripe_event_id
+        occurred = Timestamp()
+        occurred.FromDatetime(datetime.now(UTC))
+        meta.occurred_at.CopyFrom(occurred)
     subject = f"syncmesh.{service.replace('-', '_')}.{event_name}"
     headers = inject_headers({"Syncmesh-Type": message.DESCRIPTOR.full_name})
     await conn.execute(

@@ -1,0 +1,46 @@
+"""A minimal service built on the shared runtime, to test the runtime itself.
+
+It records each customer event's object id; its behaviour is steered by the object's metadata
+(`fail`: always raise; `fail_until`: raise until that attempt; `hang`: block forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from services.common.consumer import HandlerContext
+from services.common.events import StripeEvent
+from services.common.service import ServiceDefinition
+from syncmesh.type.v1 import money_pb2
+
+attempts: dict[str, int] = {}
+
+
+async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+    metadata = event.object.get("metadata") or {}
+    attempts[event.id] = attempts.get(event.id, 0) + 1
+    if metadata.get("hang"):
+        await asyncio.sleep(3600)
+    if metadata.get("fail"):
+        raise RuntimeError("toy failure for " + event.object_id)
+    if attempts[event.id] < int(metadata.get("fail_until", 0)):
+        raise RuntimeError("transient toy failure")
+    await ctx.conn.execute(
+        "INSERT INTO toy_records (object_id, last_event_id) VALUES ($1, $2) "
+        "ON CONFLICT (object_id) DO UPDATE SET last_event_id = $2, times_applied = toy_records.times_applied + 1",
+        event.object_id,
+        event.id,
+    )
+    await ctx.emit("toy_recorded", money_pb2.Money(amount_minor=1, currency="usd"))
+
+
+DEFINITION = ServiceDefinition(
+    name="customer",  # borrows a real deployable name so settings/ports apply
+    schema="toy",
+    migrations=Path(__file__).parent / "toy_migrations",
+    subjects=("stripe.customer.*",),
+    handler=handle,
+    grpc_service_name="syncmesh.toy.v1.ToyService",
+    register_grpc=lambda server, runtime: None,
+)
