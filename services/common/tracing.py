@@ -46,7 +46,7 @@ def setup_tracing(service_name: str, *, extra_processor: SpanProcessor | None = 
 
         AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
         # Replaces aiohttp.web.Application with a traced subclass: apps built after this are traced.
-        AioHttpServerInstrumentor().instrument()  # type: ignore[no-untyped-call]
+        AioHttpServerInstrumentor().instrument()
         _instrumented = True
     return provider
 

@@ -1,7 +1,8 @@
 """A minimal service built on the shared runtime, to test the runtime itself.
 
 It records each customer event's object id; its behaviour is steered by the object's metadata
-(`fail`: always raise; `fail_until`: raise until that attempt; `hang`: block forever).
+(`fail`: always raise; `fail_until`: raise until that attempt; `hang_first`: block on the first
+attempt, as a process that dies mid-handler).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ attempts: dict[str, int] = {}
 async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
     metadata = event.object.get("metadata") or {}
     attempts[event.id] = attempts.get(event.id, 0) + 1
-    if metadata.get("hang"):
-        await asyncio.sleep(3600)
+    if metadata.get("hang_first") and attempts[event.id] == 1:
+        await asyncio.sleep(3600)  # the process "dies" here, mid-handler, before commit
     if metadata.get("fail"):
         raise RuntimeError("toy failure for " + event.object_id)
     if attempts[event.id] < int(metadata.get("fail_until", 0)):

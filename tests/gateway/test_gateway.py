@@ -29,13 +29,13 @@ async def gateway(settings: Settings):
 
 
 async def post(gw: Gateway, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{gw.port}/webhooks/stripe", data=body, headers=headers) as resp:
-            try:
-                payload = await resp.json(content_type=None)
-            except json.JSONDecodeError:
-                payload = {}
-            return resp.status, payload
+    url = f"http://127.0.0.1:{gw.port}/webhooks/stripe"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
+        try:
+            payload = await resp.json(content_type=None)
+        except json.JSONDecodeError:
+            payload = {}
+        return resp.status, payload
 
 
 async def stream_messages(url: str) -> int:

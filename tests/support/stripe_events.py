@@ -25,7 +25,7 @@ _counter = itertools.count(1)
 
 @cache
 def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(path.read_text())
 
 
 def fixture(name: str, *, legacy: bool = False) -> dict[str, Any]:
