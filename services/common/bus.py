@@ -160,7 +160,7 @@ class Bus:
                 await self._task
         if self._nc is not None and not self._nc.is_closed:
             try:
-                await asyncio.wait_for(self._nc.drain(), 5)
+                await asyncio.wait_for(self._nc.drain(), 2)
             except (TimeoutError, nats.errors.Error):
                 await self._nc.close()
 

@@ -25,6 +25,7 @@ and the idempotency record turns the repeat into a no-op.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._psub: Any = None
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
@@ -155,7 +157,7 @@ class Consumer:
                 try:
                     await self.bus.wait_ready(timeout=5)
                     await self.bus.js.add_consumer(self.stream, self.consumer_config())
-                    psub = await self.bus.js.pull_subscribe_bind(
+                    psub = self._psub = await self.bus.js.pull_subscribe_bind(
                         durable=self.durable,
                         stream=self.stream,
                         pending_msgs_limit=self.settings.fetch_batch * 4,
@@ -187,6 +189,11 @@ class Consumer:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
             log.warning("batch still in flight after %.1fs; its messages will be redelivered", grace)
+        if self._psub is not None:
+            # A pull subscription left open keeps NATS's drain waiting for its whole timeout.
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+            self._psub = None
 
     async def process_batch(self, msgs: list[Msg]) -> None:
         outcomes = [_Outcome(m) for m in msgs]

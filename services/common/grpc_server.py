@@ -6,7 +6,7 @@ replica that cannot answer them. The empty name ("") reports the process itself 
 
 Servicers raise the mesh's errors and never touch status codes themselves; one interceptor maps
 them (ValidationError -> INVALID_ARGUMENT naming the field, NotFoundError -> NOT_FOUND,
-ConflictError -> FAILED_PRECONDITION, UpstreamError -> UNAVAILABLE). Anything unexpected is
+ConflictError and SettingsError -> FAILED_PRECONDITION, UpstreamError -> UNAVAILABLE). Anything unexpected is
 INTERNAL with a generic message, logged with its trace id, never leaked to the caller.
 """
 
@@ -38,6 +38,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
+    (SettingsError, grpc.StatusCode.FAILED_PRECONDITION),  # e.g. an operation needs a Stripe key
     (UpstreamError, grpc.StatusCode.UNAVAILABLE),
 ]
 
@@ -50,7 +51,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Turns the mesh's exceptions into gRPC statuses for unary and server-streaming methods."""
+    """Turns the mesh's exceptions into gRPC statuses, for all four kinds of method."""
 
     async def intercept_service(
         self,
@@ -87,6 +88,35 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_su(request_iterator, context)
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_ss(request_iterator, context):
+                        yield item
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

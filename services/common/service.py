@@ -68,7 +68,8 @@ class ServiceRuntime:
         self.settings = settings.require(definition.name)
         self.port = settings.port(definition.name) if port is None else port
         self.bus = Bus(settings, name=f"syncmesh-{definition.name}")
-        self.stripe: stripe.StripeClient | None = make_stripe_client(settings)
+        self._stripe_http = stripe.AIOHTTPClient()
+        self.stripe: stripe.StripeClient | None = make_stripe_client(settings, http_client=self._stripe_http)
         self._pool: asyncpg.Pool | None = None
         self.grpc: GrpcServer | None = None
         self.consumer: Consumer | None = None
@@ -159,6 +160,8 @@ class ServiceRuntime:
             await self.grpc.stop(min(grace, 5.0))
         if self._pool is not None:
             await self._pool.close()
+        with contextlib.suppress(Exception):
+            await self._stripe_http.close_async()  # type: ignore[no-untyped-call]
 
 
 async def run_until_signalled(

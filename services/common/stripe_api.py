@@ -10,8 +10,13 @@ from services.common.errors import SettingsError, UpstreamError
 from services.common.settings import Settings, check_stripe_api_key
 
 
-def make_stripe_client(settings: Settings, *, max_network_retries: int = 2) -> stripe.StripeClient | None:
-    """A client for `settings.stripe_api_key`, or None when no key is configured."""
+def make_stripe_client(
+    settings: Settings, *, max_network_retries: int = 2, http_client: stripe.HTTPClient | None = None
+) -> stripe.StripeClient | None:
+    """A client for `settings.stripe_api_key`, or None when no key is configured.
+
+    Pass `http_client` (a `stripe.AIOHTTPClient`) when the caller will close it on shutdown.
+    """
     if not settings.stripe_api_key:
         return None
     check_stripe_api_key(settings.stripe_api_key, settings.mode, variable="SYNCMESH_STRIPE_API_KEY")
@@ -19,7 +24,7 @@ def make_stripe_client(settings: Settings, *, max_network_retries: int = 2) -> s
     return stripe.StripeClient(
         settings.stripe_api_key,
         base_addresses=base,  # type: ignore[arg-type]
-        http_client=stripe.AIOHTTPClient(),
+        http_client=http_client or stripe.AIOHTTPClient(),
         max_network_retries=max_network_retries,
     )
 

@@ -1,0 +1,176 @@
+"""Live Stripe events -> the customer-success view.
+
+The `apply_*` functions are the one path into the store: the consumer calls them with the
+event's `created` as the version time, the initial import with the moment it read the object,
+so an import and the live stream write the same records the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import cache
+from typing import Any
+
+from google.protobuf.message import Message
+
+from services.common.consumer import HandlerContext
+from services.common.db import Conn
+from services.common.events import StripeEvent
+from services.common.settings import Settings
+from services.common.stripe_api import make_stripe_client
+from services.crm_export import mapping, messages, store
+from services.crm_export.fetch import Fetcher, NoFetcher, StripeFetcher
+from services.crm_export.mapping import CrmSettings
+from syncmesh.crm_export.v1 import events_pb2
+
+Emit = Callable[[str, Message], Awaitable[None]]
+
+CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+PRODUCT_EVENTS = frozenset({"product.created", "product.updated", "product.deleted"})
+PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
+SUBSCRIPTION_PREFIX = "customer.subscription."
+
+
+async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+    obj = event.object
+    created = obj.get("created")
+    if ctx.before_sync_start(created if isinstance(created, int) else None):
+        ctx.skip("before SYNCMESH_SYNC_START")
+        return
+    settings = (await store.current_settings(ctx.conn)).settings
+    kind = event.type
+    if kind.startswith(SUBSCRIPTION_PREFIX):
+        if kind == "customer.subscription.trial_will_end":
+            ctx.skip("trial reminders change no record")
+            return
+        await apply_subscription(
+            ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx.settings), deleted=kind.endswith(".deleted")
+        )
+    elif kind in CUSTOMER_EVENTS:
+        await apply_customer(ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "customer.deleted")
+    elif kind in PRODUCT_EVENTS:
+        await apply_product(ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "product.deleted")
+    elif kind in PAID_EVENTS:
+        await apply_paid_invoice(ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx.settings))
+    elif kind == "invoice.payment_failed":
+        await apply_failed_payment(ctx.conn, obj, ctx.emit)
+    else:
+        ctx.skip(f"{kind} changes no customer-success record")
+
+
+@cache
+def _stripe_fetcher(api_key: str, api_base: str | None, mode: str) -> StripeFetcher | None:
+    client = make_stripe_client(Settings(stripe_api_key=api_key, stripe_api_base=api_base, mode=mode))  # type: ignore[arg-type]
+    return StripeFetcher(client) if client else None
+
+
+def _fetcher(settings: Settings) -> Fetcher:
+    if not settings.stripe_api_key:
+        return NoFetcher()
+    return _stripe_fetcher(settings.stripe_api_key, settings.stripe_api_base, settings.mode) or NoFetcher()
+
+
+async def apply_customer(
+    conn: Conn, obj: dict[str, Any], ts: int, settings: CrmSettings, emit: Emit, *, deleted: bool = False
+) -> None:
+    if deleted and "email" not in obj:
+        # A bare deletion stub: keep what is known about the customer, flip it to deleted.
+        kept = await store.stripe_customer_version(conn, str(obj.get("id", "")))
+        if kept is not None:
+            obj = {**kept[0], **obj}
+    version = mapping.customer_version(obj, ts, deleted=deleted)
+    await store.upsert_stripe_customer(conn, mapping.stripe_customer(obj, deleted=deleted), version)
+    if not settings.pulls_customers:
+        return  # customer sync DISABLED: clients come from the CRM only
+    client = mapping.client_from_customer(obj, settings, deleted=deleted)
+    if await store.upsert_stripe_client(conn, client, version):
+        record = await store.get_stripe_client(conn, client.stripe_customer_id)
+        assert record is not None
+        await emit("client_upserted", events_pb2.ClientUpserted(client=messages.client_pb(record)))
+
+
+async def apply_product(
+    conn: Conn, obj: dict[str, Any], ts: int, settings: CrmSettings, emit: Emit, *, deleted: bool = False
+) -> None:
+    product = mapping.product_from_stripe(obj, settings, deleted=deleted)
+    if await store.upsert_product(conn, product, dict(obj), mapping.product_version(obj, ts, deleted=deleted)):
+        await emit("product_upserted", events_pb2.ProductUpserted(product=messages.product_pb(product)))
+
+
+async def apply_paid_invoice(
+    conn: Conn, invoice: dict[str, Any], ts: int, settings: CrmSettings, emit: Emit, fetcher: Fetcher
+) -> None:
+    customer_id = mapping.customer_id_of(invoice)
+    before = await store.health_for(conn, [customer_id])
+    if not mapping.invoice_is_paid(invoice):
+        return
+    await store.record_invoice_payment(conn, mapping.invoice_payment(invoice, failed=False))
+    if mapping.INVOICE in settings.contract_sources:
+        lines, truncated = mapping.invoice_lines(invoice)
+        if truncated:
+            lines = await fetcher.invoice_lines(str(invoice["id"]))
+        contract = mapping.contract_from_invoice(invoice, lines)
+        if await store.upsert_contract(conn, contract, mapping.invoice_contract_version(ts)):
+            await _emit_contract(conn, contract.contract_id, emit)
+    await _emit_health_change(conn, customer_id, before, emit)
+
+
+async def apply_failed_payment(conn: Conn, invoice: dict[str, Any], emit: Emit) -> None:
+    payment = mapping.invoice_payment(invoice, failed=True)
+    before = await store.health_for(conn, [payment.stripe_customer_id])
+    await store.record_invoice_payment(conn, payment)
+    await _emit_health_change(conn, payment.stripe_customer_id, before, emit)
+
+
+async def apply_invoice_payment_facts(conn: Conn, invoice: dict[str, Any], emit: Emit) -> None:
+    """For the import: what a listed invoice says about payment health (see mapping)."""
+    payment = mapping.imported_invoice_payment(invoice)
+    if payment is None:
+        return
+    before = await store.health_for(conn, [payment.stripe_customer_id])
+    await store.record_invoice_payment(conn, payment)
+    await _emit_health_change(conn, payment.stripe_customer_id, before, emit)
+
+
+async def apply_subscription(
+    conn: Conn,
+    subscription: dict[str, Any],
+    ts: int,
+    settings: CrmSettings,
+    emit: Emit,
+    fetcher: Fetcher,
+    *,
+    deleted: bool = False,
+) -> None:
+    state = mapping.subscription_state(subscription, deleted=deleted)
+    version = mapping.subscription_version(subscription, ts, deleted=deleted)
+    before = await store.health_for(conn, [state.stripe_customer_id])
+    await store.upsert_subscription_state(conn, state, version)
+    if mapping.SUBSCRIPTION in settings.contract_sources:
+        items, truncated = mapping.subscription_items(subscription)
+        if truncated:
+            items = await fetcher.subscription_items(state.id)
+        source = {**subscription, "status": state.status}
+        contract = mapping.contract_from_subscription(source, items)
+        if await store.upsert_contract(conn, contract, version):
+            await _emit_contract(conn, contract.contract_id, emit)
+    await _emit_health_change(conn, state.stripe_customer_id, before, emit)
+
+
+async def _emit_contract(conn: Conn, contract_id: str, emit: Emit) -> None:
+    record = await store.get_contract(conn, contract_id)
+    assert record is not None
+    await emit("contract_upserted", events_pb2.ContractUpserted(contract=messages.contract_pb(record)))
+
+
+async def _emit_health_change(conn: Conn, customer_id: str, before: store.Health, emit: Emit) -> None:
+    after = await store.health_for(conn, [customer_id])
+    if after != before:
+        await emit(
+            "client_health_changed",
+            events_pb2.ClientHealthChanged(
+                stripe_customer_id=customer_id,
+                health_signals=messages.health_signals_pb(after),
+                failing_invoice_ids=list(after.failing_invoice_ids),
+            ),
+        )

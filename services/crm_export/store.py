@@ -1,0 +1,674 @@
+"""All SQL of the CRM-export service.
+
+Order-independence lives here: every upsert of a Stripe-derived row carries a version
+`(v_terminal, v_ts, v_rank, content_hash)` and replaces the stored row only when the new
+version is strictly greater (see mapping.py), so any order and any repetition of events, and
+any interleaving of import and live events, ends in the same rows. Upserts report whether the
+content really changed, so domain events are emitted for changes only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from services.common.db import Conn
+from services.common.errors import ConflictError
+from services.crm_export import mapping
+from services.crm_export.mapping import (
+    Address,
+    Client,
+    Contract,
+    ContractLine,
+    CrmSettings,
+    FieldMapping,
+    InvoicePayment,
+    Product,
+    StripeCustomer,
+    SubscriptionState,
+    Version,
+)
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SettingsVersion:
+    version: int
+    settings: CrmSettings
+    changed_at: datetime
+    changed_by: str
+
+
+def _mappings(raw: Any) -> tuple[FieldMapping, ...]:
+    return tuple(FieldMapping(m["stripe_path"], m["crm_field"]) for m in raw or [])
+
+
+def _settings_row(row: Any) -> SettingsVersion:
+    return SettingsVersion(
+        version=row["version"],
+        settings=CrmSettings(
+            contract_sources=tuple(row["contract_sources"]),
+            days_back=row["days_back"],
+            customer_sync_direction=row["customer_sync_direction"],
+            customer_field_mappings=_mappings(row["customer_field_mappings"]),
+            product_field_mappings=_mappings(row["product_field_mappings"]),
+            import_requests_per_second=row["import_requests_per_second"],
+        ),
+        changed_at=row["changed_at"],
+        changed_by=row["changed_by"],
+    )
+
+
+async def current_settings(conn: Conn) -> SettingsVersion:
+    row = await conn.fetchrow("SELECT * FROM settings_versions ORDER BY version DESC LIMIT 1")
+    return _settings_row(row)
+
+
+async def settings_history(conn: Conn) -> list[SettingsVersion]:
+    return [_settings_row(r) for r in await conn.fetch("SELECT * FROM settings_versions ORDER BY version DESC")]
+
+
+async def save_settings(
+    conn: Conn, settings: CrmSettings, *, changed_by: str, expected_version: int = 0
+) -> SettingsVersion:
+    """Record a new settings version (call inside a transaction). Concurrent updates queue on
+    the table lock, so versions are gap-free and `expected_version` is checked reliably."""
+    await conn.execute("LOCK TABLE settings_versions IN SHARE ROW EXCLUSIVE MODE")
+    current = await conn.fetchval("SELECT max(version) FROM settings_versions")
+    if expected_version and expected_version != current:
+        raise ConflictError(
+            f"settings are at version {current}, not {expected_version}: read them again and reapply your change"
+        )
+    row = await conn.fetchrow(
+        """
+        INSERT INTO settings_versions (version, contract_sources, days_back, customer_sync_direction,
+            customer_field_mappings, product_field_mappings, import_requests_per_second, changed_by)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *
+        """,
+        current + 1,
+        list(settings.contract_sources),
+        settings.days_back,
+        settings.customer_sync_direction,
+        [{"stripe_path": m.stripe_path, "crm_field": m.crm_field} for m in settings.customer_field_mappings],
+        [{"stripe_path": m.stripe_path, "crm_field": m.crm_field} for m in settings.product_field_mappings],
+        settings.import_requests_per_second,
+        changed_by,
+    )
+    return _settings_row(row)
+
+
+# ---------------------------------------------------------------- guarded upserts
+
+_GUARD = (
+    "(EXCLUDED.v_terminal, EXCLUDED.v_ts, EXCLUDED.v_rank, EXCLUDED.content_hash)"
+    " > (t.v_terminal, t.v_ts, t.v_rank, t.content_hash)"
+)
+
+
+def _changed(row: Any, new_hash: str) -> bool:
+    return row is not None and row["old_hash"] != new_hash
+
+
+async def upsert_stripe_customer(conn: Conn, customer: StripeCustomer, version: Version) -> bool:
+    content = mapping.content_hash(customer.raw)
+    row = await conn.fetchrow(
+        f"""
+        WITH old AS (SELECT content_hash FROM stripe_customers WHERE id = $1)
+        INSERT INTO stripe_customers AS t (id, email, deleted, raw, v_terminal, v_ts, v_rank, content_hash)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, raw = EXCLUDED.raw,
+            v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
+            content_hash = EXCLUDED.content_hash
+        WHERE {_GUARD}
+        RETURNING (SELECT content_hash FROM old) AS old_hash
+        """,
+        customer.id,
+        customer.email,
+        customer.deleted,
+        customer.raw,
+        version.terminal,
+        version.ts,
+        version.rank,
+        content,
+    )
+    return _changed(row, content)
+
+
+async def stripe_customer_version(conn: Conn, customer_id: str) -> tuple[dict[str, Any], Version] | None:
+    row = await conn.fetchrow("SELECT raw, v_terminal, v_ts, v_rank FROM stripe_customers WHERE id = $1", customer_id)
+    if row is None:
+        return None
+    return row["raw"], Version(row["v_terminal"], row["v_ts"], row["v_rank"])
+
+
+async def upsert_stripe_client(conn: Conn, client: Client, version: Version) -> bool:
+    content = client.content_hash()
+    a = client.address
+    row = await conn.fetchrow(
+        f"""
+        WITH old AS (SELECT content_hash FROM clients WHERE client_id = $1)
+        INSERT INTO clients AS t (client_id, origin, stripe_customer_id, name, email, line1, line2, city, state,
+            postal_code, country, custom_fields, deleted, v_terminal, v_ts, v_rank, content_hash)
+        VALUES ($1, 'STRIPE', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        ON CONFLICT (client_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+            line1 = EXCLUDED.line1, line2 = EXCLUDED.line2, city = EXCLUDED.city, state = EXCLUDED.state,
+            postal_code = EXCLUDED.postal_code, country = EXCLUDED.country, custom_fields = EXCLUDED.custom_fields,
+            deleted = EXCLUDED.deleted, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts,
+            v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash, updated_at = now()
+        WHERE {_GUARD}
+        RETURNING (SELECT content_hash FROM old) AS old_hash
+        """,
+        client.stripe_customer_id,
+        client.name,
+        client.email,
+        a.line1,
+        a.line2,
+        a.city,
+        a.state,
+        a.postal_code,
+        a.country,
+        client.custom_fields,
+        client.deleted,
+        version.terminal,
+        version.ts,
+        version.rank,
+        content,
+    )
+    return _changed(row, content)
+
+
+async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]:
+    """Bring Stripe clients in line with new settings (mappings, direction) from the kept
+    customers; return the ids of clients whose content changed."""
+    if not settings.pulls_customers:
+        return []
+    changed = []
+    rows = await conn.fetch("SELECT raw, v_terminal, v_ts, v_rank FROM stripe_customers ORDER BY id")
+    for row in rows:
+        client = mapping.client_from_customer(row["raw"], settings, deleted=row["v_terminal"])
+        existing = await conn.fetchval(
+            "SELECT content_hash FROM clients WHERE client_id = $1", client.stripe_customer_id
+        )
+        if existing == client.content_hash():
+            continue
+        await conn.execute("DELETE FROM clients WHERE client_id = $1 AND origin = 'STRIPE'", client.stripe_customer_id)
+        await upsert_stripe_client(conn, client, Version(row["v_terminal"], row["v_ts"], row["v_rank"]))
+        changed.append(client.stripe_customer_id)
+    return changed
+
+
+async def upsert_product(conn: Conn, product: Product, raw: dict[str, Any], version: Version) -> bool:
+    content = product.content_hash()
+    row = await conn.fetchrow(
+        f"""
+        WITH old AS (SELECT content_hash FROM products WHERE stripe_product_id = $1)
+        INSERT INTO products AS t (stripe_product_id, name, description, active, custom_fields, deleted, raw,
+            v_terminal, v_ts, v_rank, content_hash)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (stripe_product_id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
+            active = EXCLUDED.active, custom_fields = EXCLUDED.custom_fields, deleted = EXCLUDED.deleted,
+            raw = EXCLUDED.raw, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
+            content_hash = EXCLUDED.content_hash, updated_at = now()
+        WHERE {_GUARD}
+        RETURNING (SELECT content_hash FROM old) AS old_hash
+        """,
+        product.stripe_product_id,
+        product.name,
+        product.description,
+        product.active,
+        product.custom_fields,
+        product.deleted,
+        raw,
+        version.terminal,
+        version.ts,
+        version.rank,
+        content,
+    )
+    return _changed(row, content)
+
+
+async def rebuild_products(conn: Conn, settings: CrmSettings) -> list[str]:
+    """Recompute product custom fields after the product mappings changed."""
+    changed = []
+    for row in await conn.fetch("SELECT stripe_product_id, raw, deleted, content_hash FROM products ORDER BY 1"):
+        product = mapping.product_from_stripe(row["raw"], settings, deleted=row["deleted"])
+        if product.content_hash() != row["content_hash"]:
+            await conn.execute(
+                "UPDATE products SET custom_fields = $2, content_hash = $3, updated_at = now() "
+                "WHERE stripe_product_id = $1",
+                product.stripe_product_id,
+                product.custom_fields,
+                product.content_hash(),
+            )
+            changed.append(product.stripe_product_id)
+    return changed
+
+
+def _date(iso: str) -> date | None:
+    return date.fromisoformat(iso) if iso else None
+
+
+async def upsert_contract(conn: Conn, contract: Contract, version: Version) -> bool:
+    content = contract.content_hash()
+    row = await conn.fetchrow(
+        f"""
+        WITH old AS (SELECT content_hash FROM contracts WHERE contract_id = $1)
+        INSERT INTO contracts AS t (contract_id, source, stripe_customer_id, customer_email, status, currency,
+            total_minor, discount_minor, start_date, end_date, created, canceled_at, stripe_subscription_id,
+            v_terminal, v_ts, v_rank, content_hash)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+        ON CONFLICT (contract_id) DO UPDATE SET source = EXCLUDED.source,
+            stripe_customer_id = EXCLUDED.stripe_customer_id, customer_email = EXCLUDED.customer_email,
+            status = EXCLUDED.status, currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor,
+            discount_minor = EXCLUDED.discount_minor, start_date = EXCLUDED.start_date,
+            end_date = EXCLUDED.end_date, created = EXCLUDED.created, canceled_at = EXCLUDED.canceled_at,
+            stripe_subscription_id = EXCLUDED.stripe_subscription_id, v_terminal = EXCLUDED.v_terminal,
+            v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash,
+            updated_at = now()
+        WHERE {_GUARD}
+        RETURNING (SELECT content_hash FROM old) AS old_hash
+        """,
+        contract.contract_id,
+        contract.source,
+        contract.stripe_customer_id,
+        contract.customer_email,
+        contract.status,
+        contract.currency,
+        contract.total_minor,
+        contract.discount_minor,
+        _date(contract.start_date),
+        _date(contract.end_date),
+        contract.created,
+        contract.canceled_at,
+        contract.stripe_subscription_id,
+        version.terminal,
+        version.ts,
+        version.rank,
+        content,
+    )
+    if row is None or row["old_hash"] == content:
+        return False
+    await conn.execute("DELETE FROM contract_lines WHERE contract_id = $1", contract.contract_id)
+    await conn.executemany(
+        """
+        INSERT INTO contract_lines (contract_id, stripe_line_id, stripe_product_id, description, quantity,
+            start_date, end_date, amount_minor, discount_minor, currency)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        """,
+        [
+            (
+                contract.contract_id,
+                line.stripe_line_id,
+                line.stripe_product_id,
+                line.description,
+                line.quantity,
+                _date(line.start_date),
+                _date(line.end_date),
+                line.amount_minor,
+                line.discount_minor,
+                line.currency,
+            )
+            for line in contract.lines
+        ],
+    )
+    return True
+
+
+async def upsert_subscription_state(conn: Conn, state: SubscriptionState, version: Version) -> bool:
+    content = mapping.content_hash([state.stripe_customer_id, state.status])
+    row = await conn.fetchrow(
+        f"""
+        WITH old AS (SELECT content_hash FROM subscriptions WHERE id = $1)
+        INSERT INTO subscriptions AS t (id, stripe_customer_id, status, v_terminal, v_ts, v_rank, content_hash)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
+            v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
+            content_hash = EXCLUDED.content_hash
+        WHERE {_GUARD}
+        RETURNING (SELECT content_hash FROM old) AS old_hash
+        """,
+        state.id,
+        state.stripe_customer_id,
+        state.status,
+        version.terminal,
+        version.ts,
+        version.rank,
+        content,
+    )
+    return _changed(row, content)
+
+
+async def record_invoice_payment(conn: Conn, payment: InvoicePayment) -> None:
+    await conn.execute(
+        """
+        INSERT INTO invoice_payments AS t (invoice_id, stripe_customer_id, failed, paid) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (invoice_id) DO UPDATE SET failed = t.failed OR EXCLUDED.failed, paid = t.paid OR EXCLUDED.paid
+        """,
+        payment.invoice_id,
+        payment.stripe_customer_id,
+        payment.failed,
+        payment.paid,
+    )
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass(frozen=True)
+class Health:
+    signals: tuple[str, ...]
+    failing_invoice_ids: tuple[str, ...]
+
+
+async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
+    ids = list(stripe_customer_ids)
+    if not ids:
+        return Health((), ())
+    statuses = [
+        r["status"]
+        for r in await conn.fetch("SELECT status FROM subscriptions WHERE stripe_customer_id = ANY($1)", ids)
+    ]
+    payments = [
+        InvoicePayment(r["invoice_id"], r["stripe_customer_id"], r["failed"], r["paid"])
+        for r in await conn.fetch(
+            "SELECT * FROM invoice_payments WHERE stripe_customer_id = ANY($1) ORDER BY invoice_id", ids
+        )
+    ]
+    return Health(
+        signals=tuple(mapping.health_signals(statuses, payments)),
+        failing_invoice_ids=tuple(p.invoice_id for p in payments if p.failed and not p.paid),
+    )
+
+
+# ---------------------------------------------------------------- CRM clients
+
+
+@dataclass(frozen=True)
+class CrmClient:
+    crm_client_id: str
+    name: str
+    email: str
+    stripe_customer_id: str
+
+
+async def upsert_crm_clients(conn: Conn, clients: Sequence[CrmClient]) -> None:
+    await conn.executemany(
+        """
+        INSERT INTO clients (client_id, origin, crm_client_id, stripe_customer_id, name, email)
+        VALUES ('crm_' || $1, 'CRM', $1, NULLIF($2, ''), $3, $4)
+        ON CONFLICT (client_id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id,
+            name = EXCLUDED.name, email = EXCLUDED.email, updated_at = now()
+        """,
+        [
+            (c.crm_client_id, c.stripe_customer_id, c.name, c.email)
+            for c in sorted(clients, key=lambda c: c.crm_client_id)
+        ],
+    )
+
+
+# ---------------------------------------------------------------- reads
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    client_id: str
+    origin: str
+    stripe_customer_id: str
+    crm_client_id: str
+    name: str
+    email: str
+    address: Address
+    custom_fields: dict[str, str]
+    deleted: bool
+    health: Health
+
+
+@dataclass(frozen=True)
+class ContractRecord:
+    contract: Contract
+    client_id: str
+    product_names: dict[str, str] = field(default_factory=dict)
+
+
+def encode_token(key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key]).encode()).decode()
+
+
+def decode_token(token: str) -> str | None:
+    """The last key of the previous page, or None when the token is not one of ours."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    return None
+
+
+async def _stripe_ids_of(conn: Conn, row: Any) -> list[str]:
+    ids = [row["stripe_customer_id"]] if row["stripe_customer_id"] else []
+    if row["origin"] == "CRM" and row["email"]:
+        ids += [
+            r["id"]
+            for r in await conn.fetch("SELECT id FROM stripe_customers WHERE lower(email) = lower($1)", row["email"])
+        ]
+    return sorted(set(ids))
+
+
+async def _client_record(conn: Conn, row: Any) -> ClientRecord:
+    return ClientRecord(
+        client_id=row["client_id"],
+        origin=row["origin"],
+        stripe_customer_id=row["stripe_customer_id"] or "",
+        crm_client_id=row["crm_client_id"] or "",
+        name=row["name"],
+        email=row["email"],
+        address=Address(row["line1"], row["line2"], row["city"], row["state"], row["postal_code"], row["country"]),
+        custom_fields=dict(row["custom_fields"]),
+        deleted=row["deleted"],
+        health=await health_for(conn, await _stripe_ids_of(conn, row)),
+    )
+
+
+async def list_clients(conn: Conn, *, after: str, limit: int) -> list[ClientRecord]:
+    rows = await conn.fetch("SELECT * FROM clients WHERE client_id > $1 ORDER BY client_id LIMIT $2", after, limit)
+    return [await _client_record(conn, r) for r in rows]
+
+
+async def get_client(conn: Conn, client_id: str) -> ClientRecord | None:
+    row = await conn.fetchrow("SELECT * FROM clients WHERE client_id = $1", client_id)
+    return await _client_record(conn, row) if row else None
+
+
+async def get_stripe_client(conn: Conn, stripe_customer_id: str) -> ClientRecord | None:
+    row = await conn.fetchrow("SELECT * FROM clients WHERE client_id = $1 AND origin = 'STRIPE'", stripe_customer_id)
+    return await _client_record(conn, row) if row else None
+
+
+def _product(row: Any) -> Product:
+    return Product(
+        stripe_product_id=row["stripe_product_id"],
+        name=row["name"],
+        description=row["description"],
+        active=row["active"],
+        custom_fields=dict(row["custom_fields"]),
+        deleted=row["deleted"],
+    )
+
+
+async def list_products(conn: Conn, *, after: str, limit: int) -> list[Product]:
+    rows = await conn.fetch(
+        "SELECT * FROM products WHERE stripe_product_id > $1 ORDER BY stripe_product_id LIMIT $2", after, limit
+    )
+    return [_product(r) for r in rows]
+
+
+async def get_product(conn: Conn, product_id: str) -> Product | None:
+    row = await conn.fetchrow("SELECT * FROM products WHERE stripe_product_id = $1", product_id)
+    return _product(row) if row else None
+
+
+def _iso(value: date | None) -> str:
+    return value.isoformat() if value else ""
+
+
+async def _contract_records(conn: Conn, rows: Sequence[Any]) -> list[ContractRecord]:
+    ids = [r["contract_id"] for r in rows]
+    lines: dict[str, list[ContractLine]] = {i: [] for i in ids}
+    names: dict[str, dict[str, str]] = {i: {} for i in ids}
+    for line in await conn.fetch(
+        """
+        SELECT l.*, p.name AS product_name FROM contract_lines l
+        LEFT JOIN products p ON p.stripe_product_id = l.stripe_product_id
+        WHERE l.contract_id = ANY($1) ORDER BY l.contract_id, l.stripe_line_id
+        """,
+        ids,
+    ):
+        lines[line["contract_id"]].append(
+            ContractLine(
+                stripe_line_id=line["stripe_line_id"],
+                stripe_product_id=line["stripe_product_id"],
+                description=line["description"],
+                quantity=line["quantity"],
+                start_date=_iso(line["start_date"]),
+                end_date=_iso(line["end_date"]),
+                amount_minor=line["amount_minor"],
+                discount_minor=line["discount_minor"],
+                currency=line["currency"],
+            )
+        )
+        if line["product_name"] is not None:
+            names[line["contract_id"]][line["stripe_product_id"]] = line["product_name"]
+    return [
+        ContractRecord(
+            contract=Contract(
+                contract_id=r["contract_id"],
+                source=r["source"],
+                stripe_customer_id=r["stripe_customer_id"],
+                customer_email=r["customer_email"],
+                status=r["status"],
+                currency=r["currency"],
+                total_minor=r["total_minor"],
+                discount_minor=r["discount_minor"],
+                start_date=_iso(r["start_date"]),
+                end_date=_iso(r["end_date"]),
+                created=r["created"],
+                canceled_at=r["canceled_at"],
+                stripe_subscription_id=r["stripe_subscription_id"],
+                lines=tuple(lines[r["contract_id"]]),
+            ),
+            client_id=r["client_id"] or "",
+            product_names=names[r["contract_id"]],
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class ContractFilter:
+    client_id: str = ""
+    source: str = ""
+    start_date: date | None = None
+    end_date: date | None = None
+    waiting_only: bool = False
+
+
+async def list_contracts(conn: Conn, flt: ContractFilter, *, after: str, limit: int) -> list[ContractRecord]:
+    rows = await conn.fetch(
+        """
+        SELECT k.*, cc.client_id FROM contracts k JOIN contract_clients cc USING (contract_id)
+        WHERE k.contract_id > $1
+          AND ($2 = '' OR cc.client_id = $2)
+          AND ($3 = '' OR k.source = $3)
+          AND ($4::date IS NULL OR k.end_date IS NULL OR k.end_date >= $4)
+          AND ($5::date IS NULL OR k.start_date IS NULL OR k.start_date <= $5)
+          AND (NOT $6 OR cc.client_id IS NULL)
+        ORDER BY k.contract_id LIMIT $7
+        """,
+        after,
+        flt.client_id,
+        flt.source,
+        flt.start_date,
+        flt.end_date,
+        flt.waiting_only,
+        limit,
+    )
+    return await _contract_records(conn, rows)
+
+
+async def get_contract(conn: Conn, contract_id: str) -> ContractRecord | None:
+    rows = await conn.fetch(
+        "SELECT k.*, cc.client_id FROM contracts k JOIN contract_clients cc USING (contract_id) "
+        "WHERE k.contract_id = $1",
+        contract_id,
+    )
+    records = await _contract_records(conn, rows)
+    return records[0] if records else None
+
+
+# ---------------------------------------------------------------- import runs
+
+
+@dataclass(frozen=True)
+class ImportRun:
+    run_id: str
+    days_back: int
+    cutoff: int
+    resumed: bool
+
+
+@dataclass
+class Checkpoint:
+    phase: str
+    starting_after: str | None
+    done: int
+    finished: bool
+
+
+async def open_import_run(conn: Conn, *, run_id: str, days_back: int, cutoff: int, restart: bool) -> ImportRun:
+    """The running import to continue, or a new one. Call inside a transaction."""
+    running = await conn.fetchrow("SELECT * FROM import_runs WHERE status = 'running' FOR UPDATE")
+    if running is not None and not restart and running["days_back"] == days_back:
+        return ImportRun(running["run_id"], running["days_back"], running["cutoff"], resumed=True)
+    if running is not None:
+        await conn.execute(
+            "UPDATE import_runs SET status = 'abandoned', finished_at = now() WHERE run_id = $1", running["run_id"]
+        )
+    await conn.execute(
+        "INSERT INTO import_runs (run_id, status, days_back, cutoff) VALUES ($1, 'running', $2, $3)",
+        run_id,
+        days_back,
+        cutoff,
+    )
+    return ImportRun(run_id, days_back, cutoff, resumed=False)
+
+
+async def checkpoint(conn: Conn, run_id: str, phase: str) -> Checkpoint:
+    row = await conn.fetchrow("SELECT * FROM import_checkpoints WHERE run_id = $1 AND phase = $2", run_id, phase)
+    if row is None:
+        return Checkpoint(phase, None, 0, False)
+    return Checkpoint(phase, row["starting_after"], row["done"], row["finished"])
+
+
+async def save_checkpoint(conn: Conn, run_id: str, cp: Checkpoint) -> None:
+    await conn.execute(
+        """
+        INSERT INTO import_checkpoints (run_id, phase, starting_after, done, finished) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (run_id, phase) DO UPDATE SET starting_after = EXCLUDED.starting_after, done = EXCLUDED.done,
+            finished = EXCLUDED.finished
+        """,
+        run_id,
+        cp.phase,
+        cp.starting_after,
+        cp.done,
+        cp.finished,
+    )
+
+
+async def finish_import_run(conn: Conn, run_id: str) -> None:
+    await conn.execute("UPDATE import_runs SET status = 'finished', finished_at = now() WHERE run_id = $1", run_id)

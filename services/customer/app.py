@@ -1,0 +1,22 @@
+"""The customer service as the runtime runs it (`syncmesh serve customer`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.service import ServiceDefinition
+from services.customer.api import CustomerServicer
+from services.customer.handlers import handle
+from syncmesh.customer.v1.customer_service_pb2_grpc import add_CustomerServiceServicer_to_server
+
+DEFINITION = ServiceDefinition(
+    name="customer",
+    schema="customer",
+    migrations=Path(__file__).parent / "migrations",
+    subjects=("stripe.customer.created", "stripe.customer.updated", "stripe.customer.deleted"),
+    handler=handle,
+    grpc_service_name="syncmesh.customer.v1.CustomerService",
+    register_grpc=lambda server, runtime: add_CustomerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        CustomerServicer(runtime), server
+    ),
+)

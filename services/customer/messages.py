@@ -1,0 +1,77 @@
+"""Records as the protobuf messages the gRPC API and the domain events carry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.customer.mapping import CustomerRecord
+from services.customer.store import HistoryRow
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.type.v1 import money_pb2
+
+_ORIGINS = {"stripe_event": pb.CUSTOMER_ORIGIN_STRIPE_EVENT, "import": pb.CUSTOMER_ORIGIN_IMPORT}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def customer_message(record: CustomerRecord) -> pb.Customer:
+    message = pb.Customer(
+        erp_customer_id=record.erp_customer_id,
+        stripe_customer_id=record.stripe_customer_id or "",
+        email=record.email or "",
+        name=record.name or "",
+        phone=record.phone or "",
+        description=record.description or "",
+        currency=record.currency or "",
+        balance=money_pb2.Money(amount_minor=record.balance_minor, currency=record.currency or ""),
+        delinquent=record.delinquent,
+        metadata=record.metadata,
+        livemode=record.livemode,
+        active=record.active,
+        last_stripe_event_id=record.last_event_id or "",
+        origin=_ORIGINS.get(record.origin, pb.CUSTOMER_ORIGIN_UNSPECIFIED),
+    )
+    if record.address is not None:
+        a = record.address
+        message.billing_address.CopyFrom(
+            pb.Address(
+                line1=a.line1 or "",
+                line2=a.line2 or "",
+                city=a.city or "",
+                state=a.state or "",
+                postal_code=a.postal_code or "",
+                country=a.country or "",
+            )
+        )
+    for name, value in (
+        ("deleted_at", record.deleted_at),
+        ("stripe_created_at", record.stripe_created),
+        ("created_at", record.created_at),
+        ("updated_at", record.updated_at),
+    ):
+        ts = timestamp(value)
+        if ts is not None:
+            getattr(message, name).CopyFrom(ts)
+    return message
+
+
+def history_message(row: HistoryRow) -> pb.HistoryEntry:
+    entry = pb.HistoryEntry(
+        stripe_event_id=row.stripe_event_id or "",
+        action=row.action,
+        stripe_customer_id=row.stripe_customer_id or "",
+        outcome=row.outcome,
+    )
+    for name, value in (("event_created_at", row.event_created), ("recorded_at", row.recorded_at)):
+        ts = timestamp(value)
+        if ts is not None:
+            getattr(entry, name).CopyFrom(ts)
+    return entry

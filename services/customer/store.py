@@ -1,0 +1,445 @@
+"""All SQL of the customer service.
+
+Order-independence is enforced here, in the WHERE of every write of Stripe state: a record
+only takes an event's state when the event's version key (event `created`, lifecycle rank) is
+newer than the one it holds, or equal when the caller settled a tie (see `mapping.decide`).
+`active` only moves from true to false, so a deleted customer stays deleted whatever arrives
+after. Records are never deleted (a trigger refuses it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.common.db import Conn
+from services.common.errors import ValidationError
+from services.customer.mapping import (
+    Address,
+    CustomerRecord,
+    ImportProblem,
+    MappingRow,
+    StripeCustomerState,
+    Version,
+    assigned_number,
+    format_erp_id,
+    normalize_email,
+    unix_to_datetime,
+)
+
+SERVICE = "customer"
+
+_COLUMNS = """
+    erp_customer_id, stripe_customer_id, email, name, phone, description, address, currency,
+    balance_minor, delinquent, metadata, livemode, active, deleted_at, stripe_created, origin,
+    version_created, version_rank, last_event_id, created_at, updated_at
+"""
+
+
+def _record(row: asyncpg.Record) -> CustomerRecord:
+    version = (
+        Version(int(row["version_created"]), int(row["version_rank"])) if row["version_created"] is not None else None
+    )
+    return CustomerRecord(
+        erp_customer_id=row["erp_customer_id"],
+        stripe_customer_id=row["stripe_customer_id"],
+        email=row["email"],
+        name=row["name"],
+        phone=row["phone"],
+        description=row["description"],
+        address=Address.from_dict(row["address"]),
+        currency=row["currency"],
+        balance_minor=int(row["balance_minor"]),
+        delinquent=bool(row["delinquent"]),
+        metadata=dict(row["metadata"] or {}),
+        livemode=bool(row["livemode"]),
+        active=bool(row["active"]),
+        deleted_at=row["deleted_at"],
+        stripe_created=row["stripe_created"],
+        origin=row["origin"],
+        version=version,
+        last_event_id=row["last_event_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _maybe(row: asyncpg.Record | None) -> CustomerRecord | None:
+    return _record(row) if row is not None else None
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+async def get_by_stripe_id(conn: Conn, stripe_customer_id: str, *, for_update: bool = False) -> CustomerRecord | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return _maybe(
+        await conn.fetchrow(f"SELECT {_COLUMNS} FROM customers WHERE stripe_customer_id = $1{lock}", stripe_customer_id)
+    )
+
+
+async def get_by_erp_id(conn: Conn, erp_customer_id: str, *, for_update: bool = False) -> CustomerRecord | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return _maybe(
+        await conn.fetchrow(f"SELECT {_COLUMNS} FROM customers WHERE erp_customer_id = $1{lock}", erp_customer_id)
+    )
+
+
+async def find_by_email(conn: Conn, email: str) -> list[CustomerRecord]:
+    """Every record whose email equals `email` ignoring case (via the indexed lower-cased copy)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM customers WHERE email_lower = $1 ORDER BY erp_customer_id LIMIT 50",
+        normalize_email(email),
+    )
+    return [_record(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    email: str | None = None
+    updated_since: datetime | None = None
+    active: bool | None = None
+
+    def fingerprint(self) -> str:
+        return json.dumps(
+            [self.email, self.updated_since.isoformat() if self.updated_since else None, self.active], sort_keys=True
+        )
+
+
+def encode_page_token(after: str, filters: ListFilter) -> str:
+    raw = json.dumps({"after": after, "filters": filters.fingerprint()}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str, filters: ListFilter) -> str:
+    """The ERP id to continue after; ValidationError if the token is not ours or the filters changed."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = data["after"]
+        fingerprint = data["filters"]
+    except (ValueError, KeyError, TypeError):
+        raise ValidationError("page_token", "not a token returned by ListCustomers: start again without one") from None
+    if fingerprint != filters.fingerprint() or not isinstance(after, str):
+        raise ValidationError("page_token", "was issued for other filters: send the same filters as the first page")
+    return after
+
+
+async def list_customers(
+    conn: Conn, *, filters: ListFilter, after: str | None, limit: int
+) -> tuple[list[CustomerRecord], str | None]:
+    """One page ordered by ERP id (keyset paging: stable under concurrent inserts)."""
+    clauses = ["($1::text IS NULL OR erp_customer_id > $1)"]
+    args: list[Any] = [after]
+    if filters.email is not None:
+        args.append(normalize_email(filters.email))
+        clauses.append(f"email_lower = ${len(args)}")
+    if filters.updated_since is not None:
+        args.append(filters.updated_since)
+        clauses.append(f"updated_at >= ${len(args)}")
+    if filters.active is not None:
+        args.append(filters.active)
+        clauses.append(f"active = ${len(args)}")
+    args.append(limit + 1)
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM customers WHERE {' AND '.join(clauses)} ORDER BY erp_customer_id LIMIT ${len(args)}",
+        *args,
+    )
+    records = [_record(r) for r in rows[:limit]]
+    next_after = records[-1].erp_customer_id if len(rows) > limit else None
+    return records, next_after
+
+
+async def active_erp_ids(conn: Conn) -> list[str]:
+    rows = await conn.fetch("SELECT erp_customer_id FROM customers WHERE active ORDER BY erp_customer_id")
+    return [r["erp_customer_id"] for r in rows]
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    stripe_event_id: str | None
+    action: str
+    stripe_customer_id: str | None
+    event_created: datetime | None
+    outcome: str
+    recorded_at: datetime
+
+
+async def history(conn: Conn, erp_customer_id: str) -> list[HistoryRow]:
+    rows = await conn.fetch(
+        "SELECT stripe_event_id, action, stripe_customer_id, event_created, outcome, recorded_at "
+        "FROM customer_history WHERE erp_customer_id = $1 ORDER BY id",
+        erp_customer_id,
+    )
+    return [HistoryRow(**dict(r)) for r in rows]
+
+
+async def event_seen(conn: Conn, stripe_event_id: str) -> bool:
+    """True once an event reached a record: the handler then does nothing, even when replayed."""
+    return bool(await conn.fetchval("SELECT true FROM customer_history WHERE stripe_event_id = $1", stripe_event_id))
+
+
+# --- writes of Stripe state -------------------------------------------------------------------
+
+
+async def next_erp_customer_id(conn: Conn) -> str:
+    """The next free CUST-000123 id; skips numbers an import already took."""
+    while True:
+        candidate = format_erp_id(int(await conn.fetchval("SELECT nextval('erp_customer_number')")))
+        if not await conn.fetchval("SELECT true FROM customers WHERE erp_customer_id = $1", candidate):
+            return candidate
+
+
+def _state_args(state: StripeCustomerState) -> list[Any]:
+    return [
+        state.stripe_customer_id,
+        state.email,
+        state.email_lower,
+        state.name,
+        state.phone,
+        state.description,
+        state.address.as_dict() if state.address else None,
+        state.currency,
+        state.balance_minor,
+        state.delinquent,
+        state.metadata,
+        state.livemode,
+        unix_to_datetime(state.stripe_created),
+    ]
+
+
+async def insert_from_stripe(
+    conn: Conn, erp_customer_id: str, state: StripeCustomerState, version: Version, event_id: str, deleted_at: datetime
+) -> CustomerRecord | None:
+    """A new record for a Stripe customer; None if another transaction linked it first."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO customers (
+            erp_customer_id, stripe_customer_id, email, email_lower, name, phone, description, address,
+            currency, balance_minor, delinquent, metadata, livemode, stripe_created,
+            active, deleted_at, origin, version_created, version_rank, last_event_id
+        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                  NOT $15, CASE WHEN $15 THEN $16::timestamptz END, 'stripe_event', $17, $18, $19)
+        ON CONFLICT (stripe_customer_id) DO NOTHING
+        RETURNING {_COLUMNS}
+        """,
+        erp_customer_id,
+        *_state_args(state),
+        state.deleted,
+        deleted_at,
+        version.created,
+        version.rank,
+        event_id,
+    )
+    return _maybe(row)
+
+
+async def apply_stripe_state(
+    conn: Conn,
+    erp_customer_id: str,
+    state: StripeCustomerState,
+    version: Version,
+    event_id: str,
+    deleted_at: datetime,
+    *,
+    allow_equal: bool,
+) -> CustomerRecord | None:
+    """Write `state` if `version` is newer than the record's (or equal, for a settled tie).
+
+    Returns the record after the write, or None when the guard refused it (an older event).
+    `active` can only turn false; `deleted_at` keeps the first deletion time seen.
+    """
+    comparison = "<=" if allow_equal else "<"
+    row = await conn.fetchrow(
+        f"""
+        UPDATE customers SET
+            email = $3, email_lower = $4, name = $5, phone = $6, description = $7, address = $8,
+            currency = $9, balance_minor = $10, delinquent = $11, metadata = $12, livemode = $13,
+            stripe_created = COALESCE($14, stripe_created),
+            active = active AND NOT $15,
+            deleted_at = CASE WHEN $15 THEN LEAST(COALESCE(deleted_at, $16::timestamptz), $16::timestamptz)
+                              ELSE deleted_at END,
+            version_created = $17, version_rank = $18, last_event_id = $19, updated_at = now()
+        WHERE erp_customer_id = $1 AND stripe_customer_id = $2
+          AND (version_created IS NULL OR (version_created, version_rank) {comparison} ($17::bigint, $18::smallint))
+        RETURNING {_COLUMNS}
+        """,
+        erp_customer_id,
+        *_state_args(state),
+        state.deleted,
+        deleted_at,
+        version.created,
+        version.rank,
+        event_id,
+    )
+    return _maybe(row)
+
+
+async def record_history(
+    conn: Conn,
+    *,
+    erp_customer_id: str,
+    stripe_customer_id: str | None,
+    action: str,
+    outcome: str,
+    stripe_event_id: str | None = None,
+    event_created: int | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO customer_history (erp_customer_id, stripe_customer_id, stripe_event_id, action, "
+        "event_created, outcome) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        erp_customer_id,
+        stripe_customer_id,
+        stripe_event_id,
+        action,
+        unix_to_datetime(event_created),
+        outcome,
+    )
+
+
+# --- link changes made through the API --------------------------------------------------------
+
+
+async def set_erp_contact(conn: Conn, erp_customer_id: str, *, email: str | None, name: str | None) -> None:
+    """Record an ERP-side email/name change (pushed to Stripe by the sync that follows)."""
+    await conn.execute(
+        "UPDATE customers SET email = COALESCE($2, email), email_lower = COALESCE($3, email_lower), "
+        "name = COALESCE($4, name), updated_at = now() WHERE erp_customer_id = $1",
+        erp_customer_id,
+        email,
+        normalize_email(email),
+        name,
+    )
+
+
+async def link(conn: Conn, erp_customer_id: str, stripe_customer_id: str) -> CustomerRecord:
+    """Link an unlinked record; the caller checked that nobody holds the Stripe customer."""
+    row = await conn.fetchrow(
+        f"UPDATE customers SET stripe_customer_id = $2, updated_at = now() "
+        f"WHERE erp_customer_id = $1 AND stripe_customer_id IS NULL RETURNING {_COLUMNS}",
+        erp_customer_id,
+        stripe_customer_id,
+    )
+    if row is None:
+        raise RuntimeError(f"{erp_customer_id} was linked concurrently")
+    return _record(row)
+
+
+async def unlink(conn: Conn, erp_customer_id: str) -> CustomerRecord:
+    """Clear the link; the Stripe state stays as history of what the customer was.
+
+    The version key is cleared too: it belonged to the old Stripe customer, and a new link
+    starts a new lifecycle.
+    """
+    row = await conn.fetchrow(
+        f"UPDATE customers SET stripe_customer_id = NULL, version_created = NULL, version_rank = NULL, "
+        f"updated_at = now() WHERE erp_customer_id = $1 RETURNING {_COLUMNS}",
+        erp_customer_id,
+    )
+    assert row is not None
+    return _record(row)
+
+
+# --- the mapping import ---------------------------------------------------------------------
+
+
+@dataclass
+class ImportOutcome:
+    created: int = 0
+    linked: int = 0
+    unchanged: int = 0
+    problems: list[ImportProblem] | None = None
+    new_links: list[tuple[str, str]] | None = None
+
+
+async def import_mappings(conn: Conn, rows: Sequence[MappingRow], *, apply: bool) -> ImportOutcome:
+    """Check `rows` against existing links and, if `apply` and nothing conflicts, write them.
+
+    Runs in the caller's transaction: the caller commits only a clean, non-dry-run import. The
+    rows go to a temporary table by COPY and are checked and applied with a few set-based
+    statements, so 100,000 rows take seconds, not a round trip each. While applying, the table
+    is locked against concurrent writers (the event consumer waits), so the checks still hold
+    when the rows are written.
+    """
+    if apply:
+        await conn.execute("LOCK TABLE customers IN SHARE ROW EXCLUSIVE MODE")
+    await conn.execute(
+        "CREATE TEMP TABLE import_rows (line integer NOT NULL, stripe_customer_id text NOT NULL, "
+        "erp_customer_id text NOT NULL, email text, email_lower text, kind text) ON COMMIT DROP"
+    )
+    await conn.copy_records_to_table(
+        "import_rows",
+        records=[(r.line, r.stripe_customer_id, r.erp_customer_id, r.email, normalize_email(r.email)) for r in rows],
+        columns=["line", "stripe_customer_id", "erp_customer_id", "email", "email_lower"],
+    )
+    await conn.execute("CREATE INDEX ON import_rows (erp_customer_id)")
+    await conn.execute("CREATE INDEX ON import_rows (stripe_customer_id)")
+    await conn.execute("ANALYZE import_rows")
+    conflicts = await conn.fetch(
+        """
+        SELECT t.line, 'stripe_customer_id' AS field,
+               t.stripe_customer_id || ' is already linked to ' || c.erp_customer_id
+                   || ': unlink ' || c.erp_customer_id || ' first' AS reason
+        FROM import_rows t JOIN customers c ON c.stripe_customer_id = t.stripe_customer_id
+        WHERE c.erp_customer_id <> t.erp_customer_id
+        UNION ALL
+        SELECT t.line, 'erp_customer_id',
+               t.erp_customer_id || ' is already linked to ' || c.stripe_customer_id
+                   || ': clear the link (UnlinkCustomer) before linking it to another Stripe customer'
+        FROM import_rows t JOIN customers c ON c.erp_customer_id = t.erp_customer_id
+        WHERE c.stripe_customer_id IS NOT NULL AND c.stripe_customer_id <> t.stripe_customer_id
+        """
+    )
+    outcome = ImportOutcome(problems=sorted(ImportProblem(r["line"], r["field"], r["reason"]) for r in conflicts))
+    await conn.execute("UPDATE import_rows SET kind = 'create'")
+    await conn.execute(
+        "UPDATE import_rows t SET kind = CASE WHEN c.stripe_customer_id IS NULL THEN 'link' ELSE 'unchanged' END "
+        "FROM customers c WHERE c.erp_customer_id = t.erp_customer_id"
+    )
+    counts = {
+        r["kind"]: int(r["n"]) for r in await conn.fetch("SELECT kind, count(*) AS n FROM import_rows GROUP BY kind")
+    }
+    outcome.created = counts.get("create", 0)
+    outcome.linked = counts.get("link", 0)
+    outcome.unchanged = counts.get("unchanged", 0)
+    if outcome.problems or not apply:
+        return outcome
+
+    await conn.execute(
+        """
+        INSERT INTO customers (erp_customer_id, stripe_customer_id, email, email_lower, origin)
+        SELECT erp_customer_id, stripe_customer_id, email, email_lower, 'import' FROM import_rows WHERE kind = 'create'
+        """
+    )
+    await conn.execute(
+        """
+        UPDATE customers c SET stripe_customer_id = t.stripe_customer_id,
+            email = COALESCE(c.email, t.email), email_lower = COALESCE(c.email_lower, t.email_lower),
+            updated_at = now()
+        FROM import_rows t WHERE t.kind = 'link' AND c.erp_customer_id = t.erp_customer_id
+        """
+    )
+    await conn.execute(
+        """
+        INSERT INTO customer_history (erp_customer_id, stripe_customer_id, action, outcome)
+        SELECT erp_customer_id, stripe_customer_id, 'import.linked', 'applied'
+        FROM import_rows WHERE kind IN ('create', 'link') ORDER BY line
+        """
+    )
+    highest = max((n for n in (assigned_number(r.erp_customer_id) for r in rows) if n is not None), default=0)
+    if highest:
+        # Assigned ids must never collide with imported ones of the same form.
+        await conn.execute(
+            "SELECT setval('erp_customer_number', GREATEST($1::bigint, (SELECT last_value FROM erp_customer_number)))",
+            highest,
+        )
+    new_links = await conn.fetch(
+        "SELECT erp_customer_id, stripe_customer_id FROM import_rows WHERE kind IN ('create', 'link') ORDER BY line"
+    )
+    outcome.new_links = [(r["erp_customer_id"], r["stripe_customer_id"]) for r in new_links]
+    return outcome
