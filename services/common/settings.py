@@ -204,7 +204,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     sync_start = parse_timestamp("SYNCMESH_SYNC_START", sync_start_raw) if sync_start_raw else None
 
     ports = {
-        name: _int(env, var, DEFAULT_PORTS[name], minimum=1, maximum=65535) for name, var in PORT_VARIABLES.items()
+        # 0 asks the OS for any free port (tests, several meshes on one machine); the bound
+        # port is printed at start-up.
+        name: _int(env, var, DEFAULT_PORTS[name], minimum=0, maximum=65535) for name, var in PORT_VARIABLES.items()
     }
 
     log_level = (_read(env, "SYNCMESH_LOG_LEVEL") or "INFO").upper()
