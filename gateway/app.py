@@ -14,6 +14,8 @@ The gateway needs NATS only; no webhook waits on PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -22,6 +24,7 @@ from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.metrics import GatewayMetrics
+from gateway.sweeper import Sweeper
 from gateway.verify import verify_event
 from services.common.bus import Bus
 from services.common.errors import MalformedEventError, PublishError, SignatureError, WrongModeError
@@ -142,9 +145,15 @@ class Gateway:
         self.bus = Bus(settings, name="syncmesh-gateway")
         self.app = create_app(self.settings, self.bus)
         self._runner: web.AppRunner | None = None
+        # Catches what webhooks missed (endpoint down longer than Stripe retried, a 4xx by mistake)
+        # from Stripe's Events API; off unless a Stripe key is configured.
+        self.sweeper = Sweeper.from_settings(self.settings, self.bus)
+        self._sweep_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.bus.start(wait=2.0)
+        if self.sweeper is not None:
+            self._sweep_task = asyncio.create_task(self.sweeper.run(), name="gateway-sweeper")
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -154,6 +163,11 @@ class Gateway:
         log.info("gateway listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
+        if self.sweeper is not None:
+            await self.sweeper.stop()  # abandons a sweep in flight; the next start sweeps again
+        if self._sweep_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep_task
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, lets in-flight requests finish
         await self.bus.close()

@@ -23,6 +23,7 @@ from services.common.embedded import NatsServer, PostgresServer, free_port
 from services.common.logs import setup_logging
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings, load_settings
+from services.common.stripe_api import close_stripe_clients
 
 log = logging.getLogger("syncmesh.up")
 SERVICE_MODULES = {
@@ -130,6 +131,7 @@ async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float
         for rt in reversed(runtimes):
             await rt.stop()
         await gateway.stop()
+        await close_stripe_clients()
         if stand_in is not None:
             stand_in.stop()
     return 0

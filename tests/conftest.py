@@ -59,6 +59,15 @@ def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     server.kill()
 
 
+@pytest.fixture(autouse=True)
+async def _close_shared_stripe_clients() -> AsyncIterator[None]:
+    """Stripe clients are shared per event loop; close their sessions after each test."""
+    yield
+    from services.common.stripe_api import close_stripe_clients
+
+    await close_stripe_clients()
+
+
 async def _clean_jetstream(url: str) -> None:
     nc = await nats.connect(url)
     try:

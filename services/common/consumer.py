@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg
 import nats.errors
 import nats.js.errors
+import stripe
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
@@ -48,6 +49,7 @@ from services.common.errors import EventError, PermanentError, PublishError
 from services.common.events import StripeEvent, check_mode, from_envelope
 from services.common.logs import current_event_id
 from services.common.settings import Settings
+from services.common.stripe_api import stripe_client_for
 from services.common.tracing import extract_context, inject_headers
 from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
@@ -78,8 +80,14 @@ class HandlerContext:
             event_name=event_name,
             message=message,
             stripe_event_id=stripe_event_id or self.envelope.event_id,
+            first_sequence=len(self.emitted),
         )
         self.emitted.append(f"{event_name}:{message.DESCRIPTOR.full_name}")
+
+    @property
+    def stripe(self) -> stripe.StripeClient | None:
+        """The process's Stripe API client, or None when SYNCMESH_STRIPE_API_KEY is not set."""
+        return stripe_client_for(self.settings)
 
     def skip(self, reason: str) -> None:
         """Mark the event as deliberately not applied (e.g. created before SYNCMESH_SYNC_START)."""

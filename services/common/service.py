@@ -38,7 +38,7 @@ from services.common.grpc_server import GrpcServer, start_grpc_server
 from services.common.logs import setup_logging
 from services.common.outbox import OutboxRelay
 from services.common.settings import Settings
-from services.common.stripe_api import make_stripe_client
+from services.common.stripe_api import close_stripe_clients, stripe_client_for
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,17 @@ class ServiceRuntime:
         self.settings = settings.require(definition.name)
         self.port = settings.port(definition.name) if port is None else port
         self.bus = Bus(settings, name=f"syncmesh-{definition.name}")
-        self._stripe_http = stripe.AIOHTTPClient()
-        self.stripe: stripe.StripeClient | None = make_stripe_client(settings, http_client=self._stripe_http)
         self._pool: asyncpg.Pool | None = None
         self.grpc: GrpcServer | None = None
         self.consumer: Consumer | None = None
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+
+    @property
+    def stripe(self) -> stripe.StripeClient | None:
+        """The process's Stripe API client (None without SYNCMESH_STRIPE_API_KEY)."""
+        return stripe_client_for(self.settings)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -160,8 +163,6 @@ class ServiceRuntime:
             await self.grpc.stop(min(grace, 5.0))
         if self._pool is not None:
             await self._pool.close()
-        with contextlib.suppress(Exception):
-            await self._stripe_http.close_async()  # type: ignore[no-untyped-call]
 
 
 async def run_until_signalled(
@@ -176,6 +177,7 @@ async def run_until_signalled(
     await stopping.wait()
     log.info("shutting down")
     await stop()
+    await close_stripe_clients()
 
 
 def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:

@@ -206,7 +206,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     ports = {
         # 0 asks the OS for any free port (tests, several meshes on one machine); the bound
         # port is printed at start-up.
-        name: _int(env, var, DEFAULT_PORTS[name], minimum=0, maximum=65535) for name, var in PORT_VARIABLES.items()
+        name: _int(env, var, DEFAULT_PORTS[name], minimum=0, maximum=65535)
+        for name, var in PORT_VARIABLES.items()
     }
 
     log_level = (_read(env, "SYNCMESH_LOG_LEVEL") or "INFO").upper()

@@ -4,6 +4,9 @@ address override (for localstripe or a recorded stand-in), async HTTP client and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import stripe
 
 from services.common.errors import SettingsError, UpstreamError
@@ -27,6 +30,44 @@ def make_stripe_client(
         http_client=http_client or stripe.AIOHTTPClient(),
         max_network_retries=max_network_retries,
     )
+
+
+_shared: dict[tuple[str, str | None, int], stripe.StripeClient] = {}
+
+
+def stripe_client_for(settings: Settings) -> stripe.StripeClient | None:
+    """The process's client for this key and base address, or None when no key is configured.
+
+    Shared by every handler, runtime and API call in the process, so its HTTP session (and
+    connection pool) is reused; one per event loop, because an aiohttp session cannot cross
+    loops. `close_stripe_clients()` closes them at shutdown.
+    """
+    if not settings.stripe_api_key:
+        return None
+    key = (settings.stripe_api_key, settings.stripe_api_base, id(asyncio.get_running_loop()))
+    client = _shared.get(key)
+    if client is None:
+        client = make_stripe_client(settings)
+        assert client is not None
+        _shared[key] = client
+    return client
+
+
+async def close_stripe_clients() -> None:
+    """Close every shared client's HTTP session (process shutdown, and between tests)."""
+    clients = list(_shared.values())
+    _shared.clear()
+    for client in clients:
+        await close_stripe_client(client)
+
+
+async def close_stripe_client(client: stripe.StripeClient | None) -> None:
+    """Close the client's HTTP session (the SDK offers no public close on StripeClient)."""
+    http = getattr(getattr(client, "_requestor", None), "_client", None)
+    close = getattr(http, "close_async", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 def require_stripe_client(settings: Settings) -> stripe.StripeClient:

@@ -8,7 +8,6 @@ so an import and the live stream write the same records the same way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import cache
 from typing import Any
 
 from google.protobuf.message import Message
@@ -16,8 +15,6 @@ from google.protobuf.message import Message
 from services.common.consumer import HandlerContext
 from services.common.db import Conn
 from services.common.events import StripeEvent
-from services.common.settings import Settings
-from services.common.stripe_api import make_stripe_client
 from services.crm_export import mapping, messages, store
 from services.crm_export.fetch import Fetcher, NoFetcher, StripeFetcher
 from services.crm_export.mapping import CrmSettings
@@ -44,30 +41,23 @@ async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
             ctx.skip("trial reminders change no record")
             return
         await apply_subscription(
-            ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx.settings), deleted=kind.endswith(".deleted")
+            ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx), deleted=kind.endswith(".deleted")
         )
     elif kind in CUSTOMER_EVENTS:
         await apply_customer(ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "customer.deleted")
     elif kind in PRODUCT_EVENTS:
         await apply_product(ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "product.deleted")
     elif kind in PAID_EVENTS:
-        await apply_paid_invoice(ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx.settings))
+        await apply_paid_invoice(ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx))
     elif kind == "invoice.payment_failed":
         await apply_failed_payment(ctx.conn, obj, ctx.emit)
     else:
         ctx.skip(f"{kind} changes no customer-success record")
 
 
-@cache
-def _stripe_fetcher(api_key: str, api_base: str | None, mode: str) -> StripeFetcher | None:
-    client = make_stripe_client(Settings(stripe_api_key=api_key, stripe_api_base=api_base, mode=mode))  # type: ignore[arg-type]
-    return StripeFetcher(client) if client else None
-
-
-def _fetcher(settings: Settings) -> Fetcher:
-    if not settings.stripe_api_key:
-        return NoFetcher()
-    return _stripe_fetcher(settings.stripe_api_key, settings.stripe_api_base, settings.mode) or NoFetcher()
+def _fetcher(ctx: HandlerContext) -> Fetcher:
+    client = ctx.stripe
+    return StripeFetcher(client) if client is not None else NoFetcher()
 
 
 async def apply_customer(

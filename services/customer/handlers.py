@@ -21,7 +21,6 @@ mapping), since the ERP then wants its changes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -31,8 +30,6 @@ import stripe
 from services.common.consumer import HandlerContext
 from services.common.errors import PermanentError, RetryableError
 from services.common.events import StripeEvent
-from services.common.settings import Settings
-from services.common.stripe_api import make_stripe_client
 from services.customer import store
 from services.customer.mapping import (
     EVENT_RANKS,
@@ -48,29 +45,6 @@ from services.customer.messages import customer_message, timestamp
 from syncmesh.customer.v1 import events_pb2
 
 log = logging.getLogger(__name__)
-
-_clients: dict[tuple[str, str | None, int], stripe.StripeClient] = {}
-
-
-def stripe_client(settings: Settings) -> stripe.StripeClient | None:
-    """One client per key, base and event loop: its aiohttp session must not cross loops."""
-    if not settings.stripe_api_key:
-        return None
-    key = (settings.stripe_api_key, settings.stripe_api_base, id(asyncio.get_running_loop()))
-    client = _clients.get(key)
-    if client is None:
-        client = make_stripe_client(settings)
-        assert client is not None
-        _clients[key] = client
-    return client
-
-
-async def close_stripe_clients() -> None:
-    """Close the cached clients' HTTP sessions (at shutdown, and between tests)."""
-    clients = list(_clients.values())
-    _clients.clear()
-    for client in clients:
-        await client._requestor._client.close_async()  # type: ignore[union-attr]
 
 
 async def fetch_current(client: stripe.StripeClient, stripe_customer_id: str) -> StripeCustomerState | None:
@@ -117,7 +91,7 @@ async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
         existing = await store.get_by_stripe_id(ctx.conn, incoming.stripe_customer_id, for_update=True)
         assert existing is not None
 
-    client = stripe_client(ctx.settings)
+    client = ctx.stripe
     decision = decide(existing.version, version, can_refetch=client is not None)
     state = incoming
     if decision is Decision.STALE:

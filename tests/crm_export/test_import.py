@@ -172,7 +172,9 @@ async def test_import_crash_half_way_then_resume_equals_a_clean_import(
         after_resume = await read_view(small_page_runtime.pool)
         # Nothing doubled: exactly one contract_upserted per contract, one client_upserted per client.
         async with small_page_runtime.pool.acquire() as conn:
-            per_subject = dict(await conn.fetch("SELECT subject, count(*) FROM outbox GROUP BY subject"))
+            per_subject: dict[str, int] = dict(
+                await conn.fetch("SELECT subject, count(*) FROM outbox GROUP BY subject")
+            )
         assert per_subject["syncmesh.crm_export.client_upserted"] == made["customers"]
         assert per_subject["syncmesh.crm_export.contract_upserted"] == len(after_resume["contracts"])
 

@@ -60,6 +60,6 @@ async def stub(runtime: ServiceRuntime) -> AsyncIterator[customer_service_pb2_gr
 @pytest.fixture(autouse=True)
 async def _close_cached_stripe_clients() -> AsyncIterator[None]:
     yield
-    from services.customer.handlers import close_stripe_clients
+    from services.common.stripe_api import close_stripe_clients
 
     await close_stripe_clients()

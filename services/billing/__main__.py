@@ -1,0 +1,3 @@
+from syncmesh.cli import main
+
+raise SystemExit(main(["serve", "billing"]))

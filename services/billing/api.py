@@ -1,0 +1,552 @@
+"""The billing service's gRPC API: reads of the ERP ledger, and the price -> item data sheet.
+
+Every argument is checked before any query runs, and a bad one is refused naming the field and
+what to send instead; the import is all-or-nothing, so a file with one bad line changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import grpc
+
+from services.billing import store
+from services.common.errors import NotFoundError, ValidationError
+from syncmesh.billing.v1 import billing_service_pb2 as pb
+from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from syncmesh.type.v1 import money_pb2
+
+if TYPE_CHECKING:
+    from services.common.service import ServiceRuntime
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+MAX_IMPORT_ROWS = 100_000
+CSV_HEADER = ["stripe_price_id", "erp_item_id"]
+_PRICE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+
+STATUS_TO_PB = {
+    "open": pb.INVOICE_STATUS_OPEN,
+    "paid_in_full": pb.INVOICE_STATUS_PAID_IN_FULL,
+    "voided": pb.INVOICE_STATUS_VOIDED,
+    "written_off": pb.INVOICE_STATUS_WRITTEN_OFF,
+}
+PB_TO_STATUS = {v: k for k, v in STATUS_TO_PB.items()}
+MEMO_KIND_TO_PB = {
+    "credit_note": pb.CREDIT_MEMO_KIND_CREDIT_NOTE,
+    "refund": pb.CREDIT_MEMO_KIND_REFUND,
+    "write_off": pb.CREDIT_MEMO_KIND_WRITE_OFF,
+}
+
+
+def _money(amount: int | None, currency: str) -> money_pb2.Money:
+    return money_pb2.Money(amount_minor=int(amount or 0), currency=currency)
+
+
+def _iso(value: date | datetime | None) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def _date_arg(field: str, raw: str) -> date | None:
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValidationError(field, f"{raw!r} is not an ISO date: send e.g. 2025-01-31") from None
+
+
+def _page_size(raw: int) -> int:
+    if raw < 0 or raw > MAX_PAGE:
+        raise ValidationError("page_size", f"must be between 1 and {MAX_PAGE} (0 for the default {DEFAULT_PAGE})")
+    return raw or DEFAULT_PAGE
+
+
+def _token(raw: str, types: Sequence[type]) -> list[Any] | None:
+    if not raw:
+        return None
+    try:
+        values = store.decode_token(raw)
+        if len(values) != len(types):
+            raise ValueError
+        out: list[Any] = []
+        for value, kind in zip(values, types, strict=True):
+            out.append(date.fromisoformat(value) if kind is date else kind(value))
+        return out
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise ValidationError(
+            "page_token", "is not a token this service issued: pass next_page_token back unchanged"
+        ) from None
+
+
+def _stripe_id(field: str, raw: str, *, required: bool = False) -> str | None:
+    value = raw.strip()
+    if not value:
+        if required:
+            raise ValidationError(field, "is required")
+        return None
+    if not _PRICE_ID.match(value):
+        raise ValidationError(field, f"{value[:40]!r} is not an id (letters, digits, _ - . only)")
+    return value
+
+
+def invoice_message(row: asyncpg.Record, lines: Sequence[asyncpg.Record] = ()) -> pb.Invoice:
+    cur = row["currency"]
+    return pb.Invoice(
+        erp_invoice_id=row["erp_invoice_id"],
+        stripe_invoice_id=row["stripe_invoice_id"],
+        stripe_customer_id=row["stripe_customer_id"],
+        erp_customer_id=row["erp_customer_id"] or "",
+        subscription_id=row["subscription_id"] or "",
+        number=row["number"] or "",
+        status=STATUS_TO_PB.get(row["erp_status"], pb.INVOICE_STATUS_UNSPECIFIED),
+        stripe_status=row["stripe_status"],
+        transaction_date=_iso(row["transaction_date"]),
+        due_date=_iso(row["due_date"]),
+        currency=cur,
+        subtotal=_money(row["subtotal"], cur),
+        discount=_money(row["discount_total"], cur),
+        tax=_money(row["tax"], cur),
+        total=_money(row["total"], cur),
+        amount_paid=_money(row["amount_paid"], cur),
+        credits_applied=_money(row["credits_applied"], cur),
+        amount_remaining=_money(row["amount_remaining"], cur),
+        lines_complete=row["lines_complete"],
+        api_shape=row["api_shape"],
+        unattributed_paid=_money(row["unattributed_paid"], cur),
+        lines=[
+            pb.InvoiceLine(
+                line_no=line["line_no"],
+                kind=pb.LINE_KIND_DISCOUNT if line["kind"] == "discount" else pb.LINE_KIND_ITEM,
+                erp_item_id=line["erp_item_id"],
+                item_mapped=line["item_mapped"],
+                stripe_price_id=line["stripe_price_id"] or "",
+                description=line["description"],
+                quantity=line["quantity"],
+                unit_amount=_money(line["unit_amount"], cur),
+                unit_amount_decimal=line["unit_amount_decimal"] or "",
+                amount=_money(line["amount"], cur),
+                discount_amount=_money(line["discount_amount"], cur),
+                recognized_amount=_money(line["recognized_amount"], cur),
+                period_start=_iso(line["period_start"]),
+                period_end=_iso(line["period_end"]),
+                proration=line["proration"],
+                revenue_account=line["revenue_account"] or "",
+                stripe_line_id=line["stripe_line_id"] or "",
+            )
+            for line in lines
+        ],
+    )
+
+
+def parse_item_csv(data: bytes) -> tuple[list[tuple[str, str]], list[pb.ImportProblem]]:
+    """Rows and every problem, with 1-based file line numbers (the header is line 1)."""
+    problems: list[pb.ImportProblem] = []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [], [pb.ImportProblem(line=0, field="csv", message=f"not UTF-8 text (byte {exc.start})")]
+    reader = csv.reader(io.StringIO(text))
+    rows: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    header_done = False
+    for record in reader:
+        line = reader.line_num
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        cells = [cell.strip() for cell in record]
+        if not header_done:
+            header_done = True
+            if [c.lower() for c in cells] != CSV_HEADER:
+                problems.append(
+                    pb.ImportProblem(
+                        line=line,
+                        field="header",
+                        message=f"must be exactly {','.join(CSV_HEADER)} (got {','.join(cells)[:80]})",
+                    )
+                )
+            continue
+        if len(cells) != 2:
+            problems.append(pb.ImportProblem(line=line, field="row", message=f"has {len(cells)} columns, expected 2"))
+            continue
+        price, item = cells
+        if not _PRICE_ID.match(price):
+            problems.append(
+                pb.ImportProblem(
+                    line=line, field="stripe_price_id", message=f"{price[:40]!r} is not a Stripe price or plan id"
+                )
+            )
+        elif price in seen:
+            problems.append(
+                pb.ImportProblem(
+                    line=line, field="stripe_price_id", message=f"{price} is already on line {seen[price]}"
+                )
+            )
+        else:
+            seen[price] = line
+        if not item or len(item) > 200:
+            problems.append(pb.ImportProblem(line=line, field="erp_item_id", message="must be 1 to 200 characters"))
+        rows.append((price, item))
+        if len(rows) > MAX_IMPORT_ROWS:
+            problems.append(pb.ImportProblem(line=line, field="csv", message=f"more than {MAX_IMPORT_ROWS} rows"))
+            break
+    if not header_done:
+        problems.append(
+            pb.ImportProblem(line=1, field="header", message=f"file is empty: start with {','.join(CSV_HEADER)}")
+        )
+    elif not rows and not problems:
+        problems.append(pb.ImportProblem(line=2, field="row", message="no mappings after the header"))
+    return rows, problems
+
+
+class BillingServicer(pb_grpc.BillingServiceServicer):
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+
+    async def _invoice_key(self, conn: Any, field: str, raw: str) -> str | None:
+        """An in_/INV- argument as the Stripe invoice id (NOT_FOUND when unknown)."""
+        value = _stripe_id(field, raw)
+        if value is None:
+            return None
+        row = await store.get_invoice(conn, value)
+        if row is None:
+            raise NotFoundError(f"no invoice {value} (give an ERP id INV-... or a Stripe id in_...)")
+        return str(row["stripe_invoice_id"])
+
+    async def GetInvoice(
+        self, request: pb.GetInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInvoiceResponse:
+        invoice_id = _stripe_id("invoice_id", request.invoice_id, required=True)
+        assert invoice_id is not None
+        async with self.runtime.pool.acquire() as conn:
+            row = await store.get_invoice(conn, invoice_id)
+            if row is None:
+                raise NotFoundError(f"no invoice {invoice_id} (give an ERP id INV-... or a Stripe id in_...)")
+            lines = await store.invoice_lines(conn, row["stripe_invoice_id"])
+        return pb.GetInvoiceResponse(invoice=invoice_message(row, lines))
+
+    async def ListInvoices(
+        self, request: pb.ListInvoicesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInvoicesResponse:
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
+        status = PB_TO_STATUS.get(request.status) if request.status else None
+        if request.status and status is None:
+            raise ValidationError("status", "unknown status: use OPEN, PAID_IN_FULL, VOIDED or WRITTEN_OFF")
+        start = _date_arg("from_date", request.from_date)
+        end = _date_arg("to_date", request.to_date)
+        if start and end and end < start:
+            raise ValidationError("to_date", "is before from_date")
+        limit = _page_size(request.page_size)
+        after = _token(request.page_token, (date, str))
+        async with self.runtime.pool.acquire() as conn:
+            rows = await store.list_invoices(
+                conn,
+                customer=customer,
+                status=status,
+                from_date=start,
+                to_date=end,
+                after=(after[0], after[1]) if after else None,
+                limit=limit + 1,
+            )
+        page = rows[:limit]
+        token = (
+            store.encode_token([page[-1]["transaction_date"].isoformat(), page[-1]["stripe_invoice_id"]])
+            if len(rows) > limit
+            else ""
+        )
+        return pb.ListInvoicesResponse(invoices=[invoice_message(r) for r in page], next_page_token=token)
+
+    async def ListPayments(
+        self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPaymentsResponse:
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
+        limit = _page_size(request.page_size)
+        after = _token(request.page_token, (int, str))
+        async with self.runtime.pool.acquire() as conn:
+            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
+            rows = await store.list_payments(
+                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
+            )
+        page = rows[:limit]
+        token = store.encode_token([page[-1]["paid_at"], page[-1]["stripe_payment_id"]]) if len(rows) > limit else ""
+        return pb.ListPaymentsResponse(
+            payments=[
+                pb.Payment(
+                    erp_payment_id=r["erp_payment_id"],
+                    stripe_payment_id=r["stripe_payment_id"],
+                    stripe_invoice_id=r["stripe_invoice_id"] or "",
+                    erp_invoice_id=r["erp_invoice_id"] or "",
+                    stripe_customer_id=r["customer"] or "",
+                    amount=_money(r["amount"], r["currency"]),
+                    payment_date=_iso(r["paid_on"]),
+                    method=r["method"],
+                    charge_id=r["charge_id"] or "",
+                    payment_intent_id=r["payment_intent_id"] or "",
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
+
+    async def ListCreditMemos(
+        self, request: pb.ListCreditMemosRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCreditMemosResponse:
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
+        limit = _page_size(request.page_size)
+        after = _token(request.page_token, (date, str))
+        async with self.runtime.pool.acquire() as conn:
+            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
+            rows = await store.list_credit_memos(
+                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
+            )
+            page = rows[:limit]
+            lines = await store.memo_lines(conn, [r["memo_key"] for r in page])
+        token = (
+            store.encode_token([page[-1]["memo_date"].isoformat(), page[-1]["memo_key"]]) if len(rows) > limit else ""
+        )
+        return pb.ListCreditMemosResponse(
+            credit_memos=[
+                pb.CreditMemo(
+                    erp_credit_memo_id=r["erp_credit_memo_id"],
+                    source_id=r["memo_key"],
+                    kind=MEMO_KIND_TO_PB[r["kind"]],
+                    stripe_invoice_id=r["stripe_invoice_id"] or "",
+                    erp_invoice_id=r["erp_invoice_id"] or "",
+                    stripe_customer_id=r["customer"] or "",
+                    amount=_money(r["amount"], r["currency"]),
+                    memo_date=_iso(r["memo_date"]),
+                    status=r["status"],
+                    applied_to=r["applied_to"],
+                    memo=r["memo"] or "",
+                    number=r["number"] or "",
+                    lines=[
+                        pb.CreditMemoLine(
+                            line_no=line["line_no"],
+                            description=line["description"],
+                            quantity=line["quantity"],
+                            unit_amount=_money(line["unit_amount"], r["currency"]),
+                            amount=_money(line["amount"], r["currency"]),
+                            invoice_line_item=line["invoice_line_item"] or "",
+                        )
+                        for line in lines.get(r["memo_key"], [])
+                    ],
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
+
+    async def ListRefunds(
+        self, request: pb.ListRefundsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRefundsResponse:
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
+        limit = _page_size(request.page_size)
+        after = _token(request.page_token, (int, str))
+        async with self.runtime.pool.acquire() as conn:
+            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
+            rows = await store.list_refunds(
+                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
+            )
+        page = rows[:limit]
+        token = (
+            store.encode_token([page[-1]["stripe_created"], page[-1]["stripe_refund_id"]]) if len(rows) > limit else ""
+        )
+        return pb.ListRefundsResponse(
+            refunds=[
+                pb.Refund(
+                    erp_refund_id=r["erp_refund_id"],
+                    stripe_refund_id=r["stripe_refund_id"],
+                    stripe_invoice_id=r["stripe_invoice_id"] or "",
+                    erp_invoice_id=r["erp_invoice_id"] or "",
+                    stripe_customer_id=r["customer"] or "",
+                    amount=_money(r["amount"], r["currency"]),
+                    refund_date=_iso(r["refunded_on"]),
+                    status=r["status"],
+                    charge_id=r["charge_id"] or "",
+                    erp_credit_memo_id=r["erp_credit_memo_id"] or "",
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
+
+    async def GetCustomerBalance(
+        self, request: pb.GetCustomerBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCustomerBalanceResponse:
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id, required=True)
+        assert customer is not None
+        as_of = _date_arg("as_of", request.as_of) or datetime.now(UTC).date()
+        async with self.runtime.pool.acquire() as conn:
+            rows = await store.open_receivables(conn, customer)
+            on_hold = await store.customer_on_hold(conn, customer)
+        buckets: dict[str, list[int]] = {}
+        counts: dict[str, int] = {}
+        for r in rows:
+            b = buckets.setdefault(r["currency"], [0, 0, 0, 0, 0, 0])
+            overdue = (as_of - r["due_date"]).days
+            index = 1 if overdue <= 0 else 2 if overdue <= 30 else 3 if overdue <= 60 else 4 if overdue <= 90 else 5
+            b[0] += r["amount_remaining"]
+            b[index] += r["amount_remaining"]
+            counts[r["currency"]] = counts.get(r["currency"], 0) + 1
+        return pb.GetCustomerBalanceResponse(
+            stripe_customer_id=customer,
+            as_of=as_of.isoformat(),
+            on_credit_hold=on_hold,
+            balances=[
+                pb.CurrencyBalance(
+                    currency=cur,
+                    open=_money(b[0], cur),
+                    current=_money(b[1], cur),
+                    days_1_30=_money(b[2], cur),
+                    days_31_60=_money(b[3], cur),
+                    days_61_90=_money(b[4], cur),
+                    days_over_90=_money(b[5], cur),
+                    open_invoices=counts[cur],
+                )
+                for cur, b in sorted(buckets.items())
+            ],
+        )
+
+    async def ListCreditHolds(
+        self, request: pb.ListCreditHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCreditHoldsResponse:
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
+        limit = _page_size(request.page_size)
+        after = _token(request.page_token, (str, str, str))
+        async with self.runtime.pool.acquire() as conn:
+            rows = await store.list_holds(
+                conn,
+                customer=customer,
+                active_only=request.active_only,
+                after=(after[0], after[1], after[2]) if after else None,
+                limit=limit + 1,
+            )
+        page = rows[:limit]
+        token = (
+            store.encode_token(
+                [page[-1]["placed_at"].isoformat(), page[-1]["stripe_customer_id"], page[-1]["stripe_invoice_id"]]
+            )
+            if len(rows) > limit
+            else ""
+        )
+        return pb.ListCreditHoldsResponse(
+            holds=[
+                pb.CreditHold(
+                    stripe_customer_id=r["stripe_customer_id"],
+                    stripe_invoice_id=r["stripe_invoice_id"],
+                    reason=r["reason"],
+                    placed_at=_iso(r["placed_at"]),
+                    released_at=_iso(r["released_at"]),
+                    release_reason=r["release_reason"] or "",
+                    active=r["released_at"] is None,
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
+
+    async def GetRevenueSchedule(
+        self, request: pb.GetRevenueScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRevenueScheduleResponse:
+        invoice_id = _stripe_id("invoice_id", request.invoice_id, required=True)
+        assert invoice_id is not None
+        async with self.runtime.pool.acquire() as conn:
+            row = await store.get_invoice(conn, invoice_id)
+            if row is None:
+                raise NotFoundError(f"no invoice {invoice_id} (give an ERP id INV-... or a Stripe id in_...)")
+            lines = await store.invoice_lines(conn, row["stripe_invoice_id"])
+            entries = await store.revenue_entries(conn, row["stripe_invoice_id"])
+        cur = row["currency"]
+        by_line: dict[int, list[pb.RevenueScheduleEntry]] = {}
+        for e in entries:
+            by_line.setdefault(e["line_no"], []).append(
+                pb.RevenueScheduleEntry(period=e["period"].isoformat(), amount=_money(e["amount"], cur))
+            )
+        return pb.GetRevenueScheduleResponse(
+            erp_invoice_id=row["erp_invoice_id"],
+            stripe_invoice_id=row["stripe_invoice_id"],
+            lines=[
+                pb.LineSchedule(
+                    line_no=line["line_no"],
+                    erp_item_id=line["erp_item_id"],
+                    line_amount=_money(line["amount"], cur),
+                    recognized_amount=_money(line["recognized_amount"], cur),
+                    revenue_account=line["revenue_account"] or "",
+                    entries=by_line.get(line["line_no"], []),
+                )
+                for line in lines
+            ],
+        )
+
+    async def ImportItemMappings(
+        self, request: pb.ImportItemMappingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportItemMappingsResponse:
+        rows, problems = parse_item_csv(request.csv)
+        if problems:
+            return pb.ImportItemMappingsResponse(
+                rows=len(rows), problems=problems, dry_run=request.dry_run, applied=False
+            )
+        write = not request.dry_run
+        async with self.runtime.pool.acquire() as conn, conn.transaction():
+            counts = await store.import_item_mappings(conn, rows, write=write)
+        return pb.ImportItemMappingsResponse(
+            rows=len(rows),
+            created=counts.created,
+            updated=counts.updated,
+            unchanged=counts.unchanged,
+            dry_run=request.dry_run,
+            applied=write,
+        )
+
+    async def ListUnmappedPrices(
+        self, request: pb.ListUnmappedPricesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListUnmappedPricesResponse:
+        limit = _page_size(request.page_size)
+        after = _token(request.page_token, (str,))
+        async with self.runtime.pool.acquire() as conn:
+            rows = await store.list_unmapped(conn, after=after[0] if after else None, limit=limit + 1)
+        page = rows[:limit]
+        token = store.encode_token([page[-1]["stripe_price_id"]]) if len(rows) > limit else ""
+        return pb.ListUnmappedPricesResponse(
+            prices=[
+                pb.UnmappedPrice(
+                    stripe_price_id=r["stripe_price_id"],
+                    last_invoice_id=r["last_invoice_id"],
+                    invoices_seen=r["invoices_seen"],
+                    first_seen_at=_iso(r["first_seen_at"]),
+                    last_seen_at=_iso(r["last_seen_at"]),
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
+
+    async def GetRecordHistory(
+        self, request: pb.GetRecordHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRecordHistoryResponse:
+        record_id = _stripe_id("record_id", request.record_id, required=True)
+        assert record_id is not None
+        async with self.runtime.pool.acquire() as conn:
+            key = await store.resolve_record_id(conn, record_id)
+            rows = await store.history(conn, key)
+        if not rows:
+            raise NotFoundError(f"no history for {record_id}")
+        return pb.GetRecordHistoryResponse(
+            entries=[
+                pb.HistoryEntry(
+                    stripe_event_id=r["stripe_event_id"],
+                    event_type=r["event_type"],
+                    record_type=r["record_type"],
+                    record_id=r["record_id"],
+                    change=r["change"],
+                    recorded_at=_iso(r["recorded_at"]),
+                )
+                for r in rows
+            ]
+        )

@@ -1,0 +1,41 @@
+"""The billing deployable: what `syncmesh serve billing` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.billing.api import BillingServicer
+from services.billing.handlers import make_handler
+from services.billing.settings import BillingSettings, load_billing_settings
+from services.common.service import ServiceDefinition
+from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
+
+SUBJECTS = (
+    "stripe.invoice.*",
+    "stripe.invoice_payment.*",
+    "stripe.charge.*",
+    "stripe.refund.*",
+    "stripe.credit_note.*",
+    "stripe.customer.subscription.*",
+    "stripe.customer.created",
+    "stripe.customer.updated",
+)
+
+
+def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition:
+    """The service under a billing policy (from SYNCMESH_BILLING_* when not given)."""
+    policy = billing if billing is not None else load_billing_settings()
+    return ServiceDefinition(
+        name="billing",
+        schema="billing",
+        migrations=Path(__file__).parent / "migrations",
+        subjects=SUBJECTS,
+        handler=make_handler(policy),
+        grpc_service_name="syncmesh.billing.v1.BillingService",
+        register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            BillingServicer(runtime), server
+        ),
+    )
+
+
+DEFINITION = make_definition()

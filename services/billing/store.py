@@ -1,0 +1,939 @@
+"""All SQL of the billing service.
+
+Order-independence lives here: every record is keyed by the Stripe id of what it represents,
+and every upsert carries a version in its WHERE so an older fact never overwrites a newer one
+(invoices: status rank, then event time, amount paid, attempts and event id as the last,
+deterministic tie-breaker for events of the same second; refunds and credit notes: status rank
+only moves forward). Derived state (amount paid, remaining, ERP status, write-off) is recomputed
+from the stored facts, so it is the same whatever order the facts came in.
+
+Writers of one invoice serialise on a transaction-scoped advisory lock keyed by the invoice id,
+so two replicas never recompute the same invoice from half of each other's facts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from services.billing import mapping
+from services.billing.mapping import ErpCreditNote, ErpInvoice, ErpPayment, ErpRefund, HoldRequest, LedgerState
+from services.common.db import Conn
+
+
+async def lock(conn: Conn, key: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"billing:{key}")
+
+
+HistoryRow = tuple[str, str, str, str, str]
+
+
+async def add_history(conn: Conn, rows: Sequence[HistoryRow]) -> None:
+    """(record_type, record_id, stripe_event_id, event_type, change) rows, in one round trip."""
+    if rows:
+        await conn.executemany(
+            "INSERT INTO record_history (record_type, record_id, stripe_event_id, event_type, change) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            list(rows),
+        )
+
+
+# -- customers and items ------------------------------------------------------------------------
+
+
+async def upsert_customer(conn: Conn, customer_id: str, erp_customer_id: str | None, created: int) -> bool:
+    row = await conn.fetchrow(
+        """
+        INSERT INTO customers (stripe_customer_id, erp_customer_id, version_created)
+        VALUES ($1, $2, $3)
+        ON CONFLICT (stripe_customer_id) DO UPDATE
+           SET erp_customer_id = COALESCE(EXCLUDED.erp_customer_id, customers.erp_customer_id),
+               version_created = EXCLUDED.version_created, updated_at = now()
+         WHERE EXCLUDED.version_created >= customers.version_created
+           AND EXCLUDED.erp_customer_id IS DISTINCT FROM customers.erp_customer_id
+        RETURNING true
+        """,
+        customer_id,
+        erp_customer_id,
+        created,
+    )
+    return row is not None
+
+
+async def load_item_map(conn: Conn, price_ids: Sequence[str]) -> dict[str, str]:
+    if not price_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT stripe_price_id, erp_item_id FROM item_mappings WHERE stripe_price_id = ANY($1::text[])",
+        list(price_ids),
+    )
+    return {r["stripe_price_id"]: r["erp_item_id"] for r in rows}
+
+
+async def note_unmapped(conn: Conn, price_ids: Iterable[str], invoice_id: str) -> None:
+    rows = [(price_id, invoice_id) for price_id in sorted(set(price_ids))]
+    if rows:
+        await conn.executemany(
+            """
+            INSERT INTO unmapped_prices (stripe_price_id, last_invoice_id) VALUES ($1, $2)
+            ON CONFLICT (stripe_price_id) DO UPDATE
+               SET last_seen_at = now(), last_invoice_id = EXCLUDED.last_invoice_id,
+                   invoices_seen = unmapped_prices.invoices_seen + 1
+            """,
+            rows,
+        )
+
+
+@dataclass(frozen=True)
+class ImportCounts:
+    created: int
+    updated: int
+    unchanged: int
+
+
+async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> ImportCounts:
+    """Count (and unless `write` is False, apply) a validated data sheet; a mapped price leaves
+    the unmapped list."""
+    existing = await load_item_map(conn, [p for p, _ in rows])
+    created = sum(1 for p, _ in rows if p not in existing)
+    updated = sum(1 for p, item in rows if p in existing and existing[p] != item)
+    unchanged = len(rows) - created - updated
+    if write and rows:
+        await conn.executemany(
+            """
+            INSERT INTO item_mappings (stripe_price_id, erp_item_id) VALUES ($1, $2)
+            ON CONFLICT (stripe_price_id) DO UPDATE SET erp_item_id = EXCLUDED.erp_item_id, imported_at = now()
+             WHERE item_mappings.erp_item_id IS DISTINCT FROM EXCLUDED.erp_item_id
+            """,
+            sorted(rows),
+        )
+        await conn.execute("DELETE FROM unmapped_prices WHERE stripe_price_id = ANY($1::text[])", [p for p, _ in rows])
+    return ImportCounts(created, updated, unchanged)
+
+
+# -- invoices -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvoiceUpsert:
+    #: This event's snapshot is now the invoice's header.
+    snapshot_applied: bool
+    #: The invoice's lines were (re)written from this event.
+    lines_replaced: bool
+    created: bool
+
+
+_VERSION = ("status_rank", "version_created", "version_paid", "version_attempts", "version_event_id")
+
+
+async def upsert_invoice(conn: Conn, inv: ErpInvoice, *, event_id: str, event_created: int) -> InvoiceUpsert:
+    """Apply the snapshot if it is newer; rewrite the lines only when they changed.
+
+    The caller holds the invoice's advisory lock, so reading the version first and writing
+    after is safe; the WHERE on the upsert still guards it.
+    """
+    current = await conn.fetchrow(
+        "SELECT status_rank, version_created, version_paid, version_attempts, version_event_id, "
+        "lines_complete, lines_hash FROM invoices WHERE stripe_invoice_id = $1",
+        inv.stripe_invoice_id,
+    )
+    version = (inv.status_rank, event_created, inv.stripe_amount_paid, inv.attempt_count, event_id)
+    applied = current is None or version > tuple(current[k] for k in _VERSION)
+    stored_complete = bool(current["lines_complete"]) if current is not None else False
+    wanted = (applied and (inv.lines_complete or not stored_complete)) or (
+        not applied and inv.lines_complete and not stored_complete
+    )
+    fingerprint = mapping.lines_fingerprint(inv)
+    replace = wanted and (current is None or current["lines_hash"] != fingerprint)
+    balanced = not mapping.invoice_problems(inv)
+    if applied:
+        await conn.execute(
+            """
+            INSERT INTO invoices (
+                stripe_invoice_id, stripe_customer_id, subscription_id, number, stripe_status, status_rank,
+                version_created, version_paid, version_attempts, version_event_id, api_shape, billing_reason,
+                collection_method, currency, stripe_created, transaction_date, due_date, period_start, period_end,
+                subtotal, discount_total, tax, tax_inclusive, total, amount_due, stripe_amount_paid,
+                stripe_amount_remaining, balance_applied, attempt_count, next_payment_attempt, paid_at,
+                lines_complete, lines_hash, balanced
+            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                      $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)
+            ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+                stripe_customer_id = EXCLUDED.stripe_customer_id, subscription_id = EXCLUDED.subscription_id,
+                number = EXCLUDED.number, stripe_status = EXCLUDED.stripe_status,
+                status_rank = EXCLUDED.status_rank, version_created = EXCLUDED.version_created,
+                version_paid = EXCLUDED.version_paid, version_attempts = EXCLUDED.version_attempts,
+                version_event_id = EXCLUDED.version_event_id, api_shape = EXCLUDED.api_shape,
+                billing_reason = EXCLUDED.billing_reason, collection_method = EXCLUDED.collection_method,
+                currency = EXCLUDED.currency, stripe_created = EXCLUDED.stripe_created,
+                transaction_date = EXCLUDED.transaction_date, due_date = EXCLUDED.due_date,
+                period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+                subtotal = EXCLUDED.subtotal, discount_total = EXCLUDED.discount_total, tax = EXCLUDED.tax,
+                tax_inclusive = EXCLUDED.tax_inclusive, total = EXCLUDED.total, amount_due = EXCLUDED.amount_due,
+                stripe_amount_paid = EXCLUDED.stripe_amount_paid,
+                stripe_amount_remaining = EXCLUDED.stripe_amount_remaining,
+                balance_applied = EXCLUDED.balance_applied, attempt_count = EXCLUDED.attempt_count,
+                next_payment_attempt = EXCLUDED.next_payment_attempt, paid_at = EXCLUDED.paid_at,
+                -- A truncated snapshot never makes complete lines incomplete.
+                lines_complete = invoices.lines_complete OR EXCLUDED.lines_complete,
+                lines_hash = CASE WHEN $35 THEN EXCLUDED.lines_hash ELSE invoices.lines_hash END,
+                balanced = CASE WHEN $35 THEN EXCLUDED.balanced ELSE invoices.balanced END,
+                updated_at = now()
+            WHERE (EXCLUDED.status_rank, EXCLUDED.version_created, EXCLUDED.version_paid,
+                   EXCLUDED.version_attempts, EXCLUDED.version_event_id)
+                > (invoices.status_rank, invoices.version_created, invoices.version_paid,
+                   invoices.version_attempts, invoices.version_event_id)
+            """,
+            inv.stripe_invoice_id,
+            inv.stripe_customer_id,
+            inv.subscription_id,
+            inv.number,
+            inv.stripe_status,
+            inv.status_rank,
+            event_created,
+            inv.stripe_amount_paid,
+            inv.attempt_count,
+            event_id,
+            inv.api_shape,
+            inv.billing_reason,
+            inv.collection_method,
+            inv.currency,
+            inv.created,
+            inv.transaction_date,
+            inv.due_date,
+            inv.period_start,
+            inv.period_end,
+            inv.subtotal,
+            inv.discount_total,
+            inv.tax,
+            inv.tax_inclusive,
+            inv.total,
+            inv.amount_due,
+            inv.stripe_amount_paid,
+            inv.stripe_amount_remaining,
+            inv.balance_applied,
+            inv.attempt_count,
+            inv.next_payment_attempt,
+            inv.paid_at,
+            inv.lines_complete,
+            fingerprint,
+            balanced,
+            replace,
+        )
+    elif replace:
+        await conn.execute(
+            "UPDATE invoices SET lines_complete = lines_complete OR $2, lines_hash = $3, balanced = $4 "
+            "WHERE stripe_invoice_id = $1",
+            inv.stripe_invoice_id,
+            inv.lines_complete,
+            fingerprint,
+            balanced,
+        )
+    if replace:
+        await replace_lines(conn, inv)
+    return InvoiceUpsert(applied, replace, current is None)
+
+
+async def replace_lines(conn: Conn, inv: ErpInvoice) -> None:
+    await conn.execute("DELETE FROM invoice_lines WHERE stripe_invoice_id = $1", inv.stripe_invoice_id)
+    await conn.executemany(
+        """
+        INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
+            erp_item_id, item_mapped, description, quantity, unit_amount, unit_amount_decimal, amount,
+            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+        """,
+        [
+            (
+                inv.stripe_invoice_id,
+                line.line_no,
+                line.kind,
+                line.stripe_line_id,
+                line.stripe_price_id,
+                line.discount_id,
+                line.erp_item_id,
+                line.item_mapped,
+                line.description,
+                line.quantity,
+                line.unit_amount,
+                line.unit_amount_decimal,
+                line.amount,
+                line.discount_amount,
+                line.recognized_amount,
+                inv.currency,
+                line.period_start,
+                line.period_end,
+                line.proration,
+                line.revenue_account,
+            )
+            for line in inv.lines
+        ],
+    )
+    entries = [
+        (inv.stripe_invoice_id, line.line_no, entry.period, entry.amount, inv.currency)
+        for line in inv.lines
+        for entry in line.schedule
+    ]
+    if entries:
+        await conn.executemany(
+            "INSERT INTO revenue_schedule (stripe_invoice_id, line_no, period, amount, currency) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            entries,
+        )
+
+
+async def note_uncollectible(conn: Conn, invoice_id: str, *, notified_on: date, at: int | None) -> None:
+    """Stripe gave up on this invoice: remember it (and the earliest day we were told), whatever
+    snapshot ends up newest."""
+    await conn.execute(
+        """
+        UPDATE invoices SET uncollectible_seen = true,
+               uncollectible_at = LEAST(uncollectible_at, $3),
+               uncollectible_notified_on = LEAST(uncollectible_notified_on, $2)
+         WHERE stripe_invoice_id = $1
+        """,
+        invoice_id,
+        notified_on,
+        at,
+    )
+    # LEAST ignores NULLs only when one side is non-null; seed the first values explicitly.
+    await conn.execute(
+        """
+        UPDATE invoices SET uncollectible_at = COALESCE(uncollectible_at, $3),
+               uncollectible_notified_on = COALESCE(uncollectible_notified_on, $2)
+         WHERE stripe_invoice_id = $1
+        """,
+        invoice_id,
+        notified_on,
+        at,
+    )
+
+
+async def get_invoice(conn: Conn, invoice_id: str) -> asyncpg.Record | None:
+    """By Stripe id (in_...) or ERP id (INV-...)."""
+    return await conn.fetchrow(
+        """
+        SELECT i.*, c.erp_customer_id FROM invoices i
+          LEFT JOIN customers c ON c.stripe_customer_id = i.stripe_customer_id
+         WHERE i.stripe_invoice_id = $1 OR i.erp_invoice_id = $1
+        """,
+        invoice_id,
+    )
+
+
+async def invoice_lines(conn: Conn, invoice_id: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch("SELECT * FROM invoice_lines WHERE stripe_invoice_id = $1 ORDER BY line_no", invoice_id)
+    )
+
+
+async def revenue_entries(conn: Conn, invoice_id: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT * FROM revenue_schedule WHERE stripe_invoice_id = $1 ORDER BY line_no, period", invoice_id
+        )
+    )
+
+
+async def invoice_with_facts(conn: Conn, invoice_id: str) -> asyncpg.Record | None:
+    """The invoice row plus every fact its ledger is derived from, in one round trip."""
+    return await conn.fetchrow(
+        """
+        SELECT i.*,
+               ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
+                      ORDER BY stripe_payment_id) AS payment_amounts,
+               ARRAY(SELECT paid_at FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
+                      ORDER BY stripe_payment_id) AS payment_times,
+               (SELECT COALESCE(sum(amount), 0) FROM credit_memos m
+                 WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
+                   AND applied_to = 'invoice' AND status = 'issued') AS credit_note_total,
+               EXISTS (SELECT 1 FROM credit_holds h
+                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NULL) AS has_active_holds
+          FROM invoices i WHERE i.stripe_invoice_id = $1
+        """,
+        invoice_id,
+    )
+
+
+def ledger_facts(row: asyncpg.Record, *, write_off_enabled: bool) -> mapping.LedgerFacts:
+    return mapping.LedgerFacts(
+        total=row["total"],
+        stripe_status=row["stripe_status"],
+        stripe_amount_paid=row["stripe_amount_paid"],
+        balance_applied=row["balance_applied"],
+        payments=tuple(
+            mapping.PaymentFact(a, t) for a, t in zip(row["payment_amounts"], row["payment_times"], strict=True)
+        ),
+        invoice_credits=int(row["credit_note_total"]),
+        uncollectible_seen=row["uncollectible_seen"],
+        uncollectible_at=row["uncollectible_at"],
+        write_off_enabled=write_off_enabled,
+    )
+
+
+def ledger_unchanged(row: asyncpg.Record, state: LedgerState, status: str) -> bool:
+    stored = (row["amount_paid"], row["unattributed_paid"], row["credits_applied"], row["amount_remaining"])
+    new = (state.amount_paid, state.unattributed_paid, state.credits_applied, state.amount_remaining)
+    return stored == new and row["erp_status"] == status
+
+
+async def save_ledger(conn: Conn, invoice_id: str, state: LedgerState, status: str) -> None:
+    await conn.execute(
+        """
+        UPDATE invoices SET amount_paid = $2, unattributed_paid = $3, credits_applied = $4,
+               amount_remaining = $5, erp_status = $6, updated_at = now()
+         WHERE stripe_invoice_id = $1
+        """,
+        invoice_id,
+        state.amount_paid,
+        state.unattributed_paid,
+        state.credits_applied,
+        state.amount_remaining,
+        status,
+    )
+
+
+@dataclass(frozen=True)
+class MemoChange:
+    memo_key: str
+    erp_credit_memo_id: str
+    kind: str
+    stripe_invoice_id: str | None
+    amount: int
+    currency: str
+    status: str
+
+
+async def sync_write_off(conn: Conn, row: asyncpg.Record, state: LedgerState) -> MemoChange | None:
+    """Create or move the write-off credit memo to match the ledger; None when nothing changed."""
+    if state.write_off == "none":
+        return None
+    status = {"active": "issued", "reversed": "reversed", "void": "void"}[state.write_off]
+    key = f"wo_{row['stripe_invoice_id']}"
+    notified: date = row["uncollectible_notified_on"] or row["transaction_date"]
+    memo = (
+        f"Bad debt write-off of an uncollectible invoice, dated {notified.isoformat()}: the day the mesh was "
+        "notified (Stripe does not record when an invoice was closed or forgiven)"
+    )
+    result = await conn.fetchrow(
+        """
+        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
+                                  memo_date, status, applied_to, reason, memo)
+        VALUES ($1, 'write_off', $2, $3, $4, $5, $6, $7, 'invoice', 'uncollectible', $8)
+        ON CONFLICT (memo_key) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status,
+               memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, updated_at = now()
+         WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date)
+               IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date)
+        RETURNING erp_credit_memo_id
+        """,
+        key,
+        row["stripe_invoice_id"],
+        row["stripe_customer_id"],
+        state.write_off_amount,
+        row["currency"],
+        notified,
+        status,
+        memo,
+    )
+    if result is None:
+        return None
+    await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = $1", key)
+    await conn.execute(
+        "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
+        "VALUES ($1, 1, $2, 1, $3, $3, 'write_off')",
+        key,
+        f"Write-off of invoice {row['stripe_invoice_id']} (receivable and income reversed)",
+        state.write_off_amount,
+    )
+    return MemoChange(
+        key,
+        result["erp_credit_memo_id"],
+        "write_off",
+        row["stripe_invoice_id"],
+        state.write_off_amount,
+        row["currency"],
+        status,
+    )
+
+
+# -- payments -----------------------------------------------------------------------------------
+
+
+async def upsert_payment(conn: Conn, p: ErpPayment) -> asyncpg.Record | None:
+    """Insert the payment, or improve it from a better source; the row when something changed."""
+    return await conn.fetchrow(
+        """
+        INSERT INTO payments (stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
+            payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (stripe_payment_id) DO UPDATE SET
+            stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, payments.stripe_invoice_id),
+            stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, payments.stripe_customer_id),
+            charge_id = COALESCE(EXCLUDED.charge_id, payments.charge_id),
+            payment_intent_id = COALESCE(EXCLUDED.payment_intent_id, payments.payment_intent_id),
+            amount = EXCLUDED.amount, paid_at = EXCLUDED.paid_at, paid_on = EXCLUDED.paid_on,
+            method = EXCLUDED.method, source = EXCLUDED.source, priority = EXCLUDED.priority
+        WHERE EXCLUDED.priority > payments.priority
+        RETURNING *, (xmax = 0) AS inserted
+        """,
+        p.stripe_payment_id,
+        p.stripe_invoice_id,
+        p.stripe_customer_id,
+        p.charge_id,
+        p.payment_intent_id,
+        p.amount,
+        p.currency,
+        p.paid_at,
+        mapping.to_date(p.paid_at),
+        p.method,
+        p.source,
+        p.priority,
+    )
+
+
+async def invoice_for_payment(conn: Conn, charge_id: str | None, payment_intent_id: str | None) -> str | None:
+    if not charge_id and not payment_intent_id:
+        return None
+    value = await conn.fetchval(
+        "SELECT stripe_invoice_id FROM payments WHERE stripe_invoice_id IS NOT NULL "
+        "AND (charge_id = $1 OR payment_intent_id = $2) ORDER BY stripe_payment_id LIMIT 1",
+        charge_id,
+        payment_intent_id,
+    )
+    return str(value) if value is not None else None
+
+
+async def link_refunds(conn: Conn, p: ErpPayment) -> list[str]:
+    """Refunds that arrived before their payment learn their invoice now; returns their ids."""
+    if not p.stripe_invoice_id or (not p.charge_id and not p.payment_intent_id):
+        return []
+    rows = await conn.fetch(
+        """
+        UPDATE refunds SET stripe_invoice_id = $1
+         WHERE stripe_invoice_id IS NULL AND (charge_id = $2 OR payment_intent_id = $3)
+        RETURNING stripe_refund_id
+        """,
+        p.stripe_invoice_id,
+        p.charge_id,
+        p.payment_intent_id,
+    )
+    ids = sorted(r["stripe_refund_id"] for r in rows)
+    if ids:
+        await conn.execute(
+            "UPDATE credit_memos SET stripe_invoice_id = $1 WHERE memo_key = ANY($2::text[])",
+            p.stripe_invoice_id,
+            ids,
+        )
+    return ids
+
+
+# -- refunds and credit notes -------------------------------------------------------------------
+
+
+async def upsert_refund(conn: Conn, r: ErpRefund) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        INSERT INTO refunds (stripe_refund_id, charge_id, payment_intent_id, stripe_invoice_id, stripe_customer_id,
+            amount, currency, status, status_rank, stripe_created, refunded_on, reason)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (stripe_refund_id) DO UPDATE SET
+            charge_id = COALESCE(refunds.charge_id, EXCLUDED.charge_id),
+            payment_intent_id = COALESCE(refunds.payment_intent_id, EXCLUDED.payment_intent_id),
+            stripe_invoice_id = COALESCE(refunds.stripe_invoice_id, EXCLUDED.stripe_invoice_id),
+            stripe_customer_id = COALESCE(refunds.stripe_customer_id, EXCLUDED.stripe_customer_id),
+            status = CASE WHEN EXCLUDED.status_rank > refunds.status_rank THEN EXCLUDED.status ELSE refunds.status END,
+            status_rank = GREATEST(EXCLUDED.status_rank, refunds.status_rank),
+            reason = COALESCE(EXCLUDED.reason, refunds.reason)
+        WHERE EXCLUDED.status_rank > refunds.status_rank
+           OR (refunds.stripe_invoice_id IS NULL AND EXCLUDED.stripe_invoice_id IS NOT NULL)
+           OR (refunds.stripe_customer_id IS NULL AND EXCLUDED.stripe_customer_id IS NOT NULL)
+           OR (refunds.charge_id IS NULL AND EXCLUDED.charge_id IS NOT NULL)
+           OR (refunds.payment_intent_id IS NULL AND EXCLUDED.payment_intent_id IS NOT NULL)
+        RETURNING *, (xmax = 0) AS inserted
+        """,
+        r.stripe_refund_id,
+        r.charge_id,
+        r.payment_intent_id,
+        r.stripe_invoice_id,
+        r.stripe_customer_id,
+        r.amount,
+        r.currency,
+        r.status,
+        r.status_rank,
+        r.created,
+        mapping.to_date(r.created),
+        r.reason,
+    )
+
+
+async def sync_refund_memo(conn: Conn, refund_id: str) -> MemoChange | None:
+    """The refund's credit memo, with the status its facts imply: void when the refund failed,
+    superseded when a credit note already carries it, issued otherwise."""
+    r = await conn.fetchrow("SELECT * FROM refunds WHERE stripe_refund_id = $1", refund_id)
+    if r is None:
+        return None
+    covered = await conn.fetchval("SELECT true FROM credit_note_refunds WHERE refund_id = $1 LIMIT 1", refund_id)
+    if r["status"] in ("failed", "canceled"):
+        status = "void"
+    elif covered:
+        status = "superseded"
+    else:
+        status = "issued"
+    customer = r["stripe_customer_id"]
+    if customer is None and r["stripe_invoice_id"] is not None:
+        customer = await conn.fetchval(
+            "SELECT stripe_customer_id FROM invoices WHERE stripe_invoice_id = $1", r["stripe_invoice_id"]
+        )
+    row = await conn.fetchrow(
+        """
+        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
+                                  memo_date, status, applied_to, reason, memo)
+        VALUES ($1, 'refund', $2, $3, $4, $5, $6, $7, 'refund', $8, $9)
+        ON CONFLICT (memo_key) DO UPDATE SET status = EXCLUDED.status,
+               stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, credit_memos.stripe_invoice_id),
+               stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, credit_memos.stripe_customer_id),
+               updated_at = now()
+         WHERE (credit_memos.status, credit_memos.stripe_invoice_id, credit_memos.stripe_customer_id)
+               IS DISTINCT FROM (EXCLUDED.status,
+                                 COALESCE(EXCLUDED.stripe_invoice_id, credit_memos.stripe_invoice_id),
+                                 COALESCE(EXCLUDED.stripe_customer_id, credit_memos.stripe_customer_id))
+        RETURNING erp_credit_memo_id, (xmax = 0) AS inserted
+        """,
+        refund_id,
+        r["stripe_invoice_id"],
+        customer,
+        r["amount"],
+        r["currency"],
+        r["refunded_on"],
+        status,
+        r["reason"],
+        f"Refund {refund_id}, settled by its customer refund",
+    )
+    if row is None:
+        return None
+    if row["inserted"]:
+        await conn.execute(
+            "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
+            "VALUES ($1, 1, $2, 1, $3, $3, 'refund')",
+            refund_id,
+            f"Refund {refund_id}",
+            r["amount"],
+        )
+    return MemoChange(
+        refund_id, row["erp_credit_memo_id"], "refund", r["stripe_invoice_id"], r["amount"], r["currency"], status
+    )
+
+
+async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> MemoChange | None:
+    row = await conn.fetchrow(
+        """
+        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, number, amount, currency,
+                                  memo_date, status, status_rank, applied_to, note_type, reason, memo,
+                                  version_created)
+        VALUES ($1, 'credit_note', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        ON CONFLICT (memo_key) DO UPDATE SET
+            stripe_invoice_id = EXCLUDED.stripe_invoice_id, stripe_customer_id = EXCLUDED.stripe_customer_id,
+            number = EXCLUDED.number, amount = EXCLUDED.amount, memo_date = EXCLUDED.memo_date,
+            status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, applied_to = EXCLUDED.applied_to,
+            note_type = EXCLUDED.note_type, reason = EXCLUDED.reason, version_created = EXCLUDED.version_created,
+            updated_at = now()
+        WHERE (EXCLUDED.status_rank, EXCLUDED.version_created)
+            > (credit_memos.status_rank, credit_memos.version_created)
+        RETURNING erp_credit_memo_id
+        """,
+        cn.stripe_credit_note_id,
+        cn.stripe_invoice_id,
+        cn.stripe_customer_id,
+        cn.number,
+        cn.amount,
+        cn.currency,
+        cn.memo_date,
+        cn.status,
+        cn.status_rank,
+        cn.applied_to,
+        cn.note_type,
+        cn.reason,
+        f"Stripe credit note {cn.number or cn.stripe_credit_note_id}",
+        cn.created,
+    )
+    for refund_id in cn.refund_ids:
+        await conn.execute(
+            "INSERT INTO credit_note_refunds (credit_note_id, refund_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            cn.stripe_credit_note_id,
+            refund_id,
+        )
+    if row is None:
+        return None
+    await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = $1", cn.stripe_credit_note_id)
+    await conn.executemany(
+        "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, "
+        "invoice_line_item, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            (
+                cn.stripe_credit_note_id,
+                line.line_no,
+                line.description,
+                line.quantity,
+                line.unit_amount,
+                line.amount,
+                line.invoice_line_item,
+                line.kind,
+            )
+            for line in cn.lines
+        ],
+    )
+    return MemoChange(
+        cn.stripe_credit_note_id,
+        row["erp_credit_memo_id"],
+        "credit_note",
+        cn.stripe_invoice_id,
+        cn.amount,
+        cn.currency,
+        cn.status,
+    )
+
+
+# -- credit holds -------------------------------------------------------------------------------
+
+
+async def place_hold(conn: Conn, hold: HoldRequest) -> bool | None:
+    """True when the hold is new, False when a stronger cause renamed it, None when unchanged."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (stripe_customer_id, stripe_invoice_id) DO UPDATE
+           SET reason = EXCLUDED.reason, cause_rank = EXCLUDED.cause_rank
+         WHERE (EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)
+        RETURNING (xmax = 0) AS inserted
+        """,
+        hold.stripe_customer_id,
+        hold.stripe_invoice_id,
+        hold.reason,
+        hold.cause_rank,
+    )
+    return None if row is None else bool(row["inserted"])
+
+
+async def release_holds(conn: Conn, invoice_id: str, reason: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "UPDATE credit_holds SET released_at = now(), release_reason = $2 "
+            "WHERE stripe_invoice_id = $1 AND released_at IS NULL RETURNING *",
+            invoice_id,
+            reason,
+        )
+    )
+
+
+async def customer_on_hold(conn: Conn, customer_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1 AND released_at IS NULL)",
+            customer_id,
+        )
+    )
+
+
+# -- reads for the API --------------------------------------------------------------------------
+
+
+def encode_token(key: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key), default=str).encode()).decode()
+
+
+def decode_token(token: str) -> list[Any]:
+    value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    if not isinstance(value, list):
+        raise ValueError("not a page token")
+    return value
+
+
+async def list_invoices(
+    conn: Conn,
+    *,
+    customer: str | None,
+    status: str | None,
+    from_date: date | None,
+    to_date: date | None,
+    after: tuple[date, str] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT i.*, c.erp_customer_id FROM invoices i
+              LEFT JOIN customers c ON c.stripe_customer_id = i.stripe_customer_id
+             WHERE ($1::text IS NULL OR i.stripe_customer_id = $1)
+               AND ($2::text IS NULL OR i.erp_status = $2)
+               AND ($3::date IS NULL OR i.transaction_date >= $3)
+               AND ($4::date IS NULL OR i.transaction_date <= $4)
+               AND ($5::date IS NULL OR (i.transaction_date, i.stripe_invoice_id) > ($5, $6))
+             ORDER BY i.transaction_date, i.stripe_invoice_id
+             LIMIT $7
+            """,
+            customer,
+            status,
+            from_date,
+            to_date,
+            after[0] if after else None,
+            after[1] if after else "",
+            limit,
+        )
+    )
+
+
+async def list_payments(
+    conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[int, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT p.*, i.erp_invoice_id, COALESCE(p.stripe_customer_id, i.stripe_customer_id) AS customer
+              FROM payments p LEFT JOIN invoices i ON i.stripe_invoice_id = p.stripe_invoice_id
+             WHERE ($1::text IS NULL OR COALESCE(p.stripe_customer_id, i.stripe_customer_id) = $1)
+               AND ($2::text IS NULL OR p.stripe_invoice_id = $2)
+               AND ($3::bigint IS NULL OR (p.paid_at, p.stripe_payment_id) > ($3, $4))
+             ORDER BY p.paid_at, p.stripe_payment_id
+             LIMIT $5
+            """,
+            customer,
+            invoice,
+            after[0] if after else None,
+            after[1] if after else "",
+            limit,
+        )
+    )
+
+
+async def list_credit_memos(
+    conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[date, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT m.*, i.erp_invoice_id, COALESCE(m.stripe_customer_id, i.stripe_customer_id) AS customer
+              FROM credit_memos m LEFT JOIN invoices i ON i.stripe_invoice_id = m.stripe_invoice_id
+             WHERE ($1::text IS NULL OR COALESCE(m.stripe_customer_id, i.stripe_customer_id) = $1)
+               AND ($2::text IS NULL OR m.stripe_invoice_id = $2)
+               AND ($3::date IS NULL OR (m.memo_date, m.memo_key) > ($3, $4))
+             ORDER BY m.memo_date, m.memo_key
+             LIMIT $5
+            """,
+            customer,
+            invoice,
+            after[0] if after else None,
+            after[1] if after else "",
+            limit,
+        )
+    )
+
+
+async def memo_lines(conn: Conn, memo_keys: Sequence[str]) -> dict[str, list[asyncpg.Record]]:
+    rows = await conn.fetch(
+        "SELECT * FROM credit_memo_lines WHERE memo_key = ANY($1::text[]) ORDER BY memo_key, line_no", list(memo_keys)
+    )
+    out: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        out.setdefault(row["memo_key"], []).append(row)
+    return out
+
+
+async def list_refunds(
+    conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[int, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT r.*, i.erp_invoice_id, COALESCE(r.stripe_customer_id, i.stripe_customer_id) AS customer,
+                   COALESCE(cm.erp_credit_memo_id, m.erp_credit_memo_id) AS erp_credit_memo_id
+              FROM refunds r
+              LEFT JOIN invoices i ON i.stripe_invoice_id = r.stripe_invoice_id
+              LEFT JOIN credit_memos m ON m.memo_key = r.stripe_refund_id
+              LEFT JOIN LATERAL (
+                   SELECT c.erp_credit_memo_id FROM credit_note_refunds l
+                     JOIN credit_memos c ON c.memo_key = l.credit_note_id
+                    WHERE l.refund_id = r.stripe_refund_id ORDER BY c.memo_key LIMIT 1) cm ON true
+             WHERE ($1::text IS NULL OR COALESCE(r.stripe_customer_id, i.stripe_customer_id) = $1)
+               AND ($2::text IS NULL OR r.stripe_invoice_id = $2)
+               AND ($3::bigint IS NULL OR (r.stripe_created, r.stripe_refund_id) > ($3, $4))
+             ORDER BY r.stripe_created, r.stripe_refund_id
+             LIMIT $5
+            """,
+            customer,
+            invoice,
+            after[0] if after else None,
+            after[1] if after else "",
+            limit,
+        )
+    )
+
+
+async def open_receivables(conn: Conn, customer: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT currency, due_date, amount_remaining FROM invoices
+             WHERE stripe_customer_id = $1 AND erp_status IN ('open', 'written_off')
+               AND stripe_status NOT IN ('draft', 'void', 'deleted') AND amount_remaining > 0
+            """,
+            customer,
+        )
+    )
+
+
+async def list_holds(
+    conn: Conn, *, customer: str | None, active_only: bool, after: tuple[str, str, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT * FROM credit_holds
+             WHERE ($1::text IS NULL OR stripe_customer_id = $1)
+               AND (NOT $2 OR released_at IS NULL)
+               AND ($3::timestamptz IS NULL OR (placed_at, stripe_customer_id, stripe_invoice_id) > ($3, $4, $5))
+             ORDER BY placed_at, stripe_customer_id, stripe_invoice_id
+             LIMIT $6
+            """,
+            customer,
+            active_only,
+            datetime.fromisoformat(after[0]) if after else None,
+            after[1] if after else "",
+            after[2] if after else "",
+            limit,
+        )
+    )
+
+
+async def list_unmapped(conn: Conn, *, after: str | None, limit: int) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT * FROM unmapped_prices WHERE ($1::text IS NULL OR stripe_price_id > $1) "
+            "ORDER BY stripe_price_id LIMIT $2",
+            after,
+            limit,
+        )
+    )
+
+
+async def resolve_record_id(conn: Conn, record_id: str) -> str:
+    """ERP ids (INV-, PMT-, CM-, RFD-) to the Stripe key history is recorded under."""
+    for table, erp_col, key_col in (
+        ("invoices", "erp_invoice_id", "stripe_invoice_id"),
+        ("payments", "erp_payment_id", "stripe_payment_id"),
+        ("credit_memos", "erp_credit_memo_id", "memo_key"),
+        ("refunds", "erp_refund_id", "stripe_refund_id"),
+    ):
+        value = await conn.fetchval(f"SELECT {key_col} FROM {table} WHERE {erp_col} = $1", record_id)
+        if value is not None:
+            return str(value)
+    return record_id
+
+
+async def history(conn: Conn, record_id: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch("SELECT * FROM record_history WHERE record_id = $1 ORDER BY id", record_id))

@@ -1,0 +1,351 @@
+"""Replay: rebuild one service's records from the STRIPE stream, e.g. after a mapping or a
+setting changed, and show what that changed.
+
+The stream keeps every Stripe event for `stream_max_age_days` (400), so a service's records
+can be recomputed from it. Replay reads the stream (from the start, or from `--since`) with an
+ephemeral consumer filtered on the service's subjects, and runs the messages through the
+runtime's own batch logic (`Consumer.process_batch`: one transaction per batch, a savepoint
+per message, the idempotency record) with the service's handler. So a replayed event is
+handled exactly as it was live, by the same code.
+
+To make the handler run again, the batch's event ids are removed from `processed_events` in
+the same transaction that re-handles them: a crash mid-replay leaves every event either as it
+was or re-applied, never forgotten. An event id that occurs twice in the stream (a redrive, or
+a repeat beyond JetStream's dedup window) is re-applied once per replay.
+
+Precondition: handlers are idempotent at the record level (guarded upserts that compare a
+version key, statuses that only move forward), so applying an event the records already
+reflect leaves them unchanged. The mesh's services are written that way; a handler that, say,
+increments a counter per application is not, and replay shows it as changed rows.
+
+Replay does not re-announce history to other teams: domain events the handlers emit are
+dropped unless `emit_events` is set, because the outbox gives each emission a new id and
+subscribers would take them for new facts.
+
+Failures do not go to the dead-letter stream (the live service already did that when it
+mattered); they are reported, the event's records stay as they were, and the event is left
+unmarked in processed_events, so the next replay (or a redrive) tries it again.
+
+What changed is measured on the service's own tables (the runtime's processed_events,
+outbox and schema_migrations are left out): row counts before and after, rows that differ
+(compared as whole rows), and a checksum per table. A second replay of the same history
+reports 0 changed rows.
+
+The service may keep running meanwhile (the guarded upserts make concurrent writes safe), but
+then whatever it writes during the replay shows up in the comparison too; for a clean report,
+run replay while the service is scaled to zero. The replay ends at the stream's last message
+as of its start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import asyncpg
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
+
+from services.common import db
+from services.common.bus import STRIPE_STREAM, Bus
+from services.common.consumer import Consumer, Handler, HandlerContext
+from services.common.errors import SettingsError
+from services.common.events import StripeEvent, from_envelope
+from services.common.service import ServiceDefinition
+from services.common.settings import Settings
+from syncmesh.ops.common import progress
+from syncmesh.ops.stream import StreamReader
+
+log = logging.getLogger(__name__)
+
+#: The runtime's own tables, not the service's records.
+RUNTIME_TABLES = ("processed_events", "outbox", "schema_migrations")
+
+
+@dataclass(frozen=True)
+class TableChange:
+    table: str
+    rows_before: int
+    rows_after: int
+    #: Rows present after that were not present (identically) before: new or changed.
+    new_or_changed: int
+    #: Rows present before that are not present (identically) after: removed or changed.
+    removed_or_changed: int
+    checksum_before: str
+    checksum_after: str
+
+    @property
+    def changed_rows(self) -> int:
+        return max(self.new_or_changed, self.removed_or_changed)
+
+
+@dataclass(frozen=True)
+class ReplayFailure:
+    stream_sequence: int
+    event_id: str
+    reason: str
+
+
+@dataclass
+class ReplayReport:
+    service: str
+    since: datetime | None
+    messages: int = 0
+    applied: int = 0
+    repeats: int = 0
+    suppressed_events: int = 0
+    failures: list[ReplayFailure] = field(default_factory=list)
+    tables: list[TableChange] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed_rows(self) -> int:
+        return sum(t.changed_rows for t in self.tables)
+
+    def lines(self) -> list[str]:
+        start = self.since.isoformat() if self.since else "the start of the stream"
+        out = [
+            f"replayed {self.messages} messages into {self.service} from {start}"
+            + (" (dry run: nothing written)" if self.dry_run else ""),
+            f"  handled again: {self.applied}; repeated event ids in the stream: {self.repeats}",
+        ]
+        if self.suppressed_events:
+            out.append(f"  domain events not re-emitted: {self.suppressed_events} (pass --emit-events to send them)")
+        for t in self.tables:
+            out.append(
+                f"  {t.table}: rows {t.rows_before} -> {t.rows_after}, changed {t.changed_rows} "
+                f"(new/changed {t.new_or_changed}, removed/changed {t.removed_or_changed}), "
+                f"checksum {t.checksum_before[:12]} -> {t.checksum_after[:12]}"
+            )
+        out.append(f"  changed {self.changed_rows} rows in total")
+        if self.failures:
+            out.append(f"  {len(self.failures)} events FAILED; their records are as before (fix, then replay again):")
+            for f in self.failures[:20]:
+                out.append(f"    stream seq {f.stream_sequence} {f.event_id or '-'}: {f.reason}")
+            if len(self.failures) > 20:
+                out.append(f"    ... and {len(self.failures) - 20} more (see the log)")
+        return out
+
+
+class _QuietContext(HandlerContext):
+    """A HandlerContext whose `emit` records the emission instead of queuing it in the outbox."""
+
+    async def emit(self, event_name: str, message: Message, *, stripe_event_id: str = "") -> None:
+        self.emitted.append(f"{event_name}:{message.DESCRIPTOR.full_name}")
+
+
+def _without_emits(handler: Handler, counter: list[int]) -> Handler:
+    async def run(ctx: HandlerContext, event: StripeEvent) -> None:
+        quiet = _QuietContext(conn=ctx.conn, service=ctx.service, settings=ctx.settings, envelope=ctx.envelope)
+        await handler(quiet, event)
+        ctx.skipped_reason = quiet.skipped_reason
+        ctx.emitted.extend(quiet.emitted)
+        counter[0] += len(quiet.emitted)
+
+    return run
+
+
+class _ReplayConsumer(Consumer):
+    """The runtime's consumer, whose give-ups are collected for the report instead of published."""
+
+    failures: list[ReplayFailure]
+
+    async def dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
+        try:
+            event_id = from_envelope(msg.data)[0].id
+        except Exception:
+            event_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        sequence = int(msg.metadata.sequence.stream)
+        log.error("replay could not apply stream seq %d (%s): %s", sequence, event_id, reason)
+        self.failures.append(ReplayFailure(sequence, event_id, reason))
+
+
+class _ForgetThenHandle:
+    """Stands in for the pool given to `Consumer.process_batch` (which only calls `acquire()`).
+
+    Each connection it hands out is inside an outer transaction that first deletes the batch's
+    event ids from processed_events; process_batch's own transaction then nests as a savepoint,
+    so forgetting and re-handling commit together. Under dry run the outer transaction is
+    rolled back, so nothing at all is written.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, rollback: bool) -> None:
+        self.pool = pool
+        self.rollback = rollback
+        self.forget: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                if self.forget:
+                    await conn.execute("DELETE FROM processed_events WHERE event_id = ANY($1::text[])", self.forget)
+                yield conn
+            except BaseException:
+                await tx.rollback()
+                raise
+            if self.rollback:
+                await tx.rollback()
+            else:
+                await tx.commit()
+
+
+async def service_tables(conn: db.Conn, schema: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
+        schema,
+    )
+    return [str(r["table_name"]) for r in rows if r["table_name"] not in RUNTIME_TABLES]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _snapshot(conn: db.Conn, schema: str, tables: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Keep a hash of every row in a temporary table (this session only); return counts and checksums."""
+    out: dict[str, tuple[int, str]] = {}
+    for i, table in enumerate(tables):
+        await conn.execute(f"DROP TABLE IF EXISTS pg_temp.replay_before_{i}")
+        await conn.execute(
+            f"CREATE TEMP TABLE replay_before_{i} AS SELECT md5(t::text) AS h FROM {_ident(schema)}.{_ident(table)} t"
+        )
+        out[table] = await _count_and_checksum(conn, f"pg_temp.replay_before_{i}")
+    return out
+
+
+async def _count_and_checksum(conn: db.Conn, relation: str) -> tuple[int, str]:
+    row = await conn.fetchrow(
+        f"SELECT count(*) AS n, coalesce(md5(string_agg(h, '' ORDER BY h)), md5('')) AS sum FROM {relation}"
+    )
+    assert row is not None
+    return int(row["n"]), str(row["sum"])
+
+
+async def _compare(
+    conn: db.Conn, schema: str, tables: Sequence[str], before: dict[str, tuple[int, str]]
+) -> list[TableChange]:
+    changes = []
+    for i, table in enumerate(tables):
+        rows = f"SELECT md5(t::text) AS h FROM {_ident(schema)}.{_ident(table)} t"
+        before_rows = f"SELECT h FROM pg_temp.replay_before_{i}"
+        rows_after, checksum_after = await _count_and_checksum(conn, f"({rows}) AS now_rows")
+        new_or_changed = await conn.fetchval(f"SELECT count(*) FROM ({rows} EXCEPT ALL {before_rows}) d")
+        removed_or_changed = await conn.fetchval(f"SELECT count(*) FROM ({before_rows} EXCEPT ALL {rows}) d")
+        rows_before, checksum_before = before[table]
+        changes.append(
+            TableChange(
+                table=table,
+                rows_before=rows_before,
+                rows_after=rows_after,
+                new_or_changed=int(new_or_changed or 0),
+                removed_or_changed=int(removed_or_changed or 0),
+                checksum_before=checksum_before,
+                checksum_after=checksum_after,
+            )
+        )
+    return changes
+
+
+async def replay(
+    definition: ServiceDefinition,
+    settings: Settings,
+    bus: Bus,
+    *,
+    since: datetime | None = None,
+    emit_events: bool = False,
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> ReplayReport:
+    """Re-handle the service's events from the stream and report what changed in its tables."""
+    if not settings.database_url:
+        raise SettingsError("SYNCMESH_DATABASE_URL must be set: replay writes the service's records")
+    report = ReplayReport(service=definition.name, since=since, dry_run=settings.dry_run)
+    pool = await db.create_pool(settings.database_url, definition.schema, max_size=3)
+    try:
+        await db.migrate(
+            pool,
+            definition.schema,
+            [("runtime", db.RUNTIME_MIGRATIONS), (definition.name, definition.migrations)],
+        )
+        async with pool.acquire() as snapshot_conn:
+            tables = await service_tables(snapshot_conn, definition.schema)
+            before = await _snapshot(snapshot_conn, definition.schema, tables)
+            await _run(
+                definition,
+                settings,
+                bus,
+                pool,
+                report,
+                since=since,
+                emit_events=emit_events,
+                batch_size=batch_size,
+                show_progress=show_progress,
+            )
+            report.tables = await _compare(snapshot_conn, definition.schema, tables, before)
+    finally:
+        await pool.close()
+    log.info("replay of %s: %d messages, %d rows changed", definition.name, report.messages, report.changed_rows)
+    return report
+
+
+async def _run(
+    definition: ServiceDefinition,
+    settings: Settings,
+    bus: Bus,
+    pool: asyncpg.Pool,
+    report: ReplayReport,
+    *,
+    since: datetime | None,
+    emit_events: bool,
+    batch_size: int,
+    show_progress: bool,
+) -> None:
+    suppressed = [0]
+    handler = definition.handler if emit_events else _without_emits(definition.handler, suppressed)
+    forgetting = _ForgetThenHandle(pool, rollback=settings.dry_run)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    consumer = _ReplayConsumer(
+        service=definition.name,
+        bus=bus,
+        pool=cast(asyncpg.Pool, forgetting),
+        handler=handler,
+        subjects=definition.subjects,
+        # One attempt: a failure is reported at once rather than retried against the same data.
+        settings=settings.with_overrides(max_deliver=1),
+        durable=f"{definition.name}-replay-{stamp}",
+    )
+    consumer.failures = report.failures
+    reader = StreamReader(bus, STRIPE_STREAM, subjects=definition.subjects, start_time=since, batch=batch_size)
+    window = await reader.window()
+    bar = progress(total=window.pending, desc=f"replay {definition.name}", unit="msg", enabled=show_progress)
+    replayed: set[str] = set()
+    try:
+        async for msgs in reader.batches():
+            forget: list[str] = []
+            for msg in msgs:
+                try:
+                    event_id = from_envelope(msg.data)[0].id
+                except Exception:
+                    continue  # undecodable: process_batch reports it as a failure
+                if event_id in replayed:
+                    report.repeats += 1
+                else:
+                    replayed.add(event_id)
+                    forget.append(event_id)
+            forgetting.forget = forget
+            before_handled = consumer.handled
+            await consumer.process_batch(msgs)
+            report.applied += consumer.handled - before_handled
+            report.messages += len(msgs)
+            bar.update(len(msgs))
+    finally:
+        bar.close()
+    report.suppressed_events = suppressed[0]

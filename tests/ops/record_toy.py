@@ -1,0 +1,45 @@
+"""A toy service whose handler is idempotent at the record level, as every real service's is:
+a guarded upsert keyed on the event's `created`, so re-applying an event the records already
+reflect changes nothing. `NAME_STYLE` plays the part of a mapping that an operator changes
+before replaying."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.consumer import HandlerContext
+from services.common.events import StripeEvent
+from services.common.service import ServiceDefinition
+from syncmesh.type.v1 import money_pb2
+
+NAME_STYLE = {"upper": False}
+
+
+def display_name(name: str) -> str:
+    return name.upper() if NAME_STYLE["upper"] else name
+
+
+async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+    if event.object.get("metadata", {}).get("poison"):
+        raise RuntimeError("cannot map this customer")
+    await ctx.conn.execute(
+        "INSERT INTO toy_customers (customer_id, display_name, last_event_created) VALUES ($1, $2, $3) "
+        "ON CONFLICT (customer_id) DO UPDATE SET display_name = excluded.display_name, "
+        "last_event_created = excluded.last_event_created "
+        "WHERE toy_customers.last_event_created <= excluded.last_event_created",
+        event.object_id,
+        display_name(str(event.object.get("name") or "")),
+        event.created,
+    )
+    await ctx.emit("toy_customer_recorded", money_pb2.Money(amount_minor=1, currency="usd"))
+
+
+DEFINITION = ServiceDefinition(
+    name="customer",
+    schema="record_toy",
+    migrations=Path(__file__).parent / "record_toy_migrations",
+    subjects=("stripe.customer.*",),
+    handler=handle,
+    grpc_service_name="syncmesh.toy.v1.RecordToyService",
+    register_grpc=lambda server, runtime: None,
+)

@@ -1,0 +1,138 @@
+"""Replay through the runtime's own batch logic, on real NATS and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from services.common.bus import EVENTS_STREAM, Bus
+from services.common.service import ServiceRuntime
+from services.common.settings import Settings
+from syncmesh.ops.replay import replay
+from tests.common import toy_service
+from tests.conftest import eventually
+from tests.ops import record_toy
+from tests.ops.helpers import customer_event, publish, stop_runtime
+
+
+async def fetch(settings: Settings, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+async def records(settings: Settings) -> list[tuple]:
+    rows = await fetch(settings, "SELECT * FROM record_toy.toy_customers ORDER BY customer_id")
+    return [tuple(r.values()) for r in rows]
+
+
+async def events_published(bus: Bus) -> int:
+    return int((await bus.js.stream_info(EVENTS_STREAM)).state.messages)
+
+
+@pytest.fixture
+async def applied(settings: Settings, bus: Bus):
+    """A lifecycle applied live by the running service, which is then stopped."""
+    record_toy.NAME_STYLE["upper"] = False
+    rt = ServiceRuntime(record_toy.DEFINITION, settings, port=0)
+    await rt.start()
+    await rt.wait_ready(20)
+    try:
+        await publish(bus, customer_event("cus_a", name="Acme", created=100))
+        await publish(bus, customer_event("cus_b", name="Beta", created=100))
+        await publish(bus, customer_event("cus_a", name="Acme Renamed", created=200))
+        await publish(bus, customer_event("cus_a", name="Acme Stale", created=150))  # late and older: ignored
+        await eventually(lambda: rt.consumer.handled == 4)
+        await eventually(lambda: _outbox_drained(settings))
+    finally:
+        await stop_runtime(rt)
+    yield await records(settings)
+    record_toy.NAME_STYLE["upper"] = False
+
+
+async def _outbox_drained(settings: Settings) -> bool:
+    rows = await fetch(settings, "SELECT count(*) AS n FROM record_toy.outbox WHERE published_at IS NULL")
+    return rows[0]["n"] == 0
+
+
+async def test_replay_of_unchanged_history_changes_nothing(applied, settings: Settings, bus: Bus) -> None:
+    assert applied == [("cus_a", "Acme Renamed", 200), ("cus_b", "Beta", 100)]
+    published_before = await events_published(bus)
+
+    first = await replay(record_toy.DEFINITION, settings, bus)
+    assert (first.messages, first.applied, first.repeats, first.failures) == (4, 4, 0, [])
+    assert await records(settings) == applied
+    [table] = first.tables
+    assert (table.table, table.rows_before, table.rows_after, table.changed_rows) == ("toy_customers", 2, 2, 0)
+    assert table.checksum_before == table.checksum_after
+    assert first.changed_rows == 0 and "changed 0 rows in total" in "\n".join(first.lines())
+    # History is not re-announced: no domain event left the outbox.
+    assert first.suppressed_events == 4
+    assert await events_published(bus) == published_before
+    unpublished = await fetch(settings, "SELECT count(*) AS n FROM record_toy.outbox WHERE published_at IS NULL")
+    assert unpublished[0]["n"] == 0
+
+    second = await replay(record_toy.DEFINITION, settings, bus)
+    assert second.changed_rows == 0 and second.applied == 4
+    assert second.tables[0].checksum_after == first.tables[0].checksum_after
+    processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
+    assert processed[0]["n"] == 4
+
+
+async def test_replay_after_a_mapping_change_rebuilds_and_reports_the_difference(
+    applied, settings: Settings, bus: Bus
+) -> None:
+    record_toy.NAME_STYLE["upper"] = True  # "the mapping changed"
+    report = await replay(record_toy.DEFINITION, settings, bus)
+    assert await records(settings) == [("cus_a", "ACME RENAMED", 200), ("cus_b", "BETA", 100)]
+    [table] = report.tables
+    assert (table.changed_rows, table.new_or_changed, table.removed_or_changed) == (2, 2, 2)
+    assert table.checksum_before != table.checksum_after
+    assert (await replay(record_toy.DEFINITION, settings, bus)).changed_rows == 0
+
+
+async def test_replay_since_only_touches_later_events_and_reports_failures(
+    applied, settings: Settings, bus: Bus
+) -> None:
+    from datetime import UTC, datetime
+
+    since = datetime.now(UTC)
+    await publish(bus, customer_event("cus_c", name="Gamma", created=300))
+    await publish(bus, customer_event("cus_d", name="Delta", created=300, poison=1))
+    report = await replay(record_toy.DEFINITION, settings, bus, since=since)
+    assert report.messages == 2 and report.applied == 1
+    [failure] = report.failures
+    assert "cannot map this customer" in failure.reason and failure.event_id.startswith("evt_")
+    assert "1 events FAILED" in "\n".join(report.lines())
+    assert report.tables[0].rows_after == 3
+    # Failures are reported, not dead-lettered again.
+    assert (await bus.js.stream_info("SYNCMESH_DLQ")).state.messages == 0
+
+
+async def test_dry_run_replay_writes_nothing(applied, settings: Settings, bus: Bus) -> None:
+    record_toy.NAME_STYLE["upper"] = True
+    report = await replay(record_toy.DEFINITION, settings.with_overrides(dry_run=True), bus)
+    assert report.dry_run and report.applied == 4 and report.changed_rows == 0
+    assert await records(settings) == applied
+    processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
+    assert processed[0]["n"] == 4
+
+
+async def test_replay_shows_a_handler_that_is_not_idempotent_at_record_level(settings: Settings, bus: Bus) -> None:
+    """The shared toy service counts applications, so replay must show changed rows: the
+    report is what tells an operator the precondition does not hold."""
+    rt = ServiceRuntime(toy_service.DEFINITION, settings, port=0)
+    await rt.start()
+    await rt.wait_ready(20)
+    try:
+        await publish(bus, customer_event("cus_counted"))
+        await eventually(lambda: rt.consumer.handled == 1)
+    finally:
+        await stop_runtime(rt)
+    report = await replay(toy_service.DEFINITION, settings, bus)
+    [table] = report.tables
+    assert table.table == "toy_records" and table.changed_rows == 1
+    rows = await fetch(settings, "SELECT times_applied FROM toy.toy_records")
+    assert rows[0]["times_applied"] == 2
