@@ -17,6 +17,7 @@ import asyncpg
 import grpc
 
 from services.billing import store
+from services.common import paging
 from services.common.errors import NotFoundError, ValidationError
 from syncmesh.billing.v1 import billing_service_pb2 as pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
@@ -25,8 +26,6 @@ from syncmesh.type.v1 import money_pb2
 if TYPE_CHECKING:
     from services.common.service import ServiceRuntime
 
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
 MAX_IMPORT_ROWS = 100_000
 CSV_HEADER = ["stripe_price_id", "erp_item_id"]
 _PRICE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
@@ -60,29 +59,6 @@ def _date_arg(field: str, raw: str) -> date | None:
         return date.fromisoformat(raw)
     except ValueError:
         raise ValidationError(field, f"{raw!r} is not an ISO date: send e.g. 2025-01-31") from None
-
-
-def _page_size(raw: int) -> int:
-    if raw < 0 or raw > MAX_PAGE:
-        raise ValidationError("page_size", f"must be between 1 and {MAX_PAGE} (0 for the default {DEFAULT_PAGE})")
-    return raw or DEFAULT_PAGE
-
-
-def _token(raw: str, types: Sequence[type]) -> list[Any] | None:
-    if not raw:
-        return None
-    try:
-        values = store.decode_token(raw)
-        if len(values) != len(types):
-            raise ValueError
-        out: list[Any] = []
-        for value, kind in zip(values, types, strict=True):
-            out.append(date.fromisoformat(value) if kind is date else kind(value))
-        return out
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise ValidationError(
-            "page_token", "is not a token this service issued: pass next_page_token back unchanged"
-        ) from None
 
 
 def _stripe_id(field: str, raw: str, *, required: bool = False) -> str | None:
@@ -242,8 +218,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         end = _date_arg("to_date", request.to_date)
         if start and end and end < start:
             raise ValidationError("to_date", "is before from_date")
-        limit = _page_size(request.page_size)
-        after = _token(request.page_token, (date, str))
+        limit = paging.page_size(request.page_size)
+        scope = {"list": "invoices", "customer": customer, "status": status, "from": start, "to": end}
+        after = paging.decode_token(request.page_token, kinds=(date, str), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             rows = await store.list_invoices(
                 conn,
@@ -254,11 +231,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 after=(after[0], after[1]) if after else None,
                 limit=limit + 1,
             )
-        page = rows[:limit]
-        token = (
-            store.encode_token([page[-1]["transaction_date"].isoformat(), page[-1]["stripe_invoice_id"]])
-            if len(rows) > limit
-            else ""
+        page, token = paging.next_page(
+            rows, limit, lambda r: (r["transaction_date"], r["stripe_invoice_id"]), scope=scope
         )
         return pb.ListInvoicesResponse(invoices=[invoice_message(r) for r in page], next_page_token=token)
 
@@ -266,15 +240,15 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPaymentsResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = _page_size(request.page_size)
-        after = _token(request.page_token, (int, str))
+        limit = paging.page_size(request.page_size)
+        scope = {"list": "payments", "customer": customer, "invoice": request.invoice_id.strip()}
+        after = paging.decode_token(request.page_token, kinds=(int, str), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
             rows = await store.list_payments(
                 conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
             )
-        page = rows[:limit]
-        token = store.encode_token([page[-1]["paid_at"], page[-1]["stripe_payment_id"]]) if len(rows) > limit else ""
+        page, token = paging.next_page(rows, limit, lambda r: (r["paid_at"], r["stripe_payment_id"]), scope=scope)
         return pb.ListPaymentsResponse(
             payments=[
                 pb.Payment(
@@ -298,18 +272,16 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListCreditMemosRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCreditMemosResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = _page_size(request.page_size)
-        after = _token(request.page_token, (date, str))
+        limit = paging.page_size(request.page_size)
+        scope = {"list": "credit_memos", "customer": customer, "invoice": request.invoice_id.strip()}
+        after = paging.decode_token(request.page_token, kinds=(date, str), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
             rows = await store.list_credit_memos(
                 conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
             )
-            page = rows[:limit]
+            page, token = paging.next_page(rows, limit, lambda r: (r["memo_date"], r["memo_key"]), scope=scope)
             lines = await store.memo_lines(conn, [r["memo_key"] for r in page])
-        token = (
-            store.encode_token([page[-1]["memo_date"].isoformat(), page[-1]["memo_key"]]) if len(rows) > limit else ""
-        )
         return pb.ListCreditMemosResponse(
             credit_memos=[
                 pb.CreditMemo(
@@ -346,17 +318,15 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListRefundsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRefundsResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = _page_size(request.page_size)
-        after = _token(request.page_token, (int, str))
+        limit = paging.page_size(request.page_size)
+        scope = {"list": "refunds", "customer": customer, "invoice": request.invoice_id.strip()}
+        after = paging.decode_token(request.page_token, kinds=(int, str), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
             rows = await store.list_refunds(
                 conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
             )
-        page = rows[:limit]
-        token = (
-            store.encode_token([page[-1]["stripe_created"], page[-1]["stripe_refund_id"]]) if len(rows) > limit else ""
-        )
+        page, token = paging.next_page(rows, limit, lambda r: (r["stripe_created"], r["stripe_refund_id"]), scope=scope)
         return pb.ListRefundsResponse(
             refunds=[
                 pb.Refund(
@@ -417,8 +387,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListCreditHoldsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCreditHoldsResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = _page_size(request.page_size)
-        after = _token(request.page_token, (str, str, str))
+        limit = paging.page_size(request.page_size)
+        scope = {"list": "credit_holds", "customer": customer, "active_only": request.active_only}
+        after = paging.decode_token(request.page_token, kinds=(datetime, str, str), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             rows = await store.list_holds(
                 conn,
@@ -427,13 +398,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 after=(after[0], after[1], after[2]) if after else None,
                 limit=limit + 1,
             )
-        page = rows[:limit]
-        token = (
-            store.encode_token(
-                [page[-1]["placed_at"].isoformat(), page[-1]["stripe_customer_id"], page[-1]["stripe_invoice_id"]]
-            )
-            if len(rows) > limit
-            else ""
+        page, token = paging.next_page(
+            rows, limit, lambda r: (r["placed_at"], r["stripe_customer_id"], r["stripe_invoice_id"]), scope=scope
         )
         return pb.ListCreditHoldsResponse(
             holds=[
@@ -507,12 +473,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def ListUnmappedPrices(
         self, request: pb.ListUnmappedPricesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUnmappedPricesResponse:
-        limit = _page_size(request.page_size)
-        after = _token(request.page_token, (str,))
+        limit = paging.page_size(request.page_size)
+        scope = {"list": "unmapped_prices"}
+        after = paging.decode_token(request.page_token, kinds=(str,), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             rows = await store.list_unmapped(conn, after=after[0] if after else None, limit=limit + 1)
-        page = rows[:limit]
-        token = store.encode_token([page[-1]["stripe_price_id"]]) if len(rows) > limit else ""
+        page, token = paging.next_page(rows, limit, lambda r: (r["stripe_price_id"],), scope=scope)
         return pb.ListUnmappedPricesResponse(
             prices=[
                 pb.UnmappedPrice(

@@ -13,12 +13,9 @@ so two replicas never recompute the same invoice from half of each other's facts
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 
 import asyncpg
 
@@ -743,17 +740,6 @@ async def customer_on_hold(conn: Conn, customer_id: str) -> bool:
 # -- reads for the API --------------------------------------------------------------------------
 
 
-def encode_token(key: Sequence[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key), default=str).encode()).decode()
-
-
-def decode_token(token: str) -> list[Any]:
-    value = json.loads(base64.urlsafe_b64decode(token.encode()))
-    if not isinstance(value, list):
-        raise ValueError("not a page token")
-    return value
-
-
 async def list_invoices(
     conn: Conn,
     *,
@@ -888,7 +874,7 @@ async def open_receivables(conn: Conn, customer: str) -> list[asyncpg.Record]:
 
 
 async def list_holds(
-    conn: Conn, *, customer: str | None, active_only: bool, after: tuple[str, str, str] | None, limit: int
+    conn: Conn, *, customer: str | None, active_only: bool, after: tuple[datetime, str, str] | None, limit: int
 ) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
@@ -902,7 +888,7 @@ async def list_holds(
             """,
             customer,
             active_only,
-            datetime.fromisoformat(after[0]) if after else None,
+            after[0] if after else None,
             after[1] if after else "",
             after[2] if after else "",
             limit,

@@ -3,6 +3,7 @@ customer-success view (lists, single records, and a consistent snapshot for bulk
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
@@ -11,7 +12,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from services.common import outbox
+from services.common import outbox, paging
 from services.common.db import Conn
 from services.common.errors import ConflictError, NotFoundError, SettingsError, ValidationError
 from services.common.service import ServiceRuntime
@@ -33,22 +34,6 @@ _PHASES = {
     "done": pb.IMPORT_PHASE_DONE,
 }
 T = TypeVar("T")
-
-
-def _page(page_size: int, page_token: str) -> tuple[int, str]:
-    if page_size < 0 or page_size > MAX_PAGE:
-        raise ValidationError("page_size", f"{page_size} is out of range: use 1 to {MAX_PAGE}, or 0 for {DEFAULT_PAGE}")
-    after = ""
-    if page_token:
-        decoded = store.decode_token(page_token)
-        if decoded is None:
-            raise ValidationError("page_token", "not a token from this service: pass next_page_token unchanged")
-        after = decoded
-    return page_size or DEFAULT_PAGE, after
-
-
-def _next_token(items: list[T], limit: int, key: Callable[[T], str]) -> str:
-    return store.encode_token(key(items[-1])) if len(items) == limit else ""
 
 
 def _iso(field: str, raw: str) -> date | None:
@@ -160,12 +145,12 @@ class CrmExportServicer(pb_grpc.CrmExportServiceServicer):
     async def ListClients(
         self, request: pb.ListClientsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListClientsResponse:
-        limit, after = _page(request.page_size, request.page_token)
-        records = await self._read(lambda conn: store.list_clients(conn, after=after, limit=limit))
-        return pb.ListClientsResponse(
-            clients=[messages.client_pb(r) for r in records],
-            next_page_token=_next_token(records, limit, lambda r: r.client_id),
-        )
+        limit = paging.page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
+        scope = {"list": "clients"}
+        after = paging.decode_token(request.page_token, kinds=(str,), scope=scope)
+        rows = await self._read(lambda conn: store.list_clients(conn, after=after[0] if after else "", limit=limit + 1))
+        records, token = paging.next_page(rows, limit, lambda r: (r.client_id,), scope=scope)
+        return pb.ListClientsResponse(clients=[messages.client_pb(r) for r in records], next_page_token=token)
 
     async def GetClient(self, request: pb.GetClientRequest, context: grpc.aio.ServicerContext) -> pb.GetClientResponse:
         if not request.client_id:
@@ -205,19 +190,21 @@ class CrmExportServicer(pb_grpc.CrmExportServiceServicer):
     async def ListProducts(
         self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListProductsResponse:
-        limit, after = _page(request.page_size, request.page_token)
-        products = await self._read(lambda conn: store.list_products(conn, after=after, limit=limit))
-        return pb.ListProductsResponse(
-            products=[messages.product_pb(p) for p in products],
-            next_page_token=_next_token(products, limit, lambda p: p.stripe_product_id),
+        limit = paging.page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
+        scope = {"list": "products"}
+        after = paging.decode_token(request.page_token, kinds=(str,), scope=scope)
+        rows = await self._read(
+            lambda conn: store.list_products(conn, after=after[0] if after else "", limit=limit + 1)
         )
+        products, token = paging.next_page(rows, limit, lambda p: (p.stripe_product_id,), scope=scope)
+        return pb.ListProductsResponse(products=[messages.product_pb(p) for p in products], next_page_token=token)
 
     # ------------------------------------------------------------ contracts
 
     async def ListContracts(
         self, request: pb.ListContractsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListContractsResponse:
-        limit, after = _page(request.page_size, request.page_token)
+        limit = paging.page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
         start, end = _iso("start_date", request.start_date), _iso("end_date", request.end_date)
         if start and end and start > end:
             raise ValidationError("end_date", "is before start_date")
@@ -233,11 +220,13 @@ class CrmExportServicer(pb_grpc.CrmExportServiceServicer):
             end_date=end,
             waiting_only=request.waiting_for_client,
         )
-        records = await self._read(lambda conn: store.list_contracts(conn, flt, after=after, limit=limit))
-        return pb.ListContractsResponse(
-            contracts=[messages.contract_pb(r) for r in records],
-            next_page_token=_next_token(records, limit, lambda r: r.contract.contract_id),
+        scope = {"list": "contracts", **dataclasses.asdict(flt)}
+        after = paging.decode_token(request.page_token, kinds=(str,), scope=scope)
+        rows = await self._read(
+            lambda conn: store.list_contracts(conn, flt, after=after[0] if after else "", limit=limit + 1)
         )
+        records, token = paging.next_page(rows, limit, lambda r: (r.contract.contract_id,), scope=scope)
+        return pb.ListContractsResponse(contracts=[messages.contract_pb(r) for r in records], next_page_token=token)
 
     async def GetContract(
         self, request: pb.GetContractRequest, context: grpc.aio.ServicerContext

@@ -9,8 +9,6 @@ content really changed, so domain events are emitted for changes only.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -433,21 +431,6 @@ class ContractRecord:
     contract: Contract
     client_id: str
     product_names: dict[str, str] = field(default_factory=dict)
-
-
-def encode_token(key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([key]).encode()).decode()
-
-
-def decode_token(token: str) -> str | None:
-    """The last key of the previous page, or None when the token is not one of ours."""
-    try:
-        value = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        return value[0]
-    return None
 
 
 async def _stripe_ids_of(conn: Conn, row: Any) -> list[str]:

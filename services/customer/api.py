@@ -4,6 +4,7 @@ portal links. Every argument is validated here, naming the field and what to do 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC
@@ -12,7 +13,7 @@ from urllib.parse import urlparse
 
 import grpc
 
-from services.common import outbox
+from services.common import outbox, paging
 from services.common.errors import ConflictError, NotFoundError, SyncMeshError, ValidationError
 from services.common.grpc_server import status_for
 from services.customer import store, stripe_sync
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
 MAX_PROBLEMS_REPORTED = 1000
 MAX_MASS_SYNC = 10_000
@@ -130,21 +129,18 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def ListCustomers(
         self, request: pb.ListCustomersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCustomersResponse:
-        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
-            raise ValidationError("page_size", f"must be 1 to {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
-        limit = request.page_size or DEFAULT_PAGE_SIZE
+        limit = paging.page_size(request.page_size)
         filters = store.ListFilter(
             email=_check_email("email", request.email) if request.email else None,
             updated_since=request.updated_since.ToDatetime(tzinfo=UTC) if request.HasField("updated_since") else None,
             active={pb.ACTIVE_FILTER_ACTIVE: True, pb.ACTIVE_FILTER_INACTIVE: False}.get(request.active),
         )
-        after = store.decode_page_token(request.page_token, filters) if request.page_token else None
+        scope = {"list": "customers", **dataclasses.asdict(filters)}
+        after = paging.decode_token(request.page_token, kinds=(str,), scope=scope)
         async with self.runtime.pool.acquire() as conn:
-            records, next_after = await store.list_customers(conn, filters=filters, after=after, limit=limit)
-        return pb.ListCustomersResponse(
-            customers=[customer_message(r) for r in records],
-            next_page_token=store.encode_page_token(next_after, filters) if next_after else "",
-        )
+            rows = await store.list_customers(conn, filters=filters, after=after[0] if after else None, limit=limit + 1)
+        records, token = paging.next_page(rows, limit, lambda r: (r.erp_customer_id,), scope=scope)
+        return pb.ListCustomersResponse(customers=[customer_message(r) for r in records], next_page_token=token)
 
     async def GetCustomerHistory(
         self, request: pb.GetCustomerHistoryRequest, context: grpc.aio.ServicerContext

@@ -9,8 +9,6 @@ after. Records are never deleted (a trigger refuses it).
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +17,6 @@ from typing import Any
 import asyncpg
 
 from services.common.db import Conn
-from services.common.errors import ValidationError
 from services.customer.mapping import (
     Address,
     CustomerRecord,
@@ -106,34 +103,10 @@ class ListFilter:
     updated_since: datetime | None = None
     active: bool | None = None
 
-    def fingerprint(self) -> str:
-        return json.dumps(
-            [self.email, self.updated_since.isoformat() if self.updated_since else None, self.active], sort_keys=True
-        )
 
-
-def encode_page_token(after: str, filters: ListFilter) -> str:
-    raw = json.dumps({"after": after, "filters": filters.fingerprint()}).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_page_token(token: str, filters: ListFilter) -> str:
-    """The ERP id to continue after; ValidationError if the token is not ours or the filters changed."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = data["after"]
-        fingerprint = data["filters"]
-    except (ValueError, KeyError, TypeError):
-        raise ValidationError("page_token", "not a token returned by ListCustomers: start again without one") from None
-    if fingerprint != filters.fingerprint() or not isinstance(after, str):
-        raise ValidationError("page_token", "was issued for other filters: send the same filters as the first page")
-    return after
-
-
-async def list_customers(
-    conn: Conn, *, filters: ListFilter, after: str | None, limit: int
-) -> tuple[list[CustomerRecord], str | None]:
-    """One page ordered by ERP id (keyset paging: stable under concurrent inserts)."""
+async def list_customers(conn: Conn, *, filters: ListFilter, after: str | None, limit: int) -> list[CustomerRecord]:
+    """Records ordered by ERP id, resumed after `after`: keyset paging, so pages stay stable under
+    concurrent inserts. Callers ask for one row more than a page to learn whether another follows."""
     clauses = ["($1::text IS NULL OR erp_customer_id > $1)"]
     args: list[Any] = [after]
     if filters.email is not None:
@@ -145,14 +118,12 @@ async def list_customers(
     if filters.active is not None:
         args.append(filters.active)
         clauses.append(f"active = ${len(args)}")
-    args.append(limit + 1)
+    args.append(limit)
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM customers WHERE {' AND '.join(clauses)} ORDER BY erp_customer_id LIMIT ${len(args)}",
         *args,
     )
-    records = [_record(r) for r in rows[:limit]]
-    next_after = records[-1].erp_customer_id if len(rows) > limit else None
-    return records, next_after
+    return [_record(r) for r in rows]
 
 
 async def active_erp_ids(conn: Conn) -> list[str]:
