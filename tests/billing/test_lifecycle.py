@@ -527,6 +527,14 @@ async def test_list_invoices_filters_and_pages(start_billing: StartBilling) -> N
         if not token:
             break
     assert seen == [s.invoice_id for s in specs]
+    # A token belongs to the list and filters it came from; reused elsewhere it is refused, not misread.
+    first = await billing.stub.ListInvoices(pb.ListInvoicesRequest(page_size=2))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await billing.stub.ListInvoices(
+            pb.ListInvoicesRequest(page_size=2, page_token=first.next_page_token, stripe_customer_id="cus_RaQList0")
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in (refused.value.details() or "")
     open_for_0 = await billing.stub.ListInvoices(
         pb.ListInvoicesRequest(stripe_customer_id="cus_RaQList0", status=pb.INVOICE_STATUS_OPEN)
     )
