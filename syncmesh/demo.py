@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import stripe
 
@@ -83,7 +86,42 @@ async def drive_scenario(client: stripe.StripeClient) -> dict[str, Any]:
     await client.v1.subscriptions.cancel_async(grace_subscription.id)
     lead = await client.v1.customers.create_async({"name": "Short-lived Lead", "email": "lead@example.com"})
     await client.v1.customers.delete_async(lead.id)
-    return {"customers": len(customers) + 1, "subscriptions": len(customers)}
+    return {"customers": len(customers) + 1, "subscriptions": len(customers), "ada": ada.id}
+
+
+async def refund_and_notify(client: stripe.StripeClient, customer_id: str, gateway_url: str, secret: str) -> str:
+    """Partly refund a customer's first charge on localstripe, then deliver `charge.refunded`.
+
+    localstripe refunds but sends no refund events, so the demo sends the one Stripe would: the
+    charge as localstripe now holds it, in an event signed with the endpoint's secret by the
+    official SDK's helper, through the gateway like any webhook.
+    """
+    invoices = await client.v1.invoices.list_async({"customer": customer_id, "limit": 1})
+    invoice = invoices.data[0]
+    charge_ref: Any = invoice.to_dict().get("charge")  # a 2017-era field: the current Invoice type lacks it
+    charge_id = str(charge_ref if isinstance(charge_ref, str) else charge_ref["id"])
+    await client.v1.refunds.create_async({"charge": charge_id, "amount": 4900})
+    charge = (await client.v1.charges.retrieve_async(charge_id)).to_dict()
+    charge["invoice"] = charge.get("invoice") or invoice.id  # Stripe links invoice charges; localstripe does not
+    event = {
+        "id": f"evt_demo_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "api_version": "2017-08-15",
+        "created": int(time.time()),
+        "data": {"object": charge},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": "charge.refunded",
+    }
+    body = json.dumps(event).encode()
+    signature = stripe.WebhookSignature.generate_signature_header(body.decode(), secret)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway_url, data=body, headers={"Stripe-Signature": signature}) as resp,
+    ):
+        resp.raise_for_status()
+    return charge_id
 
 
 async def run_demo(settings: Settings, gateway: Gateway, runtimes: list[ServiceRuntime], stand_in: LocalStripe) -> None:
@@ -96,8 +134,10 @@ async def run_demo(settings: Settings, gateway: Gateway, runtimes: list[ServiceR
         DEMO_KEY, base_addresses={"api": stand_in.url}, http_client=http_client, max_network_retries=0
     )
     print("demo: driving a scenario through localstripe (Stripe stand-in)…", flush=True)
+    webhook_url = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
     try:
         made = await drive_scenario(client)
+        await refund_and_notify(client, made["ada"], webhook_url, settings.webhook_secrets[0])
     finally:
         await http_client.close_async()  # type: ignore[no-untyped-call]
     print(

@@ -31,6 +31,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
 from services.billing.settings import BillingSettings, RevenueRule
+from services.common.events import api_shape
 
 Json = dict[str, Any]
 ErpStatus = Literal["open", "paid_in_full", "voided", "written_off"]
@@ -83,8 +84,8 @@ def _list(value: Any) -> list[Any]:
 
 
 def is_basil(obj: Json) -> bool:
-    """Current (2025-03 and later) shape, decided by the fields only that shape has."""
-    return "parent" in obj or "pricing" in obj or "total_taxes" in obj or "amount_overpaid" in obj
+    """Current (2025-03 and later) shape; the one rule is in services.common.events.api_shape."""
+    return api_shape(obj) == "basil"
 
 
 def month_start(day: date) -> date:
@@ -517,8 +518,11 @@ def map_invoice(
         lines=tuple(mapped_lines),
         lines_complete=complete,
         unmapped_price_ids=tuple(sorted(unmapped)),
-        charge_id=None if is_basil(obj) else ref_id(obj.get("charge")),
-        paid_out_of_band=bool(obj.get("paid_out_of_band")) and not is_basil(obj),
+        # Fields only the legacy shape has: read wherever they appear (localstripe sends them
+        # beside a current-shape `parent`), absent from current payloads, where payments come
+        # as invoice_payment objects instead.
+        charge_id=ref_id(obj.get("charge")),
+        paid_out_of_band=bool(obj.get("paid_out_of_band")),
     )
 
 
@@ -614,8 +618,8 @@ def payment_from_charge(obj: Json) -> ErpPayment | None:
 
 
 def payment_from_invoice(inv: ErpInvoice, obj: Json) -> ErpPayment | None:
-    """Legacy: a paid invoice names its charge, or says it was paid out of band."""
-    if inv.api_shape != "legacy" or inv.stripe_status != "paid" or inv.stripe_amount_paid <= 0:
+    """Legacy fields: a paid invoice names its charge, or says it was paid out of band."""
+    if inv.stripe_status != "paid" or inv.stripe_amount_paid <= 0:
         return None
     paid_at = inv.paid_at or inv.created
     if inv.charge_id:

@@ -140,13 +140,22 @@ def from_envelope(data: bytes) -> tuple[StripeEvent, envelope_pb2.StripeEventEnv
     return event, envelope
 
 
+#: Fields only the current shape (API 2025-03-31 "basil" and later) has, on invoices and lines.
+_BASIL_ONLY = ("pricing", "total_taxes", "amount_overpaid", "taxes")
+#: Fields the current shape removed from invoices and invoice lines.
+_LEGACY_ONLY = ("charge", "subscription", "paid", "total_tax_amounts", "price", "proration", "plan", "invoice_item")
+
+
 def api_shape(event_or_object: StripeEvent | dict[str, Any]) -> str:
     """'basil' for payloads shaped by API 2025-03-31 and later, 'legacy' before.
 
-    Decided by the object itself rather than the version string alone, because backfilled
-    objects and localstripe carry no trustworthy version.
+    Decided by the object itself rather than the version string, because backfilled objects and
+    localstripe carry no trustworthy version. `parent` alone proves nothing: a current standalone
+    invoice has `parent: null`, and localstripe sends `parent: null` beside the legacy fields.
     """
     obj = event_or_object.object if isinstance(event_or_object, StripeEvent) else event_or_object
-    if "parent" in obj or "pricing" in obj or "total_taxes" in obj:
+    if isinstance(obj.get("parent"), dict) or any(key in obj for key in _BASIL_ONLY):
         return "basil"
-    return "legacy"
+    if any(key in obj for key in _LEGACY_ONLY):
+        return "legacy"
+    return "basil" if "parent" in obj else "legacy"

@@ -1,0 +1,162 @@
+"""3. Consumer throughput: how fast each service drains a pre-filled STRIPE stream.
+
+The stream is filled with N envelopes (whole lifecycles, as the gateway would publish them);
+then each service starts in its own process on a fresh database with a fresh durable and is
+timed from the moment its consumer appears until JetStream reports nothing pending and nothing
+awaiting an ack (consumer_info num_pending / num_ack_pending). The count of rows in its
+idempotency record afterwards must equal the events it subscribes to: nothing lost, nothing
+applied twice. The toy service of the runtime's tests (with every subject) gives the runtime's
+own ceiling, before any real handler work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import asyncpg
+
+from bench.env import definition
+from bench.events import BenchEvent, workload
+from bench.stats import fmt
+from bench.suite import Suite
+from services.common.events import subject_for
+
+TITLE = "3. Consumer throughput"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, `>` the rest."""
+    want = pattern.split(".")
+    have = subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def matching(spec: str, events: list[BenchEvent]) -> int:
+    subjects = definition(spec).subjects
+    return sum(1 for e in events if any(subject_matches(p, subject_for(e.type)) for p in subjects))
+
+
+async def fill(suite: Suite, events: list[BenchEvent]) -> float:
+    """Pre-fill STRIPE (set-up: without per-message fsync, then back to the shipped config)."""
+    env = suite.env
+    await env.reset_stream()
+    await env.restart_nats(sync_always=False)
+    try:
+        rate = await env.prefill(events)
+    finally:
+        await env.restart_nats(sync_always=True)
+    return rate
+
+
+@dataclass
+class Drain:
+    rate: float
+    seconds: float
+    finished: bool
+    acked: int
+
+
+async def timed_drain(suite: Suite, spec: str, database: str, expected: int, deadline: float) -> Drain:
+    """Start `spec` on `database` with a fresh durable; time it from first sight to fully acked."""
+    env = suite.env
+    durable = definition(spec).name
+    await env.delete_durable(durable)
+    proc = await env.start_service(spec, database, wait=False)
+    try:
+        spawned = time.monotonic()
+        first: tuple[float, int] | None = None
+        acked = 0
+        while True:
+            info = await env.consumer_info(durable)
+            now = time.monotonic()
+            if not proc.alive:
+                raise RuntimeError(f"{spec} exited:\n{proc.tail()}")
+            if info is None:
+                if now - spawned > 60:
+                    raise RuntimeError(f"{spec} created no consumer within 60 s:\n{proc.tail()}")
+                await asyncio.sleep(0.02)
+                continue
+            acked = info.ack_floor.consumer_seq if info.ack_floor else 0
+            if first is None:
+                first = (now, acked)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                seconds = max(now - first[0], 1e-9)
+                return Drain((expected - first[1]) / seconds, seconds, True, expected)
+            if now - first[0] > deadline:
+                seconds = now - first[0]
+                return Drain((acked - first[1]) / seconds, seconds, False, acked)
+            await asyncio.sleep(0.02)
+    finally:
+        env.stop(proc)
+
+
+async def drain(suite: Suite, spec: str, expected: int, deadline: float) -> tuple[float, str]:
+    """Drain on a fresh database; events/s and what happened."""
+    env = suite.env
+    database = await env.fresh_database("drain")
+    try:
+        result = await timed_drain(suite, spec, database, expected, deadline)
+        if not result.finished:
+            return result.rate, f"not drained within {deadline:.0f} s; {result.acked} of {expected} acked"
+        rows = await _processed(env.pg.dsn(database), definition(spec).schema)
+        check = "ok" if rows == expected else f"MISMATCH: {rows} rows in processed_events for {expected} events"
+        return result.rate, f"{expected} events in {result.seconds:.2f} s; idempotency record {check}"
+    finally:
+        await env.drop_database(database)
+
+
+async def _processed(dsn: str, schema: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {schema}.processed_events"))
+    finally:
+        await conn.close()
+
+
+async def run(suite: Suite) -> None:
+    count = int(suite.config.pick(20_000, 2_000))
+    deadline = suite.config.pick(30, 20)
+    specs = ["toy", *suite.ready_services()]
+    events = workload(count, tag=suite.tag(), duplicate_rate=0.0)
+    types = Counter(e.type for e in events)
+    suite.say(f"  pre-filling STRIPE with {count:,} events")
+    rate = await fill(suite, events)
+    suite.note(
+        TITLE,
+        f"stream pre-filled with {count:,} distinct events ({fmt(rate)}/s, fill without per-message fsync); "
+        + ", ".join(f"{t} {n}" for t, n in types.most_common()),
+    )
+    async with suite.measuring(TITLE):
+        for index, spec in enumerate(specs):
+            expected = matching(spec, events)
+            target = 5000.0 if spec != "toy" else None
+            label = "toy service (runtime only, all subjects)" if spec == "toy" else f"{spec} service"
+            figure = suite.figure(
+                TITLE, f"consumer.{spec}", f"{label} drain", "events/s", target=target, direction="min"
+            )
+            if expected == 0:
+                suite.note(TITLE, f"{spec} subscribes to none of the generated event types; not measured")
+                continue
+            last = 0.0
+            for run_no in suite.runs():
+                # Later runs only if they leave time for one run of every spec still to come.
+                if run_no and suite.remaining() < last * (1 + len(specs) - index - 1):
+                    suite.note(TITLE, f"{spec}: stopped after {run_no} run(s) to stay within the time budget")
+                    break
+                suite.say(f"  {spec} run {run_no + 1}: draining {expected:,} events")
+                began = time.monotonic()
+                value, detail = await drain(suite, spec, expected, deadline)
+                last = time.monotonic() - began
+                suite.record(figure, value)
+                figure.notes.append(f"run {run_no + 1}: {detail}")
+    for name, status in suite.services().items():
+        if status != "ok":
+            suite.note(TITLE, f"{name} not measured: {status}")

@@ -1,0 +1,112 @@
+"""1. Gateway ingest: verified, durably published webhooks per second, 2xx latency, a burst.
+
+The gateway runs alone in its own process (`syncmesh gateway`) against the embedded
+nats-server (`sync_interval: always`); no service consumes, so only verification and durable
+publishing are measured. Load is open loop from this process (or several, with --clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from bench.events import workload
+from bench.loadgen import LoadResult, count_for, run_in_process, run_processes
+from bench.procs import TICK, cpu_jiffies
+from bench.stats import fmt
+from bench.suite import Suite
+
+TITLE = "1. Gateway ingest"
+
+
+async def offer(suite: Suite, url: str, rate: float, seconds: float, *, drain: float = 15.0) -> LoadResult:
+    """Open-loop load at `rate` for `seconds`, from this process or --clients processes."""
+    if suite.config.clients > 1:
+        loop = asyncio.get_running_loop()
+        clients = suite.config.clients
+        tag = suite.tag()
+        return await loop.run_in_executor(
+            None, lambda: run_processes(url, rate=rate, duration=seconds, processes=clients, tag=tag)
+        )
+    events = workload(count_for(rate, seconds), tag=suite.tag())
+    return await run_in_process(url, events, rate, drain_timeout=drain)
+
+
+def describe(result: LoadResult) -> str:
+    s = result.summary()
+    return (
+        f"{int(s['requests'])} sent at {fmt(result.offered_rate)}/s: {fmt(s['achieved_rate'])}/s answered 2xx, "
+        f"p50 {fmt(s['p50_ms'])} ms, p99 {fmt(s['p99_ms'])} ms, max {fmt(s['max_ms'])} ms; "
+        f"generator lag p99 {fmt(s['send_lag_p99_ms'])} ms; first-attempt non-2xx {int(s['first_non_2xx'])} "
+        f"(5xx {int(s['first_5xx'])}), retries {int(s['retries'])}, never delivered {int(s['undelivered'])}"
+    )
+
+
+async def run(suite: Suite) -> None:
+    env = suite.env
+    cfg = suite.config
+    sustained_s = cfg.pick(60, 10)
+    latency_s = cfg.pick(15, 5)
+    burst_n = 10_000
+    sustained = suite.figure(
+        TITLE,
+        "ingest.sustained",
+        f"sustained ingest, offered {fmt(cfg.ingest_rate)}/s for {sustained_s:.0f} s",
+        "webhooks/s",
+        target=2000,
+        direction="min",
+    )
+    lat = {
+        500: suite.figure(TITLE, "ingest.p99@500", "2xx p99 at 500/s", "ms", target=10),
+        1000: suite.figure(TITLE, "ingest.p99@1000", "2xx p99 at 1,000/s", "ms", target=25),
+    }
+    p50 = {
+        500: suite.figure(TITLE, "ingest.p50@500", "2xx p50 at 500/s", "ms"),
+        1000: suite.figure(TITLE, "ingest.p50@1000", "2xx p50 at 1,000/s", "ms"),
+    }
+    burst_5xx = suite.figure(TITLE, "ingest.burst5xx", f"5xx answers to a burst of {burst_n:,}", "", target=0)
+    burst_time = suite.figure(TITLE, "ingest.burst_time", f"time to absorb a burst of {burst_n:,}", "s")
+    gateway_cpu = suite.figure(TITLE, "ingest.gateway_cpu", "gateway CPU per webhook at 500/s", "ms")
+
+    await env.reset_stream()
+    gateway = await env.start_gateway()
+    url = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
+    try:
+        suite.say("  warming up the gateway (2 s at 200/s)")
+        await offer(suite, url, 200, 2)
+        async with suite.measuring(TITLE):
+            for run_no in suite.runs():
+                if not suite.another_run(TITLE, run_no):
+                    break
+                for rate in (500, 1000):
+                    suite.say(f"  run {run_no + 1}: open loop at {rate}/s for {latency_s:.0f} s")
+                    cpu_before = cpu_jiffies(gateway.pid, children=False)
+                    result = await offer(suite, url, rate, latency_s)
+                    if rate == 500:
+                        cpu_ms = (cpu_jiffies(gateway.pid, children=False) - cpu_before) / TICK * 1000
+                        suite.record(gateway_cpu, cpu_ms / max(1, len(result.outcomes)))
+                    suite.record(p50[rate], result.summary()["p50_ms"])
+                    suite.record(lat[rate], result.summary()["p99_ms"])
+                    lat[rate].notes.append(f"run {run_no + 1}: {describe(result)}")
+                suite.say(f"  run {run_no + 1}: sustained, offered {cfg.ingest_rate:.0f}/s for {sustained_s:.0f} s")
+                result = await offer(suite, url, cfg.ingest_rate, sustained_s)
+                suite.record(sustained, result.achieved_rate)
+                sustained.notes.append(f"run {run_no + 1}: {describe(result)}")
+                suite.say(f"  run {run_no + 1}: burst of {burst_n:,} due at once")
+                events = workload(burst_n, tag=suite.tag())
+                burst = await run_in_process(
+                    url, events, math.inf, burst=True, connections=1000, timeout=120, drain_timeout=150
+                )
+                suite.record(burst_5xx, burst.first_5xx)
+                done = [o.first_done for o in burst.outcomes if not math.isnan(o.first_done)]
+                suite.record(burst_time, (max(done) - burst.outcomes[0].due) if done else math.nan)
+                burst_5xx.notes.append(f"run {run_no + 1}: {describe(burst)}")
+                await env.reset_stream()  # keep the stream small: its size is not under test here
+    finally:
+        env.stop(gateway)
+    suite.note(
+        TITLE,
+        "Latency is from each request's scheduled send time to its answer; 'generator lag' is how late "
+        "the generator itself started a request (a large lag means the figure is limited by the sender "
+        "sharing the 2 cores, not by the gateway alone).",
+    )

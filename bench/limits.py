@@ -1,0 +1,173 @@
+"""The physical limits every other figure sits under: disk fsync rate, JetStream's durable
+publish rate, PostgreSQL's synchronous commit rate.
+
+With `sync_interval: always`, nats-server writes and fsyncs every message before acking it, one
+message at a time, so durable ingest can never beat the fsync rate of the disk under the
+stream; a synchronous PostgreSQL commit is one WAL flush, so a transaction per event is capped
+the same way (hence batch transactions in the consumer). Knowing these ceilings says whether a
+missed target is the code's fault or the machine's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import asyncpg
+
+from bench.events import workload
+from bench.suite import Suite
+from services.common.events import parse_event, to_envelope
+from syncmesh.events.v1 import envelope_pb2
+
+TITLE = "0. Physical limits of this machine"
+
+
+def fsync_rate(folder: str, seconds: float) -> float:
+    """Serial 4 KB append + fsync per second on the disk holding the bench's data."""
+    path = os.path.join(folder, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        block = b"x" * 4096
+        count = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            os.write(fd, block)
+            os.fsync(fd)
+            count += 1
+        return count / (time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+async def nats_durable_publish_rate(suite: Suite, count: int) -> float:
+    """Pipelined JetStream publishes of ~3 KB envelopes, all acked, with per-message fsync."""
+    bus = suite.env.bus
+    assert bus is not None
+    events = workload(count, tag=suite.tag(), duplicate_rate=0.0)
+    payloads = [
+        (e.subject, to_envelope(parse_event(e.body), source=envelope_pb2.EVENT_SOURCE_WEBHOOK), e.id) for e in events
+    ]
+    started = time.perf_counter()
+    futures = [await bus.js.publish_async(s, p, headers={"Nats-Msg-Id": i}) for s, p, i in payloads]
+    for future in futures:
+        await future
+    return count / (time.perf_counter() - started)
+
+
+async def pg_commit_rate(dsn: str, seconds: float) -> float:
+    """One-row INSERT transactions per second, synchronous_commit on: one WAL flush each."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, v text)")
+        count = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            await conn.execute("INSERT INTO bench_commit_probe (v) VALUES ('x')")
+            count += 1
+        await conn.execute("DROP TABLE bench_commit_probe")
+        return count / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+_PATTERN_SCHEMA = """
+CREATE TABLE bench_processed (event_id text PRIMARY KEY, event_type text NOT NULL);
+CREATE TABLE bench_records (object_id text PRIMARY KEY, last_event_id text NOT NULL, times integer NOT NULL DEFAULT 1);
+CREATE TABLE bench_outbox (id bigserial PRIMARY KEY, subject text NOT NULL, payload bytea NOT NULL);
+"""
+
+
+async def pg_pattern_rate(dsn: str, events: int, *, set_based: bool, batch: int = 256) -> float:
+    """Events/s through the consumer's database pattern, without NATS or a handler.
+
+    Per message (what the runtime does today): one transaction per batch, and for each event a
+    savepoint, the idempotency insert, one record upsert and one outbox insert, each its own
+    round trip. Set-based: the same rows for the whole batch in three statements (unnest
+    arrays), rows sorted by key. The gap between the two is the room a set-based batch path in
+    the runtime would have.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS bench_processed, bench_records, bench_outbox")
+        await conn.execute(_PATTERN_SCHEMA)
+        ids = [f"evt_pattern_{i:08d}" for i in range(events)]
+        started = time.perf_counter()
+        for start in range(0, events, batch):
+            chunk = ids[start : start + batch]
+            async with conn.transaction():
+                if set_based:
+                    fresh = await conn.fetch(
+                        "INSERT INTO bench_processed (event_id, event_type) "
+                        "SELECT unnest($1::text[]), 'customer.updated' ON CONFLICT DO NOTHING RETURNING event_id",
+                        chunk,
+                    )
+                    keys = sorted(r["event_id"] for r in fresh)
+                    await conn.execute(
+                        "INSERT INTO bench_records (object_id, last_event_id) SELECT k, k FROM unnest($1::text[]) k "
+                        "ON CONFLICT (object_id) DO UPDATE SET last_event_id = excluded.last_event_id, "
+                        "times = bench_records.times + 1",
+                        keys,
+                    )
+                    await conn.execute(
+                        "INSERT INTO bench_outbox (subject, payload) SELECT 'syncmesh.bench.x', convert_to(k, 'UTF8') "
+                        "FROM unnest($1::text[]) k",
+                        keys,
+                    )
+                else:
+                    for event_id in chunk:
+                        async with conn.transaction():
+                            fresh_one = await conn.fetchval(
+                                "INSERT INTO bench_processed (event_id, event_type) VALUES ($1, 'customer.updated') "
+                                "ON CONFLICT DO NOTHING RETURNING true",
+                                event_id,
+                            )
+                            if fresh_one:
+                                await conn.execute(
+                                    "INSERT INTO bench_records (object_id, last_event_id) VALUES ($1, $1) "
+                                    "ON CONFLICT (object_id) DO UPDATE SET last_event_id = excluded.last_event_id, "
+                                    "times = bench_records.times + 1",
+                                    event_id,
+                                )
+                                await conn.execute(
+                                    "INSERT INTO bench_outbox (subject, payload) VALUES ('syncmesh.bench.x', $1)",
+                                    event_id.encode(),
+                                )
+        rate = events / (time.perf_counter() - started)
+        await conn.execute("DROP TABLE bench_processed, bench_records, bench_outbox")
+        return rate
+    finally:
+        await conn.close()
+
+
+async def run(suite: Suite) -> None:
+    env = suite.env
+    fsync = suite.figure(TITLE, "limits.fsync", "disk: 4 KB write + fsync, serial", "/s")
+    publish = suite.figure(TITLE, "limits.nats", "JetStream durable publish, pipelined (no gateway)", "msgs/s")
+    commit = suite.figure(TITLE, "limits.pg", "PostgreSQL one-row commits, serial", "commits/s")
+    per_event = suite.figure(
+        TITLE, "limits.pg_per_event", "PostgreSQL, consumer pattern per event (savepoint + 3 statements)", "events/s"
+    )
+    set_based = suite.figure(
+        TITLE, "limits.pg_set_based", "PostgreSQL, same rows set-based (3 statements per 256)", "events/s"
+    )
+    seconds = suite.config.pick(2.0, 1.0)
+    async with suite.measuring(TITLE):
+        for run_no in suite.runs():
+            if not suite.another_run(TITLE, run_no):
+                break
+            suite.say(f"  limits run {run_no + 1}")
+            suite.record(fsync, fsync_rate(str(env.data_dir), seconds))
+            suite.record(publish, await nats_durable_publish_rate(suite, int(suite.config.pick(3000, 1500))))
+            suite.record(commit, await pg_commit_rate(env.pg.dsn(), seconds))
+            n = int(suite.config.pick(5120, 2560))
+            suite.record(per_event, await pg_pattern_rate(env.pg.dsn(), n, set_based=False))
+            suite.record(set_based, await pg_pattern_rate(env.pg.dsn(), n, set_based=True))
+    await env.reset_stream()
+    suite.note(
+        TITLE,
+        "nats-server with sync_interval: always fsyncs each message before acking it, one at a time "
+        "(strace shows one fsync per publish), so durable ingest is capped near the JetStream figure "
+        "above whatever the gateway does.",
+    )

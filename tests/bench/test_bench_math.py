@@ -1,0 +1,114 @@
+"""The benchmark's own arithmetic: open-loop schedules, percentiles, verdicts and the report.
+
+No timing assertions: the suite prints figures, it never asserts on speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bench.events import BENCH_SECRET, EventFactory, sign
+from bench.loadgen import LoadResult, Outcome, count_for, due_times, open_loop
+from bench.report import Report, render, write
+from bench.stats import Figure, Target, percentile
+from gateway.verify import verify_signature
+from services.common.events import parse_event
+
+
+def test_due_times_are_evenly_spaced_from_the_start() -> None:
+    assert due_times(4, 500.0, 10.0) == pytest.approx([10.0, 10.002, 10.004, 10.006])
+
+
+def test_shares_of_a_split_schedule_interleave_into_the_whole() -> None:
+    whole = due_times(10, 1000.0, 5.0)
+    shares = [due_times(len(range(k, 10, 3)), 1000.0, 5.0, offset=k, step=3) for k in range(3)]
+    assert sorted(t for share in shares for t in share) == pytest.approx(whole)
+
+
+def test_count_for_rate_and_duration() -> None:
+    assert count_for(500, 10) == 5000
+    assert count_for(1000, 0.0001) == 1
+
+
+def test_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        due_times(3, 0, 0.0)
+
+
+async def test_open_loop_starts_late_calls_without_waiting_for_slow_ones() -> None:
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    dues = [now - 1.0, now - 1.0, now + 0.01]  # two already overdue: both start at once
+    started: list[int] = []
+
+    async def fire(i: int) -> None:
+        started.append(i)
+        await asyncio.sleep(0.05 if i == 0 else 0)
+
+    await open_loop(dues, fire)
+    assert sorted(started) == [0, 1, 2] and started[:2] == [0, 1]
+
+
+def test_latency_counts_from_the_due_time_not_the_send_time() -> None:
+    late = Outcome(due=1.0, sent=1.5, first_status=200, first_done=1.6, final_status=200, attempts=1)
+    failed = Outcome(due=1.0, sent=1.0, first_status=503, first_done=1.1, final_status=200, attempts=2)
+    result = LoadResult(offered_rate=100, outcomes=[late, failed])
+    assert result.first_latencies_ms == pytest.approx([600.0])
+    assert result.send_lags_ms == pytest.approx([500.0, 0.0])
+    assert (result.first_5xx, result.retries, result.undelivered) == (1, 1, 0)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_figure_median_range_and_verdict() -> None:
+    figure = Figure("k", "p99", "ms", Target(10, "max"), values=[12.0, 8.0, 9.0])
+    assert (figure.median, figure.low, figure.high) == (9.0, 8.0, 12.0)
+    assert figure.verdict() == "met"
+    assert Figure("k", "rate", "/s", Target(2000, "min"), values=[1500.0]).verdict() == "NOT met"
+    assert Figure("k", "x", "ms", Target(1, "max")).verdict() == "not measured"
+
+
+def test_report_shows_each_figure_beside_its_target(tmp_path: Path) -> None:
+    report = Report(datetime(2026, 1, 2, 3, 4, tzinfo=UTC), "quick", {"cores": "2"}, {"Python": "3.11"})
+    section = report.section("1. Gateway ingest")
+    section.figures.append(Figure("a", "2xx p99 at 500/s", "ms", Target(10, "max"), values=[4.0, 6.0, 5.0]))
+    section.notes.append("a note")
+    text = render(report)
+    assert "| 2xx p99 at 500/s | 5.00 [4.00-6.00] ms (3 runs) | <= 10.0 ms | met |" in text
+    assert "- cores: 2" in text and "a note" in text
+    path = write(report, tmp_path)
+    assert path.name == "2026-01-02.md" and path.read_text() == text
+
+
+def test_generated_events_are_valid_signed_stripe_events() -> None:
+    events = EventFactory(3, tag="t1").workload(300)
+    assert len(events) == 300
+    assert any(e.duplicate for e in events)
+    for e in events[:50]:
+        parsed = parse_event(e.body)
+        assert parsed.id == e.id and parsed.type == e.type
+        verify_signature(e.body, sign(e.body), (BENCH_SECRET,), tolerance=300)
+    first = json.loads(events[0].body)
+    assert first["data"]["object"]["id"] == events[0].object_id
+    types = {e.type for e in events}
+    assert {"customer.created", "invoice.created", "invoice.paid"} <= types
+
+
+def test_same_seed_and_tag_give_the_same_events_and_another_tag_new_ids() -> None:
+    a = EventFactory(1, tag="x1").workload(50)
+    b = EventFactory(1, tag="x1").workload(50)
+    c = EventFactory(1, tag="x2").workload(50)
+    assert [e.body for e in a] == [e.body for e in b]
+    assert not {e.id for e in a} & {e.id for e in c}
