@@ -5,9 +5,11 @@ Ack policy (the whole of it):
 1. Fetch up to `fetch_batch` messages from the service's durable pull consumer, waiting at most
    `fetch_timeout_seconds` (short: fetch waits for the batch to fill, so a long timeout is
    pure latency).
-2. Open ONE transaction for the batch. For each message, in its own savepoint: record the event
-   id in `processed_events` (skip the handler if it is already there: that is the idempotency),
-   run the handler, which writes its records and queues its domain events in `outbox`.
+2. Open ONE transaction for the batch: record every event id in `processed_events` with one
+   insert (an id already there is a duplicate: its handler is skipped, that is the idempotency),
+   then run each new event's handler, which writes its records and queues its domain events in
+   `outbox`. If any handler fails, that transaction is rolled back whole and the batch is redone
+   in a new one with a savepoint per message, so only the failing messages are left unwritten.
 3. COMMIT. Only then ack the messages whose savepoint succeeded (plain ack: the idempotency
    record makes a lost ack harmless, and `ack_sync` would halve throughput).
 4. A message whose handler failed is nak'd with exponential backoff; once it has been delivered
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -204,54 +206,123 @@ class Consumer:
             self._psub = None
 
     async def process_batch(self, msgs: list[Msg]) -> None:
+        """Handle a fetched batch in one transaction, then settle every message (ack policy above)."""
         outcomes = [_Outcome(m) for m in msgs]
+        work = [item for item in map(self._decode, outcomes) if item is not None]
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                for outcome in outcomes:
-                    await self._handle_one(conn, outcome)
+            if work:
+                async with self.pool.acquire() as conn:
+                    # Optimistic first: no savepoints, one idempotency insert for the batch. A
+                    # failure anywhere rolls it all back and the batch is redone one message per
+                    # savepoint, so one bad event costs its batch a retry, never a wrong commit.
+                    failed = None if self.settings.dry_run else await self._apply_together(conn, work)
+                    if not isinstance(failed, _AllApplied):
+                        await self._apply_isolated(conn, work, failed)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("batch of %d not committed (%s); will be redelivered", len(msgs), exc)
-            for outcome in outcomes:
-                if outcome.dead_reason is None:
-                    outcome.ok = False
-                    outcome.error = outcome.error or f"database: {exc}"
+            for item in work:
+                if item.outcome.dead_reason is None:
+                    item.outcome.ok = False
+                    item.outcome.error = item.outcome.error or f"database: {exc}"
         else:
-            if self.on_commit is not None:
+            if work and self.on_commit is not None:
                 self.on_commit()
         for outcome in outcomes:
             await self._settle(outcome)
 
-    async def _handle_one(self, conn: Conn, outcome: _Outcome) -> None:
-        msg = outcome.msg
+    def _decode(self, outcome: _Outcome) -> _Work | None:
         try:
-            event, envelope = from_envelope(msg.data)
+            event, envelope = from_envelope(outcome.msg.data)
             check_mode(event, self.settings.mode)
         except EventError as exc:
             outcome.dead_reason = f"undecodable: {exc}"
-            return
-        token = current_event_id.set(event.id)
-        parent = extract_context(msg.headers)
+            return None
+        return _Work(outcome, event, envelope)
+
+    def _context(self, conn: Conn, item: _Work) -> HandlerContext:
+        return HandlerContext(conn=conn, service=self.service, settings=self.settings, envelope=item.envelope)
+
+    @contextlib.contextmanager
+    def _consuming(self, item: _Work) -> Iterator[trace.Span]:
+        """The message's span (continuing the trace it was published under) and log context."""
+        token = current_event_id.set(item.event.id)
         try:
             with _tracer.start_as_current_span(
-                f"{self.service} consume {msg.subject}",
-                context=parent,
+                f"{self.service} consume {item.outcome.msg.subject}",
+                context=extract_context(item.outcome.msg.headers),
                 kind=trace.SpanKind.CONSUMER,
                 attributes={
                     "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "messaging.message.id": event.id,
-                    "stripe.event_type": event.type,
+                    "messaging.destination.name": item.outcome.msg.subject,
+                    "messaging.message.id": item.event.id,
+                    "stripe.event_type": item.event.type,
                 },
             ) as span:
+                yield span
+        finally:
+            current_event_id.reset(token)
+
+    async def _apply_together(self, conn: Conn, work: list[_Work]) -> _Failure | _AllApplied:
+        """All of the batch in one transaction; on a handler failure nothing is written, and the
+        failing message and its error are returned so it is not run a second time."""
+        handled = duplicates = 0
+        current: _Work | None = None
+        try:
+            async with conn.transaction():
+                fresh = await _claim(conn, work)
+                skipped: list[tuple[str, str]] = []
+                for item in work:
+                    if item.event.id not in fresh:
+                        duplicates += 1
+                        continue
+                    fresh.discard(item.event.id)  # a second copy in the same batch is a duplicate
+                    current = item
+                    ctx = self._context(conn, item)
+                    with self._consuming(item) as span:
+                        await self.handler(ctx, item.event)
+                        if ctx.skipped_reason:
+                            span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
+                            skipped.append((item.event.id, f"skipped: {ctx.skipped_reason}"))
+                    handled += 1
+                if skipped:
+                    await conn.executemany("UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped)
+        except (OSError, asyncpg.InterfaceError):
+            raise  # the connection is gone: the whole batch fails and is redelivered
+        except Exception as exc:
+            log.info("a message of the batch failed (%s: %s); handling them one by one", type(exc).__name__, exc)
+            return _Failure(current, exc)
+        for item in work:
+            item.outcome.ok = True
+        self.handled += handled
+        self.duplicates += duplicates
+        return _ALL_APPLIED
+
+    async def _apply_isolated(self, conn: Conn, work: list[_Work], failed: _Failure | None) -> None:
+        """One transaction, a savepoint per message: the failing ones roll back alone.
+
+        The message that already failed in the optimistic pass keeps that failure rather than
+        running again (its handler may have called Stripe); it is retried on redelivery.
+        """
+        async with conn.transaction():
+            for item in work:
+                if failed is not None and item is failed.item:
+                    _record_failure(item, failed.error)
+                    continue
+                await self._handle_one(conn, item)
+
+    async def _handle_one(self, conn: Conn, item: _Work) -> None:
+        event, outcome = item.event, item.outcome
+        try:
+            with self._consuming(item) as span:
                 try:
                     async with conn.transaction():  # savepoint: this message only
-                        ctx = HandlerContext(conn=conn, service=self.service, settings=self.settings, envelope=envelope)
+                        ctx = self._context(conn, item)
                         fresh = await conn.fetchval(
                             "INSERT INTO processed_events (event_id, event_type, stream_sequence) "
                             "VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING RETURNING true",
                             event.id,
                             event.type,
-                            _sequence(msg),
+                            _sequence(outcome.msg),
                         )
                         if not fresh:
                             self.duplicates += 1
@@ -276,15 +347,10 @@ class Consumer:
                 except DryRunRollback:
                     self.handled += 1
                 outcome.ok = True
-        except PermanentError as exc:
-            outcome.dead_reason = f"permanent: {exc}"
-        except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError):
+        except (OSError, asyncpg.InterfaceError):
             raise  # the connection is gone: the whole batch fails and is redelivered
-        except Exception as exc:  # any handler failure is retryable until max_deliver
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            log.warning("handler failed for %s: %s", event.type, outcome.error)
-        finally:
-            current_event_id.reset(token)
+        except Exception as exc:
+            _record_failure(item, exc)
 
     async def _settle(self, outcome: _Outcome) -> None:
         msg = outcome.msg
@@ -327,6 +393,55 @@ class Consumer:
             msg_id=f"{self.service}:{original_id or _sequence(msg)}:{attempts}",
             headers=inject_headers(),
         )
+
+
+@dataclass
+class _Work:
+    """A decoded message of the batch."""
+
+    outcome: _Outcome
+    event: StripeEvent
+    envelope: envelope_pb2.StripeEventEnvelope
+
+
+@dataclass
+class _Failure:
+    item: _Work | None
+    error: Exception
+
+
+class _AllApplied:
+    pass
+
+
+_ALL_APPLIED = _AllApplied()
+
+
+def _record_failure(item: _Work, exc: Exception) -> None:
+    """PermanentError dead-letters at once; anything else is retried until max_deliver."""
+    if isinstance(exc, PermanentError):
+        item.outcome.dead_reason = f"permanent: {exc}"
+        return
+    item.outcome.error = f"{type(exc).__name__}: {exc}"
+    log.warning("handler failed for %s: %s", item.event.type, item.outcome.error)
+
+
+async def _claim(conn: Conn, work: list[_Work]) -> set[str]:
+    """Record the batch's event ids as processed; return those that were not already.
+
+    Sorted by id, so two replicas claiming overlapping redeliveries lock rows in the same order
+    and cannot deadlock.
+    """
+    rows = sorted({(w.event.id, w.event.type, _sequence(w.outcome.msg)) for w in work}, key=lambda r: r[0])
+    claimed = await conn.fetch(
+        "INSERT INTO processed_events (event_id, event_type, stream_sequence) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT (event_id) DO NOTHING "
+        "RETURNING event_id",
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+    )
+    return {r["event_id"] for r in claimed}
 
 
 def _attempts(msg: Msg) -> int:
