@@ -164,18 +164,17 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            done: list[int] = []
-            for row in rows:
-                try:
-                    await self.bus.publish(row["subject"], row["payload"], msg_id=row["msg_id"], headers=row["headers"])
-                except PublishError as exc:
-                    log.warning("outbox relay paused: %s", exc)
-                    break
-                done.append(row["id"])
+            acked = await self.bus.publish_batch(
+                [(row["subject"], row["payload"], row["msg_id"], row["headers"]) for row in rows]
+            )
+            done = [row["id"] for row, ok in zip(rows, acked, strict=True) if ok]
+            if len(done) < len(rows):
+                log.warning("outbox relay: %d of %d not acked; retrying them", len(rows) - len(done), len(rows))
             if done:
                 await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", done)
                 self.published += len(done)
-            return len(done)
+            # A short count ends the caller's drain loop; the rest waits for the next wake or poll.
+            return len(done) if len(done) == len(rows) else 0
 
     async def _prune(self) -> None:
         async with self.pool.acquire() as conn:
