@@ -61,7 +61,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run_mesh(demo=args.demo, data_dir=args.data_dir, once=args.once)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands that run the mesh itself: they load no operator extensions, so a pod starts with
+#: only what it runs, and a fault in a tool cannot stop the gateway or a service.
+CORE_COMMANDS = ("up", "gateway", "serve")
+
+
+def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncmesh", description="Keeps an ERP and a CRM in step with Stripe.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="gRPC port (default from SYNCMESH_<SERVICE>_PORT)")
     serve.set_defaults(func=_cmd_serve)
 
+    if not with_extensions:
+        return parser
     groups: dict[str, Any] = {}
     imports = sub.add_parser("import", help="import data sheets or run an initial import")
     groups["import"] = imports.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -96,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    core = bool(arguments) and arguments[0] in CORE_COMMANDS
+    parser = build_parser(with_extensions=not core)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:
