@@ -1,4 +1,4 @@
-"""The operator commands: `syncmesh dlq|sweep|backfill|replay`.
+"""The operator commands: `syncmesh dlq|sweep|backfill|replay|verify`.
 
 Each command parses its options, reads settings, opens what it needs, calls one function of
 this package (which the tests drive directly) and prints the report. Failures the operator can
@@ -311,3 +311,23 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="also publish the domain events the handlers emit (off: subscribers would see history as new)",
     )
     replay.set_defaults(func=_cmd_replay)
+
+    verify = sub.add_parser("verify", help="compare Stripe with the ERP and CRM records; --repair re-syncs differences")
+    verify.add_argument("--repair", action="store_true", help="re-sync exactly the differing objects, then re-verify")
+    verify.add_argument("--types", default=None, help="comma-separated: customers,invoices,clients,products,contracts")
+    verify.add_argument("--since", default=None, help="only objects created since: ISO date, unix seconds, or 30d")
+    verify.add_argument("--rate", type=float, default=20.0, help="Stripe requests per second (default 20)")
+    verify.add_argument(
+        "--settle", type=float, default=60.0, help="--repair: seconds to wait for the mesh (default 60)"
+    )
+    for service in ("customer", "billing", "crm"):
+        verify.add_argument(
+            f"--{service}-target", default=None, help=f"{service} gRPC address (default 127.0.0.1:<port>)"
+        )
+    verify.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from syncmesh.ops.verify import command
+
+    return command(args)
