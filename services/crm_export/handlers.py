@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf.message import Message
+from stripe import StripeClient, StripeError
 
 from services.common.consumer import HandlerContext
 from services.common.db import Conn
 from services.common.events import StripeEvent
+from services.common.stripe_api import upstream_error
 from services.crm_export import mapping, messages, store
 from services.crm_export.fetch import Fetcher, NoFetcher, StripeFetcher
 from services.crm_export.mapping import CrmSettings
@@ -44,9 +46,20 @@ async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
             ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx), deleted=kind.endswith(".deleted")
         )
     elif kind in CUSTOMER_EVENTS:
-        await apply_customer(ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "customer.deleted")
+        await apply_customer(
+            ctx.conn,
+            obj,
+            event.created,
+            settings,
+            ctx.emit,
+            deleted=kind == "customer.deleted",
+            event_type=kind,
+            stripe=ctx.stripe,
+        )
     elif kind in PRODUCT_EVENTS:
-        await apply_product(ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "product.deleted")
+        await apply_product(
+            ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "product.deleted", event_type=kind
+        )
     elif kind in PAID_EVENTS:
         await apply_paid_invoice(ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx))
     elif kind == "invoice.payment_failed":
@@ -61,14 +74,29 @@ def _fetcher(ctx: HandlerContext) -> Fetcher:
 
 
 async def apply_customer(
-    conn: Conn, obj: dict[str, Any], ts: int, settings: CrmSettings, emit: Emit, *, deleted: bool = False
+    conn: Conn,
+    obj: dict[str, Any],
+    ts: int,
+    settings: CrmSettings,
+    emit: Emit,
+    *,
+    deleted: bool = False,
+    event_type: str | None = None,
+    stripe: StripeClient | None = None,
 ) -> None:
-    if deleted and "email" not in obj:
+    kept = await store.stripe_customer_version(conn, str(obj.get("id", "")))
+    if deleted and "email" not in obj and kept is not None:
         # A bare deletion stub: keep what is known about the customer, flip it to deleted.
-        kept = await store.stripe_customer_version(conn, str(obj.get("id", "")))
-        if kept is not None:
+        obj = {**kept[0], **obj}
+    version = mapping.customer_version(obj, ts, deleted=deleted, event_type=event_type)
+    if stripe is not None and kept is not None and kept[1] == version and not version.terminal:
+        # Two events of one kind in one Stripe second: which is newer cannot be told from them,
+        # so take the customer as Stripe holds it now (the same whatever the arrival order).
+        obj = await _current_customer(stripe, obj)
+        if obj.get("deleted"):  # deleted in Stripe meanwhile: keep what is known, mark it deleted
+            deleted = True
             obj = {**kept[0], **obj}
-    version = mapping.customer_version(obj, ts, deleted=deleted)
+            version = mapping.customer_version(obj, ts, deleted=True, event_type=event_type)
     await store.upsert_stripe_customer(conn, mapping.stripe_customer(obj, deleted=deleted), version)
     if not settings.pulls_customers:
         return  # customer sync DISABLED: clients come from the CRM only
@@ -79,11 +107,27 @@ async def apply_customer(
         await emit("client_upserted", events_pb2.ClientUpserted(client=messages.client_pb(record)))
 
 
+async def _current_customer(stripe: StripeClient, obj: dict[str, Any]) -> dict[str, Any]:
+    try:
+        current = await stripe.v1.customers.retrieve_async(str(obj["id"]))
+    except StripeError as exc:
+        raise upstream_error(exc, "fetch a customer to settle a same-second tie") from exc
+    return dict(current.to_dict())
+
+
 async def apply_product(
-    conn: Conn, obj: dict[str, Any], ts: int, settings: CrmSettings, emit: Emit, *, deleted: bool = False
+    conn: Conn,
+    obj: dict[str, Any],
+    ts: int,
+    settings: CrmSettings,
+    emit: Emit,
+    *,
+    deleted: bool = False,
+    event_type: str | None = None,
 ) -> None:
     product = mapping.product_from_stripe(obj, settings, deleted=deleted)
-    if await store.upsert_product(conn, product, dict(obj), mapping.product_version(obj, ts, deleted=deleted)):
+    version = mapping.product_version(obj, ts, deleted=deleted, event_type=event_type)
+    if await store.upsert_product(conn, product, dict(obj), version):
         await emit("product_upserted", events_pb2.ProductUpserted(product=messages.product_pb(product)))
 
 

@@ -416,8 +416,15 @@ def client_from_customer(obj: Mapping[str, Any], settings: CrmSettings, *, delet
     )
 
 
-def customer_version(obj: Mapping[str, Any], ts: int, *, deleted: bool = False) -> Version:
-    return Version(terminal=deleted or bool(obj.get("deleted")), ts=ts)
+def lifecycle_rank(event_type: str | None) -> int:
+    """Within one Stripe second an update follows its create (Stripe's `created` ties them)."""
+    return 1 if event_type is not None and event_type.endswith(".updated") else 0
+
+
+def customer_version(
+    obj: Mapping[str, Any], ts: int, *, deleted: bool = False, event_type: str | None = None
+) -> Version:
+    return Version(terminal=deleted or bool(obj.get("deleted")), ts=ts, rank=lifecycle_rank(event_type))
 
 
 def product_from_stripe(obj: Mapping[str, Any], settings: CrmSettings, *, deleted: bool = False) -> Product:
@@ -432,8 +439,10 @@ def product_from_stripe(obj: Mapping[str, Any], settings: CrmSettings, *, delete
     )
 
 
-def product_version(obj: Mapping[str, Any], ts: int, *, deleted: bool = False) -> Version:
-    return Version(terminal=deleted or bool(obj.get("deleted")), ts=ts)
+def product_version(
+    obj: Mapping[str, Any], ts: int, *, deleted: bool = False, event_type: str | None = None
+) -> Version:
+    return Version(terminal=deleted or bool(obj.get("deleted")), ts=ts, rank=lifecycle_rank(event_type))
 
 
 # ---------------------------------------------------------------- invoices

@@ -105,3 +105,14 @@ async def test_any_order_and_duplication_gives_the_same_view(
 
     shuffled = [EVENTS[i] for i in order] + [EVENTS[i] for i in repeats]
     assert await apply_all(pool, shuffled) == expected
+
+
+@pytest.mark.parametrize("update_first", [False, True], ids=["in-order", "update-first"])
+async def test_create_and_update_in_one_stripe_second_keep_the_update(pool: asyncpg.Pool, update_first: bool) -> None:
+    """Stripe stamps a create and its immediate update with the same second; the update is newer."""
+    created = event("customer.created", customer(name="Ada", metadata={"segment": "smb"}), created=T0)
+    updated = event("customer.updated", customer(name="Ada Lovelace", metadata={"segment": "ent"}), created=T0)
+    pair = [parse_event(json.dumps(e).encode()) for e in (created, updated)]
+    view = await apply_all(pool, pair[::-1] if update_first else pair)
+    [client] = view["clients"]
+    assert (client.name, client.custom_fields) == ("Ada Lovelace", {"Segment": "ent"})
