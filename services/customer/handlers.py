@@ -97,10 +97,13 @@ async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
     if decision is Decision.STALE:
         await _record_and_emit(ctx, event, existing, None, decision)
         return
-    if decision is Decision.TIE_REFETCH and existing.state() != incoming:
+    if incoming.deleted and "email" not in event.object:
+        # Stripe's deleted customer is a bare {id, deleted: true}: keep what is known about it.
+        state = _as_deleted(existing.state() or incoming)
+    if decision is Decision.TIE_REFETCH and existing.state() != state:
         assert client is not None
         current = await fetch_current(client, incoming.stripe_customer_id)
-        state = current if current is not None else _as_deleted(incoming)
+        state = current if current is not None else _as_deleted(existing.state() or incoming)
     updated = await store.apply_stripe_state(
         ctx.conn,
         existing.erp_customer_id,

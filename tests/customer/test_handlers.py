@@ -194,3 +194,14 @@ async def test_store_guard_refuses_older_state_on_its_own(conn: asyncpg.Connecti
         await store.apply_stripe_state(conn, erp_id, same, Version(T0 + 10, 1), "evt_s", at, allow_equal=False) is None
     )
     assert (await record(conn, obj["id"]))["name"] == "Ada Lovelace"
+
+
+async def test_bare_deletion_keeps_what_is_known(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Stripe's deleted customer is `{id, object, deleted: true}`; it must not blank the record."""
+    obj = current_customer()
+    await run_handler(conn, settings, customer_event("customer.created", obj, created=T0))
+    stub = {"id": obj["id"], "object": "customer", "deleted": True}
+    await run_handler(conn, settings, customer_event("customer.deleted", stub, created=T0 + 5))
+    row = await record(conn, obj["id"])
+    assert row["active"] is False
+    assert (row["email"], row["name"]) == (obj["email"], obj["name"])
