@@ -262,6 +262,15 @@ class Consumer:
         finally:
             current_event_id.reset(token)
 
+    def _batch_span(self, work: list[_Work], what: str) -> Any:
+        """A span for a statement that serves the whole batch, linked to each message's trace."""
+        links = [
+            trace.Link(trace.get_current_span(extract_context(w.outcome.msg.headers)).get_span_context()) for w in work
+        ]
+        return _tracer.start_as_current_span(
+            f"{self.service} {what}", links=links, attributes={"messaging.batch.message_count": len(work)}
+        )
+
     async def _apply_together(self, conn: Conn, work: list[_Work]) -> _Failure | _AllApplied:
         """All of the batch in one transaction; on a handler failure nothing is written, and the
         failing message and its error are returned so it is not run a second time."""
@@ -269,7 +278,8 @@ class Consumer:
         current: _Work | None = None
         try:
             async with conn.transaction():
-                fresh = await _claim(conn, work)
+                with self._batch_span(work, "claim"):
+                    fresh = await _claim(conn, work)
                 skipped: list[tuple[str, str]] = []
                 for item in work:
                     if item.event.id not in fresh:
@@ -285,7 +295,8 @@ class Consumer:
                             skipped.append((item.event.id, f"skipped: {ctx.skipped_reason}"))
                     handled += 1
                 if skipped:
-                    await conn.executemany("UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped)
+                    with self._batch_span(work, "record skips"):
+                        await conn.executemany("UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped)
         except (OSError, asyncpg.InterfaceError):
             raise  # the connection is gone: the whole batch fails and is redelivered
         except Exception as exc:

@@ -240,7 +240,7 @@ class BackfillReport:
         return out
 
 
-async def _all_invoice_lines(
+async def complete_invoice_lines(
     client: stripe.StripeClient, invoice: dict[str, Any], limiter: RateLimiter, report: KindReport
 ) -> None:
     """Replace the invoice's embedded first page of lines by all of its lines."""
@@ -311,7 +311,7 @@ async def backfill(
                         kind_report.wrong_mode += 1
                         continue
                     if name == "invoices":
-                        await _all_invoice_lines(client, obj, limiter, kind_report)
+                        await complete_invoice_lines(client, obj, limiter, kind_report)
                     body = synthesise_event(kind, obj, listed_at=listed_at, api_version=api_version)
                     if body["id"] in seen:
                         kind_report.already_in_stream += 1

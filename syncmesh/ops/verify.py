@@ -57,7 +57,7 @@ from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 from syncmesh.customer.v1 import customer_service_pb2 as customer_pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
 from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops.backfill import BACKFILL_ID_PREFIX, KINDS, KindReport, _all_invoice_lines, synthesise_event
+from syncmesh.ops.backfill import BACKFILL_ID_PREFIX, KINDS, KindReport, complete_invoice_lines, synthesise_event
 from syncmesh.ops.common import progress
 from syncmesh.ops.stripe_pages import RateLimiter, list_pages
 
@@ -742,7 +742,7 @@ async def repair(
         for (source, object_id), obj in targets:
             bar.update(1)
             if source == "invoices" and not obj.get("deleted"):
-                await _all_invoice_lines(client, obj, limiter, KindReport())
+                await complete_invoice_lines(client, obj, limiter, KindReport())
             try:
                 event = repair_event(
                     source, obj, run=run, listed_at=int(now().timestamp()), api_version=stripe.api_version
@@ -751,7 +751,7 @@ async def repair(
                 result.not_publishable += 1
                 log.error("%s %s cannot be published as an event: %s", source, object_id, exc)
                 continue
-            if await publish_event(bus, event, source=envelope_pb2.EVENT_SOURCE_BACKFILL):
+            if await publish_event(bus, event, source=envelope_pb2.EVENT_SOURCE_RECONCILE):
                 result.duplicates += 1
             else:
                 result.published += 1

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syncmesh/events/v1/envelope.proto\x12\x12syncmesh.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x13StripeEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12+\n\x07\x63reated\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08livemode\x18\x04 \x01(\x08\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12/\n\x0breceived_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06source\x18\t \x01(\x0e\x32\x1f.syncmesh.events.v1.EventSource*\x92\x01\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_SOURCE_WEBHOOK\x10\x01\x12\x16\n\x12\x45VENT_SOURCE_SWEEP\x10\x02\x12\x19\n\x15\x45VENT_SOURCE_BACKFILL\x10\x03\x12\x18\n\x14\x45VENT_SOURCE_REDRIVE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syncmesh/events/v1/envelope.proto\x12\x12syncmesh.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x13StripeEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12+\n\x07\x63reated\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08livemode\x18\x04 \x01(\x08\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12/\n\x0breceived_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06source\x18\t \x01(\x0e\x32\x1f.syncmesh.events.v1.EventSource*\xae\x01\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_SOURCE_WEBHOOK\x10\x01\x12\x16\n\x12\x45VENT_SOURCE_SWEEP\x10\x02\x12\x19\n\x15\x45VENT_SOURCE_BACKFILL\x10\x03\x12\x18\n\x14\x45VENT_SOURCE_REDRIVE\x10\x04\x12\x1a\n\x16\x45VENT_SOURCE_RECONCILE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'syncmesh.events.v1.envelope
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTSOURCE']._serialized_start=369
-  _globals['_EVENTSOURCE']._serialized_end=515
+  _globals['_EVENTSOURCE']._serialized_end=543
   _globals['_STRIPEEVENTENVELOPE']._serialized_start=91
   _globals['_STRIPEEVENTENVELOPE']._serialized_end=366
 # @@protoc_insertion_point(module_scope)

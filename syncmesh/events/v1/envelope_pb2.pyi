@@ -16,11 +16,13 @@ class EventSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_SOURCE_SWEEP: _ClassVar[EventSource]
     EVENT_SOURCE_BACKFILL: _ClassVar[EventSource]
     EVENT_SOURCE_REDRIVE: _ClassVar[EventSource]
+    EVENT_SOURCE_RECONCILE: _ClassVar[EventSource]
 EVENT_SOURCE_UNSPECIFIED: EventSource
 EVENT_SOURCE_WEBHOOK: EventSource
 EVENT_SOURCE_SWEEP: EventSource
 EVENT_SOURCE_BACKFILL: EventSource
 EVENT_SOURCE_REDRIVE: EventSource
+EVENT_SOURCE_RECONCILE: EventSource
 
 class StripeEventEnvelope(_message.Message):
     __slots__ = ("event_id", "event_type", "created", "livemode", "api_version", "account", "payload", "received_at", "source")
