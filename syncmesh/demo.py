@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import stripe
 
 from gateway.app import Gateway
+from services.common.grpc_client import aio_channel
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
 from syncmesh.localstripe_process import LocalStripe
@@ -153,7 +153,7 @@ async def run_demo(settings: Settings, gateway: Gateway, runtimes: list[ServiceR
             report_module = importlib.import_module(f"services.{package}.demo")
         except ModuleNotFoundError:
             continue
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.port}") as channel:
+        async with aio_channel(settings, f"127.0.0.1:{rt.port}") as channel:
             lines: list[str] = await report_module.demo_report(channel)
         print(f"== {rt.definition.name} ({rt.definition.grpc_service_name}) ==")
         for line in lines:

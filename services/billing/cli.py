@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from services.common.settings import load_settings
+from services.common.grpc_client import aio_channel, default_target
+from services.common.settings import Settings, load_settings
 from syncmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 
 
@@ -33,9 +34,10 @@ def import_items(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"syncmesh: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    target = args.target or f"127.0.0.1:{load_settings().port('billing')}"
+    settings = load_settings()
+    target = args.target or default_target(settings, "billing")
     try:
-        reply = asyncio.run(_send(target, data, args.dry_run))
+        reply = asyncio.run(_send(settings, target, data, args.dry_run))
     except grpc.aio.AioRpcError as exc:
         print(f"syncmesh: billing service at {target} refused the import: {exc.details()}", file=sys.stderr)
         return 1
@@ -44,9 +46,11 @@ def import_items(args: argparse.Namespace) -> int:
     return 1 if reply.problems else 0
 
 
-async def _send(target: str, data: bytes, dry_run: bool) -> billing_service_pb2.ImportItemMappingsResponse:
+async def _send(
+    settings: Settings, target: str, data: bytes, dry_run: bool
+) -> billing_service_pb2.ImportItemMappingsResponse:
     with tqdm(total=1, desc="importing items", unit="file", disable=not sys.stderr.isatty()) as bar:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with aio_channel(settings, target) as channel:
             stub = billing_service_pb2_grpc.BillingServiceStub(channel)  # type: ignore[no-untyped-call]
             reply: billing_service_pb2.ImportItemMappingsResponse = await stub.ImportItemMappings(
                 billing_service_pb2.ImportItemMappingsRequest(csv=data, dry_run=dry_run), timeout=60

@@ -84,6 +84,11 @@ class Settings:
     grpc_tls_cert_file: str | None = None
     grpc_tls_key_file: str | None = None
     grpc_tls_client_ca_file: str | None = None
+    #: For the mesh's own gRPC clients (CLI tools, verify): the services' CA turns TLS on; a
+    #: client certificate and key on top are presented for mutual TLS.
+    grpc_tls_ca_file: str | None = None
+    grpc_tls_client_cert_file: str | None = None
+    grpc_tls_client_key_file: str | None = None
 
     def port(self, deployable: str) -> int:
         return int(self.ports[deployable])
@@ -245,6 +250,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         grpc_tls_cert_file=_read(env, "SYNCMESH_GRPC_TLS_CERT_FILE"),
         grpc_tls_key_file=_read(env, "SYNCMESH_GRPC_TLS_KEY_FILE"),
         grpc_tls_client_ca_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_CA_FILE"),
+        grpc_tls_ca_file=_read(env, "SYNCMESH_GRPC_TLS_CA_FILE"),
+        grpc_tls_client_cert_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_CERT_FILE"),
+        grpc_tls_client_key_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_KEY_FILE"),
     )
 
 

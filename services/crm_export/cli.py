@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from services.common.grpc_client import channel as client_channel
+from services.common.grpc_client import default_target
 from services.common.settings import load_settings
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
@@ -48,10 +50,11 @@ def import_crm(args: argparse.Namespace) -> int:
     if not 0 <= args.days_back <= 3650:
         print("syncmesh: --days-back must be between 1 and 3650", file=sys.stderr)
         return 2
-    target = args.target or f"127.0.0.1:{load_settings().port('crm-export')}"
+    settings = load_settings()
+    target = args.target or default_target(settings, "crm-export")
     last: pb.RunImportResponse | None = None
     with (
-        grpc.insecure_channel(target) as channel,
+        client_channel(settings, target) as channel,
         tqdm(unit=" objects", desc="importing", file=sys.stderr) as bar,
     ):
         api = crm_export_service_pb2_grpc.CrmExportServiceStub(channel)  # type: ignore[no-untyped-call]

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from services.common.grpc_client import channel as client_channel
+from services.common.grpc_client import default_target
 from services.common.settings import load_settings
 from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
@@ -61,9 +63,10 @@ def import_customers(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"syncmesh: {path} is not a file", file=sys.stderr)
         return 2
-    target = args.target or f"127.0.0.1:{load_settings().port('customer')}"
+    settings = load_settings()
+    target = args.target or default_target(settings, "customer")
     size = path.stat().st_size
-    with grpc.insecure_channel(target) as channel:
+    with client_channel(settings, target) as channel:
         stub = customer_service_pb2_grpc.CustomerServiceStub(channel)  # type: ignore[no-untyped-call]
         with tqdm(total=size, unit="B", unit_scale=True, desc=f"uploading {path.name}", file=sys.stderr) as bar:
             try:

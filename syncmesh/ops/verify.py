@@ -49,6 +49,7 @@ import stripe
 from services.common.bus import Bus
 from services.common.errors import MalformedEventError, SettingsError, UpstreamError
 from services.common.events import StripeEvent, parse_event
+from services.common.grpc_client import aio_channel, default_target
 from services.common.settings import Settings
 from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc
@@ -822,8 +823,8 @@ def command(args: Any) -> int:
             raise SettingsError("SYNCMESH_STRIPE_API_KEY must be set: verify reads Stripe's objects through its API")
         overrides = {"customer": args.customer_target, "billing": args.billing_target, "crm-export": args.crm_target}
         services = sorted({SERVICE_OF[t] for t in types})
-        targets = {s: overrides[s] or f"127.0.0.1:{settings.port(s)}" for s in services}
-        channels = {s: grpc.aio.insecure_channel(t) for s, t in targets.items()}
+        targets = {s: overrides[s] or default_target(settings, s) for s in services}
+        channels = {s: aio_channel(settings, t) for s, t in targets.items()}
         try:
             mesh = Mesh(channels, targets)
             report = await verify(

@@ -123,3 +123,38 @@ async def test_half_configured_tls_is_refused(pki: Path) -> None:
             service_name="x.v1.XService",
             register=lambda s: None,
         )
+
+
+async def test_the_mesh_clients_speak_mutual_tls_from_settings(pki: Path) -> None:
+    """The CLI tools and verify open channels through services.common.grpc_client."""
+    from services.common.grpc_client import aio_channel
+
+    server_settings = Settings(
+        grpc_tls_cert_file=str(pki / "server.pem"),
+        grpc_tls_key_file=str(pki / "server.key"),
+        grpc_tls_client_ca_file=str(pki / "ca.pem"),
+    )
+    server = await start_grpc_server(
+        settings=server_settings,
+        port=0,
+        service_name="syncmesh.toy.v1.ToyService",
+        register=lambda s: None,
+        host="127.0.0.1",
+    )
+    client_settings = Settings(
+        grpc_tls_ca_file=str(pki / "ca.pem"),
+        grpc_tls_client_cert_file=str(pki / "client.pem"),
+        grpc_tls_client_key_file=str(pki / "client.key"),
+    )
+    try:
+        async with aio_channel(client_settings, f"localhost:{server.port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        without_cert = Settings(grpc_tls_ca_file=str(pki / "ca.pem"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            async with aio_channel(without_cert, f"localhost:{server.port}") as channel:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        with pytest.raises(SettingsError, match="SYNCMESH_GRPC_TLS_CA_FILE"):
+            aio_channel(Settings(grpc_tls_client_cert_file="x", grpc_tls_client_key_file="y"), "localhost:1")
+    finally:
+        await server.stop(0)
