@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,9 @@ from services.common.errors import NotFoundError, ValidationError
 from syncmesh.billing.v1 import billing_service_pb2 as pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from syncmesh.type.v1 import money_pb2
+
+#: The list requests filtered by customer and invoice, which share one paging path.
+_CustomerInvoicePage = pb.ListPaymentsRequest | pb.ListCreditMemosRequest | pb.ListRefundsRequest
 
 if TYPE_CHECKING:
     from services.common.service import ServiceRuntime
@@ -236,19 +239,32 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         )
         return pb.ListInvoicesResponse(invoices=[invoice_message(r) for r in page], next_page_token=token)
 
+    async def _by_customer_and_invoice(
+        self,
+        request: _CustomerInvoicePage,
+        list_name: str,
+        kinds: Sequence[paging.KeyKind],
+        fetch: Callable[..., Awaitable[list[asyncpg.Record]]],
+        key: Callable[[asyncpg.Record], Sequence[paging.Key]],
+    ) -> tuple[list[asyncpg.Record], str]:
+        """One page of a ledger list filtered by customer and invoice (payments, memos, refunds)."""
+        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
+        limit = paging.page_size(request.page_size)
+        scope = {"list": list_name, "customer": customer, "invoice": request.invoice_id.strip()}
+        after = paging.decode_token(request.page_token, kinds=kinds, scope=scope)
+        async with self.runtime.pool.acquire() as conn:
+            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
+            rows = await fetch(
+                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
+            )
+        return paging.next_page(rows, limit, key, scope=scope)
+
     async def ListPayments(
         self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPaymentsResponse:
-        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = paging.page_size(request.page_size)
-        scope = {"list": "payments", "customer": customer, "invoice": request.invoice_id.strip()}
-        after = paging.decode_token(request.page_token, kinds=(int, str), scope=scope)
-        async with self.runtime.pool.acquire() as conn:
-            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
-            rows = await store.list_payments(
-                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
-            )
-        page, token = paging.next_page(rows, limit, lambda r: (r["paid_at"], r["stripe_payment_id"]), scope=scope)
+        page, token = await self._by_customer_and_invoice(
+            request, "payments", (int, str), store.list_payments, lambda r: (r["paid_at"], r["stripe_payment_id"])
+        )
         return pb.ListPaymentsResponse(
             payments=[
                 pb.Payment(
@@ -271,16 +287,10 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def ListCreditMemos(
         self, request: pb.ListCreditMemosRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCreditMemosResponse:
-        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = paging.page_size(request.page_size)
-        scope = {"list": "credit_memos", "customer": customer, "invoice": request.invoice_id.strip()}
-        after = paging.decode_token(request.page_token, kinds=(date, str), scope=scope)
+        page, token = await self._by_customer_and_invoice(
+            request, "credit_memos", (date, str), store.list_credit_memos, lambda r: (r["memo_date"], r["memo_key"])
+        )
         async with self.runtime.pool.acquire() as conn:
-            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
-            rows = await store.list_credit_memos(
-                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
-            )
-            page, token = paging.next_page(rows, limit, lambda r: (r["memo_date"], r["memo_key"]), scope=scope)
             lines = await store.memo_lines(conn, [r["memo_key"] for r in page])
         return pb.ListCreditMemosResponse(
             credit_memos=[
@@ -317,16 +327,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def ListRefunds(
         self, request: pb.ListRefundsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRefundsResponse:
-        customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
-        limit = paging.page_size(request.page_size)
-        scope = {"list": "refunds", "customer": customer, "invoice": request.invoice_id.strip()}
-        after = paging.decode_token(request.page_token, kinds=(int, str), scope=scope)
-        async with self.runtime.pool.acquire() as conn:
-            invoice = await self._invoice_key(conn, "invoice_id", request.invoice_id)
-            rows = await store.list_refunds(
-                conn, customer=customer, invoice=invoice, after=(after[0], after[1]) if after else None, limit=limit + 1
-            )
-        page, token = paging.next_page(rows, limit, lambda r: (r["stripe_created"], r["stripe_refund_id"]), scope=scope)
+        page, token = await self._by_customer_and_invoice(
+            request, "refunds", (int, str), store.list_refunds, lambda r: (r["stripe_created"], r["stripe_refund_id"])
+        )
         return pb.ListRefundsResponse(
             refunds=[
                 pb.Refund(
