@@ -7,9 +7,12 @@ Ack policy (the whole of it):
    pure latency).
 2. Open ONE transaction for the batch: record every event id in `processed_events` with one
    insert (an id already there is a duplicate: its handler is skipped, that is the idempotency),
-   then run each new event's handler, which writes its records and queues its domain events in
-   `outbox`. If any handler fails, that transaction is rolled back whole and the batch is redone
-   in a new one with a savepoint per message, so only the failing messages are left unwritten.
+   then hand the new events to the service: to its batch handler when it has one (which writes
+   the whole batch's records in a few set-based statements), else to its handler one event at a
+   time. Domain events are buffered and written to `outbox` in one insert for the batch. If the
+   batch handler declines (BatchUnsupported) or fails, the transaction is rolled back and the
+   batch is redone event by event; if a handler fails, it is rolled back whole and redone in a
+   new transaction with a savepoint per message, so only the failing messages are left unwritten.
 3. COMMIT. Only then ack the messages whose savepoint succeeded (plain ack: the idempotency
    record makes a lost ack harmless, and `ack_sync` would halve throughput).
 4. A message whose handler failed is nak'd with exponential backoff; once it has been delivered
@@ -28,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -73,17 +77,22 @@ class HandlerContext:
     envelope: envelope_pb2.StripeEventEnvelope
     emitted: list[str] = field(default_factory=list)
     skipped_reason: str | None = None
+    #: When set, domain events are collected here and the consumer writes the batch's in one
+    #: insert; when None they go to the outbox at once (tools and tests that call a handler).
+    outgoing: list[outbox.OutboxRow] | None = None
 
     async def emit(self, event_name: str, message: Message, *, stripe_event_id: str = "") -> None:
         """Queue a domain event on `syncmesh.<service>.<event_name>`; it commits with the writes."""
-        await outbox.add_event(
-            self.conn,
+        rows = outbox.prepare_events(
             service=self.service,
-            event_name=event_name,
-            message=message,
+            events=[(event_name, message)],
             stripe_event_id=stripe_event_id or self.envelope.event_id,
             first_sequence=len(self.emitted),
         )
+        if self.outgoing is not None:
+            self.outgoing.extend(rows)
+        else:
+            await outbox.insert_rows(self.conn, rows)
         self.emitted.append(f"{event_name}:{message.DESCRIPTOR.full_name}")
 
     @property
@@ -101,6 +110,25 @@ class HandlerContext:
 
 
 Handler = Callable[[HandlerContext, StripeEvent], Awaitable[None]]
+
+
+class BatchUnsupported(Exception):
+    """Raised by a batch handler for a batch it cannot apply set-based (e.g. a tie that needs a
+    Stripe API call): the consumer rolls back and applies that batch event by event instead."""
+
+
+@dataclass
+class BatchItem:
+    """One new event of a batch, for a batch handler: its context (emit, skip) and its span."""
+
+    ctx: HandlerContext
+    event: StripeEvent
+    consuming: Callable[[], contextlib.AbstractContextManager[trace.Span]]
+
+
+#: Applies a batch's new events (in arrival order) inside the consumer's transaction; must leave
+#: the same records, history and domain events as the Handler run on each event in turn.
+BatchHandler = Callable[[Conn, Sequence[BatchItem]], Awaitable[None]]
 
 
 @dataclass
@@ -129,11 +157,13 @@ class Consumer:
         on_commit: Callable[[], None] | None = None,
         durable: str | None = None,
         stream: str = STRIPE_STREAM,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.service = service
         self.bus = bus
         self.pool = pool
         self.handler = handler
+        self.batch_handler = batch_handler
         self.subjects = subjects
         self.settings = settings
         self.on_commit = on_commit
@@ -146,6 +176,7 @@ class Consumer:
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
+        self.batches_declined = 0
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -215,7 +246,11 @@ class Consumer:
                     # Optimistic first: no savepoints, one idempotency insert for the batch. A
                     # failure anywhere rolls it all back and the batch is redone one message per
                     # savepoint, so one bad event costs its batch a retry, never a wrong commit.
-                    failed = None if self.settings.dry_run else await self._apply_together(conn, work)
+                    failed: _Failure | _AllApplied | None = None
+                    if not self.settings.dry_run:
+                        failed = await self._apply_together(conn, work, batched=self.batch_handler is not None)
+                        if isinstance(failed, _Failure) and failed.batch:
+                            failed = await self._apply_together(conn, work, batched=False)
                     if not isinstance(failed, _AllApplied):
                         await self._apply_isolated(conn, work, failed)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
@@ -239,8 +274,10 @@ class Consumer:
             return None
         return _Work(outcome, event, envelope)
 
-    def _context(self, conn: Conn, item: _Work) -> HandlerContext:
-        return HandlerContext(conn=conn, service=self.service, settings=self.settings, envelope=item.envelope)
+    def _context(self, conn: Conn, item: _Work, outgoing: list[outbox.OutboxRow] | None = None) -> HandlerContext:
+        return HandlerContext(
+            conn=conn, service=self.service, settings=self.settings, envelope=item.envelope, outgoing=outgoing
+        )
 
     @contextlib.contextmanager
     def _consuming(self, item: _Work) -> Iterator[trace.Span]:
@@ -263,43 +300,66 @@ class Consumer:
             current_event_id.reset(token)
 
     def _batch_span(self, work: list[_Work], what: str) -> Any:
-        """A span for a statement that serves the whole batch, linked to each message's trace."""
-        links = [
-            trace.Link(trace.get_current_span(extract_context(w.outcome.msg.headers)).get_span_context()) for w in work
-        ]
+        """A span for statements that serve the whole batch: in the trace of the batch's first
+        message (so a lone webhook is one trace end to end) and linked to every message's."""
+        contexts = [extract_context(w.outcome.msg.headers) for w in work]
+        links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in contexts]
         return _tracer.start_as_current_span(
-            f"{self.service} {what}", links=links, attributes={"messaging.batch.message_count": len(work)}
+            f"{self.service} {what}",
+            context=contexts[0] if contexts else None,
+            links=links,
+            attributes={"messaging.batch.message_count": len(work)},
         )
 
-    async def _apply_together(self, conn: Conn, work: list[_Work]) -> _Failure | _AllApplied:
-        """All of the batch in one transaction; on a handler failure nothing is written, and the
-        failing message and its error are returned so it is not run a second time."""
+    async def _apply_together(self, conn: Conn, work: list[_Work], *, batched: bool) -> _Failure | _AllApplied:
+        """All of the batch in one transaction; on a failure nothing is written, and the failing
+        message and its error are returned so it is not run a second time.
+
+        `batched`: the new events go to the service's batch handler in one call; if it declines
+        or fails, the returned failure says so and the caller redoes the batch event by event.
+        """
         handled = duplicates = 0
         current: _Work | None = None
+        outgoing: list[outbox.OutboxRow] = []
         try:
             async with conn.transaction():
                 with self._batch_span(work, "claim"):
                     fresh = await _claim(conn, work)
-                skipped: list[tuple[str, str]] = []
+                new: list[tuple[_Work, HandlerContext]] = []
                 for item in work:
                     if item.event.id not in fresh:
                         duplicates += 1
                         continue
                     fresh.discard(item.event.id)  # a second copy in the same batch is a duplicate
-                    current = item
-                    ctx = self._context(conn, item)
-                    with self._consuming(item) as span:
-                        await self.handler(ctx, item.event)
-                        if ctx.skipped_reason:
-                            span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
-                            skipped.append((item.event.id, f"skipped: {ctx.skipped_reason}"))
-                    handled += 1
-                if skipped:
-                    with self._batch_span(work, "record skips"):
-                        await conn.executemany("UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped)
+                    new.append((item, self._context(conn, item, outgoing)))
+                if batched and new:
+                    assert self.batch_handler is not None
+                    items = [BatchItem(ctx, item.event, functools.partial(self._consuming, item)) for item, ctx in new]
+                    with self._batch_span([item for item, _ in new], "apply batch"):
+                        await self.batch_handler(conn, items)
+                else:
+                    for item, ctx in new:
+                        current = item
+                        with self._consuming(item) as span:
+                            await self.handler(ctx, item.event)
+                            if ctx.skipped_reason:
+                                span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
+                handled = len(new)
+                skipped = [(item.event.id, f"skipped: {ctx.skipped_reason}") for item, ctx in new if ctx.skipped_reason]
+                if skipped or outgoing:
+                    with self._batch_span(work, "record outcomes"):
+                        await outbox.insert_rows(conn, outgoing)
+                        if skipped:
+                            await conn.executemany(
+                                "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
+                            )
         except (OSError, asyncpg.InterfaceError):
             raise  # the connection is gone: the whole batch fails and is redelivered
         except Exception as exc:
+            if batched:
+                self.batches_declined += 1
+                log.info("batch handler declined or failed (%s: %s); applying event by event", type(exc).__name__, exc)
+                return _Failure(None, exc, batch=True)
             log.info("a message of the batch failed (%s: %s); handling them one by one", type(exc).__name__, exc)
             return _Failure(current, exc)
         for item in work:
@@ -419,6 +479,8 @@ class _Work:
 class _Failure:
     item: _Work | None
     error: Exception
+    #: The batch handler failed (or declined): no single message is known to be at fault.
+    batch: bool = False
 
 
 class _AllApplied:
@@ -477,4 +539,13 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
         log.debug("ack/nak not sent: %s", exc)
 
 
-__all__ = ["DLQ_STREAM", "Consumer", "Handler", "HandlerContext", "backoff_seconds"]
+__all__ = [
+    "DLQ_STREAM",
+    "BatchHandler",
+    "BatchItem",
+    "BatchUnsupported",
+    "Consumer",
+    "Handler",
+    "HandlerContext",
+    "backoff_seconds",
+]

@@ -18,6 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -63,7 +64,37 @@ async def add_events(
     stripe_event_id: str = "",
     first_sequence: int = 0,
 ) -> list[str]:
-    """Queue many domain events in one round trip (an import may emit 100,000).
+    """Queue many domain events in one round trip (an import may emit 100,000)."""
+    rows = prepare_events(
+        service=service, events=events, stripe_event_id=stripe_event_id, first_sequence=first_sequence
+    )
+    await insert_rows(conn, rows)
+    return [row.msg_id for row in rows]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A domain event ready for the outbox table: built when it is emitted, written later.
+
+    Building captures the trace context of the moment of emission, so a consumer can buffer
+    a whole batch's events and write them in one statement while each keeps its own trace.
+    """
+
+    subject: str
+    message_type: str
+    msg_id: str
+    payload: bytes
+    headers: str
+
+
+def prepare_events(
+    *,
+    service: str,
+    events: Sequence[tuple[str, Message]],
+    stripe_event_id: str = "",
+    first_sequence: int = 0,
+) -> list[OutboxRow]:
+    """Outbox rows for `events`, not yet written.
 
     A message with an `EventMeta meta` field gets it filled: a unique event id (also its
     Nats-Msg-Id), the service, the causing Stripe event, the time. The current trace context
@@ -75,7 +106,7 @@ async def add_events(
     occurred = Timestamp()
     occurred.FromDatetime(datetime.now(UTC))
     prefix = f"syncmesh.{service.replace('-', '_')}."
-    subjects, types, ids, payloads, header_texts = [], [], [], [], []
+    rows = []
     for sequence, (event_name, message) in enumerate(events, start=first_sequence):
         event_id = _event_id(service, stripe_event_id, event_name, message, sequence)
         if "meta" in message.DESCRIPTOR.fields_by_name:
@@ -84,23 +115,33 @@ async def add_events(
             meta.service = service
             meta.stripe_event_id = stripe_event_id
             meta.occurred_at.CopyFrom(occurred)
-        subjects.append(prefix + event_name)
-        types.append(message.DESCRIPTOR.full_name)
-        ids.append(event_id)
-        payloads.append(message.SerializeToString())
-        header_texts.append(json.dumps({**headers, "Syncmesh-Type": message.DESCRIPTOR.full_name}))
-    # One INSERT over arrays; jsonb travels as text (the pool's codec is text-only) and is cast.
+        rows.append(
+            OutboxRow(
+                subject=prefix + event_name,
+                message_type=message.DESCRIPTOR.full_name,
+                msg_id=event_id,
+                payload=message.SerializeToString(),
+                headers=json.dumps({**headers, "Syncmesh-Type": message.DESCRIPTOR.full_name}),
+            )
+        )
+    return rows
+
+
+async def insert_rows(conn: Conn, rows: Sequence[OutboxRow]) -> None:
+    """One INSERT over arrays, whatever the number of rows; a repeated msg_id is dropped."""
+    if not rows:
+        return
+    # jsonb travels as text (the pool's codec is text-only) and is cast.
     await conn.execute(
         "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) "
         "SELECT s, t, m, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) "
         "AS u(s, t, m, p, h) ON CONFLICT (msg_id) DO NOTHING",
-        subjects,
-        types,
-        ids,
-        payloads,
-        header_texts,
+        [r.subject for r in rows],
+        [r.message_type for r in rows],
+        [r.msg_id for r in rows],
+        [r.payload for r in rows],
+        [r.headers for r in rows],
     )
-    return ids
 
 
 def _event_id(service: str, stripe_event_id: str, event_name: str, message: Message, sequence: int) -> str:

@@ -52,7 +52,7 @@ from nats.aio.msg import Msg
 
 from services.common import db
 from services.common.bus import STRIPE_STREAM, Bus
-from services.common.consumer import Consumer, Handler, HandlerContext
+from services.common.consumer import BatchHandler, BatchItem, Consumer, Handler, HandlerContext
 from services.common.errors import SettingsError
 from services.common.events import StripeEvent, from_envelope
 from services.common.service import ServiceDefinition
@@ -145,6 +145,18 @@ def _without_emits(handler: Handler, counter: list[int]) -> Handler:
         ctx.skipped_reason = quiet.skipped_reason
         ctx.emitted.extend(quiet.emitted)
         counter[0] += len(quiet.emitted)
+
+    return run
+
+
+def _batch_without_emits(batch_handler: BatchHandler, counter: list[int]) -> BatchHandler:
+    """The batch handler with each event's domain events collected apart and dropped."""
+
+    async def run(conn: db.Conn, items: Sequence[BatchItem]) -> None:
+        for item in items:
+            item.ctx.outgoing = []
+        await batch_handler(conn, items)
+        counter[0] += sum(len(item.ctx.emitted) for item in items)
 
     return run
 
@@ -310,6 +322,9 @@ async def _run(
 ) -> None:
     suppressed = [0]
     handler = definition.handler if emit_events else _without_emits(definition.handler, suppressed)
+    batch_handler = definition.batch_handler
+    if batch_handler is not None and not emit_events:
+        batch_handler = _batch_without_emits(batch_handler, suppressed)
     forgetting = _ForgetThenHandle(pool, rollback=settings.dry_run)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     consumer = _ReplayConsumer(
@@ -317,6 +332,7 @@ async def _run(
         bus=bus,
         pool=cast(asyncpg.Pool, forgetting),
         handler=handler,
+        batch_handler=batch_handler,
         subjects=definition.subjects,
         # One attempt: a failure is reported at once rather than retried against the same data.
         settings=settings.with_overrides(max_deliver=1),
