@@ -6,7 +6,7 @@ from pathlib import Path
 
 from services.common.service import ServiceDefinition
 from services.customer.api import CustomerServicer
-from services.customer.handlers import handle
+from services.customer.handlers import handle, handle_batch
 from syncmesh.customer.v1.customer_service_pb2_grpc import add_CustomerServiceServicer_to_server
 
 DEFINITION = ServiceDefinition(
@@ -15,6 +15,7 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     subjects=("stripe.customer.created", "stripe.customer.updated", "stripe.customer.deleted"),
     handler=handle,
+    batch_handler=handle_batch,
     grpc_service_name="syncmesh.customer.v1.CustomerService",
     register_grpc=lambda server, runtime: add_CustomerServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CustomerServicer(runtime), server

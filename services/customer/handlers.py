@@ -1,4 +1,4 @@
-"""Stripe customer events -> ERP customer records.
+"""Stripe customer events -> ERP customer records, a whole batch at a time.
 
 Order and duplication do not matter. Each event carries a version key (event `created`, then
 the lifecycle rank created < updated < deleted); a record only takes the state of an event
@@ -17,17 +17,26 @@ resolution):
 A deleted Stripe customer is marked inactive, never erased. Events for customers created
 before SYNCMESH_SYNC_START are skipped, unless the customer is already known (an imported
 mapping), since the ERP then wants its changes.
+
+How a batch is applied: the records it touches are read and locked in one statement, the
+events are folded over them in memory in arrival order (the rules above, in `mapping`), and the
+results are written in a few set-based statements: new records, changed records, audit rows.
+A single event (`handle`) is a batch of one, so both paths are the same code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import stripe
+from opentelemetry import trace
 
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
+from services.common.db import Conn
 from services.common.errors import PermanentError, RetryableError
 from services.common.events import StripeEvent
 from services.customer import store
@@ -38,11 +47,12 @@ from services.customer.mapping import (
     MappingError,
     StripeCustomerState,
     Version,
+    applied_record,
     customer_from_stripe,
     decide,
+    new_record,
 )
-from services.customer.messages import customer_message, timestamp
-from syncmesh.customer.v1 import events_pb2
+from services.customer.messages import announcements
 
 log = logging.getLogger(__name__)
 
@@ -64,110 +74,121 @@ async def fetch_current(client: stripe.StripeClient, stripe_customer_id: str) ->
 
 
 async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+    """One event: a batch of one (the consumer's span is already current)."""
+    await handle_batch(ctx.conn, [BatchItem(ctx, event, lambda: contextlib.nullcontext(trace.get_current_span()))])
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    item: BatchItem
+    state: StripeCustomerState
+    version: Version
+
+
+async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+    incoming = [x for x in map(_parse, items) if x is not None]
+    if not incoming:
+        return
+    seen = await store.seen_events(conn, [x.item.event.id for x in incoming])
+    incoming = [x for x in incoming if x.item.event.id not in seen]
+    if not incoming:
+        return
+    records = await store.lock_by_stripe_ids(conn, [x.state.stripe_customer_id for x in incoming])
+    creating = _to_create(incoming, set(records))
+    erp_ids = dict(zip(creating, await store.allocate_erp_ids(conn, len(creating)), strict=True))
+    now = await store.transaction_time(conn)
+    inserts: dict[str, CustomerRecord] = {}
+    updates: dict[str, CustomerRecord] = {}
+    history: list[store.HistoryEntry] = []
+    client = items[0].ctx.stripe
+    for x in incoming:
+        event, ctx, stripe_id = x.item.event, x.item.ctx, x.state.stripe_customer_id
+        with x.item.consuming():
+            before = records.get(stripe_id)
+            after, decision = await _next(x, before, erp_ids.get(stripe_id), client, now)
+            if after is None:
+                continue  # skipped: before the sync start
+            history.append(
+                store.HistoryEntry(
+                    erp_customer_id=after.erp_customer_id,
+                    stripe_customer_id=after.stripe_customer_id,
+                    action=event.type,
+                    outcome=decision.value,
+                    stripe_event_id=event.id,
+                    event_created=event.created,
+                )
+            )
+            if decision is Decision.STALE:
+                log.info("%s %s is older than the state held by %s: kept for history", event.type, event.id, stripe_id)
+                continue
+            (inserts if before is None or stripe_id in inserts else updates)[stripe_id] = after
+            records[stripe_id] = after
+            for name, message in announcements(before, after):
+                await ctx.emit(name, message)
+    inserted = await store.insert_records(conn, list(inserts.values()))
+    if len(inserted) != len(inserts):
+        raced = sorted(set(inserts) - inserted)
+        raise RetryableError(f"{', '.join(raced[:5])} linked by another replica meanwhile; applying again")
+    if await store.update_records(conn, list(updates.values())) != len(updates):
+        raise RuntimeError("the store refused state older than it holds: the version rules were bypassed")
+    await store.add_history(conn, history)
+
+
+def _parse(item: BatchItem) -> _Incoming | None:
+    event = item.event
     rank = EVENT_RANKS.get(event.type)
     if rank is None:
-        ctx.skip(f"{event.type} is not a customer lifecycle event")
-        return
+        item.ctx.skip(f"{event.type} is not a customer lifecycle event")
+        return None
     try:
-        incoming = customer_from_stripe(event.object, deleted=event.type == "customer.deleted")
+        state = customer_from_stripe(event.object, deleted=event.type == "customer.deleted")
     except MappingError as exc:
         raise PermanentError(f"{event.type} {event.id}: {exc}") from exc
-    if await store.event_seen(ctx.conn, event.id):
-        return
-    version = Version(event.created, rank)
+    return _Incoming(item, state, Version(event.created, rank))
+
+
+def _to_create(incoming: Sequence[_Incoming], known: set[str]) -> list[str]:
+    """Stripe ids that get a new record, in the order their first applicable event arrives
+    (so ids are numbered as one event at a time would number them)."""
+    order: list[str] = []
+    for x in incoming:
+        stripe_id = x.state.stripe_customer_id
+        if stripe_id not in known and not x.item.ctx.before_sync_start(x.state.stripe_created):
+            order.append(stripe_id)
+            known.add(stripe_id)
+    return order
+
+
+async def _next(
+    x: _Incoming,
+    before: CustomerRecord | None,
+    erp_id: str | None,
+    client: stripe.StripeClient | None,
+    now: datetime,
+) -> tuple[CustomerRecord | None, Decision]:
+    """The record after event `x` and how it was decided: a new or changed record, `before`
+    itself when the event is older than what it holds (STALE), or None when it is skipped."""
+    event, ctx = x.item.event, x.item.ctx
     event_time = datetime.fromtimestamp(event.created, tz=UTC)
-    existing = await store.get_by_stripe_id(ctx.conn, incoming.stripe_customer_id, for_update=True)
-
-    if existing is None:
-        if ctx.before_sync_start(incoming.stripe_created):
+    if before is None:
+        if ctx.before_sync_start(x.state.stripe_created):
             ctx.skip("before SYNCMESH_SYNC_START")
-            return
-        erp_id = await store.next_erp_customer_id(ctx.conn)
-        created = await store.insert_from_stripe(ctx.conn, erp_id, incoming, version, event.id, event_time)
-        if created is not None:
-            await _record_and_emit(ctx, event, None, created, Decision.APPLY)
-            return
-        # Another replica created it a moment ago; go on as an update of its record.
-        existing = await store.get_by_stripe_id(ctx.conn, incoming.stripe_customer_id, for_update=True)
-        assert existing is not None
-
-    client = ctx.stripe
-    decision = decide(existing.version, version, can_refetch=client is not None)
-    state = incoming
+            return None, Decision.STALE
+        assert erp_id is not None  # `_to_create` numbered it
+        return new_record(erp_id, x.state, x.version, event.id, event_time, now), Decision.APPLY
+    decision = decide(before.version, x.version, can_refetch=client is not None)
     if decision is Decision.STALE:
-        await _record_and_emit(ctx, event, existing, None, decision)
-        return
-    if incoming.deleted and "email" not in event.object:
+        return before, decision
+    state = x.state
+    if state.deleted and "email" not in event.object:
         # Stripe's deleted customer is a bare {id, deleted: true}: keep what is known about it.
-        state = _as_deleted(existing.state() or incoming)
-    if decision is Decision.TIE_REFETCH and existing.state() != state:
+        state = _as_deleted(before.state() or state)
+    if decision is Decision.TIE_REFETCH and before.state() != state:
         assert client is not None
-        current = await fetch_current(client, incoming.stripe_customer_id)
-        state = current if current is not None else _as_deleted(existing.state() or incoming)
-    updated = await store.apply_stripe_state(
-        ctx.conn,
-        existing.erp_customer_id,
-        state,
-        version,
-        event.id,
-        event_time,
-        allow_equal=decision is not Decision.APPLY,
-    )
-    await _record_and_emit(ctx, event, existing, updated, decision)
+        current = await fetch_current(client, state.stripe_customer_id)
+        state = current if current is not None else _as_deleted(before.state() or state)
+    return applied_record(before, state, x.version, event.id, event_time, now), decision
 
 
 def _as_deleted(state: StripeCustomerState) -> StripeCustomerState:
     return replace(state, deleted=True)
-
-
-async def _record_and_emit(
-    ctx: HandlerContext,
-    event: StripeEvent,
-    before: CustomerRecord | None,
-    after: CustomerRecord | None,
-    decision: Decision,
-) -> None:
-    record = after or before
-    assert record is not None
-    outcome = decision.value if after is not None else Decision.STALE.value
-    await store.record_history(
-        ctx.conn,
-        erp_customer_id=record.erp_customer_id,
-        stripe_customer_id=record.stripe_customer_id,
-        action=event.type,
-        outcome=outcome,
-        stripe_event_id=event.id,
-        event_created=event.created,
-    )
-    if after is None:
-        log.info(
-            "%s %s is older than the state held by %s: kept for history", event.type, event.id, record.erp_customer_id
-        )
-        return
-    if before is not None and _same(before, after):
-        return
-    await ctx.emit(
-        "customer_upserted", events_pb2.CustomerUpserted(customer=customer_message(after), created=before is None)
-    )
-    if before is None:
-        await ctx.emit(
-            "customer_linked",
-            events_pb2.CustomerLinked(
-                erp_customer_id=after.erp_customer_id,
-                stripe_customer_id=after.stripe_customer_id or "",
-                source=events_pb2.LINK_SOURCE_STRIPE_EVENT,
-            ),
-        )
-    if not after.active and (before is None or before.active):
-        message = events_pb2.CustomerDeactivated(
-            erp_customer_id=after.erp_customer_id, stripe_customer_id=after.stripe_customer_id or ""
-        )
-        deactivated = timestamp(after.deleted_at)
-        if deactivated is not None:
-            message.deactivated_at.CopyFrom(deactivated)
-        await ctx.emit("customer_deactivated", message)
-
-
-def _same(before: CustomerRecord, after: CustomerRecord) -> bool:
-    """True when nothing a subscriber sees changed (a replayed state): no domain event then."""
-    return before.state() == after.state()

@@ -249,6 +249,82 @@ def unix_to_datetime(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
 
 
+# --- record transitions ---------------------------------------------------------------------
+# The handler folds a batch's events over the records in memory (under the records' row locks)
+# and the store writes the results in a few statements; these two functions are the whole of
+# what an applied event does to a record.
+
+
+def new_record(
+    erp_customer_id: str,
+    state: StripeCustomerState,
+    version: Version,
+    event_id: str,
+    event_time: datetime,
+    now: datetime,
+) -> CustomerRecord:
+    """The record a Stripe event creates (`store.insert_records` writes it)."""
+    return CustomerRecord(
+        erp_customer_id=erp_customer_id,
+        stripe_customer_id=state.stripe_customer_id,
+        email=state.email,
+        name=state.name,
+        phone=state.phone,
+        description=state.description,
+        address=state.address,
+        currency=state.currency,
+        balance_minor=state.balance_minor,
+        delinquent=state.delinquent,
+        metadata=dict(state.metadata),
+        livemode=state.livemode,
+        active=not state.deleted,
+        deleted_at=event_time if state.deleted else None,
+        stripe_created=unix_to_datetime(state.stripe_created),
+        origin="stripe_event",
+        version=version,
+        last_event_id=event_id,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def applied_record(
+    record: CustomerRecord,
+    state: StripeCustomerState,
+    version: Version,
+    event_id: str,
+    event_time: datetime,
+    now: datetime,
+) -> CustomerRecord:
+    """The record after `state` passed the version rules (`decide`; `store.update_records` writes it):
+    `active` only turns false, `deleted_at` keeps the earliest deletion seen."""
+    deleted_at = record.deleted_at
+    if state.deleted:
+        deleted_at = min(deleted_at, event_time) if deleted_at is not None else event_time
+    return CustomerRecord(
+        erp_customer_id=record.erp_customer_id,
+        stripe_customer_id=record.stripe_customer_id,
+        email=state.email,
+        name=state.name,
+        phone=state.phone,
+        description=state.description,
+        address=state.address,
+        currency=state.currency,
+        balance_minor=state.balance_minor,
+        delinquent=state.delinquent,
+        metadata=dict(state.metadata),
+        livemode=state.livemode,
+        active=record.active and not state.deleted,
+        deleted_at=deleted_at,
+        stripe_created=unix_to_datetime(state.stripe_created) or record.stripe_created,
+        origin=record.origin,
+        version=version,
+        last_event_id=event_id,
+        created_at=record.created_at,
+        updated_at=now,
+    )
+
+
 # --- the CSV mapping data sheet ------------------------------------------------------------
 
 HEADER = ("stripe_customer_id", "erp_customer_id", "email")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.customer.mapping import CustomerRecord
 from services.customer.store import HistoryRow
 from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import events_pb2
 from syncmesh.type.v1 import money_pb2
 
 _ORIGINS = {"stripe_event": pb.CUSTOMER_ORIGIN_STRIPE_EVENT, "import": pb.CUSTOMER_ORIGIN_IMPORT}
@@ -75,3 +77,36 @@ def history_message(row: HistoryRow) -> pb.HistoryEntry:
         if ts is not None:
             getattr(entry, name).CopyFrom(ts)
     return entry
+
+
+def announcements(before: CustomerRecord | None, after: CustomerRecord) -> list[tuple[str, Message]]:
+    """The domain events for a record that went from `before` (None: new) to `after`.
+
+    Nothing when a subscriber would see no change (a replayed state); a new record is also
+    announced as linked; a record turning inactive is announced as deactivated.
+    """
+    if before is not None and before.state() == after.state():
+        return []
+    out: list[tuple[str, Message]] = [
+        ("customer_upserted", events_pb2.CustomerUpserted(customer=customer_message(after), created=before is None))
+    ]
+    if before is None:
+        out.append(
+            (
+                "customer_linked",
+                events_pb2.CustomerLinked(
+                    erp_customer_id=after.erp_customer_id,
+                    stripe_customer_id=after.stripe_customer_id or "",
+                    source=events_pb2.LINK_SOURCE_STRIPE_EVENT,
+                ),
+            )
+        )
+    if not after.active and (before is None or before.active):
+        message = events_pb2.CustomerDeactivated(
+            erp_customer_id=after.erp_customer_id, stripe_customer_id=after.stripe_customer_id or ""
+        )
+        deactivated = timestamp(after.deleted_at)
+        if deactivated is not None:
+            message.deactivated_at.CopyFrom(deactivated)
+        out.append(("customer_deactivated", message))
+    return out

@@ -1,10 +1,10 @@
 """All SQL of the customer service.
 
-Order-independence is enforced here, in the WHERE of every write of Stripe state: a record
-only takes an event's state when the event's version key (event `created`, lifecycle rank) is
-newer than the one it holds, or equal when the caller settled a tie (see `mapping.decide`).
-`active` only moves from true to false, so a deleted customer stays deleted whatever arrives
-after. Records are never deleted (a trigger refuses it).
+Order-independence is decided in `handlers` with `mapping.decide` while the records involved
+are locked here (`lock_by_stripe_ids`, FOR UPDATE in id order), so no other transaction can
+change a record between the decision and the write. `active` only moves from true to false, so
+a deleted customer stays deleted whatever arrives after. Records are never deleted (a trigger
+refuses it). Writes of Stripe state take a whole batch of records per statement.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from services.customer.mapping import (
     CustomerRecord,
     ImportProblem,
     MappingRow,
-    StripeCustomerState,
     Version,
     assigned_number,
     format_erp_id,
@@ -150,105 +149,169 @@ async def history(conn: Conn, erp_customer_id: str) -> list[HistoryRow]:
     return [HistoryRow(**dict(r)) for r in rows]
 
 
-async def event_seen(conn: Conn, stripe_event_id: str) -> bool:
-    """True once an event reached a record: the handler then does nothing, even when replayed."""
-    return bool(await conn.fetchval("SELECT true FROM customer_history WHERE stripe_event_id = $1", stripe_event_id))
-
-
 # --- writes of Stripe state -------------------------------------------------------------------
 
 
-async def next_erp_customer_id(conn: Conn) -> str:
-    """The next free CUST-000123 id; skips numbers an import already took."""
-    while True:
-        candidate = format_erp_id(int(await conn.fetchval("SELECT nextval('erp_customer_number')")))
-        if not await conn.fetchval("SELECT true FROM customers WHERE erp_customer_id = $1", candidate):
-            return candidate
+async def seen_events(conn: Conn, stripe_event_ids: Sequence[str]) -> set[str]:
+    """Which of these events already reached a record (a replay then changes nothing)."""
+    rows = await conn.fetch(
+        "SELECT stripe_event_id FROM customer_history WHERE stripe_event_id = ANY($1::text[])", list(stripe_event_ids)
+    )
+    return {r["stripe_event_id"] for r in rows}
 
 
-def _state_args(state: StripeCustomerState) -> list[Any]:
+async def lock_by_stripe_ids(conn: Conn, stripe_customer_ids: Sequence[str]) -> dict[str, CustomerRecord]:
+    """The records of these Stripe customers, locked for the transaction.
+
+    Locked in id order, so two replicas handling overlapping batches cannot deadlock.
+    """
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM customers WHERE stripe_customer_id = ANY($1::text[]) "
+        "ORDER BY stripe_customer_id FOR UPDATE",
+        sorted(set(stripe_customer_ids)),
+    )
+    return {r["stripe_customer_id"]: _record(r) for r in rows}
+
+
+async def transaction_time(conn: Conn) -> datetime:
+    """now(): the time every write of this transaction is stamped with."""
+    value = await conn.fetchval("SELECT now()")
+    assert isinstance(value, datetime)
+    return value
+
+
+async def allocate_erp_ids(conn: Conn, count: int) -> list[str]:
+    """The next `count` free CUST-000123 ids, in order; numbers an import already took are skipped."""
+    out: list[str] = []
+    while len(out) < count:
+        numbers = await conn.fetchval(
+            "SELECT array_agg(n ORDER BY n) FROM "
+            "(SELECT nextval('erp_customer_number') AS n FROM generate_series(1, $1::int)) AS s",
+            count - len(out),
+        )
+        candidates = [format_erp_id(int(n)) for n in numbers]
+        taken = await conn.fetch(
+            "SELECT erp_customer_id FROM customers WHERE erp_customer_id = ANY($1::text[])", candidates
+        )
+        skip = {r["erp_customer_id"] for r in taken}
+        out.extend(c for c in candidates if c not in skip)
+    return out
+
+
+_RECORD_ARRAYS = """
+    unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[],
+           $9::text[], $10::bigint[], $11::boolean[], $12::jsonb[], $13::boolean[], $14::boolean[],
+           $15::timestamptz[], $16::timestamptz[], $17::text[], $18::bigint[], $19::smallint[], $20::text[],
+           $21::timestamptz[], $22::timestamptz[])
+    AS r(erp_customer_id, stripe_customer_id, email, email_lower, name, phone, description, address,
+         currency, balance_minor, delinquent, metadata, livemode, active, deleted_at, stripe_created, origin,
+         version_created, version_rank, last_event_id, created_at, updated_at)
+"""
+
+
+def _record_columns(records: Sequence[CustomerRecord]) -> list[list[Any]]:
+    """The records as 22 column arrays, in `_RECORD_ARRAYS` order."""
     return [
-        state.stripe_customer_id,
-        state.email,
-        state.email_lower,
-        state.name,
-        state.phone,
-        state.description,
-        state.address.as_dict() if state.address else None,
-        state.currency,
-        state.balance_minor,
-        state.delinquent,
-        state.metadata,
-        state.livemode,
-        unix_to_datetime(state.stripe_created),
+        [r.erp_customer_id for r in records],
+        [r.stripe_customer_id for r in records],
+        [r.email for r in records],
+        [normalize_email(r.email) for r in records],
+        [r.name for r in records],
+        [r.phone for r in records],
+        [r.description for r in records],
+        [r.address.as_dict() if r.address else None for r in records],
+        [r.currency for r in records],
+        [r.balance_minor for r in records],
+        [r.delinquent for r in records],
+        [r.metadata for r in records],
+        [r.livemode for r in records],
+        [r.active for r in records],
+        [r.deleted_at for r in records],
+        [r.stripe_created for r in records],
+        [r.origin for r in records],
+        [r.version.created if r.version else None for r in records],
+        [r.version.rank if r.version else None for r in records],
+        [r.last_event_id for r in records],
+        [r.created_at for r in records],
+        [r.updated_at for r in records],
     ]
 
 
-async def insert_from_stripe(
-    conn: Conn, erp_customer_id: str, state: StripeCustomerState, version: Version, event_id: str, deleted_at: datetime
-) -> CustomerRecord | None:
-    """A new record for a Stripe customer; None if another transaction linked it first."""
-    row = await conn.fetchrow(
+async def insert_records(conn: Conn, records: Sequence[CustomerRecord]) -> set[str]:
+    """Insert new records for Stripe customers; returns the Stripe ids inserted (one another
+    transaction linked first is left out, and the caller retries)."""
+    if not records:
+        return set()
+    rows = await conn.fetch(
         f"""
         INSERT INTO customers (
             erp_customer_id, stripe_customer_id, email, email_lower, name, phone, description, address,
-            currency, balance_minor, delinquent, metadata, livemode, stripe_created,
-            active, deleted_at, origin, version_created, version_rank, last_event_id
-        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                  NOT $15, CASE WHEN $15 THEN $16::timestamptz END, 'stripe_event', $17, $18, $19)
+            currency, balance_minor, delinquent, metadata, livemode, active, deleted_at, stripe_created, origin,
+            version_created, version_rank, last_event_id, created_at, updated_at)
+        SELECT * FROM {_RECORD_ARRAYS}
         ON CONFLICT (stripe_customer_id) DO NOTHING
-        RETURNING {_COLUMNS}
+        RETURNING stripe_customer_id
         """,
-        erp_customer_id,
-        *_state_args(state),
-        state.deleted,
-        deleted_at,
-        version.created,
-        version.rank,
-        event_id,
+        *_record_columns(records),
     )
-    return _maybe(row)
+    return {r["stripe_customer_id"] for r in rows}
 
 
-async def apply_stripe_state(
-    conn: Conn,
-    erp_customer_id: str,
-    state: StripeCustomerState,
-    version: Version,
-    event_id: str,
-    deleted_at: datetime,
-    *,
-    allow_equal: bool,
-) -> CustomerRecord | None:
-    """Write `state` if `version` is newer than the record's (or equal, for a settled tie).
+async def update_records(conn: Conn, records: Sequence[CustomerRecord]) -> int:
+    """Write the Stripe-side state of records the caller holds locked (`lock_by_stripe_ids`) and
+    has already passed through the version rules (`mapping.applied_record`); returns the rows
+    written.
 
-    Returns the record after the write, or None when the guard refused it (an older event).
-    `active` can only turn false; `deleted_at` keeps the first deletion time seen.
+    Defence in depth: a record whose stored version is newer than the one written is left as it
+    is (and not counted), even if a caller skipped the rules.
     """
-    comparison = "<=" if allow_equal else "<"
-    row = await conn.fetchrow(
+    if not records:
+        return 0
+    status = await conn.execute(
         f"""
-        UPDATE customers SET
-            email = $3, email_lower = $4, name = $5, phone = $6, description = $7, address = $8,
-            currency = $9, balance_minor = $10, delinquent = $11, metadata = $12, livemode = $13,
-            stripe_created = COALESCE($14, stripe_created),
-            active = active AND NOT $15,
-            deleted_at = CASE WHEN $15 THEN LEAST(COALESCE(deleted_at, $16::timestamptz), $16::timestamptz)
-                              ELSE deleted_at END,
-            version_created = $17, version_rank = $18, last_event_id = $19, updated_at = now()
-        WHERE erp_customer_id = $1 AND stripe_customer_id = $2
-          AND (version_created IS NULL OR (version_created, version_rank) {comparison} ($17::bigint, $18::smallint))
-        RETURNING {_COLUMNS}
+        UPDATE customers c SET
+            email = r.email, email_lower = r.email_lower, name = r.name, phone = r.phone,
+            description = r.description, address = r.address, currency = r.currency,
+            balance_minor = r.balance_minor, delinquent = r.delinquent, metadata = r.metadata,
+            livemode = r.livemode, active = r.active, deleted_at = r.deleted_at, stripe_created = r.stripe_created,
+            version_created = r.version_created, version_rank = r.version_rank, last_event_id = r.last_event_id,
+            updated_at = r.updated_at
+        FROM {_RECORD_ARRAYS}
+        WHERE c.erp_customer_id = r.erp_customer_id AND c.stripe_customer_id = r.stripe_customer_id
+          AND (c.version_created IS NULL
+               OR (c.version_created, c.version_rank) <= (r.version_created, r.version_rank))
         """,
-        erp_customer_id,
-        *_state_args(state),
-        state.deleted,
-        deleted_at,
-        version.created,
-        version.rank,
-        event_id,
+        *_record_columns(sorted(records, key=lambda r: r.erp_customer_id)),
     )
-    return _maybe(row)
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    erp_customer_id: str
+    stripe_customer_id: str | None
+    action: str
+    outcome: str
+    stripe_event_id: str | None = None
+    event_created: int | None = None
+
+
+async def add_history(conn: Conn, entries: Sequence[HistoryEntry]) -> None:
+    """Append audit rows in the given order; an event already recorded is not recorded twice."""
+    if not entries:
+        return
+    await conn.execute(
+        "INSERT INTO customer_history (erp_customer_id, stripe_customer_id, stripe_event_id, action, "
+        "event_created, outcome) SELECT a, b, c, d, e, f FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+        "$5::timestamptz[], $6::text[]) WITH ORDINALITY AS h(a, b, c, d, e, f, n) ORDER BY n "
+        "ON CONFLICT DO NOTHING",
+        [e.erp_customer_id for e in entries],
+        [e.stripe_customer_id for e in entries],
+        [e.stripe_event_id for e in entries],
+        [e.action for e in entries],
+        [unix_to_datetime(e.event_created) for e in entries],
+        [e.outcome for e in entries],
+    )
 
 
 async def record_history(
@@ -261,15 +324,8 @@ async def record_history(
     stripe_event_id: str | None = None,
     event_created: int | None = None,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO customer_history (erp_customer_id, stripe_customer_id, stripe_event_id, action, "
-        "event_created, outcome) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        erp_customer_id,
-        stripe_customer_id,
-        stripe_event_id,
-        action,
-        unix_to_datetime(event_created),
-        outcome,
+    await add_history(
+        conn, [HistoryEntry(erp_customer_id, stripe_customer_id, action, outcome, stripe_event_id, event_created)]
     )
 
 

@@ -181,19 +181,17 @@ async def test_imported_mapping_is_filled_in_by_events(conn: asyncpg.Connection,
 
 async def test_store_guard_refuses_older_state_on_its_own(conn: asyncpg.Connection, settings: Settings) -> None:
     """Defence in depth: even a caller that skipped `decide` cannot write older state."""
-    from services.customer.mapping import Version, customer_from_stripe
+    from services.customer.mapping import Version, applied_record, customer_from_stripe
 
     obj = current_customer()
     await run_handler(conn, settings, customer_event("customer.updated", obj, created=T0 + 10))
-    erp_id = (await record(conn, obj["id"]))["erp_customer_id"]
-    older = customer_from_stripe({**obj, "name": "Older"})
+    held = (await store.lock_by_stripe_ids(conn, [obj["id"]]))[obj["id"]]
     at = datetime.fromtimestamp(T0, tz=UTC)
-    assert await store.apply_stripe_state(conn, erp_id, older, Version(T0, 1), "evt_old", at, allow_equal=True) is None
-    same = customer_from_stripe({**obj, "name": "Same second"})
-    assert (
-        await store.apply_stripe_state(conn, erp_id, same, Version(T0 + 10, 1), "evt_s", at, allow_equal=False) is None
-    )
-    assert (await record(conn, obj["id"]))["name"] == "Ada Lovelace"
+    older = applied_record(held, customer_from_stripe({**obj, "name": "Older"}), Version(T0, 1), "evt_old", at, at)
+    assert await store.update_records(conn, [older]) == 0
+    same = applied_record(held, customer_from_stripe({**obj, "name": "Tie"}), Version(T0 + 10, 1), "evt_s", at, at)
+    assert await store.update_records(conn, [same]) == 1  # an equal version is a tie the caller settled
+    assert (await record(conn, obj["id"]))["name"] == "Tie"
 
 
 async def test_bare_deletion_keeps_what_is_known(conn: asyncpg.Connection, settings: Settings) -> None:
