@@ -10,9 +10,10 @@ Ack policy (the whole of it):
    then hand the new events to the service: to its batch handler when it has one (which writes
    the whole batch's records in a few set-based statements), else to its handler one event at a
    time. Domain events are buffered and written to `outbox` in one insert for the batch. If the
-   batch handler declines (BatchUnsupported) or fails, the transaction is rolled back and the
-   batch is redone event by event; if a handler fails, it is rolled back whole and redone in a
-   new transaction with a savepoint per message, so only the failing messages are left unwritten.
+   batch handler declines (BatchUnsupported), the transaction is rolled back and the batch is
+   redone event by event; if a handler fails, it is rolled back whole and redone in a new
+   transaction with a savepoint per message, so only the failing messages are left unwritten
+   (the message that failed is not run again in that pass: its handler may have called Stripe).
 3. COMMIT. Only then ack the messages whose savepoint succeeded (plain ack: the idempotency
    record makes a lost ack harmless, and `ack_sync` would halve throughput).
 4. A message whose handler failed is nak'd with exponential backoff; once it has been delivered
@@ -299,6 +300,15 @@ class Consumer:
         finally:
             current_event_id.reset(token)
 
+    @contextlib.contextmanager
+    def _tracked(self, item: _Work, inside: list[_Work | None]) -> Iterator[trace.Span]:
+        """`_consuming` for a batch handler, noting the message it is on while it raises, so
+        that message alone keeps the failure and is not run a second time."""
+        with self._consuming(item) as span:
+            inside[0] = item
+            yield span
+            inside[0] = None
+
     def _batch_span(self, work: list[_Work], what: str) -> Any:
         """A span for statements that serve the whole batch: in the trace of the batch's first
         message (so a lone webhook is one trace end to end) and linked to every message's."""
@@ -315,8 +325,9 @@ class Consumer:
         """All of the batch in one transaction; on a failure nothing is written, and the failing
         message and its error are returned so it is not run a second time.
 
-        `batched`: the new events go to the service's batch handler in one call; if it declines
-        or fails, the returned failure says so and the caller redoes the batch event by event.
+        `batched`: the new events go to the service's batch handler in one call. If it declines
+        (BatchUnsupported), the returned failure says so and the caller redoes the batch event
+        by event; if it fails while on one message, that message is the one that failed.
         """
         handled = duplicates = 0
         current: _Work | None = None
@@ -334,9 +345,15 @@ class Consumer:
                     new.append((item, self._context(conn, item, outgoing)))
                 if batched and new:
                     assert self.batch_handler is not None
-                    items = [BatchItem(ctx, item.event, functools.partial(self._consuming, item)) for item, ctx in new]
+                    inside: list[_Work | None] = [None]
+                    items = [
+                        BatchItem(ctx, item.event, functools.partial(self._tracked, item, inside)) for item, ctx in new
+                    ]
                     with self._batch_span([item for item, _ in new], "apply batch"):
-                        await self.batch_handler(conn, items)
+                        try:
+                            await self.batch_handler(conn, items)
+                        finally:
+                            current = inside[0]
                 else:
                     for item, ctx in new:
                         current = item
@@ -355,11 +372,11 @@ class Consumer:
                             )
         except (OSError, asyncpg.InterfaceError):
             raise  # the connection is gone: the whole batch fails and is redelivered
+        except BatchUnsupported as exc:
+            self.batches_declined += 1
+            log.info("batch handler declined the batch (%s); applying it event by event", exc)
+            return _Failure(None, exc, batch=True)
         except Exception as exc:
-            if batched:
-                self.batches_declined += 1
-                log.info("batch handler declined or failed (%s: %s); applying event by event", type(exc).__name__, exc)
-                return _Failure(None, exc, batch=True)
             log.info("a message of the batch failed (%s: %s); handling them one by one", type(exc).__name__, exc)
             return _Failure(current, exc)
         for item in work:
@@ -479,7 +496,7 @@ class _Work:
 class _Failure:
     item: _Work | None
     error: Exception
-    #: The batch handler failed (or declined): no single message is known to be at fault.
+    #: The batch handler declined the batch (BatchUnsupported): no message is at fault.
     batch: bool = False
 
 

@@ -8,9 +8,12 @@ attempt, as a process that dies mid-handler).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, BatchUnsupported, HandlerContext
+from services.common.db import Conn
 from services.common.events import StripeEvent
 from services.common.service import ServiceDefinition
 from syncmesh.type.v1 import money_pb2
@@ -45,3 +48,33 @@ DEFINITION = ServiceDefinition(
     grpc_service_name="syncmesh.toy.v1.ToyService",
     register_grpc=lambda server, runtime: None,
 )
+
+
+#: Calls of the batch handler that got as far as writing.
+batches_written: list[int] = []
+
+
+async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+    """The toy's rows for a whole batch in one statement; `decline_batch` metadata declines it."""
+    records = []
+    for item in items:
+        with item.consuming():
+            metadata = item.event.object.get("metadata") or {}
+            attempts[item.event.id] = attempts.get(item.event.id, 0) + 1
+            if metadata.get("decline_batch"):
+                raise BatchUnsupported("toy: asked to decline")
+            if metadata.get("fail"):
+                raise RuntimeError("toy failure for " + item.event.object_id)
+            records.append((item.event.object_id, item.event.id))
+            await item.ctx.emit("toy_recorded", money_pb2.Money(amount_minor=1, currency="usd"))
+    await conn.execute(
+        "INSERT INTO toy_records (object_id, last_event_id) SELECT * FROM unnest($1::text[], $2::text[]) "
+        "ON CONFLICT (object_id) DO UPDATE SET last_event_id = EXCLUDED.last_event_id, "
+        "times_applied = toy_records.times_applied + 1",
+        [r[0] for r in records],
+        [r[1] for r in records],
+    )
+    batches_written.append(len(records))
+
+
+BATCH_DEFINITION = replace(DEFINITION, batch_handler=handle_batch)
