@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.billing.api import BillingServicer
-from services.billing.handlers import make_handler
+from services.billing.handlers import make_batch_handler, make_handler
 from services.billing.settings import BillingSettings, load_billing_settings
 from services.common.service import ServiceDefinition
 from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
@@ -31,6 +31,7 @@ def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition
         migrations=Path(__file__).parent / "migrations",
         subjects=SUBJECTS,
         handler=make_handler(policy),
+        batch_handler=make_batch_handler(policy),
         grpc_service_name="syncmesh.billing.v1.BillingService",
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             BillingServicer(runtime), server

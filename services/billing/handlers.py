@@ -4,13 +4,20 @@ Each handler stores the Stripe facts the event carries (keyed by Stripe id, vers
 then re-derives the invoice's ledger state from all of its stored facts. That split is what
 makes the result independent of order and duplication: a late or repeated event can only add
 a fact the store already has or ignore an older one; the derivation does the rest.
+
+A batch (`handle_batch`) runs the same handlers on each event in turn and shares only the work
+that does not depend on order: the invoices' locks are taken together up front (in id order,
+so replicas cannot deadlock), item mappings are read once, and the audit rows are written in
+one statement at the end. The ledger itself is still written event by event: it is not yet
+folded set-based as the customer service does (see issue 8's closing note).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -19,7 +26,8 @@ import stripe
 from services.billing import mapping, store
 from services.billing.mapping import ErpCreditNote, ErpPayment, ErpRefund, HoldRequest
 from services.billing.settings import BillingSettings
-from services.common.consumer import Handler, HandlerContext
+from services.common.consumer import BatchHandler, BatchItem, Handler, HandlerContext
+from services.common.db import Conn
 from services.common.errors import PermanentError, RetryableError
 from services.common.events import StripeEvent
 from services.common.stripe_api import upstream_error
@@ -44,31 +52,88 @@ def make_handler(billing: BillingSettings) -> Handler:
         pending: list[store.HistoryRow] = []
         token = _history_rows.set(pending)
         try:
-            await dispatch(ctx, event)
+            await dispatch(ctx, event, billing)
             await store.add_history(ctx.conn, pending)
         finally:
             _history_rows.reset(token)
 
-    async def dispatch(ctx: HandlerContext, event: StripeEvent) -> None:
-        kind = event.type
-        if kind.startswith("invoice_payment."):
-            await on_invoice_payment(ctx, event, billing)
-        elif kind.startswith("invoice."):
-            await on_invoice(ctx, event, billing)
-        elif kind.startswith("charge."):
-            await on_charge(ctx, event, billing)
-        elif kind.startswith("refund."):
-            await on_refund(ctx, event, billing)
-        elif kind.startswith("credit_note."):
-            await on_credit_note(ctx, event, billing)
-        elif kind.startswith("customer.subscription."):
-            await on_subscription(ctx, event, billing)
-        elif kind in ("customer.created", "customer.updated"):
-            await on_customer(ctx, event)
-        else:
-            ctx.skip(f"{kind} is not a billing event")
-
     return handle
+
+
+def make_batch_handler(billing: BillingSettings) -> BatchHandler:
+    """The consumer's batch handler: the same handlers in turn, with the shared work done once."""
+
+    async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+        pending: list[store.HistoryRow] = []
+        invoices = sorted({key for item in items if (key := mapping.invoice_key(item.event.type, item.event.object))})
+        await store.lock_many(conn, invoices)
+        prices = sorted({p for item in items for p in _price_ids(item.event)})
+        shared = _Shared(locked=set(invoices), prices=set(prices), item_map=await store.load_item_map(conn, prices))
+        tokens = (_history_rows.set(pending), _shared.set(shared))
+        try:
+            for item in items:
+                with item.consuming():
+                    await dispatch(item.ctx, item.event, billing)
+            await store.add_history(conn, pending)
+        finally:
+            _shared.reset(tokens[1])
+            _history_rows.reset(tokens[0])
+
+    return handle_batch
+
+
+@dataclass
+class _Shared:
+    """What a batch has done once for all of its events."""
+
+    locked: set[str]
+    prices: set[str]
+    item_map: dict[str, str]
+
+
+_shared: contextvars.ContextVar[_Shared | None] = contextvars.ContextVar("billing_batch_shared", default=None)
+
+
+async def _lock(ctx: HandlerContext, invoice_id: str) -> None:
+    shared = _shared.get()
+    if shared is None or invoice_id not in shared.locked:
+        await store.lock(ctx.conn, invoice_id)
+
+
+async def _item_map(ctx: HandlerContext, price_ids: Sequence[str]) -> dict[str, str]:
+    shared = _shared.get()
+    if shared is not None and shared.prices.issuperset(price_ids):
+        return {p: shared.item_map[p] for p in price_ids if p in shared.item_map}
+    return await store.load_item_map(ctx.conn, price_ids)
+
+
+def _price_ids(event: StripeEvent) -> list[str]:
+    """The prices of an invoice event's lines as the event carries them (no API call)."""
+    if not event.type.startswith("invoice.") or event.type.startswith("invoice_payment."):
+        return []
+    lines = event.object.get("lines")
+    data = lines.get("data") if isinstance(lines, dict) else None
+    return mapping.invoice_price_ids([x for x in data or [] if isinstance(x, dict)])
+
+
+async def dispatch(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
+    kind = event.type
+    if kind.startswith("invoice_payment."):
+        await on_invoice_payment(ctx, event, billing)
+    elif kind.startswith("invoice."):
+        await on_invoice(ctx, event, billing)
+    elif kind.startswith("charge."):
+        await on_charge(ctx, event, billing)
+    elif kind.startswith("refund."):
+        await on_refund(ctx, event, billing)
+    elif kind.startswith("credit_note."):
+        await on_credit_note(ctx, event, billing)
+    elif kind.startswith("customer.subscription."):
+        await on_subscription(ctx, event, billing)
+    elif kind in ("customer.created", "customer.updated"):
+        await on_customer(ctx, event)
+    else:
+        ctx.skip(f"{kind} is not a billing event")
 
 
 def _notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
@@ -133,11 +198,11 @@ async def on_invoice(ctx: HandlerContext, event: StripeEvent, billing: BillingSe
     if event.type == "invoice.deleted":
         obj = {**obj, "deleted": True}
     raw_lines, complete = await fetch_all_lines(ctx, obj)
-    item_map = await store.load_item_map(ctx.conn, mapping.invoice_price_ids(raw_lines))
+    item_map = await _item_map(ctx, mapping.invoice_price_ids(raw_lines))
     inv = mapping.map_invoice(obj, lines=raw_lines, lines_complete=complete, item_map=item_map, billing=billing)
     if not inv.stripe_customer_id:
         raise PermanentError(f"invoice {inv.stripe_invoice_id} has no customer")
-    await store.lock(ctx.conn, inv.stripe_invoice_id)
+    await _lock(ctx, inv.stripe_invoice_id)
     result = await store.upsert_invoice(ctx.conn, inv, event_id=event.id, event_created=event.created)
     if result.snapshot_applied:
         await _history(
@@ -295,7 +360,7 @@ async def on_invoice_payment(ctx: HandlerContext, event: StripeEvent, billing: B
         ctx.skip(f"invoice payment {obj.get('status')}: nothing paid")
         return
     if payment.stripe_invoice_id:
-        await store.lock(ctx.conn, payment.stripe_invoice_id)
+        await _lock(ctx, payment.stripe_invoice_id)
     await apply_payment(ctx, event, payment)
     if payment.stripe_invoice_id:
         await settle_invoice(ctx, event, billing, payment.stripe_invoice_id)
@@ -310,7 +375,7 @@ async def on_charge(ctx: HandlerContext, event: StripeEvent, billing: BillingSet
     if event.type in _PAYMENT_CHARGE_EVENTS:
         payment = mapping.payment_from_charge(obj)
         if payment is not None and payment.stripe_invoice_id:
-            await store.lock(ctx.conn, payment.stripe_invoice_id)
+            await _lock(ctx, payment.stripe_invoice_id)
             await apply_payment(ctx, event, payment)
             touched.add(payment.stripe_invoice_id)
     if event.type == "charge.refunded":
@@ -334,7 +399,7 @@ async def apply_refund(ctx: HandlerContext, event: StripeEvent, refund: ErpRefun
     )
     refund = replace(refund, stripe_invoice_id=invoice)
     if invoice:
-        await store.lock(ctx.conn, invoice)
+        await _lock(ctx, invoice)
     row = await store.upsert_refund(ctx.conn, refund)
     if row is not None:
         verb = "recorded" if row["inserted"] else f"now {row['status']}"
@@ -377,7 +442,7 @@ async def on_credit_note(ctx: HandlerContext, event: StripeEvent, billing: Billi
         return
     note: ErpCreditNote = mapping.map_credit_note(obj)
     if note.stripe_invoice_id:
-        await store.lock(ctx.conn, note.stripe_invoice_id)
+        await _lock(ctx, note.stripe_invoice_id)
     memo = await store.upsert_credit_note(ctx.conn, note)
     if memo is not None:
         change = f"credit note {note.number or note.stripe_credit_note_id} {note.status}: {note.amount}"
@@ -422,6 +487,6 @@ async def on_subscription(ctx: HandlerContext, event: StripeEvent, billing: Bill
     if hold is None:
         ctx.skip("subscription change does not put the customer on hold")
         return
-    await store.lock(ctx.conn, hold.stripe_invoice_id)
+    await _lock(ctx, hold.stripe_invoice_id)
     await place_hold(ctx, event, hold)
     await settle_invoice(ctx, event, billing, hold.stripe_invoice_id)

@@ -268,6 +268,19 @@ def line_proration(line: Json) -> bool:
     return bool(line.get("proration"))
 
 
+def invoice_key(event_type: str, obj: Json) -> str | None:
+    """The invoice an event will lock, when the event itself says so (no lookup needed)."""
+    if event_type.startswith("invoice_payment.") or event_type.startswith(("charge.", "credit_note.")):
+        value = obj.get("invoice")
+    elif event_type.startswith("invoice."):
+        value = obj.get("id")
+    else:
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
 def invoice_price_ids(lines: Iterable[Json]) -> list[str]:
     return sorted({p for p in (line_price_id(line) for line in lines) if p})
 

@@ -28,6 +28,14 @@ async def lock(conn: Conn, key: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"billing:{key}")
 
 
+async def lock_many(conn: Conn, keys: Sequence[str]) -> None:
+    """`lock` for many keys in one statement, taken in the order given (callers sort them)."""
+    if keys:
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtext('billing:' || k))) FROM unnest($1::text[]) AS k", list(keys)
+        )
+
+
 HistoryRow = tuple[str, str, str, str, str]
 
 

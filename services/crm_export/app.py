@@ -6,7 +6,7 @@ from pathlib import Path
 
 from services.common.service import ServiceDefinition
 from services.crm_export.api import CrmExportServicer
-from services.crm_export.handlers import handle
+from services.crm_export.handlers import handle, handle_batch
 from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServiceServicer_to_server
 
 DEFINITION = ServiceDefinition(
@@ -22,6 +22,7 @@ DEFINITION = ServiceDefinition(
         "stripe.customer.subscription.*",
     ),
     handler=handle,
+    batch_handler=handle_batch,
     grpc_service_name="syncmesh.crm_export.v1.CrmExportService",
     register_grpc=lambda server, runtime: add_CrmExportServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CrmExportServicer(runtime), server

@@ -7,13 +7,13 @@ so an import and the live stream write the same records the same way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
 from stripe import StripeClient, StripeError
 
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
 from services.common.events import StripeEvent
 from services.common.stripe_api import upstream_error
@@ -31,12 +31,24 @@ SUBSCRIPTION_PREFIX = "customer.subscription."
 
 
 async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+    await _apply(ctx, event, (await store.current_settings(ctx.conn)).settings)
+
+
+async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+    """The events in turn under the settings read once for the batch (they are versioned, and a
+    change made meanwhile applies from the next batch, as it would from the next event)."""
+    settings = (await store.current_settings(conn)).settings
+    for item in items:
+        with item.consuming():
+            await _apply(item.ctx, item.event, settings)
+
+
+async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings) -> None:
     obj = event.object
     created = obj.get("created")
     if ctx.before_sync_start(created if isinstance(created, int) else None):
         ctx.skip("before SYNCMESH_SYNC_START")
         return
-    settings = (await store.current_settings(ctx.conn)).settings
     kind = event.type
     if kind.startswith(SUBSCRIPTION_PREFIX):
         if kind == "customer.subscription.trial_will_end":
