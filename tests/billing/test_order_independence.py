@@ -5,6 +5,7 @@ final ledger is always the one the in-order delivery gives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry import trace
 
 from services.billing.app import make_definition
 from services.billing.settings import BillingSettings
 from services.common import db
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.settings import Settings
 from tests.billing.builders import (
     PRICE_ADDON,
@@ -229,10 +231,14 @@ async def _apply(
     policy: BillingSettings,
     evts: list[Delivery],
     events: list[dict[str, Any]],
+    batch: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
-    handler = make_definition(policy).handler
+    definition = make_definition(policy)
+    handler = definition.handler
     await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
-    for n, delivery in enumerate(evts):
+    if batch > 1:
+        await _apply_in_batches(conn, settings, definition, evts, events, batch)
+    for n, delivery in enumerate(evts if batch == 1 else []):
         evt = events[delivery.index]
         if delivery.fresh_id:
             evt = {**evt, "id": f"{evt['id']}_again{n}"}
@@ -254,7 +260,38 @@ async def _apply(
     return ledger
 
 
-def run(database_url: str, settings: Settings, scenario: str, deliveries: list[Delivery]) -> dict[str, Any]:
+async def _apply_in_batches(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    definition: Any,
+    evts: list[Delivery],
+    events: list[dict[str, Any]],
+    size: int,
+) -> None:
+    """As the consumer does: claim a batch's ids, then the batch handler on the new ones."""
+    for start in range(0, len(evts), size):
+        items = []
+        async with conn.transaction():
+            for n, delivery in enumerate(evts[start : start + size], start=start):
+                evt = events[delivery.index]
+                if delivery.fresh_id:
+                    evt = {**evt, "id": f"{evt['id']}_again{n}"}
+                parsed, envelope = envelope_for(evt, received_at=evt["created"])
+                fresh = await conn.fetchval(
+                    "INSERT INTO processed_events (event_id, event_type) VALUES ($1, $2) "
+                    "ON CONFLICT DO NOTHING RETURNING true",
+                    parsed.id,
+                    parsed.type,
+                )
+                if fresh:
+                    ctx = HandlerContext(conn=conn, service="billing", settings=settings, envelope=envelope)
+                    items.append(BatchItem(ctx, parsed, lambda: contextlib.nullcontext(trace.get_current_span())))
+            await definition.batch_handler(conn, items)
+
+
+def run(
+    database_url: str, settings: Settings, scenario: str, deliveries: list[Delivery], batch: int = 1
+) -> dict[str, Any]:
     policy, events = SCENARIOS[scenario]
 
     async def go() -> dict[str, Any]:
@@ -262,7 +299,7 @@ def run(database_url: str, settings: Settings, scenario: str, deliveries: list[D
         for type_name in ("json", "jsonb"):  # as the runtime's pool does
             await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
         try:
-            return await _apply(conn, settings, policy, deliveries, events)
+            return await _apply(conn, settings, policy, deliveries, events, batch)
         finally:
             await conn.close()
 
@@ -299,9 +336,10 @@ def test_any_order_and_duplication_gives_the_same_ledger(migrated: str, settings
     assert expected["invoices"] and expected["invoices"][0]["lines_complete"]
 
     @settings_for_lifecycles
-    @given(deliveries=shuffled(size))
-    def check(deliveries: list[Delivery]) -> None:
-        assert run(migrated, settings, scenario, deliveries) == expected
+    @given(deliveries=shuffled(size), batch=st.sampled_from([1, 1, 2, 3, 5, 64]))
+    def check(deliveries: list[Delivery], batch: int) -> None:
+        """Handled one event at a time, or by the batch handler in batches of `batch`."""
+        assert run(migrated, settings, scenario, deliveries, batch) == expected
 
     check()
 
