@@ -109,7 +109,7 @@ async def _item_map(ctx: HandlerContext, price_ids: Sequence[str]) -> dict[str, 
 
 def _price_ids(event: StripeEvent) -> list[str]:
     """The prices of an invoice event's lines as the event carries them (no API call)."""
-    if not event.type.startswith("invoice.") or event.type.startswith("invoice_payment."):
+    if not event.type.startswith("invoice."):
         return []
     lines = event.object.get("lines")
     data = lines.get("data") if isinstance(lines, dict) else None

@@ -126,6 +126,11 @@ class BatchItem:
     event: StripeEvent
     consuming: Callable[[], contextlib.AbstractContextManager[trace.Span]]
 
+    @classmethod
+    def alone(cls, ctx: HandlerContext, event: StripeEvent) -> BatchItem:
+        """An event handled on its own, whose span (if any) is already current: a batch of one."""
+        return cls(ctx, event, lambda: contextlib.nullcontext(trace.get_current_span()))
+
 
 #: Applies a batch's new events (in arrival order) inside the consumer's transaction; must leave
 #: the same records, history and domain events as the Handler run on each event in turn.

@@ -26,14 +26,12 @@ A single event (`handle`) is a batch of one, so both paths are the same code.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import stripe
-from opentelemetry import trace
 
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
@@ -75,7 +73,7 @@ async def fetch_current(client: stripe.StripeClient, stripe_customer_id: str) ->
 
 async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
     """One event: a batch of one (the consumer's span is already current)."""
-    await handle_batch(ctx.conn, [BatchItem(ctx, event, lambda: contextlib.nullcontext(trace.get_current_span()))])
+    await handle_batch(ctx.conn, [BatchItem.alone(ctx, event)])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ final ledger is always the one the in-order delivery gives."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry import trace
 
 from services.billing.app import make_definition
 from services.billing.settings import BillingSettings
@@ -239,20 +237,10 @@ async def _apply(
     if batch > 1:
         await _apply_in_batches(conn, settings, definition, evts, events, batch)
     for n, delivery in enumerate(evts if batch == 1 else []):
-        evt = events[delivery.index]
-        if delivery.fresh_id:
-            evt = {**evt, "id": f"{evt['id']}_again{n}"}
-        parsed, envelope = envelope_for(evt, received_at=evt["created"])
         async with conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO processed_events (event_id, event_type) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING true",
-                parsed.id,
-                parsed.type,
-            )
-            if fresh:
-                ctx = HandlerContext(conn=conn, service="billing", settings=settings, envelope=envelope)
-                await handler(ctx, parsed)
+            claimed = await _claim(conn, settings, events, delivery, n)
+            if claimed is not None:
+                await handler(claimed.ctx, claimed.event)
     ledger: dict[str, list[dict[str, Any]]] = {}
     for name, query in LEDGER_QUERIES.items():
         rows = await conn.fetch(query)
@@ -270,23 +258,30 @@ async def _apply_in_batches(
 ) -> None:
     """As the consumer does: claim a batch's ids, then the batch handler on the new ones."""
     for start in range(0, len(evts), size):
-        items = []
         async with conn.transaction():
-            for n, delivery in enumerate(evts[start : start + size], start=start):
-                evt = events[delivery.index]
-                if delivery.fresh_id:
-                    evt = {**evt, "id": f"{evt['id']}_again{n}"}
-                parsed, envelope = envelope_for(evt, received_at=evt["created"])
-                fresh = await conn.fetchval(
-                    "INSERT INTO processed_events (event_id, event_type) VALUES ($1, $2) "
-                    "ON CONFLICT DO NOTHING RETURNING true",
-                    parsed.id,
-                    parsed.type,
-                )
-                if fresh:
-                    ctx = HandlerContext(conn=conn, service="billing", settings=settings, envelope=envelope)
-                    items.append(BatchItem(ctx, parsed, lambda: contextlib.nullcontext(trace.get_current_span())))
-            await definition.batch_handler(conn, items)
+            claimed = [
+                await _claim(conn, settings, events, d, n) for n, d in enumerate(evts[start : start + size], start)
+            ]
+            await definition.batch_handler(conn, [item for item in claimed if item is not None])
+
+
+async def _claim(
+    conn: asyncpg.Connection, settings: Settings, events: list[dict[str, Any]], delivery: Delivery, n: int
+) -> BatchItem | None:
+    """Record the delivery's event id as processed; its handler context, or None for a repeat."""
+    evt = events[delivery.index]
+    if delivery.fresh_id:
+        evt = {**evt, "id": f"{evt['id']}_again{n}"}
+    parsed, envelope = envelope_for(evt, received_at=evt["created"])
+    fresh = await conn.fetchval(
+        "INSERT INTO processed_events (event_id, event_type) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+        parsed.id,
+        parsed.type,
+    )
+    if not fresh:
+        return None
+    ctx = HandlerContext(conn=conn, service="billing", settings=settings, envelope=envelope)
+    return BatchItem.alone(ctx, parsed)
 
 
 def run(

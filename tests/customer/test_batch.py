@@ -8,7 +8,6 @@ the ERP id sequence set to the same value first, so even the assigned ids must a
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ import asyncpg
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from opentelemetry import trace
 
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import StripeEvent, parse_event
@@ -104,10 +102,6 @@ def _content(message_type: str, payload: bytes) -> str:
     return str(message)
 
 
-def _current_span() -> contextlib.AbstractContextManager[trace.Span]:
-    return contextlib.nullcontext(trace.get_current_span())
-
-
 async def _run_through(
     conn: asyncpg.Connection, settings: Settings, batches: list[list[StripeEvent]], *, batched: bool
 ) -> tuple[dict[str, Any], list[str | None]]:
@@ -122,7 +116,7 @@ async def _run_through(
         for batch in batches:
             contexts = [_context(conn, settings, e) for e in batch]
             if batched:
-                items = [BatchItem(c, e, _current_span) for c, e in zip(contexts, batch, strict=True)]
+                items = [BatchItem.alone(c, e) for c, e in zip(contexts, batch, strict=True)]
                 await handle_batch(conn, items)
             else:
                 for ctx, event in zip(contexts, batch, strict=True):
