@@ -142,3 +142,36 @@ async def test_batches_of_any_size_equal_one_event_at_a_time(
     assert batched == one_by_one
     # Not vacuous: without a sync start every stream creates records and announces them.
     assert sync_start or (one_by_one[0]["records"][1:] and one_by_one[0]["events"])
+
+
+async def test_a_malformed_event_in_a_batch_is_dead_lettered_and_the_rest_applied(settings: Settings) -> None:
+    """Bad input changes nothing: the batch is redone message by message, the bad one goes to
+    the dead letters at once (PermanentError), its neighbours are written."""
+    from services.common.bus import DLQ_STREAM, Bus
+    from syncmesh.events.v1 import dead_letter_pb2
+    from tests.conftest import eventually
+    from tests.customer.conftest import start_runtime, stop_runtime
+    from tests.customer.support import new_customer_id, publish
+
+    good = [new_customer_id(), new_customer_id()]
+    bad = customer_event("customer.updated", {"id": "not-a-customer-id", "object": "customer"}, created=T0)
+    bus = Bus(settings, name="test-malformed")
+    await bus.start(wait=10)
+    await bus.wait_ready(20)
+    try:
+        await publish(bus, customer_event("customer.created", current_customer(good[0]), created=T0))
+        await publish(bus, bad)
+        await publish(bus, customer_event("customer.created", current_customer(good[1]), created=T0))
+    finally:
+        await bus.close()
+    rt = await start_runtime(settings)
+    try:
+        await eventually(lambda: rt.consumer.dead_lettered == 1)
+        letter = dead_letter_pb2.DeadLetter.FromString(
+            (await rt.bus.js.get_msg(DLQ_STREAM, subject="dlq.customer")).data
+        )
+        assert letter.reason.startswith("permanent") and letter.attempts == 1
+        written = await rt.pool.fetch("SELECT stripe_customer_id FROM customers")
+        assert {r["stripe_customer_id"] for r in written} == set(good)
+    finally:
+        await stop_runtime(rt)
