@@ -1,15 +1,14 @@
-"""Stripe billing events -> the ERP ledger, one event at a time, inside the consumer's transaction.
+"""Stripe billing events other than invoice snapshots -> the ERP ledger, inside a batch.
 
 Each handler stores the Stripe facts the event carries (keyed by Stripe id, version-guarded),
-then re-derives the invoice's ledger state from all of its stored facts. That split is what
-makes the result independent of order and duplication: a late or repeated event can only add
-a fact the store already has or ignore an older one; the derivation does the rest.
+then asks for the invoice's ledger state to be re-derived from all of its stored facts. That
+split is what makes the result independent of order and duplication: a late or repeated event
+can only add a fact the store already has or ignore an older one; the derivation does the rest.
 
-A batch (`handle_batch`) runs the same handlers on each event in turn and shares only the work
-that does not depend on order: the invoices' locks are taken together up front (in id order,
-so replicas cannot deadlock), item mappings are read once, and the audit rows are written in
-one statement at the end. The ledger itself is still written event by event: it is not yet
-folded set-based as the customer service does (see issue 8's closing note).
+The derivation (`settle_invoice`) is deferred to the end of the batch (`settle_noted`), once per
+invoice, whatever number of the batch's events touched it: the ledger ends the same, and the
+mesh announces each invoice's newest state once per batch rather than every step towards it.
+Invoice snapshots themselves are folded set-based in `invoices`; `batch` runs the two together.
 """
 
 from __future__ import annotations
@@ -17,27 +16,23 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any
 
-import stripe
+import asyncpg
 
 from services.billing import mapping, store
 from services.billing.mapping import ErpCreditNote, ErpPayment, ErpRefund, HoldRequest
 from services.billing.settings import BillingSettings
-from services.common.consumer import BatchHandler, BatchItem, Handler, HandlerContext
+from services.common.consumer import HandlerContext
 from services.common.db import Conn
-from services.common.errors import PermanentError, RetryableError
+from services.common.errors import PermanentError
 from services.common.events import StripeEvent
-from services.common.stripe_api import upstream_error
 from syncmesh.billing.v1 import events_pb2
 from syncmesh.type.v1 import money_pb2
 
 log = logging.getLogger(__name__)
 
-#: Invoice events whose object is not a stored invoice.
-_NOT_A_RECORD = ("invoice.upcoming", "invoice.will_be_due")
 _PAYMENT_CHARGE_EVENTS = ("charge.succeeded", "charge.captured", "charge.updated", "charge.refunded")
 
 
@@ -45,83 +40,50 @@ def money(amount: int, currency: str) -> money_pb2.Money:
     return money_pb2.Money(amount_minor=amount, currency=currency)
 
 
-def make_handler(billing: BillingSettings) -> Handler:
-    """The consumer's handler, bound to the billing policy the process was started with."""
+@dataclass
+class Settle:
+    """An invoice to re-derive at the end of the batch, with the event that last touched it."""
 
-    async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
-        pending: list[store.HistoryRow] = []
-        token = _history_rows.set(pending)
-        try:
-            await dispatch(ctx, event, billing)
-            await store.add_history(ctx.conn, pending)
-        finally:
-            _history_rows.reset(token)
-
-    return handle
-
-
-def make_batch_handler(billing: BillingSettings) -> BatchHandler:
-    """The consumer's batch handler: the same handlers in turn, with the shared work done once."""
-
-    async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
-        pending: list[store.HistoryRow] = []
-        invoices = sorted({key for item in items if (key := mapping.invoice_key(item.event.type, item.event.object))})
-        await store.lock_many(conn, invoices)
-        prices = sorted({p for item in items for p in _price_ids(item.event)})
-        shared = _Shared(locked=set(invoices), prices=set(prices), item_map=await store.load_item_map(conn, prices))
-        tokens = (_history_rows.set(pending), _shared.set(shared))
-        try:
-            for item in items:
-                with item.consuming():
-                    await dispatch(item.ctx, item.event, billing)
-            await store.add_history(conn, pending)
-        finally:
-            _shared.reset(tokens[1])
-            _history_rows.reset(tokens[0])
-
-    return handle_batch
+    ctx: HandlerContext
+    event: StripeEvent
+    changed: bool = False
 
 
 @dataclass
-class _Shared:
-    """What a batch has done once for all of its events."""
+class BatchState:
+    """What a batch does once for all of its events."""
 
-    locked: set[str]
-    prices: set[str]
-    item_map: dict[str, str]
+    locked: set[str] = field(default_factory=set)
+    prices: set[str] = field(default_factory=set)
+    item_map: dict[str, str] = field(default_factory=dict)
+    history: list[store.HistoryRow] = field(default_factory=list)
+    settle: dict[str, Settle] = field(default_factory=dict)
 
 
-_shared: contextvars.ContextVar[_Shared | None] = contextvars.ContextVar("billing_batch_shared", default=None)
+batch_state: contextvars.ContextVar[BatchState] = contextvars.ContextVar("billing_batch_state")
 
 
 async def _lock(ctx: HandlerContext, invoice_id: str) -> None:
-    shared = _shared.get()
-    if shared is None or invoice_id not in shared.locked:
+    state = batch_state.get()
+    if invoice_id not in state.locked:
         await store.lock(ctx.conn, invoice_id)
+        state.locked.add(invoice_id)
 
 
-async def _item_map(ctx: HandlerContext, price_ids: Sequence[str]) -> dict[str, str]:
-    shared = _shared.get()
-    if shared is not None and shared.prices.issuperset(price_ids):
-        return {p: shared.item_map[p] for p in price_ids if p in shared.item_map}
-    return await store.load_item_map(ctx.conn, price_ids)
-
-
-def _price_ids(event: StripeEvent) -> list[str]:
-    """The prices of an invoice event's lines as the event carries them (no API call)."""
-    if not event.type.startswith("invoice."):
-        return []
-    lines = event.object.get("lines")
-    data = lines.get("data") if isinstance(lines, dict) else None
-    return mapping.invoice_price_ids([x for x in data or [] if isinstance(x, dict)])
+async def item_map(conn: Conn, price_ids: Sequence[str]) -> dict[str, str]:
+    state = batch_state.get()
+    missing = sorted(set(price_ids) - state.prices)
+    if missing:
+        state.item_map.update(await store.load_item_map(conn, missing))
+        state.prices.update(missing)
+    return {p: state.item_map[p] for p in price_ids if p in state.item_map}
 
 
 async def dispatch(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
+    """Every billing event but an invoice snapshot (see `invoices.is_snapshot_event`)."""
     kind = event.type
     if kind.startswith("invoice_payment."):
         await on_invoice_payment(ctx, event, billing)
-    elif kind.startswith("invoice."):
-        await on_invoice(ctx, event, billing)
     elif kind.startswith("charge."):
         await on_charge(ctx, event, billing)
     elif kind.startswith("refund."):
@@ -136,7 +98,7 @@ async def dispatch(ctx: HandlerContext, event: StripeEvent, billing: BillingSett
         ctx.skip(f"{kind} is not a billing event")
 
 
-def _notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
+def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
     """The day the mesh was told (the gateway's receipt time), the write-off's transaction date."""
     received = ctx.envelope.received_at
     if received.seconds:
@@ -144,117 +106,59 @@ def _notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
     return event.created_at.date()
 
 
-#: History rows of the event being handled, written together when the handler finishes.
-_history_rows: contextvars.ContextVar[list[store.HistoryRow]] = contextvars.ContextVar("billing_history_rows")
+def history(event: StripeEvent, record_type: str, record_id: str, change: str) -> None:
+    """An audit row for this event, written with the batch's others in one statement."""
+    batch_state.get().history.append((record_type, record_id, event.id, event.type, change))
 
 
-async def _history(ctx: HandlerContext, event: StripeEvent, record_type: str, record_id: str, change: str) -> None:
-    _history_rows.get().append((record_type, record_id, event.id, event.type, change))
+# -- the ledger ---------------------------------------------------------------------------------
 
 
-# -- invoices -----------------------------------------------------------------------------------
+def settle_invoice(ctx: HandlerContext, event: StripeEvent, invoice_id: str, *, changed: bool = False) -> None:
+    """Re-derive the invoice's ledger at the end of the batch (its facts are all stored by then)."""
+    noted = batch_state.get().settle
+    earlier = noted.get(invoice_id)
+    noted[invoice_id] = Settle(ctx, event, changed or (earlier is not None and earlier.changed))
 
 
-async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-    """The invoice's lines; all of them when the event holds only the first page.
-
-    Without an API key the first page is kept but the invoice is marked incomplete, so it can
-    never pass for a whole invoice; a Stripe failure is retried (and dead-lettered in the end).
-    """
-    lines = obj.get("lines") if isinstance(obj.get("lines"), dict) else {}
-    assert isinstance(lines, dict)
-    data = [x for x in lines.get("data") or [] if isinstance(x, dict)]
-    if not lines.get("has_more") or obj.get("deleted") is True:
-        return data, True
-    client = ctx.stripe
-    if client is None:
-        log.warning("invoice %s has more lines than its event holds and no Stripe API key is set", obj.get("id"))
-        return data, False
-    invoice_id = str(obj["id"])
-    fetched: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 100}
-    try:
-        while True:
-            page = await client.v1.invoices.line_items.list_async(invoice_id, params)  # type: ignore[arg-type]
-            fetched.extend(item.to_dict() for item in page.data)
-            if not page.has_more or not page.data:
-                break
-            params = {"limit": 100, "starting_after": page.data[-1].id}
-    except stripe.StripeError as exc:
-        raise RetryableError(str(upstream_error(exc, f"list the lines of invoice {invoice_id}"))) from exc
-    return fetched, True
+async def settle_noted(conn: Conn, billing: BillingSettings) -> None:
+    """Re-derive every noted invoice's ledger from its stored facts; record and announce what moved."""
+    noted = batch_state.get().settle
+    rows = await store.invoices_with_facts(conn, sorted(noted))
+    derived = []
+    for invoice_id in sorted(rows):
+        row = rows[invoice_id]
+        state = mapping.compute_ledger(store.ledger_facts(row, write_off_enabled=billing.write_off_uncollectible))
+        status = mapping.forward_status(row["erp_status"], state.erp_status)
+        derived.append((row, state, status, not store.ledger_unchanged(row, state, status)))
+    moved_ledgers = [(row["stripe_invoice_id"], st, status) for row, st, status, moved in derived if moved]
+    await store.save_ledgers(conn, moved_ledgers)
+    # Invoices not stored yet settle with these facts when their snapshot arrives.
+    for row, state, status, moved in derived:
+        await _announce(conn, billing, noted[row["stripe_invoice_id"]], row, state, status, moved=moved)
+    noted.clear()
 
 
-async def on_invoice(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
-    obj = event.object
-    if event.type in _NOT_A_RECORD or not obj.get("id"):
-        ctx.skip(f"{event.type} carries no invoice record")
-        return
-    if obj.get("object") not in (None, "invoice"):
-        raise PermanentError(f"{event.type} does not carry an invoice")
-    if ctx.before_sync_start(obj.get("created")):
-        ctx.skip("before SYNCMESH_SYNC_START")
-        return
-    if event.type == "invoice.deleted":
-        obj = {**obj, "deleted": True}
-    raw_lines, complete = await fetch_all_lines(ctx, obj)
-    item_map = await _item_map(ctx, mapping.invoice_price_ids(raw_lines))
-    inv = mapping.map_invoice(obj, lines=raw_lines, lines_complete=complete, item_map=item_map, billing=billing)
-    if not inv.stripe_customer_id:
-        raise PermanentError(f"invoice {inv.stripe_invoice_id} has no customer")
-    await _lock(ctx, inv.stripe_invoice_id)
-    result = await store.upsert_invoice(ctx.conn, inv, event_id=event.id, event_created=event.created)
-    if result.snapshot_applied:
-        await _history(
-            ctx,
-            event,
-            "invoice",
-            inv.stripe_invoice_id,
-            f"{'created' if result.created else 'updated'} from Stripe status {inv.stripe_status}, "
-            f"total {inv.total} {inv.currency}",
-        )
-    if result.lines_replaced:
-        await store.note_unmapped(ctx.conn, inv.unmapped_price_ids, inv.stripe_invoice_id)
-        problems = mapping.invoice_problems(inv)
-        note = f"; does not balance: {'; '.join(problems)}" if problems else ""
-        await _history(ctx, event, "invoice", inv.stripe_invoice_id, f"{len(inv.lines)} lines written{note}")
-        if problems:
-            log.warning("invoice %s: %s", inv.stripe_invoice_id, "; ".join(problems))
-    if inv.uncollectible:
-        await store.note_uncollectible(
-            ctx.conn, inv.stripe_invoice_id, notified_on=_notified_on(ctx, event), at=inv.uncollectible_at
-        )
-    payment = mapping.payment_from_invoice(inv, obj)
-    if payment is not None:
-        await apply_payment(ctx, event, payment)
-    if event.type == "invoice.payment_failed" and billing.credit_hold:
-        hold = mapping.hold_from_invoice(inv)
-        if hold is not None:
-            await place_hold(ctx, event, hold)
-    await settle_invoice(ctx, event, billing, inv.stripe_invoice_id, changed=result.snapshot_applied)
-
-
-async def settle_invoice(
-    ctx: HandlerContext, event: StripeEvent, billing: BillingSettings, invoice_id: str, *, changed: bool = False
+async def _announce(
+    conn: Conn,
+    billing: BillingSettings,
+    by: Settle,
+    row: asyncpg.Record,
+    state: mapping.LedgerState,
+    status: str,
+    *,
+    moved: bool,
 ) -> None:
-    """Re-derive the invoice's ledger from its stored facts; record and announce what moved."""
-    row = await store.invoice_with_facts(ctx.conn, invoice_id)
-    if row is None:
-        return  # the invoice has not arrived yet; it will settle with these facts when it does
-    state = mapping.compute_ledger(store.ledger_facts(row, write_off_enabled=billing.write_off_uncollectible))
-    status = mapping.forward_status(row["erp_status"], state.erp_status)
-    moved = not store.ledger_unchanged(row, state, status)
+    ctx, event, invoice_id = by.ctx, by.event, row["stripe_invoice_id"]
     if moved:
-        await store.save_ledger(ctx.conn, invoice_id, state, status)
-        await _history(
-            ctx,
+        history(
             event,
             "invoice",
             invoice_id,
             f"ledger: {status}, paid {state.amount_paid}, credits {state.credits_applied}, "
             f"remaining {state.amount_remaining}",
         )
-    if moved or changed:
+    if moved or by.changed:
         await ctx.emit(
             "invoice_changed",
             events_pb2.InvoiceChanged(
@@ -267,16 +171,16 @@ async def settle_invoice(
                 lines_complete=row["lines_complete"],
             ),
         )
-    memo = await store.sync_write_off(ctx.conn, row, state)
+    memo = await store.sync_write_off(conn, row, state)
     if memo is not None:
         what = {"issued": "written off", "reversed": "write-off reversed (invoice collected)", "void": "voided"}
-        await _history(ctx, event, "credit_memo", memo.memo_key, f"{what[memo.status]}: {memo.amount}")
-        await _history(ctx, event, "invoice", invoice_id, f"write-off {memo.erp_credit_memo_id} {memo.status}")
+        history(event, "credit_memo", memo.memo_key, f"{what[memo.status]}: {memo.amount}")
+        history(event, "invoice", invoice_id, f"write-off {memo.erp_credit_memo_id} {memo.status}")
         await _emit_memo(ctx, memo)
     if billing.release_hold_on_pay and status in ("paid_in_full", "voided") and row["has_active_holds"]:
-        reason = f"invoice {row['stripe_invoice_id']} {status.replace('_', ' ')}"
-        for hold in await store.release_holds(ctx.conn, invoice_id, reason):
-            await _history(ctx, event, "credit_hold", hold["stripe_customer_id"], f"released: {reason}")
+        reason = f"invoice {invoice_id} {status.replace('_', ' ')}"
+        for hold in await store.release_holds(conn, invoice_id, reason):
+            history(event, "credit_hold", hold["stripe_customer_id"], f"released: {reason}")
             await ctx.emit(
                 "credit_hold_changed",
                 events_pb2.CreditHoldChanged(
@@ -305,11 +209,9 @@ async def _emit_memo(ctx: HandlerContext, memo: store.MemoChange) -> None:
 async def place_hold(ctx: HandlerContext, event: StripeEvent, hold: HoldRequest) -> None:
     placed = await store.place_hold(ctx.conn, hold)
     if placed is False:
-        await _history(ctx, event, "credit_hold", hold.stripe_customer_id, f"reason now: {hold.reason}")
+        history(event, "credit_hold", hold.stripe_customer_id, f"reason now: {hold.reason}")
     if placed:
-        await _history(
-            ctx, event, "credit_hold", hold.stripe_customer_id, f"placed for {hold.stripe_invoice_id}: {hold.reason}"
-        )
+        history(event, "credit_hold", hold.stripe_customer_id, f"placed for {hold.stripe_invoice_id}: {hold.reason}")
         await ctx.emit(
             "credit_hold_changed",
             events_pb2.CreditHoldChanged(
@@ -330,9 +232,9 @@ async def apply_payment(ctx: HandlerContext, event: StripeEvent, payment: ErpPay
     if row is not None:
         verb = "applied" if row["inserted"] else f"updated from {payment.source}"
         change = f"{verb}: {payment.amount} {payment.currency} to {payment.stripe_invoice_id} ({payment.method})"
-        await _history(ctx, event, "payment", payment.stripe_payment_id, change)
+        history(event, "payment", payment.stripe_payment_id, change)
         if payment.stripe_invoice_id:
-            await _history(ctx, event, "invoice", payment.stripe_invoice_id, f"payment {row['erp_payment_id']} {verb}")
+            history(event, "invoice", payment.stripe_invoice_id, f"payment {row['erp_payment_id']} {verb}")
         await ctx.emit(
             "payment_applied",
             events_pb2.PaymentApplied(
@@ -363,7 +265,7 @@ async def on_invoice_payment(ctx: HandlerContext, event: StripeEvent, billing: B
         await _lock(ctx, payment.stripe_invoice_id)
     await apply_payment(ctx, event, payment)
     if payment.stripe_invoice_id:
-        await settle_invoice(ctx, event, billing, payment.stripe_invoice_id)
+        settle_invoice(ctx, event, payment.stripe_invoice_id)
 
 
 async def on_charge(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
@@ -386,7 +288,7 @@ async def on_charge(ctx: HandlerContext, event: StripeEvent, billing: BillingSet
     if not touched and event.type != "charge.refunded":
         ctx.skip("charge not linked to an invoice (basil charges are paid through invoice_payment)")
     for invoice_id in sorted(touched):
-        await settle_invoice(ctx, event, billing, invoice_id)
+        settle_invoice(ctx, event, invoice_id)
 
 
 # -- refunds and credit notes -------------------------------------------------------------------
@@ -403,9 +305,9 @@ async def apply_refund(ctx: HandlerContext, event: StripeEvent, refund: ErpRefun
     row = await store.upsert_refund(ctx.conn, refund)
     if row is not None:
         verb = "recorded" if row["inserted"] else f"now {row['status']}"
-        await _history(ctx, event, "refund", refund.stripe_refund_id, f"{verb}: {refund.amount} {refund.currency}")
+        history(event, "refund", refund.stripe_refund_id, f"{verb}: {refund.amount} {refund.currency}")
         if invoice:
-            await _history(ctx, event, "invoice", invoice, f"refund {row['erp_refund_id']} {verb}")
+            history(event, "invoice", invoice, f"refund {row['erp_refund_id']} {verb}")
         await ctx.emit(
             "refund_recorded",
             events_pb2.RefundRecorded(
@@ -418,7 +320,7 @@ async def apply_refund(ctx: HandlerContext, event: StripeEvent, refund: ErpRefun
         )
     memo = await store.sync_refund_memo(ctx.conn, refund.stripe_refund_id)
     if memo is not None:
-        await _history(ctx, event, "credit_memo", memo.memo_key, f"refund credit memo {memo.status}: {memo.amount}")
+        history(event, "credit_memo", memo.memo_key, f"refund credit memo {memo.status}: {memo.amount}")
         await _emit_memo(ctx, memo)
     return invoice
 
@@ -432,7 +334,7 @@ async def on_refund(ctx: HandlerContext, event: StripeEvent, billing: BillingSet
         return
     invoice = await apply_refund(ctx, event, mapping.refund_from_object(obj))
     if invoice:
-        await settle_invoice(ctx, event, billing, invoice)
+        settle_invoice(ctx, event, invoice)
 
 
 async def on_credit_note(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
@@ -446,17 +348,17 @@ async def on_credit_note(ctx: HandlerContext, event: StripeEvent, billing: Billi
     memo = await store.upsert_credit_note(ctx.conn, note)
     if memo is not None:
         change = f"credit note {note.number or note.stripe_credit_note_id} {note.status}: {note.amount}"
-        await _history(ctx, event, "credit_memo", note.stripe_credit_note_id, change)
+        history(event, "credit_memo", note.stripe_credit_note_id, change)
         if note.stripe_invoice_id:
-            await _history(ctx, event, "invoice", note.stripe_invoice_id, f"{memo.erp_credit_memo_id}: {change}")
+            history(event, "invoice", note.stripe_invoice_id, f"{memo.erp_credit_memo_id}: {change}")
         await _emit_memo(ctx, memo)
     for refund_id in note.refund_ids:
         refund_memo = await store.sync_refund_memo(ctx.conn, refund_id)
         if refund_memo is not None:
-            await _history(ctx, event, "credit_memo", refund_id, f"refund credit memo {refund_memo.status}")
+            history(event, "credit_memo", refund_id, f"refund credit memo {refund_memo.status}")
             await _emit_memo(ctx, refund_memo)
     if note.stripe_invoice_id:
-        await settle_invoice(ctx, event, billing, note.stripe_invoice_id)
+        settle_invoice(ctx, event, note.stripe_invoice_id)
 
 
 # -- customers and subscriptions ----------------------------------------------------------------
@@ -476,7 +378,7 @@ async def on_customer(ctx: HandlerContext, event: StripeEvent) -> None:
         ctx.skip("customer has no ERP link yet")
         return
     if await store.upsert_customer(ctx.conn, str(obj["id"]), erp_id, event.created):
-        await _history(ctx, event, "customer", str(obj["id"]), f"linked to ERP customer {erp_id}")
+        history(event, "customer", str(obj["id"]), f"linked to ERP customer {erp_id}")
 
 
 async def on_subscription(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
@@ -489,4 +391,4 @@ async def on_subscription(ctx: HandlerContext, event: StripeEvent, billing: Bill
         return
     await _lock(ctx, hold.stripe_invoice_id)
     await place_hold(ctx, event, hold)
-    await settle_invoice(ctx, event, billing, hold.stripe_invoice_id)
+    settle_invoice(ctx, event, hold.stripe_invoice_id)

@@ -81,8 +81,9 @@ async def load_item_map(conn: Conn, price_ids: Sequence[str]) -> dict[str, str]:
     return {r["stripe_price_id"]: r["erp_item_id"] for r in rows}
 
 
-async def note_unmapped(conn: Conn, price_ids: Iterable[str], invoice_id: str) -> None:
-    rows = [(price_id, invoice_id) for price_id in sorted(set(price_ids))]
+async def note_unmapped(conn: Conn, seen: Iterable[tuple[str, str]]) -> None:
+    """(price id, invoice id) pairs: prices whose lines were written without an ERP item."""
+    rows = sorted(set(seen))  # in key order, so concurrent batches cannot deadlock
     if rows:
         await conn.executemany(
             """
@@ -125,40 +126,83 @@ async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, w
 # -- invoices -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InvoiceUpsert:
-    #: This event's snapshot is now the invoice's header.
-    snapshot_applied: bool
-    #: The invoice's lines were (re)written from this event.
-    lines_replaced: bool
-    created: bool
+async def stored_snapshots(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, mapping.StoredSnapshot]:
+    """What decides whether new snapshots apply, for many invoices in one round trip.
 
-
-_VERSION = ("status_rank", "version_created", "version_paid", "version_attempts", "version_event_id")
-
-
-async def upsert_invoice(conn: Conn, inv: ErpInvoice, *, event_id: str, event_created: int) -> InvoiceUpsert:
-    """Apply the snapshot if it is newer; rewrite the lines only when they changed.
-
-    The caller holds the invoice's advisory lock, so reading the version first and writing
-    after is safe; the WHERE on the upsert still guards it.
-    """
-    current = await conn.fetchrow(
-        "SELECT status_rank, version_created, version_paid, version_attempts, version_event_id, "
-        "lines_complete, lines_hash FROM invoices WHERE stripe_invoice_id = $1",
-        inv.stripe_invoice_id,
+    The caller holds the invoices' advisory locks, so reading first and writing after is safe;
+    the version guard in `write_snapshots` still backs it up."""
+    rows = await conn.fetch(
+        "SELECT stripe_invoice_id, status_rank, version_created, version_paid, version_attempts, version_event_id, "
+        "lines_complete, lines_hash FROM invoices WHERE stripe_invoice_id = ANY($1::text[])",
+        list(invoice_ids),
     )
-    version = (inv.status_rank, event_created, inv.stripe_amount_paid, inv.attempt_count, event_id)
-    applied = current is None or version > tuple(current[k] for k in _VERSION)
-    stored_complete = bool(current["lines_complete"]) if current is not None else False
-    wanted = (applied and (inv.lines_complete or not stored_complete)) or (
-        not applied and inv.lines_complete and not stored_complete
-    )
-    fingerprint = mapping.lines_fingerprint(inv)
-    replace = wanted and (current is None or current["lines_hash"] != fingerprint)
-    balanced = not mapping.invoice_problems(inv)
-    if applied:
-        await conn.execute(
+    return {
+        r["stripe_invoice_id"]: mapping.StoredSnapshot(
+            version=(
+                r["status_rank"],
+                r["version_created"],
+                r["version_paid"],
+                r["version_attempts"],
+                r["version_event_id"],
+            ),
+            lines_complete=bool(r["lines_complete"]),
+            lines_hash=r["lines_hash"],
+        )
+        for r in rows
+    }
+
+
+async def write_snapshots(conn: Conn, folds: Sequence[mapping.SnapshotFold]) -> None:
+    """Write the net effect of folded snapshots: headers, then lines, a few statements in all."""
+    headers = []
+    lines_only = []
+    for fold in folds:
+        balanced = not mapping.invoice_problems(fold.lines) if fold.lines is not None else None
+        if fold.header is not None:
+            inv, (_, event_created, _, _, event_id) = fold.header
+            headers.append(
+                (
+                    inv.stripe_invoice_id,
+                    inv.stripe_customer_id,
+                    inv.subscription_id,
+                    inv.number,
+                    inv.stripe_status,
+                    inv.status_rank,
+                    event_created,
+                    inv.stripe_amount_paid,
+                    inv.attempt_count,
+                    event_id,
+                    inv.api_shape,
+                    inv.billing_reason,
+                    inv.collection_method,
+                    inv.currency,
+                    inv.created,
+                    inv.transaction_date,
+                    inv.due_date,
+                    inv.period_start,
+                    inv.period_end,
+                    inv.subtotal,
+                    inv.discount_total,
+                    inv.tax,
+                    inv.tax_inclusive,
+                    inv.total,
+                    inv.amount_due,
+                    inv.stripe_amount_paid,
+                    inv.stripe_amount_remaining,
+                    inv.balance_applied,
+                    inv.attempt_count,
+                    inv.next_payment_attempt,
+                    inv.paid_at,
+                    fold.lines_complete,
+                    fold.lines_hash,
+                    bool(balanced),
+                    fold.lines is not None,
+                )
+            )
+        elif fold.lines is not None:
+            lines_only.append((fold.lines.stripe_invoice_id, fold.lines_complete, fold.lines_hash, balanced))
+    if headers:
+        await conn.executemany(
             """
             INSERT INTO invoices (
                 stripe_invoice_id, stripe_customer_id, subscription_id, number, stripe_status, status_rank,
@@ -185,9 +229,10 @@ async def upsert_invoice(conn: Conn, inv: ErpInvoice, *, event_id: str, event_cr
                 stripe_amount_remaining = EXCLUDED.stripe_amount_remaining,
                 balance_applied = EXCLUDED.balance_applied, attempt_count = EXCLUDED.attempt_count,
                 next_payment_attempt = EXCLUDED.next_payment_attempt, paid_at = EXCLUDED.paid_at,
-                -- A truncated snapshot never makes complete lines incomplete.
+                -- The fold decided the lines: complete never becomes incomplete, and the hash and
+                -- balance change only with them ($35: the lines were rewritten).
                 lines_complete = invoices.lines_complete OR EXCLUDED.lines_complete,
-                lines_hash = CASE WHEN $35 THEN EXCLUDED.lines_hash ELSE invoices.lines_hash END,
+                lines_hash = EXCLUDED.lines_hash,
                 balanced = CASE WHEN $35 THEN EXCLUDED.balanced ELSE invoices.balanced END,
                 updated_at = now()
             WHERE (EXCLUDED.status_rank, EXCLUDED.version_created, EXCLUDED.version_paid,
@@ -195,58 +240,23 @@ async def upsert_invoice(conn: Conn, inv: ErpInvoice, *, event_id: str, event_cr
                 > (invoices.status_rank, invoices.version_created, invoices.version_paid,
                    invoices.version_attempts, invoices.version_event_id)
             """,
-            inv.stripe_invoice_id,
-            inv.stripe_customer_id,
-            inv.subscription_id,
-            inv.number,
-            inv.stripe_status,
-            inv.status_rank,
-            event_created,
-            inv.stripe_amount_paid,
-            inv.attempt_count,
-            event_id,
-            inv.api_shape,
-            inv.billing_reason,
-            inv.collection_method,
-            inv.currency,
-            inv.created,
-            inv.transaction_date,
-            inv.due_date,
-            inv.period_start,
-            inv.period_end,
-            inv.subtotal,
-            inv.discount_total,
-            inv.tax,
-            inv.tax_inclusive,
-            inv.total,
-            inv.amount_due,
-            inv.stripe_amount_paid,
-            inv.stripe_amount_remaining,
-            inv.balance_applied,
-            inv.attempt_count,
-            inv.next_payment_attempt,
-            inv.paid_at,
-            inv.lines_complete,
-            fingerprint,
-            balanced,
-            replace,
+            headers,
         )
-    elif replace:
-        await conn.execute(
-            "UPDATE invoices SET lines_complete = lines_complete OR $2, lines_hash = $3, balanced = $4 "
-            "WHERE stripe_invoice_id = $1",
-            inv.stripe_invoice_id,
-            inv.lines_complete,
-            fingerprint,
-            balanced,
+    if lines_only:
+        await conn.executemany(
+            "UPDATE invoices SET lines_complete = $2, lines_hash = $3, balanced = $4 WHERE stripe_invoice_id = $1",
+            lines_only,
         )
-    if replace:
-        await replace_lines(conn, inv)
-    return InvoiceUpsert(applied, replace, current is None)
+    rewritten = [fold.lines for fold in folds if fold.lines is not None]
+    if rewritten:
+        await _replace_lines(conn, rewritten)
 
 
-async def replace_lines(conn: Conn, inv: ErpInvoice) -> None:
-    await conn.execute("DELETE FROM invoice_lines WHERE stripe_invoice_id = $1", inv.stripe_invoice_id)
+async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
+    """The invoices' lines and revenue schedules (which cascade from the lines), rewritten."""
+    await conn.execute(
+        "DELETE FROM invoice_lines WHERE stripe_invoice_id = ANY($1::text[])", [i.stripe_invoice_id for i in invoices]
+    )
     await conn.executemany(
         """
         INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
@@ -277,11 +287,13 @@ async def replace_lines(conn: Conn, inv: ErpInvoice) -> None:
                 line.proration,
                 line.revenue_account,
             )
+            for inv in invoices
             for line in inv.lines
         ],
     )
     entries = [
         (inv.stripe_invoice_id, line.line_no, entry.period, entry.amount, inv.currency)
+        for inv in invoices
         for line in inv.lines
         for entry in line.schedule
     ]
@@ -346,9 +358,9 @@ async def revenue_entries(conn: Conn, invoice_id: str) -> list[asyncpg.Record]:
     )
 
 
-async def invoice_with_facts(conn: Conn, invoice_id: str) -> asyncpg.Record | None:
-    """The invoice row plus every fact its ledger is derived from, in one round trip."""
-    return await conn.fetchrow(
+async def invoices_with_facts(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """Each invoice row plus every fact its ledger is derived from, in one round trip."""
+    rows = await conn.fetch(
         """
         SELECT i.*,
                ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
@@ -360,10 +372,11 @@ async def invoice_with_facts(conn: Conn, invoice_id: str) -> asyncpg.Record | No
                    AND applied_to = 'invoice' AND status = 'issued') AS credit_note_total,
                EXISTS (SELECT 1 FROM credit_holds h
                         WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NULL) AS has_active_holds
-          FROM invoices i WHERE i.stripe_invoice_id = $1
+          FROM invoices i WHERE i.stripe_invoice_id = ANY($1::text[])
         """,
-        invoice_id,
+        list(invoice_ids),
     )
+    return {r["stripe_invoice_id"]: r for r in rows}
 
 
 def ledger_facts(row: asyncpg.Record, *, write_off_enabled: bool) -> mapping.LedgerFacts:
@@ -388,20 +401,20 @@ def ledger_unchanged(row: asyncpg.Record, state: LedgerState, status: str) -> bo
     return stored == new and row["erp_status"] == status
 
 
-async def save_ledger(conn: Conn, invoice_id: str, state: LedgerState, status: str) -> None:
-    await conn.execute(
-        """
-        UPDATE invoices SET amount_paid = $2, unattributed_paid = $3, credits_applied = $4,
-               amount_remaining = $5, erp_status = $6, updated_at = now()
-         WHERE stripe_invoice_id = $1
-        """,
-        invoice_id,
-        state.amount_paid,
-        state.unattributed_paid,
-        state.credits_applied,
-        state.amount_remaining,
-        status,
-    )
+async def save_ledgers(conn: Conn, ledgers: Sequence[tuple[str, LedgerState, str]]) -> None:
+    """(invoice id, derived state, ERP status) for each invoice whose ledger moved."""
+    if ledgers:
+        await conn.executemany(
+            """
+            UPDATE invoices SET amount_paid = $2, unattributed_paid = $3, credits_applied = $4,
+                   amount_remaining = $5, erp_status = $6, updated_at = now()
+             WHERE stripe_invoice_id = $1
+            """,
+            [
+                (invoice_id, s.amount_paid, s.unattributed_paid, s.credits_applied, s.amount_remaining, status)
+                for invoice_id, s, status in ledgers
+            ],
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""Invoice snapshots (the `invoice.*` events, which carry the whole invoice) -> the ERP ledger.
+
+Stripe sends the invoice entire with every event, so a batch's snapshots of one invoice are
+folded in memory (`mapping.fold_snapshots`: the decisions one write per event would make, in
+arrival order) and only their net effect is written: one read of the stored versions, then one
+statement each for the headers, the lines and the revenue schedules, whatever the batch size.
+What a snapshot says beyond the invoice itself (a payment, an uncollectible mark, a credit
+hold) goes through the per-event handlers, and the ledger is re-derived once per invoice at the
+end of the batch (`handlers.settle_noted`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from services.billing import handlers, mapping, store
+from services.billing.handlers import history, notified_on, settle_invoice
+from services.billing.mapping import ErpInvoice, InvoiceVersion
+from services.billing.settings import BillingSettings
+from services.common.consumer import BatchItem, HandlerContext
+from services.common.db import Conn
+from services.common.errors import PermanentError, RetryableError
+from services.common.stripe_api import upstream_error
+
+log = logging.getLogger(__name__)
+
+#: Invoice events whose object is not a stored invoice.
+_NOT_A_RECORD = ("invoice.upcoming", "invoice.will_be_due")
+
+
+def is_snapshot_event(event_type: str) -> bool:
+    """`invoice.*` (not `invoice_payment.*`, whose object is a payment)."""
+    return event_type.startswith("invoice.")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    item: BatchItem
+    obj: dict[str, Any]
+    inv: ErpInvoice
+    version: InvoiceVersion
+
+
+async def read_snapshot(item: BatchItem, billing: BillingSettings) -> Snapshot | None:
+    """The event's invoice, mapped; None (with the reason recorded) when it changes no invoice."""
+    ctx, event = item.ctx, item.event
+    obj = event.object
+    if event.type in _NOT_A_RECORD or not obj.get("id"):
+        ctx.skip(f"{event.type} carries no invoice record")
+        return None
+    if obj.get("object") not in (None, "invoice"):
+        raise PermanentError(f"{event.type} does not carry an invoice")
+    if ctx.before_sync_start(obj.get("created")):
+        ctx.skip("before SYNCMESH_SYNC_START")
+        return None
+    if event.type == "invoice.deleted":
+        obj = {**obj, "deleted": True}
+    raw_lines, complete = await fetch_all_lines(ctx, obj)
+    items = await handlers.item_map(ctx.conn, mapping.invoice_price_ids(raw_lines))
+    inv = mapping.map_invoice(obj, lines=raw_lines, lines_complete=complete, item_map=items, billing=billing)
+    if not inv.stripe_customer_id:
+        raise PermanentError(f"invoice {inv.stripe_invoice_id} has no customer")
+    return Snapshot(item, obj, inv, mapping.snapshot_version(inv, event_created=event.created, event_id=event.id))
+
+
+async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The invoice's lines; all of them when the event holds only the first page.
+
+    Without an API key the first page is kept but the invoice is marked incomplete, so it can
+    never pass for a whole invoice; a Stripe failure is retried (and dead-lettered in the end).
+    """
+    lines = obj.get("lines") if isinstance(obj.get("lines"), dict) else {}
+    assert isinstance(lines, dict)
+    data = [x for x in lines.get("data") or [] if isinstance(x, dict)]
+    if not lines.get("has_more") or obj.get("deleted") is True:
+        return data, True
+    client = ctx.stripe
+    if client is None:
+        log.warning("invoice %s has more lines than its event holds and no Stripe API key is set", obj.get("id"))
+        return data, False
+    invoice_id = str(obj["id"])
+    fetched: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    try:
+        while True:
+            page = await client.v1.invoices.line_items.list_async(invoice_id, params)  # type: ignore[arg-type]
+            fetched.extend(item.to_dict() for item in page.data)
+            if not page.has_more or not page.data:
+                break
+            params = {"limit": 100, "starting_after": page.data[-1].id}
+    except stripe.StripeError as exc:
+        raise RetryableError(str(upstream_error(exc, f"list the lines of invoice {invoice_id}"))) from exc
+    return fetched, True
+
+
+async def apply_snapshots(conn: Conn, billing: BillingSettings, snapshots: Sequence[Snapshot]) -> None:
+    """Fold each invoice's snapshots, write the net effect, then what each snapshot says besides."""
+    by_invoice: dict[str, list[Snapshot]] = {}
+    for snap in snapshots:
+        by_invoice.setdefault(snap.inv.stripe_invoice_id, []).append(snap)
+    stored = await store.stored_snapshots(conn, sorted(by_invoice))
+    folds = []
+    unmapped: list[tuple[str, str]] = []
+    for invoice_id, snaps in sorted(by_invoice.items()):
+        fold = mapping.fold_snapshots(stored.get(invoice_id), [(s.inv, s.version) for s in snaps])
+        folds.append(fold)
+        for snap, step in zip(snaps, fold.steps, strict=True):
+            _record_step(snap, step)
+            if step.lines_replaced:
+                unmapped.extend((price_id, invoice_id) for price_id in snap.inv.unmapped_price_ids)
+        last = snaps[-1].item
+        settle_invoice(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
+    await store.write_snapshots(conn, folds)
+    await store.note_unmapped(conn, unmapped)
+    for snap in snapshots:
+        if _says_more(snap, billing):
+            with snap.item.consuming():
+                await _beyond_the_invoice(snap, billing)
+
+
+def _record_step(snap: Snapshot, step: mapping.SnapshotStep) -> None:
+    inv, event = snap.inv, snap.item.event
+    if step.applied:
+        verb = "created" if step.created else "updated"
+        change = f"{verb} from Stripe status {inv.stripe_status}, total {inv.total} {inv.currency}"
+        history(event, "invoice", inv.stripe_invoice_id, change)
+    if step.lines_replaced:
+        problems = mapping.invoice_problems(inv)
+        note = f"; does not balance: {'; '.join(problems)}" if problems else ""
+        history(event, "invoice", inv.stripe_invoice_id, f"{len(inv.lines)} lines written{note}")
+        if problems:
+            log.warning("invoice %s: %s", inv.stripe_invoice_id, "; ".join(problems))
+
+
+def _says_more(snap: Snapshot, billing: BillingSettings) -> bool:
+    inv = snap.inv
+    return (
+        inv.uncollectible
+        or mapping.payment_from_invoice(inv, snap.obj) is not None
+        or (snap.item.event.type == "invoice.payment_failed" and billing.credit_hold)
+    )
+
+
+async def _beyond_the_invoice(snap: Snapshot, billing: BillingSettings) -> None:
+    """An uncollectible mark, a (legacy) payment, a credit hold: facts of their own."""
+    ctx, event, inv = snap.item.ctx, snap.item.event, snap.inv
+    if inv.uncollectible:
+        await store.note_uncollectible(
+            ctx.conn, inv.stripe_invoice_id, notified_on=notified_on(ctx, event), at=inv.uncollectible_at
+        )
+    payment = mapping.payment_from_invoice(inv, snap.obj)
+    if payment is not None:
+        await handlers.apply_payment(ctx, event, payment)
+    if event.type == "invoice.payment_failed" and billing.credit_hold:
+        hold = mapping.hold_from_invoice(inv)
+        if hold is not None:
+            await handlers.place_hold(ctx, event, hold)
