@@ -2,15 +2,16 @@
 
 The `apply_*` functions are the one path into the store: the consumer calls them with the
 event's `created` as the version time, the initial import with the moment it read the object,
-so an import and the live stream write the same records the same way.
+so an import and the live stream write the same records the same way. They note what they
+changed in a `Changes`, which announces each changed record once when the batch (of events, or
+of imported objects) ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf.message import Message
 from stripe import StripeClient, StripeError
 
 from services.common.consumer import BatchItem, HandlerContext
@@ -18,11 +19,10 @@ from services.common.db import Conn
 from services.common.events import StripeEvent
 from services.common.stripe_api import upstream_error
 from services.crm_export import mapping, messages, store
+from services.crm_export.changes import Changes, Emit
 from services.crm_export.fetch import Fetcher, NoFetcher, StripeFetcher
 from services.crm_export.mapping import CrmSettings
 from syncmesh.crm_export.v1 import events_pb2
-
-Emit = Callable[[str, Message], Awaitable[None]]
 
 CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 PRODUCT_EVENTS = frozenset({"product.created", "product.updated", "product.deleted"})
@@ -31,19 +31,36 @@ SUBSCRIPTION_PREFIX = "customer.subscription."
 
 
 async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
-    await _apply(ctx, event, (await store.current_settings(ctx.conn)).settings)
+    """One event: a batch of one (the consumer's span is already current)."""
+    await handle_batch(ctx.conn, [BatchItem.alone(ctx, event)])
 
 
 async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
     """The events in turn under the settings read once for the batch (they are versioned, and a
-    change made meanwhile applies from the next batch, as it would from the next event)."""
+    change made meanwhile applies from the next batch, as it would from the next event); what
+    they read one at a time is read up front in bulk, and what they changed is announced once."""
     settings = (await store.current_settings(conn)).settings
+    changes = Changes()
+    await changes.prefetch(
+        conn,
+        customers=[str(i.event.object.get("id") or "") for i in items if i.event.type in CUSTOMER_EVENTS],
+        health=[_health_subject(i.event) for i in items],
+    )
     for item in items:
         with item.consuming():
-            await _apply(item.ctx, item.event, settings)
+            await _apply(item.ctx, item.event, settings, changes)
+    await changes.announce(conn)
 
 
-async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings) -> None:
+def _health_subject(event: StripeEvent) -> str:
+    """The customer whose health the event may change ("" when none)."""
+    kind = event.type
+    if kind in PAID_EVENTS or kind == "invoice.payment_failed" or kind.startswith(SUBSCRIPTION_PREFIX):
+        return mapping.customer_id_of(event.object)
+    return ""
+
+
+async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings, changes: Changes) -> None:
     obj = event.object
     created = obj.get("created")
     if ctx.before_sync_start(created if isinstance(created, int) else None):
@@ -55,7 +72,7 @@ async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings)
             ctx.skip("trial reminders change no record")
             return
         await apply_subscription(
-            ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx), deleted=kind.endswith(".deleted")
+            ctx.conn, obj, event.created, settings, changes, ctx.emit, _fetcher(ctx), deleted=kind.endswith(".deleted")
         )
     elif kind in CUSTOMER_EVENTS:
         await apply_customer(
@@ -63,6 +80,7 @@ async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings)
             obj,
             event.created,
             settings,
+            changes,
             ctx.emit,
             deleted=kind == "customer.deleted",
             event_type=kind,
@@ -73,9 +91,9 @@ async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings)
             ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "product.deleted", event_type=kind
         )
     elif kind in PAID_EVENTS:
-        await apply_paid_invoice(ctx.conn, obj, event.created, settings, ctx.emit, _fetcher(ctx))
+        await apply_paid_invoice(ctx.conn, obj, event.created, settings, changes, ctx.emit, _fetcher(ctx))
     elif kind == "invoice.payment_failed":
-        await apply_failed_payment(ctx.conn, obj, ctx.emit)
+        await apply_failed_payment(ctx.conn, obj, changes, ctx.emit)
     else:
         ctx.skip(f"{kind} changes no customer-success record")
 
@@ -90,13 +108,14 @@ async def apply_customer(
     obj: dict[str, Any],
     ts: int,
     settings: CrmSettings,
+    changes: Changes,
     emit: Emit,
     *,
     deleted: bool = False,
     event_type: str | None = None,
     stripe: StripeClient | None = None,
 ) -> None:
-    kept = await store.stripe_customer_version(conn, str(obj.get("id", "")))
+    kept = await changes.kept_customer(conn, str(obj.get("id", "")))
     if deleted and "email" not in obj and kept is not None:
         # A bare deletion stub: keep what is known about the customer, flip it to deleted.
         obj = {**kept[0], **obj}
@@ -109,14 +128,14 @@ async def apply_customer(
             deleted = True
             obj = {**kept[0], **obj}
             version = mapping.customer_version(obj, ts, deleted=True, event_type=event_type)
-    await store.upsert_stripe_customer(conn, mapping.stripe_customer(obj, deleted=deleted), version)
+    customer = mapping.stripe_customer(obj, deleted=deleted)
+    if await store.upsert_stripe_customer(conn, customer, version):
+        changes.customer_kept(customer.id, customer.raw, version)
     if not settings.pulls_customers:
         return  # customer sync DISABLED: clients come from the CRM only
     client = mapping.client_from_customer(obj, settings, deleted=deleted)
     if await store.upsert_stripe_client(conn, client, version):
-        record = await store.get_stripe_client(conn, client.stripe_customer_id)
-        assert record is not None
-        await emit("client_upserted", events_pb2.ClientUpserted(client=messages.client_pb(record)))
+        changes.client_changed(client.stripe_customer_id, emit)
 
 
 async def _current_customer(stripe: StripeClient, obj: dict[str, Any]) -> dict[str, Any]:
@@ -144,12 +163,11 @@ async def apply_product(
 
 
 async def apply_paid_invoice(
-    conn: Conn, invoice: dict[str, Any], ts: int, settings: CrmSettings, emit: Emit, fetcher: Fetcher
+    conn: Conn, invoice: dict[str, Any], ts: int, settings: CrmSettings, changes: Changes, emit: Emit, fetcher: Fetcher
 ) -> None:
-    customer_id = mapping.customer_id_of(invoice)
-    before = await store.health_for(conn, [customer_id])
     if not mapping.invoice_is_paid(invoice):
         return
+    await changes.health_may_change(conn, mapping.customer_id_of(invoice), emit)
     await store.record_invoice_payment(conn, mapping.invoice_payment(invoice, failed=False))
     if mapping.INVOICE in settings.contract_sources:
         lines, truncated = mapping.invoice_lines(invoice)
@@ -157,25 +175,22 @@ async def apply_paid_invoice(
             lines = await fetcher.invoice_lines(str(invoice["id"]))
         contract = mapping.contract_from_invoice(invoice, lines)
         if await store.upsert_contract(conn, contract, mapping.invoice_contract_version(ts)):
-            await _emit_contract(conn, contract.contract_id, emit)
-    await _emit_health_change(conn, customer_id, before, emit)
+            changes.contract_changed(contract.contract_id, emit)
 
 
-async def apply_failed_payment(conn: Conn, invoice: dict[str, Any], emit: Emit) -> None:
+async def apply_failed_payment(conn: Conn, invoice: dict[str, Any], changes: Changes, emit: Emit) -> None:
     payment = mapping.invoice_payment(invoice, failed=True)
-    before = await store.health_for(conn, [payment.stripe_customer_id])
+    await changes.health_may_change(conn, payment.stripe_customer_id, emit)
     await store.record_invoice_payment(conn, payment)
-    await _emit_health_change(conn, payment.stripe_customer_id, before, emit)
 
 
-async def apply_invoice_payment_facts(conn: Conn, invoice: dict[str, Any], emit: Emit) -> None:
+async def apply_invoice_payment_facts(conn: Conn, invoice: dict[str, Any], changes: Changes, emit: Emit) -> None:
     """For the import: what a listed invoice says about payment health (see mapping)."""
     payment = mapping.imported_invoice_payment(invoice)
     if payment is None:
         return
-    before = await store.health_for(conn, [payment.stripe_customer_id])
+    await changes.health_may_change(conn, payment.stripe_customer_id, emit)
     await store.record_invoice_payment(conn, payment)
-    await _emit_health_change(conn, payment.stripe_customer_id, before, emit)
 
 
 async def apply_subscription(
@@ -183,6 +198,7 @@ async def apply_subscription(
     subscription: dict[str, Any],
     ts: int,
     settings: CrmSettings,
+    changes: Changes,
     emit: Emit,
     fetcher: Fetcher,
     *,
@@ -190,7 +206,7 @@ async def apply_subscription(
 ) -> None:
     state = mapping.subscription_state(subscription, deleted=deleted)
     version = mapping.subscription_version(subscription, ts, deleted=deleted)
-    before = await store.health_for(conn, [state.stripe_customer_id])
+    await changes.health_may_change(conn, state.stripe_customer_id, emit)
     await store.upsert_subscription_state(conn, state, version)
     if mapping.SUBSCRIPTION in settings.contract_sources:
         items, truncated = mapping.subscription_items(subscription)
@@ -199,24 +215,4 @@ async def apply_subscription(
         source = {**subscription, "status": state.status}
         contract = mapping.contract_from_subscription(source, items)
         if await store.upsert_contract(conn, contract, version):
-            await _emit_contract(conn, contract.contract_id, emit)
-    await _emit_health_change(conn, state.stripe_customer_id, before, emit)
-
-
-async def _emit_contract(conn: Conn, contract_id: str, emit: Emit) -> None:
-    record = await store.get_contract(conn, contract_id)
-    assert record is not None
-    await emit("contract_upserted", events_pb2.ContractUpserted(contract=messages.contract_pb(record)))
-
-
-async def _emit_health_change(conn: Conn, customer_id: str, before: store.Health, emit: Emit) -> None:
-    after = await store.health_for(conn, [customer_id])
-    if after != before:
-        await emit(
-            "client_health_changed",
-            events_pb2.ClientHealthChanged(
-                stripe_customer_id=customer_id,
-                health_signals=messages.health_signals_pb(after),
-                failing_invoice_ids=list(after.failing_invoice_ids),
-            ),
-        )
+            changes.contract_changed(contract.contract_id, emit)

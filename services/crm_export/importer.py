@@ -37,6 +37,7 @@ from services.common.errors import ConflictError, UpstreamError
 from services.common.settings import Mode, check_stripe_api_key
 from services.common.stripe_api import upstream_error
 from services.crm_export import handlers, mapping, store
+from services.crm_export.changes import Changes, Emit
 from services.crm_export.fetch import StripeFetcher
 from services.crm_export.mapping import CrmSettings
 
@@ -310,8 +311,10 @@ class Importer:
     ) -> store.Checkpoint:
         async with self.pool.acquire() as conn, conn.transaction():
             emit = _outbox_emitter(conn)
+            changes = Changes()
             for obj in batch:
-                await self._apply(conn, fetcher, cp.phase, obj, run, settings, observed, emit)
+                await self._apply(conn, fetcher, cp.phase, obj, run, settings, observed, changes, emit)
+            await changes.announce(conn)
             cp = store.Checkpoint(cp.phase, str(batch[-1]["id"]), cp.done + len(batch), False)
             await store.save_checkpoint(conn, run.run_id, cp)
         if self.on_commit is not None:
@@ -327,10 +330,13 @@ class Importer:
         run: store.ImportRun,
         settings: CrmSettings,
         observed: int,
-        emit: handlers.Emit,
+        changes: Changes,
+        emit: Emit,
     ) -> None:
         if phase == CUSTOMERS:
-            await handlers.apply_customer(conn, obj, observed, settings, emit, deleted=bool(obj.get("deleted")))
+            await handlers.apply_customer(
+                conn, obj, observed, settings, changes, emit, deleted=bool(obj.get("deleted"))
+            )
         elif phase == PRODUCTS:
             await handlers.apply_product(conn, obj, observed, settings, emit, deleted=bool(obj.get("deleted")))
         elif phase == INVOICES:
@@ -338,13 +344,13 @@ class Importer:
             if isinstance(created, int) and created < run.cutoff:
                 return
             if mapping.invoice_is_paid(obj):
-                await handlers.apply_paid_invoice(conn, obj, observed, settings, emit, fetcher)
+                await handlers.apply_paid_invoice(conn, obj, observed, settings, changes, emit, fetcher)
             else:
-                await handlers.apply_invoice_payment_facts(conn, obj, emit)
+                await handlers.apply_invoice_payment_facts(conn, obj, changes, emit)
         elif phase == SUBSCRIPTIONS:
             if subscription_ended_before(obj, run.cutoff):
                 return
-            await handlers.apply_subscription(conn, obj, observed, settings, emit, fetcher)
+            await handlers.apply_subscription(conn, obj, observed, settings, changes, emit, fetcher)
 
 
 def phase_is_dated(phase: str) -> bool:
@@ -364,7 +370,7 @@ def _after(cp: store.Checkpoint) -> dict[str, str]:
     return {"starting_after": cp.starting_after} if cp.starting_after else {}
 
 
-def _outbox_emitter(conn: Conn) -> handlers.Emit:
+def _outbox_emitter(conn: Conn) -> Emit:
     async def emit(event_name: str, message: Message) -> None:
         await outbox.add_event(conn, service=SERVICE, event_name=event_name, message=message)
 

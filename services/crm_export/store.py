@@ -113,6 +113,7 @@ def _changed(row: Any, new_hash: str) -> bool:
 
 
 async def upsert_stripe_customer(conn: Conn, customer: StripeCustomer, version: Version) -> bool:
+    """Keep the customer as Stripe sent it, when newer; True when it was kept."""
     content = mapping.content_hash(customer.raw)
     row = await conn.fetchrow(
         f"""
@@ -134,14 +135,22 @@ async def upsert_stripe_customer(conn: Conn, customer: StripeCustomer, version: 
         version.rank,
         content,
     )
-    return _changed(row, content)
+    return row is not None
 
 
 async def stripe_customer_version(conn: Conn, customer_id: str) -> tuple[dict[str, Any], Version] | None:
-    row = await conn.fetchrow("SELECT raw, v_terminal, v_ts, v_rank FROM stripe_customers WHERE id = $1", customer_id)
-    if row is None:
-        return None
-    return row["raw"], Version(row["v_terminal"], row["v_ts"], row["v_rank"])
+    return (await stripe_customer_versions(conn, [customer_id])).get(customer_id)
+
+
+async def stripe_customer_versions(
+    conn: Conn, customer_ids: Sequence[str]
+) -> dict[str, tuple[dict[str, Any], Version]]:
+    """The kept customers (as Stripe last sent them) and their versions, by id."""
+    rows = await conn.fetch(
+        "SELECT id, raw, v_terminal, v_ts, v_rank FROM stripe_customers WHERE id = ANY($1::text[])",
+        sorted(customer_ids),
+    )
+    return {r["id"]: (r["raw"], Version(r["v_terminal"], r["v_ts"], r["v_rank"])) for r in rows}
 
 
 async def upsert_stripe_client(conn: Conn, client: Client, version: Version) -> bool:
@@ -364,12 +373,35 @@ class Health:
 
 
 async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
-    ids = list(stripe_customer_ids)
+    """One client's health from all of its Stripe customers together."""
+    ids = sorted(set(stripe_customer_ids))
     if not ids:
         return Health((), ())
+    statuses, payments = await _health_facts(conn, ids)
+    return _health([s for _, s in statuses], payments)
+
+
+async def health_by_customer(conn: Conn, stripe_customer_ids: Sequence[str]) -> dict[str, Health]:
+    """Each Stripe customer's own health, for many customers in two round trips."""
+    ids = sorted(set(stripe_customer_ids))
+    if not ids:
+        return {}
+    statuses, payments = await _health_facts(conn, ids)
+    by_status: dict[str, list[str]] = {i: [] for i in ids}
+    by_payment: dict[str, list[InvoicePayment]] = {i: [] for i in ids}
+    for customer, status in statuses:
+        by_status[customer].append(status)
+    for payment in payments:
+        by_payment[payment.stripe_customer_id].append(payment)
+    return {i: _health(by_status[i], by_payment[i]) for i in ids}
+
+
+async def _health_facts(conn: Conn, ids: list[str]) -> tuple[list[tuple[str, str]], list[InvoicePayment]]:
     statuses = [
-        r["status"]
-        for r in await conn.fetch("SELECT status FROM subscriptions WHERE stripe_customer_id = ANY($1)", ids)
+        (r["stripe_customer_id"], r["status"])
+        for r in await conn.fetch(
+            "SELECT stripe_customer_id, status FROM subscriptions WHERE stripe_customer_id = ANY($1)", ids
+        )
     ]
     payments = [
         InvoicePayment(r["invoice_id"], r["stripe_customer_id"], r["failed"], r["paid"])
@@ -377,6 +409,10 @@ async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
             "SELECT * FROM invoice_payments WHERE stripe_customer_id = ANY($1) ORDER BY invoice_id", ids
         )
     ]
+    return statuses, payments
+
+
+def _health(statuses: list[str], payments: list[InvoicePayment]) -> Health:
     return Health(
         signals=tuple(mapping.health_signals(statuses, payments)),
         failing_invoice_ids=tuple(p.invoice_id for p in payments if p.failed and not p.paid),
@@ -444,6 +480,10 @@ async def _stripe_ids_of(conn: Conn, row: Any) -> list[str]:
 
 
 async def _client_record(conn: Conn, row: Any) -> ClientRecord:
+    return _record(row, await health_for(conn, await _stripe_ids_of(conn, row)))
+
+
+def _record(row: Any, health: Health) -> ClientRecord:
     return ClientRecord(
         client_id=row["client_id"],
         origin=row["origin"],
@@ -454,7 +494,7 @@ async def _client_record(conn: Conn, row: Any) -> ClientRecord:
         address=Address(row["line1"], row["line2"], row["city"], row["state"], row["postal_code"], row["country"]),
         custom_fields=dict(row["custom_fields"]),
         deleted=row["deleted"],
-        health=await health_for(conn, await _stripe_ids_of(conn, row)),
+        health=health,
     )
 
 
@@ -469,8 +509,16 @@ async def get_client(conn: Conn, client_id: str) -> ClientRecord | None:
 
 
 async def get_stripe_client(conn: Conn, stripe_customer_id: str) -> ClientRecord | None:
-    row = await conn.fetchrow("SELECT * FROM clients WHERE client_id = $1 AND origin = 'STRIPE'", stripe_customer_id)
-    return await _client_record(conn, row) if row else None
+    return (await stripe_clients(conn, [stripe_customer_id])).get(stripe_customer_id)
+
+
+async def stripe_clients(conn: Conn, stripe_customer_ids: Sequence[str]) -> dict[str, ClientRecord]:
+    """Clients that come from Stripe customers, by customer id, in three round trips."""
+    rows = await conn.fetch(
+        "SELECT * FROM clients WHERE client_id = ANY($1::text[]) AND origin = 'STRIPE'", sorted(stripe_customer_ids)
+    )
+    health = await health_by_customer(conn, [r["client_id"] for r in rows])
+    return {r["client_id"]: _record(r, health[r["client_id"]]) for r in rows}
 
 
 def _product(row: Any) -> Product:
@@ -585,13 +633,16 @@ async def list_contracts(conn: Conn, flt: ContractFilter, *, after: str, limit: 
 
 
 async def get_contract(conn: Conn, contract_id: str) -> ContractRecord | None:
+    return (await get_contracts(conn, [contract_id])).get(contract_id)
+
+
+async def get_contracts(conn: Conn, contract_ids: Sequence[str]) -> dict[str, ContractRecord]:
     rows = await conn.fetch(
         "SELECT k.*, cc.client_id FROM contracts k JOIN contract_clients cc USING (contract_id) "
-        "WHERE k.contract_id = $1",
-        contract_id,
+        "WHERE k.contract_id = ANY($1::text[]) ORDER BY k.contract_id",
+        sorted(contract_ids),
     )
-    records = await _contract_records(conn, rows)
-    return records[0] if records else None
+    return {r.contract.contract_id: r for r in await _contract_records(conn, rows)}
 
 
 # ---------------------------------------------------------------- import runs
