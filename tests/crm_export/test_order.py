@@ -14,12 +14,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from services.common import db
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import StripeEvent, parse_event
 from services.common.settings import Settings
-from services.crm_export import mapping, store
+from services.crm_export import mapping, messages, store
 from services.crm_export.app import DEFINITION
-from services.crm_export.handlers import handle
+from services.crm_export.handlers import handle, handle_batch
+from syncmesh.crm_export.v1 import events_pb2
 from syncmesh.events.v1 import envelope_pb2
 from tests.crm_export.support import T0, customer, event, invoice, product, subscription
 
@@ -64,24 +65,67 @@ def lifecycle() -> list[StripeEvent]:
     return [parse_event(json.dumps(e).encode()) for e in raw]
 
 
-async def apply_all(pool: asyncpg.Pool, events: list[StripeEvent]) -> dict[str, Any]:
+def _context(conn: asyncpg.Connection, evt: StripeEvent) -> HandlerContext:
+    return HandlerContext(
+        conn=conn,
+        service="crm-export",
+        settings=Settings(mode="test"),
+        envelope=envelope_pb2.StripeEventEnvelope(event_id=evt.id),
+    )
+
+
+async def apply_all(pool: asyncpg.Pool, events: list[StripeEvent], batch: int = 1) -> dict[str, Any]:
+    """One event per transaction through `handle`, or `batch` at a time through `handle_batch`."""
     async with pool.acquire() as conn:
         await conn.execute(f"TRUNCATE {TABLES}")
-    for evt in events:
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
         async with pool.acquire() as conn, conn.transaction():
-            ctx = HandlerContext(
-                conn=conn,
-                service="crm-export",
-                settings=Settings(mode="test"),
-                envelope=envelope_pb2.StripeEventEnvelope(event_id=evt.id),
-            )
-            await handle(ctx, evt)
+            if batch == 1:
+                await handle(_context(conn, chunk[0]), chunk[0])
+            else:
+                await handle_batch(conn, [BatchItem.alone(_context(conn, e), e) for e in chunk])
     async with pool.acquire() as conn:
         return {
             "clients": await store.list_clients(conn, after="", limit=100),
             "products": await store.list_products(conn, after="", limit=100),
             "contracts": await store.list_contracts(conn, store.ContractFilter(), after="", limit=100),
         }
+
+
+def _without_health(client: Any) -> Any:
+    """A client as announced, less its health (then current, and announced on its own when it changes)."""
+    client.ClearField("health_signals")
+    client.ClearField("failing_invoice_ids")
+    return client
+
+
+def _own_fields(contract: Any) -> Any:
+    """A contract as announced, less what it joins from other records (its client, its products'
+    names): those were current when it was announced, and those records announce their own."""
+    contract.ClearField("client_id")
+    contract.ClearField("waiting_for_client")
+    for line in contract.line_items:
+        line.ClearField("product_name")
+    return contract
+
+
+async def last_announced(pool: asyncpg.Pool) -> dict[str, Any]:
+    """The newest domain event announced for each client, contract and customer's health."""
+    out: dict[str, Any] = {}
+    async with pool.acquire() as conn:
+        for row in await conn.fetch("SELECT message_type, payload FROM outbox ORDER BY id"):
+            kind = row["message_type"].rsplit(".", 1)[-1]
+            if kind == "ClientUpserted":
+                client = events_pb2.ClientUpserted.FromString(row["payload"]).client
+                out[f"client {client.client_id}"] = _without_health(client)
+            elif kind == "ContractUpserted":
+                contract = events_pb2.ContractUpserted.FromString(row["payload"]).contract
+                out[f"contract {contract.contract_id}"] = _own_fields(contract)
+            elif kind == "ClientHealthChanged":
+                health = events_pb2.ClientHealthChanged.FromString(row["payload"])
+                out[f"health {health.stripe_customer_id}"] = list(health.health_signals)
+    return out
 
 
 EVENTS = lifecycle()
@@ -107,12 +151,36 @@ async def test_any_order_and_duplication_gives_the_same_view(
     assert await apply_all(pool, shuffled) == expected
 
 
-@pytest.mark.parametrize("update_first", [False, True], ids=["in-order", "update-first"])
-async def test_create_and_update_in_one_stripe_second_keep_the_update(pool: asyncpg.Pool, update_first: bool) -> None:
-    """Stripe stamps a create and its immediate update with the same second; the update is newer."""
-    created = event("customer.created", customer(name="Ada", metadata={"segment": "smb"}), created=T0)
-    updated = event("customer.updated", customer(name="Ada Lovelace", metadata={"segment": "ent"}), created=T0)
-    pair = [parse_event(json.dumps(e).encode()) for e in (created, updated)]
-    view = await apply_all(pool, pair[::-1] if update_first else pair)
+@hsettings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    order=st.permutations(range(len(EVENTS))),
+    repeats=st.lists(st.integers(0, len(EVENTS) - 1), max_size=5),
+    batch=st.integers(2, len(EVENTS) + 5),
+)
+async def test_batches_give_the_view_and_announce_its_newest_state(
+    pool: asyncpg.Pool, order: list[int], repeats: list[int], batch: int
+) -> None:
+    """A batch announces each record once, so it may skip states one-at-a-time delivery would have
+    announced on the way; the view is the same, and the last word announced about each record
+    (its own fields, and its health) is its final state."""
+    shuffled = [EVENTS[i] for i in order] + [EVENTS[i] for i in repeats]
+    one_at_a_time = await apply_all(pool, shuffled)
+    view = await apply_all(pool, shuffled, batch)
+    assert view == one_at_a_time
+    announced = await last_announced(pool)
     [client] = view["clients"]
-    assert (client.name, client.custom_fields) == ("Ada Lovelace", {"Segment": "ent"})
+    assert announced[f"client {client.client_id}"] == _without_health(messages.client_pb(client))
+    assert announced[f"health {client.stripe_customer_id}"] == list(messages.health_signals_pb(client.health))
+    for record in view["contracts"]:
+        assert announced[f"contract {record.contract.contract_id}"] == _own_fields(messages.contract_pb(record))
+
+
+@pytest.mark.parametrize("batch", [1, 2], ids=["one-at-a-time", "one-batch"])
+async def test_a_bare_deletion_keeps_what_is_known_of_the_customer(pool: asyncpg.Pool, batch: int) -> None:
+    """Stripe's customer.deleted may carry only {id, object, deleted}: the client keeps its name and
+    e-mail and is marked deleted, also when its creation is in the same batch."""
+    created = event("customer.created", customer(name="Ada", metadata={"segment": "smb"}), created=T0)
+    deleted = event("customer.deleted", {"id": "cus_A", "object": "customer", "deleted": True}, created=T0 + 5)
+    pair = [parse_event(json.dumps(e).encode()) for e in (created, deleted)]
+    [client] = (await apply_all(pool, pair, batch))["clients"]
+    assert (client.name, client.email, client.deleted) == ("Ada", "ada@example.com", True)
