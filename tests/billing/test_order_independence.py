@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +170,25 @@ def legacy_credit_then_charge() -> tuple[BillingSettings, list[dict[str, Any]]]:
     )
 
 
+def truncated_then_whole() -> tuple[BillingSettings, list[dict[str, Any]]]:
+    """The newest snapshot carries only the first page of lines (and there is no API key to page
+    through the rest); an older one carries them all: the ledger keeps the newest header and the
+    whole lines, whichever came first."""
+    spec = _spec("in_propTrunc01")
+    truncated = dataclasses.replace(spec, page=1)
+    paid = invoice_object("basil", truncated, status="paid", amount_paid=TOTAL)
+    return BillingSettings(), _ids(
+        [
+            stripe_event("invoice.finalized", invoice_object("basil", spec), created=T0),
+            stripe_event("invoice.paid", paid, created=T0 + 60),
+            stripe_event("invoice.payment_succeeded", paid, created=T0 + 60),
+        ],
+        "trunc",
+    )
+
+
 SCENARIOS = {
+    "truncated_then_whole": truncated_then_whole(),
     "paid_refunded_credited": paid_refunded_credited(),
     "written_off_then_collected": written_off_then_collected(),
     "legacy_credit_then_charge": legacy_credit_then_charge(),
