@@ -83,13 +83,13 @@ async def dispatch(ctx: HandlerContext, event: StripeEvent, billing: BillingSett
     """Every billing event but an invoice snapshot (see `invoices.is_snapshot_event`)."""
     kind = event.type
     if kind.startswith("invoice_payment."):
-        await on_invoice_payment(ctx, event, billing)
+        await on_invoice_payment(ctx, event)
     elif kind.startswith("charge."):
-        await on_charge(ctx, event, billing)
+        await on_charge(ctx, event)
     elif kind.startswith("refund."):
-        await on_refund(ctx, event, billing)
+        await on_refund(ctx, event)
     elif kind.startswith("credit_note."):
-        await on_credit_note(ctx, event, billing)
+        await on_credit_note(ctx, event)
     elif kind.startswith("customer.subscription."):
         await on_subscription(ctx, event, billing)
     elif kind in ("customer.created", "customer.updated"):
@@ -252,7 +252,7 @@ async def apply_payment(ctx: HandlerContext, event: StripeEvent, payment: ErpPay
     return linked
 
 
-async def on_invoice_payment(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
+async def on_invoice_payment(ctx: HandlerContext, event: StripeEvent) -> None:
     obj = event.object
     if ctx.before_sync_start(obj.get("created")):
         ctx.skip("before SYNCMESH_SYNC_START")
@@ -268,7 +268,7 @@ async def on_invoice_payment(ctx: HandlerContext, event: StripeEvent, billing: B
         settle_invoice(ctx, event, payment.stripe_invoice_id)
 
 
-async def on_charge(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
+async def on_charge(ctx: HandlerContext, event: StripeEvent) -> None:
     obj = event.object
     if ctx.before_sync_start(obj.get("created")):
         ctx.skip("before SYNCMESH_SYNC_START")
@@ -325,7 +325,7 @@ async def apply_refund(ctx: HandlerContext, event: StripeEvent, refund: ErpRefun
     return invoice
 
 
-async def on_refund(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
+async def on_refund(ctx: HandlerContext, event: StripeEvent) -> None:
     obj = event.object
     if obj.get("object") not in (None, "refund") or not obj.get("id"):
         raise PermanentError(f"{event.type} does not carry a refund")
@@ -337,7 +337,7 @@ async def on_refund(ctx: HandlerContext, event: StripeEvent, billing: BillingSet
         settle_invoice(ctx, event, invoice)
 
 
-async def on_credit_note(ctx: HandlerContext, event: StripeEvent, billing: BillingSettings) -> None:
+async def on_credit_note(ctx: HandlerContext, event: StripeEvent) -> None:
     obj = event.object
     if ctx.before_sync_start(obj.get("created")):
         ctx.skip("before SYNCMESH_SYNC_START")

@@ -133,7 +133,9 @@ class BatchItem:
 
 
 #: Applies a batch's new events (in arrival order) inside the consumer's transaction; must leave
-#: the same records, history and domain events as the Handler run on each event in turn.
+#: the same records as the Handler run on each event in turn. It may announce each changed record
+#: once, in its newest state, where one event at a time would also announce the states between
+#: (downstream consumers apply newest state, so they end the same).
 BatchHandler = Callable[[Conn, Sequence[BatchItem]], Awaitable[None]]
 
 
