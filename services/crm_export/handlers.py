@@ -2,9 +2,9 @@
 
 The `apply_*` functions are the one path into the store: the consumer calls them with the
 event's `created` as the version time, the initial import with the moment it read the object,
-so an import and the live stream write the same records the same way. They note what they
-changed in a `Changes`, which announces each changed record once when the batch (of events, or
-of imported objects) ends.
+so an import and the live stream write the same records the same way. They map; the rows go
+to a `Changes`, which writes them and announces what changed when the batch (of events, or of
+imported objects) ends.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
 from services.common.events import StripeEvent
 from services.common.stripe_api import upstream_error
-from services.crm_export import mapping, messages, store
+from services.crm_export import mapping, store
 from services.crm_export.changes import Changes, Emit
 from services.crm_export.fetch import Fetcher, NoFetcher, StripeFetcher
 from services.crm_export.mapping import CrmSettings
-from syncmesh.crm_export.v1 import events_pb2
 
 CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 PRODUCT_EVENTS = frozenset({"product.created", "product.updated", "product.deleted"})
@@ -49,7 +48,7 @@ async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
     for item in items:
         with item.consuming():
             await _apply(item.ctx, item.event, settings, changes)
-    await changes.announce(conn)
+    await changes.commit(conn)
 
 
 def _health_subject(event: StripeEvent) -> str:
@@ -87,8 +86,8 @@ async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings,
             stripe=ctx.stripe,
         )
     elif kind in PRODUCT_EVENTS:
-        await apply_product(
-            ctx.conn, obj, event.created, settings, ctx.emit, deleted=kind == "product.deleted", event_type=kind
+        apply_product(
+            obj, event.created, settings, changes, ctx.emit, deleted=kind == "product.deleted", event_type=kind
         )
     elif kind in PAID_EVENTS:
         await apply_paid_invoice(ctx.conn, obj, event.created, settings, changes, ctx.emit, _fetcher(ctx))
@@ -128,14 +127,10 @@ async def apply_customer(
             deleted = True
             obj = {**kept[0], **obj}
             version = mapping.customer_version(obj, ts, deleted=True, event_type=event_type)
-    customer = mapping.stripe_customer(obj, deleted=deleted)
-    if await store.upsert_stripe_customer(conn, customer, version):
-        changes.customer_kept(customer.id, customer.raw, version)
+    changes.keep_customer(mapping.stripe_customer(obj, deleted=deleted), version)
     if not settings.pulls_customers:
         return  # customer sync DISABLED: clients come from the CRM only
-    client = mapping.client_from_customer(obj, settings, deleted=deleted)
-    if await store.upsert_stripe_client(conn, client, version):
-        changes.client_changed(client.stripe_customer_id, emit)
+    changes.client(mapping.client_from_customer(obj, settings, deleted=deleted), version, emit)
 
 
 async def _current_customer(stripe: StripeClient, obj: dict[str, Any]) -> dict[str, Any]:
@@ -146,11 +141,11 @@ async def _current_customer(stripe: StripeClient, obj: dict[str, Any]) -> dict[s
     return dict(current.to_dict())
 
 
-async def apply_product(
-    conn: Conn,
+def apply_product(
     obj: dict[str, Any],
     ts: int,
     settings: CrmSettings,
+    changes: Changes,
     emit: Emit,
     *,
     deleted: bool = False,
@@ -158,8 +153,7 @@ async def apply_product(
 ) -> None:
     product = mapping.product_from_stripe(obj, settings, deleted=deleted)
     version = mapping.product_version(obj, ts, deleted=deleted, event_type=event_type)
-    if await store.upsert_product(conn, product, dict(obj), version):
-        await emit("product_upserted", events_pb2.ProductUpserted(product=messages.product_pb(product)))
+    changes.product(product, dict(obj), version, emit)
 
 
 async def apply_paid_invoice(
@@ -168,20 +162,19 @@ async def apply_paid_invoice(
     if not mapping.invoice_is_paid(invoice):
         return
     await changes.health_may_change(conn, mapping.customer_id_of(invoice), emit)
-    await store.record_invoice_payment(conn, mapping.invoice_payment(invoice, failed=False))
+    changes.payment(mapping.invoice_payment(invoice, failed=False))
     if mapping.INVOICE in settings.contract_sources:
         lines, truncated = mapping.invoice_lines(invoice)
         if truncated:
             lines = await fetcher.invoice_lines(str(invoice["id"]))
         contract = mapping.contract_from_invoice(invoice, lines)
-        if await store.upsert_contract(conn, contract, mapping.invoice_contract_version(ts)):
-            changes.contract_changed(contract.contract_id, emit)
+        changes.contract(contract, mapping.invoice_contract_version(ts), emit)
 
 
 async def apply_failed_payment(conn: Conn, invoice: dict[str, Any], changes: Changes, emit: Emit) -> None:
     payment = mapping.invoice_payment(invoice, failed=True)
     await changes.health_may_change(conn, payment.stripe_customer_id, emit)
-    await store.record_invoice_payment(conn, payment)
+    changes.payment(payment)
 
 
 async def apply_invoice_payment_facts(conn: Conn, invoice: dict[str, Any], changes: Changes, emit: Emit) -> None:
@@ -190,7 +183,7 @@ async def apply_invoice_payment_facts(conn: Conn, invoice: dict[str, Any], chang
     if payment is None:
         return
     await changes.health_may_change(conn, payment.stripe_customer_id, emit)
-    await store.record_invoice_payment(conn, payment)
+    changes.payment(payment)
 
 
 async def apply_subscription(
@@ -207,12 +200,11 @@ async def apply_subscription(
     state = mapping.subscription_state(subscription, deleted=deleted)
     version = mapping.subscription_version(subscription, ts, deleted=deleted)
     await changes.health_may_change(conn, state.stripe_customer_id, emit)
-    await store.upsert_subscription_state(conn, state, version)
+    changes.subscription(state, version)
     if mapping.SUBSCRIPTION in settings.contract_sources:
         items, truncated = mapping.subscription_items(subscription)
         if truncated:
             items = await fetcher.subscription_items(state.id)
         source = {**subscription, "status": state.status}
         contract = mapping.contract_from_subscription(source, items)
-        if await store.upsert_contract(conn, contract, version):
-            changes.contract_changed(contract.contract_id, emit)
+        changes.contract(contract, version, emit)

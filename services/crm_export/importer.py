@@ -314,7 +314,7 @@ class Importer:
             changes = Changes()
             for obj in batch:
                 await self._apply(conn, fetcher, cp.phase, obj, run, settings, observed, changes, emit)
-            await changes.announce(conn)
+            await changes.commit(conn)
             cp = store.Checkpoint(cp.phase, str(batch[-1]["id"]), cp.done + len(batch), False)
             await store.save_checkpoint(conn, run.run_id, cp)
         if self.on_commit is not None:
@@ -338,7 +338,7 @@ class Importer:
                 conn, obj, observed, settings, changes, emit, deleted=bool(obj.get("deleted"))
             )
         elif phase == PRODUCTS:
-            await handlers.apply_product(conn, obj, observed, settings, emit, deleted=bool(obj.get("deleted")))
+            handlers.apply_product(obj, observed, settings, changes, emit, deleted=bool(obj.get("deleted")))
         elif phase == INVOICES:
             created = obj.get("created")
             if isinstance(created, int) and created < run.cutoff:

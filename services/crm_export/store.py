@@ -3,14 +3,14 @@
 Order-independence lives here: every upsert of a Stripe-derived row carries a version
 `(v_terminal, v_ts, v_rank, content_hash)` and replaces the stored row only when the new
 version is strictly greater (see mapping.py), so any order and any repetition of events, and
-any interleaving of import and live events, ends in the same rows. Upserts report whether the
+any interleaving of import and live events, ends in the same rows. Writes report which rows'
 content really changed, so domain events are emitted for changes only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -108,34 +108,82 @@ _GUARD = (
 )
 
 
-def _changed(row: Any, new_hash: str) -> bool:
-    return row is not None and row["old_hash"] != new_hash
+@dataclass(frozen=True)
+class Guarded:
+    """One row for a version-guarded upsert: its key, version and content, the statement's
+    arguments, and the mapped record it came from."""
+
+    key: str
+    version: Version
+    content: str
+    args: tuple[Any, ...]
+    record: Any = None
+
+    @property
+    def order(self) -> tuple[bool, int, int, str]:
+        return (self.version.terminal, self.version.ts, self.version.rank, self.content)
 
 
-async def upsert_stripe_customer(conn: Conn, customer: StripeCustomer, version: Version) -> bool:
-    """Keep the customer as Stripe sent it, when newer; True when it was kept."""
+def newest(rows: Iterable[Guarded]) -> dict[str, Guarded]:
+    """Per key, the row the guard keeps whatever order the rows are written in."""
+    out: dict[str, Guarded] = {}
+    for row in rows:
+        kept = out.get(row.key)
+        if kept is None or row.order > kept.order:
+            out[row.key] = row
+    return out
+
+
+def _newer(row: Guarded, stored: tuple[Any, ...] | None) -> bool:
+    if stored is None:
+        return True
+    if any(v is None for v in stored):
+        return False  # SQL compares a NULL version as unknown: the guard never passes
+    return row.order > stored
+
+
+async def _write_guarded(conn: Conn, table: str, key: str, upsert: str, rows: Iterable[Guarded]) -> set[str]:
+    """Write the newest row of each key where it is newer than the stored one; the keys whose
+    content changed.
+
+    One read of the stored versions and one pipelined executemany, whatever the number of rows,
+    instead of a statement (and a read-back) per row; the WHERE guard still holds against a
+    replica that wrote meanwhile.
+    """
+    wanted = newest(rows)
+    if not wanted:
+        return set()
+    stored = {
+        r[0]: tuple(r[1:])
+        for r in await conn.fetch(
+            f"SELECT {key}, v_terminal, v_ts, v_rank, content_hash FROM {table} WHERE {key} = ANY($1::text[])",
+            sorted(wanted),
+        )
+    }
+    applied = [row for k, row in sorted(wanted.items()) if _newer(row, stored.get(k))]
+    if applied:
+        await conn.executemany(upsert, [row.args for row in applied])
+    return {row.key for row in applied if row.key not in stored or stored[row.key][3] != row.content}
+
+
+_UPSERT_CUSTOMER = f"""
+    INSERT INTO stripe_customers AS t (id, email, deleted, raw, v_terminal, v_ts, v_rank, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, raw = EXCLUDED.raw,
+        v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
+        content_hash = EXCLUDED.content_hash
+    WHERE {_GUARD}
+"""
+
+
+def customer_row(customer: StripeCustomer, version: Version) -> Guarded:
     content = mapping.content_hash(customer.raw)
-    row = await conn.fetchrow(
-        f"""
-        WITH old AS (SELECT content_hash FROM stripe_customers WHERE id = $1)
-        INSERT INTO stripe_customers AS t (id, email, deleted, raw, v_terminal, v_ts, v_rank, content_hash)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, raw = EXCLUDED.raw,
-            v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
-            content_hash = EXCLUDED.content_hash
-        WHERE {_GUARD}
-        RETURNING (SELECT content_hash FROM old) AS old_hash
-        """,
-        customer.id,
-        customer.email,
-        customer.deleted,
-        customer.raw,
-        version.terminal,
-        version.ts,
-        version.rank,
-        content,
-    )
-    return row is not None
+    args = (customer.id, customer.email, customer.deleted, customer.raw, *_v(version), content)
+    return Guarded(customer.id, version, content, args, customer)
+
+
+async def write_customers(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
+    return await _write_guarded(conn, "stripe_customers", "id", _UPSERT_CUSTOMER, rows)
 
 
 async def stripe_customer_version(conn: Conn, customer_id: str) -> tuple[dict[str, Any], Version] | None:
@@ -153,23 +201,23 @@ async def stripe_customer_versions(
     return {r["id"]: (r["raw"], Version(r["v_terminal"], r["v_ts"], r["v_rank"])) for r in rows}
 
 
-async def upsert_stripe_client(conn: Conn, client: Client, version: Version) -> bool:
+_UPSERT_CLIENT = f"""
+    INSERT INTO clients AS t (client_id, origin, stripe_customer_id, name, email, line1, line2, city, state,
+        postal_code, country, custom_fields, deleted, v_terminal, v_ts, v_rank, content_hash)
+    VALUES ($1, 'STRIPE', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+    ON CONFLICT (client_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+        line1 = EXCLUDED.line1, line2 = EXCLUDED.line2, city = EXCLUDED.city, state = EXCLUDED.state,
+        postal_code = EXCLUDED.postal_code, country = EXCLUDED.country, custom_fields = EXCLUDED.custom_fields,
+        deleted = EXCLUDED.deleted, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts,
+        v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash, updated_at = now()
+    WHERE {_GUARD}
+"""
+
+
+def client_row(client: Client, version: Version) -> Guarded:
     content = client.content_hash()
     a = client.address
-    row = await conn.fetchrow(
-        f"""
-        WITH old AS (SELECT content_hash FROM clients WHERE client_id = $1)
-        INSERT INTO clients AS t (client_id, origin, stripe_customer_id, name, email, line1, line2, city, state,
-            postal_code, country, custom_fields, deleted, v_terminal, v_ts, v_rank, content_hash)
-        VALUES ($1, 'STRIPE', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-        ON CONFLICT (client_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
-            line1 = EXCLUDED.line1, line2 = EXCLUDED.line2, city = EXCLUDED.city, state = EXCLUDED.state,
-            postal_code = EXCLUDED.postal_code, country = EXCLUDED.country, custom_fields = EXCLUDED.custom_fields,
-            deleted = EXCLUDED.deleted, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts,
-            v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash, updated_at = now()
-        WHERE {_GUARD}
-        RETURNING (SELECT content_hash FROM old) AS old_hash
-        """,
+    args = (
         client.stripe_customer_id,
         client.name,
         client.email,
@@ -181,12 +229,18 @@ async def upsert_stripe_client(conn: Conn, client: Client, version: Version) -> 
         a.country,
         client.custom_fields,
         client.deleted,
-        version.terminal,
-        version.ts,
-        version.rank,
+        *_v(version),
         content,
     )
-    return _changed(row, content)
+    return Guarded(client.stripe_customer_id, version, content, args, client)
+
+
+async def write_clients(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
+    return await _write_guarded(conn, "clients", "client_id", _UPSERT_CLIENT, rows)
+
+
+async def upsert_stripe_client(conn: Conn, client: Client, version: Version) -> bool:
+    return bool(await write_clients(conn, [client_row(client, version)]))
 
 
 async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]:
@@ -209,34 +263,31 @@ async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]
     return changed
 
 
-async def upsert_product(conn: Conn, product: Product, raw: dict[str, Any], version: Version) -> bool:
+_UPSERT_PRODUCT = f"""
+    INSERT INTO products AS t (stripe_product_id, name, description, active, custom_fields, deleted, raw,
+        v_terminal, v_ts, v_rank, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (stripe_product_id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
+        active = EXCLUDED.active, custom_fields = EXCLUDED.custom_fields, deleted = EXCLUDED.deleted,
+        raw = EXCLUDED.raw, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
+        content_hash = EXCLUDED.content_hash, updated_at = now()
+    WHERE {_GUARD}
+"""
+
+
+def product_row(product: Product, raw: dict[str, Any], version: Version) -> Guarded:
     content = product.content_hash()
-    row = await conn.fetchrow(
-        f"""
-        WITH old AS (SELECT content_hash FROM products WHERE stripe_product_id = $1)
-        INSERT INTO products AS t (stripe_product_id, name, description, active, custom_fields, deleted, raw,
-            v_terminal, v_ts, v_rank, content_hash)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        ON CONFLICT (stripe_product_id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
-            active = EXCLUDED.active, custom_fields = EXCLUDED.custom_fields, deleted = EXCLUDED.deleted,
-            raw = EXCLUDED.raw, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
-            content_hash = EXCLUDED.content_hash, updated_at = now()
-        WHERE {_GUARD}
-        RETURNING (SELECT content_hash FROM old) AS old_hash
-        """,
-        product.stripe_product_id,
-        product.name,
-        product.description,
-        product.active,
-        product.custom_fields,
-        product.deleted,
-        raw,
-        version.terminal,
-        version.ts,
-        version.rank,
-        content,
-    )
-    return _changed(row, content)
+    p = product
+    args = (p.stripe_product_id, p.name, p.description, p.active, p.custom_fields, p.deleted, raw, *_v(version))
+    return Guarded(product.stripe_product_id, version, content, (*args, content), product)
+
+
+async def write_products(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
+    return await _write_guarded(conn, "products", "stripe_product_id", _UPSERT_PRODUCT, rows)
+
+
+async def upsert_product(conn: Conn, product: Product, raw: dict[str, Any], version: Version) -> bool:
+    return bool(await write_products(conn, [product_row(product, raw, version)]))
 
 
 async def rebuild_products(conn: Conn, settings: CrmSettings) -> list[str]:
@@ -260,107 +311,123 @@ def _date(iso: str) -> date | None:
     return date.fromisoformat(iso) if iso else None
 
 
-async def upsert_contract(conn: Conn, contract: Contract, version: Version) -> bool:
+def _v(version: Version) -> tuple[bool, int, int]:
+    return (version.terminal, version.ts, version.rank)
+
+
+_UPSERT_CONTRACT = f"""
+    INSERT INTO contracts AS t (contract_id, source, stripe_customer_id, customer_email, status, currency,
+        total_minor, discount_minor, start_date, end_date, created, canceled_at, stripe_subscription_id,
+        v_terminal, v_ts, v_rank, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+    ON CONFLICT (contract_id) DO UPDATE SET source = EXCLUDED.source,
+        stripe_customer_id = EXCLUDED.stripe_customer_id, customer_email = EXCLUDED.customer_email,
+        status = EXCLUDED.status, currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor,
+        discount_minor = EXCLUDED.discount_minor, start_date = EXCLUDED.start_date,
+        end_date = EXCLUDED.end_date, created = EXCLUDED.created, canceled_at = EXCLUDED.canceled_at,
+        stripe_subscription_id = EXCLUDED.stripe_subscription_id, v_terminal = EXCLUDED.v_terminal,
+        v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash,
+        updated_at = now()
+    WHERE {_GUARD}
+"""
+
+
+def contract_row(contract: Contract, version: Version) -> Guarded:
     content = contract.content_hash()
-    row = await conn.fetchrow(
-        f"""
-        WITH old AS (SELECT content_hash FROM contracts WHERE contract_id = $1)
-        INSERT INTO contracts AS t (contract_id, source, stripe_customer_id, customer_email, status, currency,
-            total_minor, discount_minor, start_date, end_date, created, canceled_at, stripe_subscription_id,
-            v_terminal, v_ts, v_rank, content_hash)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-        ON CONFLICT (contract_id) DO UPDATE SET source = EXCLUDED.source,
-            stripe_customer_id = EXCLUDED.stripe_customer_id, customer_email = EXCLUDED.customer_email,
-            status = EXCLUDED.status, currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor,
-            discount_minor = EXCLUDED.discount_minor, start_date = EXCLUDED.start_date,
-            end_date = EXCLUDED.end_date, created = EXCLUDED.created, canceled_at = EXCLUDED.canceled_at,
-            stripe_subscription_id = EXCLUDED.stripe_subscription_id, v_terminal = EXCLUDED.v_terminal,
-            v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash,
-            updated_at = now()
-        WHERE {_GUARD}
-        RETURNING (SELECT content_hash FROM old) AS old_hash
-        """,
-        contract.contract_id,
-        contract.source,
-        contract.stripe_customer_id,
-        contract.customer_email,
-        contract.status,
-        contract.currency,
-        contract.total_minor,
-        contract.discount_minor,
-        _date(contract.start_date),
-        _date(contract.end_date),
-        contract.created,
-        contract.canceled_at,
-        contract.stripe_subscription_id,
-        version.terminal,
-        version.ts,
-        version.rank,
+    c = contract
+    args = (
+        c.contract_id,
+        c.source,
+        c.stripe_customer_id,
+        c.customer_email,
+        c.status,
+        c.currency,
+        c.total_minor,
+        c.discount_minor,
+        _date(c.start_date),
+        _date(c.end_date),
+        c.created,
+        c.canceled_at,
+        c.stripe_subscription_id,
+        *_v(version),
         content,
     )
-    if row is None or row["old_hash"] == content:
-        return False
-    await conn.execute("DELETE FROM contract_lines WHERE contract_id = $1", contract.contract_id)
-    await conn.executemany(
-        """
-        INSERT INTO contract_lines (contract_id, stripe_line_id, stripe_product_id, description, quantity,
-            start_date, end_date, amount_minor, discount_minor, currency)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-        """,
-        [
-            (
-                contract.contract_id,
-                line.stripe_line_id,
-                line.stripe_product_id,
-                line.description,
-                line.quantity,
-                _date(line.start_date),
-                _date(line.end_date),
-                line.amount_minor,
-                line.discount_minor,
-                line.currency,
-            )
-            for line in contract.lines
-        ],
-    )
-    return True
+    return Guarded(contract.contract_id, version, content, args, contract)
 
 
-async def upsert_subscription_state(conn: Conn, state: SubscriptionState, version: Version) -> bool:
+async def write_contracts(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
+    """Contracts and, for those whose content changed, their lines."""
+    wanted = newest(rows)
+    changed = await _write_guarded(conn, "contracts", "contract_id", _UPSERT_CONTRACT, wanted.values())
+    if changed:
+        await conn.execute("DELETE FROM contract_lines WHERE contract_id = ANY($1::text[])", sorted(changed))
+        await conn.executemany(
+            """
+            INSERT INTO contract_lines (contract_id, stripe_line_id, stripe_product_id, description, quantity,
+                start_date, end_date, amount_minor, discount_minor, currency)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            """,
+            [
+                (
+                    contract_id,
+                    line.stripe_line_id,
+                    line.stripe_product_id,
+                    line.description,
+                    line.quantity,
+                    _date(line.start_date),
+                    _date(line.end_date),
+                    line.amount_minor,
+                    line.discount_minor,
+                    line.currency,
+                )
+                for contract_id in sorted(changed)
+                for line in wanted[contract_id].record.lines
+            ],
+        )
+    return changed
+
+
+async def upsert_contract(conn: Conn, contract: Contract, version: Version) -> bool:
+    return bool(await write_contracts(conn, [contract_row(contract, version)]))
+
+
+_UPSERT_SUBSCRIPTION = f"""
+    INSERT INTO subscriptions AS t (id, stripe_customer_id, status, v_terminal, v_ts, v_rank, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
+        v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
+        content_hash = EXCLUDED.content_hash
+    WHERE {_GUARD}
+"""
+
+
+def subscription_row(state: SubscriptionState, version: Version) -> Guarded:
     content = mapping.content_hash([state.stripe_customer_id, state.status])
-    row = await conn.fetchrow(
-        f"""
-        WITH old AS (SELECT content_hash FROM subscriptions WHERE id = $1)
-        INSERT INTO subscriptions AS t (id, stripe_customer_id, status, v_terminal, v_ts, v_rank, content_hash)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
-            v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
-            content_hash = EXCLUDED.content_hash
-        WHERE {_GUARD}
-        RETURNING (SELECT content_hash FROM old) AS old_hash
-        """,
-        state.id,
-        state.stripe_customer_id,
-        state.status,
-        version.terminal,
-        version.ts,
-        version.rank,
-        content,
-    )
-    return _changed(row, content)
+    args = (state.id, state.stripe_customer_id, state.status, *_v(version), content)
+    return Guarded(state.id, version, content, args, state)
 
 
-async def record_invoice_payment(conn: Conn, payment: InvoicePayment) -> None:
-    await conn.execute(
-        """
-        INSERT INTO invoice_payments AS t (invoice_id, stripe_customer_id, failed, paid) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (invoice_id) DO UPDATE SET failed = t.failed OR EXCLUDED.failed, paid = t.paid OR EXCLUDED.paid
-        """,
-        payment.invoice_id,
-        payment.stripe_customer_id,
-        payment.failed,
-        payment.paid,
-    )
+async def write_subscriptions(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
+    return await _write_guarded(conn, "subscriptions", "id", _UPSERT_SUBSCRIPTION, rows)
+
+
+async def record_invoice_payments(conn: Conn, payments: Iterable[InvoicePayment]) -> None:
+    """Payment facts only accumulate (failed once, paid once), so they fold by OR before writing."""
+    folded: dict[str, InvoicePayment] = {}
+    for p in payments:
+        kept = folded.get(p.invoice_id)
+        if kept is not None:
+            p = replace(kept, failed=kept.failed or p.failed, paid=kept.paid or p.paid)
+        folded[p.invoice_id] = p
+    if folded:
+        await conn.executemany(
+            """
+            INSERT INTO invoice_payments AS t (invoice_id, stripe_customer_id, failed, paid) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (invoice_id) DO UPDATE SET failed = t.failed OR EXCLUDED.failed,
+                paid = t.paid OR EXCLUDED.paid
+            """,
+            [(p.invoice_id, p.stripe_customer_id, p.failed, p.paid) for _, p in sorted(folded.items())],
+        )
 
 
 # ---------------------------------------------------------------- health
