@@ -47,6 +47,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.common import outbox
@@ -280,7 +281,7 @@ class Consumer:
         except EventError as exc:
             outcome.dead_reason = f"undecodable: {exc}"
             return None
-        return _Work(outcome, event, envelope)
+        return _Work(outcome, event, envelope, extract_context(outcome.msg.headers))
 
     def _context(self, conn: Conn, item: _Work, outgoing: list[outbox.OutboxRow] | None = None) -> HandlerContext:
         return HandlerContext(
@@ -294,7 +295,7 @@ class Consumer:
         try:
             with _tracer.start_as_current_span(
                 f"{self.service} consume {item.outcome.msg.subject}",
-                context=extract_context(item.outcome.msg.headers),
+                context=item.parent,
                 kind=trace.SpanKind.CONSUMER,
                 attributes={
                     "messaging.system": "nats",
@@ -319,12 +320,10 @@ class Consumer:
     def _batch_span(self, work: list[_Work], what: str) -> Any:
         """A span for statements that serve the whole batch: in the trace of the batch's first
         message (so a lone webhook is one trace end to end) and linked to every message's."""
-        contexts = [extract_context(w.outcome.msg.headers) for w in work]
-        links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in contexts]
         return _tracer.start_as_current_span(
             f"{self.service} {what}",
-            context=contexts[0] if contexts else None,
-            links=links,
+            context=work[0].parent if work else None,
+            links=[w.link for w in work],
             attributes={"messaging.batch.message_count": len(work)},
         )
 
@@ -497,6 +496,13 @@ class _Work:
     outcome: _Outcome
     event: StripeEvent
     envelope: envelope_pb2.StripeEventEnvelope
+    #: The trace context it was published under, read from its headers once (every span of the
+    #: batch starts in it or links to it).
+    parent: otel_context.Context
+    link: trace.Link = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.link = trace.Link(trace.get_current_span(self.parent).get_span_context())
 
 
 @dataclass
