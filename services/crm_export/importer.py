@@ -203,7 +203,11 @@ class Importer:
                 async for progress in self._run(days_back=days_back, restart=restart):
                     yield progress
             finally:
-                await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _LOCK_KEY)
+                try:
+                    await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _LOCK_KEY)
+                except BaseException:
+                    lock_conn.terminate()  # a session lock must never go back to the pool
+                    raise
 
     async def _run(self, *, days_back: int, restart: bool) -> AsyncIterator[Progress]:
         async with self.pool.acquire() as conn:
