@@ -2,9 +2,12 @@
 
 Ack policy (the whole of it):
 
-1. Fetch up to `fetch_batch` messages from the service's durable pull consumer, waiting at most
-   `fetch_timeout_seconds` (short: fetch waits for the batch to fill, so a long timeout is
-   pure latency).
+1. Fetch up to `fetch_batch` messages from the service's durable pull consumer. The fetch takes
+   whatever is pending at once; only when nothing is pending does it wait, up to
+   `fetch_timeout_seconds`, and it returns with the first message that arrives (nats-py 2.16:
+   a `no_wait` pull request with `expires`, which the server ends as soon as it has delivered
+   what it had). Batches therefore grow by themselves with the backlog, and a lone event is
+   picked up within a millisecond.
 2. Open ONE transaction for the batch: record every event id in `processed_events` with one
    insert (an id already there is a duplicate: its handler is skipped, that is the idempotency),
    then hand the new events to the service: to its batch handler when it has one (which writes

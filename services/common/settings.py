@@ -74,7 +74,9 @@ class Settings:
     #: Bounds recovery after a consumer crash: an unacked message is redelivered after this.
     ack_wait_seconds: float = 5.0
     fetch_batch: int = 256
-    #: Short on purpose: fetch waits for the batch to fill or this to pass (latency path).
+    #: How long an idle fetch waits for a first message before the loop goes round again (it
+    #: returns with the first message, never waiting for a full batch); bounds how soon a
+    #: stopping consumer notices, not latency.
     fetch_timeout_seconds: float = 0.02
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
