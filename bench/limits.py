@@ -1,11 +1,16 @@
 """The physical limits every other figure sits under: disk fsync rate, JetStream's durable
-publish rate, PostgreSQL's synchronous commit rate.
+publish rate, PostgreSQL's synchronous commit rate, and how fast this machine runs Python today.
 
 With `sync_interval: always`, nats-server writes and fsyncs every message before acking it, one
 message at a time, so durable ingest can never beat the fsync rate of the disk under the
 stream; a synchronous PostgreSQL commit is one WAL flush, so a transaction per event is capped
 the same way (hence batch transactions in the consumer). Knowing these ceilings says whether a
 missed target is the code's fault or the machine's.
+
+The Python reference (parse the bench's 3 KB events and wrap them in the envelope, the work the
+gateway does per webhook after verifying it, in one process with nothing else running) is there
+because the same VM has run the same code at speeds 1.5x apart on different days: compare
+figures between reports only after comparing this one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ def fsync_rate(folder: str, seconds: float) -> float:
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def python_reference_rate(seconds: float) -> float:
+    """Events parsed and enveloped per second by one Python process (a CPU yardstick)."""
+    bodies = [e.body for e in workload(500, tag="yardstick")]
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for body in bodies:
+            to_envelope(parse_event(body), source=envelope_pb2.EVENT_SOURCE_WEBHOOK)
+        count += len(bodies)
+    return count / (time.perf_counter() - started)
 
 
 async def nats_durable_publish_rate(suite: Suite, count: int) -> float:
@@ -143,6 +160,9 @@ async def pg_pattern_rate(dsn: str, events: int, *, set_based: bool, batch: int 
 
 async def run(suite: Suite) -> None:
     env = suite.env
+    yardstick = suite.figure(
+        TITLE, "limits.python", "Python reference: 3 KB events parsed + enveloped, one process", "events/s"
+    )
     fsync = suite.figure(TITLE, "limits.fsync", "disk: 4 KB write + fsync, serial", "/s")
     publish = suite.figure(TITLE, "limits.nats", "JetStream durable publish, pipelined (no gateway)", "msgs/s")
     commit = suite.figure(TITLE, "limits.pg", "PostgreSQL one-row commits, serial", "commits/s")
@@ -158,6 +178,7 @@ async def run(suite: Suite) -> None:
             if not suite.another_run(TITLE, run_no):
                 break
             suite.say(f"  limits run {run_no + 1}")
+            suite.record(yardstick, python_reference_rate(seconds))
             suite.record(fsync, fsync_rate(str(env.data_dir), seconds))
             suite.record(publish, await nats_durable_publish_rate(suite, int(suite.config.pick(3000, 1500))))
             suite.record(commit, await pg_commit_rate(env.pg.dsn(), seconds))
