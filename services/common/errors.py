@@ -14,6 +14,7 @@
     ├── NotFoundError            the record asked for does not exist (gRPC NOT_FOUND)
     ├── ConflictError            the request contradicts existing state (gRPC FAILED_PRECONDITION)
     └── UpstreamError            Stripe could not be reached or refused (gRPC UNAVAILABLE)
+        └── NotServedError       this Stripe API has no such listing (404: a stand-in, not Stripe)
 
 Anything else escaping a handler is treated as retryable: after `max_deliver` attempts the
 message is dead-lettered with the exception's text, so nothing is ever dropped silently.
@@ -81,3 +82,7 @@ class ConflictError(SyncMeshError):
 
 class UpstreamError(SyncMeshError):
     pass
+
+
+class NotServedError(UpstreamError):
+    """The Stripe API answered 404 for a whole listing: a stand-in that lacks that resource."""

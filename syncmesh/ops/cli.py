@@ -314,7 +314,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     verify = sub.add_parser("verify", help="compare Stripe with the ERP and CRM records; --repair re-syncs differences")
     verify.add_argument("--repair", action="store_true", help="re-sync exactly the differing objects, then re-verify")
-    verify.add_argument("--types", default=None, help="comma-separated: customers,invoices,clients,products,contracts")
+    verify.add_argument(
+        "--types",
+        default=None,
+        help="comma-separated: customers,invoices,clients,products,contracts,credit_memos,refunds",
+    )
     verify.add_argument("--since", default=None, help="only objects created since: ISO date, unix seconds, or 30d")
     verify.add_argument("--rate", type=float, default=20.0, help="Stripe requests per second (default 20)")
     verify.add_argument(

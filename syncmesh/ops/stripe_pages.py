@@ -20,7 +20,7 @@ from typing import Any
 
 import stripe
 
-from services.common.errors import UpstreamError
+from services.common.errors import NotServedError, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ async def list_pages(
                 server_filter = False
                 continue
             if status == 404:
-                raise UpstreamError(f"this Stripe API does not serve {what} (404): leave it out of --types") from exc
+                raise NotServedError(f"this Stripe API does not serve {what} (404): leave it out of --types") from exc
             raise UpstreamError(f"Stripe could not list {what}: {str(exc).splitlines()[0]}") from exc
         except stripe.AuthenticationError as exc:
             raise UpstreamError(

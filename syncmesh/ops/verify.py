@@ -12,10 +12,18 @@ proves, after an outage, a backfill or a bug fix, that the ERP and CRM say what 
                      crm-export GetContract(in_...) of a paid invoice         ("contracts")
     products         crm-export ListProducts: name, active, deleted
     subscriptions    crm-export GetContract(sub_...): status, customer        ("contracts")
+    credit_notes     billing   ListCreditMemos(invoice) memo of that note: status, amount,
+                               currency, invoice and customer links            ("credit_memos")
+    refunds          billing   ListRefunds (all of them, once per run): status, amount,
+                               currency, charge                                ("refunds")
 
 The other direction is checked too where Stripe's lists cannot show it: a customer (client,
 product) the mesh still holds as active but that Stripe no longer lists is retrieved by id, and
 if Stripe deleted it the record is reported stale.
+
+A Stripe stand-in may not serve every listing (localstripe has no credit notes): a listing that
+answers 404 leaves its types out of the check, and the report says so on a line of its own,
+never as "clean" for them.
 
 Each difference is one row: `missing` (Stripe has it, the mesh has no record), `stale` (the
 mesh holds an earlier lifecycle state: a status behind Stripe's, a deletion it never saw) or
@@ -46,8 +54,9 @@ from typing import Any
 import grpc
 import stripe
 
+from services.billing.mapping import CREDIT_NOTE_STATUS_RANK, REFUND_STATUS_RANK
 from services.common.bus import Bus
-from services.common.errors import MalformedEventError, SettingsError, UpstreamError
+from services.common.errors import MalformedEventError, NotServedError, SettingsError, UpstreamError
 from services.common.events import StripeEvent, parse_event
 from services.common.grpc_client import aio_channel, default_target
 from services.common.settings import Settings
@@ -65,7 +74,15 @@ from syncmesh.ops.stripe_pages import RateLimiter, list_pages
 log = logging.getLogger(__name__)
 
 #: What can be verified, in the order they are reported.
-VERIFY_TYPES: tuple[str, ...] = ("customers", "invoices", "clients", "products", "contracts")
+VERIFY_TYPES: tuple[str, ...] = (
+    "customers",
+    "invoices",
+    "clients",
+    "products",
+    "contracts",
+    "credit_memos",
+    "refunds",
+)
 #: The service each type is read from.
 SERVICE_OF: dict[str, str] = {
     "customers": "customer",
@@ -73,6 +90,8 @@ SERVICE_OF: dict[str, str] = {
     "clients": "crm-export",
     "products": "crm-export",
     "contracts": "crm-export",
+    "credit_memos": "billing",
+    "refunds": "billing",
 }
 REPAIR_ID_PREFIX = "evt_vr_"
 
@@ -162,6 +181,8 @@ class VerifyReport:
     summaries: dict[str, KindSummary] = field(default_factory=dict)
     #: The Stripe objects behind the findings, as listed: (backfill kind name, id) -> object.
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: Types that could not be checked at all, and why (a listing this Stripe API lacks).
+    unverified: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -195,13 +216,21 @@ class VerifyReport:
                 cells = [_cut(row[i], widths[i]).ljust(widths[i]) for i in range(5)]
                 out.append("  " + "  ".join(cells) + "  " + _cut(row[5], 40))
         for kind in self.types:
+            if kind in self.unverified:
+                out.append(f"  {kind}: NOT VERIFIED: {self.unverified[kind]}")
+                continue
             s = self.summaries.get(kind, KindSummary())
             out.append(
                 f"  {kind}: checked {s.checked}, ok {s.ok}, missing {s.missing}, stale {s.stale}, "
                 f"mismatched {s.mismatched}"
             )
         bad = sum(s.bad for s in self.summaries.values())
-        out.append("  clean: Stripe and the mesh agree" if self.clean else f"  {bad} records differ")
+        if not self.clean:
+            out.append(f"  {bad} records differ")
+        elif self.unverified:
+            out.append(f"  clean for what was verified; not verified: {', '.join(self.unverified)}")
+        else:
+            out.append("  clean: Stripe and the mesh agree")
         return out
 
 
@@ -228,6 +257,7 @@ class Mesh:
         self.targets = dict(targets or {})
         self._crm_settings: crm_pb.CrmExportSettings | None = None
         self._products: dict[str, crm_pb.Product] | None = None
+        self._refunds: dict[str, billing_pb.Refund] | None = None
 
     def _channel(self, service: str) -> grpc.aio.Channel:
         channel = self.channels.get(service)
@@ -263,6 +293,7 @@ class Mesh:
 
     def forget_cached(self) -> None:
         self._products = None
+        self._refunds = None
 
     async def crm_settings(self) -> crm_pb.CrmExportSettings:
         if self._crm_settings is None:
@@ -292,6 +323,44 @@ class Mesh:
                     break
             self._products = found
         return self._products
+
+    async def refunds(self) -> dict[str, billing_pb.Refund]:
+        """Every refund billing holds, by Stripe id: a Stripe refund names its charge, not its
+        invoice or customer, so there is no narrower way to look one up."""
+        if self._refunds is None:
+            found: dict[str, billing_pb.Refund] = {}
+            token = ""
+            while True:
+                request = billing_pb.ListRefundsRequest(page_size=500, page_token=token)
+                reply = await self.call("billing", self.billing.ListRefunds(request, timeout=RPC_TIMEOUT))
+                assert reply is not None
+                found.update((r.stripe_refund_id, r) for r in reply.refunds)
+                token = reply.next_page_token
+                if not token:
+                    break
+            self._refunds = found
+        return self._refunds
+
+    async def credit_memo(self, invoice_id: str, customer_id: str, source_id: str) -> billing_pb.CreditMemo | None:
+        """The memo billing made of one Stripe credit note, looked up through its invoice."""
+        token = ""
+        while True:
+            request = billing_pb.ListCreditMemosRequest(
+                invoice_id=invoice_id,
+                stripe_customer_id="" if invoice_id else customer_id,
+                page_size=500,
+                page_token=token,
+            )
+            reply = await self.call("billing", self.billing.ListCreditMemos(request, timeout=RPC_TIMEOUT))
+            if reply is None:
+                return None
+            for memo in reply.credit_memos:
+                if memo.source_id == source_id and memo.kind == billing_pb.CREDIT_MEMO_KIND_CREDIT_NOTE:
+                    found: billing_pb.CreditMemo = memo
+                    return found
+            token = reply.next_page_token
+            if not token:
+                return None
 
     async def active_customers(self) -> list[customer_pb.Customer]:
         out: list[customer_pb.Customer] = []
@@ -507,6 +576,57 @@ async def compare_product(mesh: Mesh, obj: dict[str, Any]) -> list[Finding]:
     return out
 
 
+def _status_finding(
+    kind: str, source: str, obj: dict[str, Any], rank: Mapping[str, int], stripe_status: str, mesh_status: str
+) -> list[Finding]:
+    if stripe_status == mesh_status:
+        return []
+    behind = rank.get(mesh_status, -1) < rank.get(stripe_status, -1)
+    return [_finding(kind, source, obj, STALE if behind else MISMATCH, "status", stripe_status, mesh_status)]
+
+
+def _money_findings(kind: str, source: str, obj: dict[str, Any], amount: object, money: Any) -> list[Finding]:
+    out = []
+    if isinstance(amount, int) and amount != money.amount_minor:
+        out.append(_finding(kind, source, obj, MISMATCH, "amount", amount, money.amount_minor))
+    currency = _text(obj.get("currency")).lower()
+    if currency != money.currency.lower():
+        out.append(_finding(kind, source, obj, MISMATCH, "currency", currency, money.currency))
+    return out
+
+
+async def compare_credit_note(mesh: Mesh, obj: dict[str, Any]) -> list[Finding]:
+    invoice, customer = _ref(obj.get("invoice")), _ref(obj.get("customer"))
+    memo = await mesh.credit_memo(invoice, customer, str(obj["id"]))
+    if memo is None:
+        return [_finding("credit_memos", "credit_notes", obj, MISSING, "record", "exists", "none")]
+    out = _status_finding(
+        "credit_memos", "credit_notes", obj, CREDIT_NOTE_STATUS_RANK, _text(obj.get("status")) or "issued", memo.status
+    )
+    out += _money_findings("credit_memos", "credit_notes", obj, obj.get("amount"), memo.amount)
+    if invoice != memo.stripe_invoice_id:
+        out.append(_finding("credit_memos", "credit_notes", obj, MISMATCH, "invoice", invoice, memo.stripe_invoice_id))
+    if customer and customer != memo.stripe_customer_id:
+        out.append(
+            _finding("credit_memos", "credit_notes", obj, MISMATCH, "customer", customer, memo.stripe_customer_id)
+        )
+    return out
+
+
+async def compare_refund(mesh: Mesh, obj: dict[str, Any]) -> list[Finding]:
+    record = (await mesh.refunds()).get(str(obj["id"]))
+    if record is None:
+        return [_finding("refunds", "refunds", obj, MISSING, "record", "exists", "none")]
+    out = _status_finding(
+        "refunds", "refunds", obj, REFUND_STATUS_RANK, _text(obj.get("status")) or "succeeded", record.status
+    )
+    out += _money_findings("refunds", "refunds", obj, obj.get("amount"), record.amount)
+    charge = _ref(obj.get("charge"))
+    if charge and charge != record.charge_id:
+        out.append(_finding("refunds", "refunds", obj, MISMATCH, "charge", charge, record.charge_id))
+    return out
+
+
 @dataclass(frozen=True)
 class Check:
     """One reported type compared against one Stripe listing."""
@@ -529,6 +649,8 @@ CHECKS: tuple[Check, ...] = (
     Check("products", "products", compare_product),
     Check("contracts", "invoices", compare_invoice_contract, _paid),
     Check("contracts", "subscriptions", compare_subscription_contract),
+    Check("credit_memos", "credit_notes", compare_credit_note),
+    Check("refunds", "refunds", compare_refund),
 )
 
 
@@ -621,6 +743,11 @@ async def verify(
                 ]
                 await _gather_limited(jobs, concurrency)
                 bar.update(len(objects))
+        except NotServedError as exc:
+            for check in source_checks:
+                report.unverified[check.kind] = str(exc).split(":")[0]
+                report.summaries.pop(check.kind, None)
+            log.warning("%s", exc)
         finally:
             bar.close()
 
