@@ -159,6 +159,8 @@ class Report:
     overall_cpu: CpuUse | None = None
     duration_seconds: float = 0.0
     command: str = ""
+    #: Where this run's report goes, fixed at its first write (see `write`).
+    path: Path | None = None
 
     def section(self, title: str) -> Section:
         for section in self.sections:
@@ -217,8 +219,16 @@ def render(report: Report) -> str:
 
 
 def write(report: Report, folder: Path) -> Path:
+    """Write (or rewrite, after each measurement) the run's report as `<date>.md`; a second run
+    on the same day gets `<date>-<HHMM>.md` instead of replacing the first one's figures."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{report.started.astimezone(UTC).strftime('%Y-%m-%d')}.md"
+    if report.path is None or report.path.parent != folder:
+        started = report.started.astimezone(UTC)
+        path = folder / f"{started.strftime('%Y-%m-%d')}.md"
+        if path.exists():
+            path = folder / f"{started.strftime('%Y-%m-%d-%H%M')}.md"
+        report.path = path
+    path = report.path
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(render(report), encoding="utf-8")
     tmp.replace(path)

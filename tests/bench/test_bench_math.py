@@ -90,6 +90,10 @@ def test_report_shows_each_figure_beside_its_target(tmp_path: Path) -> None:
     assert "- cores: 2" in text and "a note" in text
     path = write(report, tmp_path)
     assert path.name == "2026-01-02.md" and path.read_text() == text
+    assert write(report, tmp_path) == path  # rewritten after each measurement, in place
+    second = Report(datetime(2026, 1, 2, 9, 30, tzinfo=UTC), "full", {}, {})
+    assert write(second, tmp_path).name == "2026-01-02-0930.md"  # the first run's report is kept
+    assert path.read_text() == text
 
 
 def test_generated_events_are_valid_signed_stripe_events() -> None:
