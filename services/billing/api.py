@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import grpc
 
-from services.billing import store
+from services.billing import mapping, store
 from services.common import paging
 from services.common.errors import NotFoundError, ValidationError
 from syncmesh.billing.v1 import billing_service_pb2 as pb
@@ -354,19 +354,30 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     ) -> pb.GetCustomerBalanceResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id, required=True)
         assert customer is not None
-        as_of = _date_arg("as_of", request.as_of) or datetime.now(UTC).date()
+        today = datetime.now(UTC).date()
+        as_of = _date_arg("as_of", request.as_of) or today
         async with self.runtime.pool.acquire() as conn:
-            rows = await store.open_receivables(conn, customer)
+            if as_of >= today:  # the ledger as it stands
+                rows = [
+                    (r["currency"], r["due_date"], r["amount_remaining"])
+                    for r in await store.open_receivables(conn, customer)
+                ]
+            else:  # the ledger as it stood: later payments, credits, voids and write-offs left out
+                rows = []
+                for r in await store.receivable_histories(conn, customer, as_of):
+                    state = mapping.ledger_as_of(store.ledger_history(r), as_of)
+                    if state is not None and state.erp_status == "open" and state.amount_remaining > 0:
+                        rows.append((r["currency"], r["due_date"], state.amount_remaining))
             on_hold = await store.customer_on_hold(conn, customer)
         buckets: dict[str, list[int]] = {}
         counts: dict[str, int] = {}
-        for r in rows:
-            b = buckets.setdefault(r["currency"], [0, 0, 0, 0, 0, 0])
-            overdue = (as_of - r["due_date"]).days
+        for currency, due_date, remaining in rows:
+            b = buckets.setdefault(currency, [0, 0, 0, 0, 0, 0])
+            overdue = (as_of - due_date).days
             index = 1 if overdue <= 0 else 2 if overdue <= 30 else 3 if overdue <= 60 else 4 if overdue <= 90 else 5
-            b[0] += r["amount_remaining"]
-            b[index] += r["amount_remaining"]
-            counts[r["currency"]] = counts.get(r["currency"], 0) + 1
+            b[0] += remaining
+            b[index] += remaining
+            counts[currency] = counts.get(currency, 0) + 1
         return pb.GetCustomerBalanceResponse(
             stripe_customer_id=customer,
             as_of=as_of.isoformat(),

@@ -25,8 +25,8 @@ from __future__ import annotations
 import calendar
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -946,6 +946,56 @@ def compute_ledger(f: LedgerFacts) -> LedgerState:
         credits = base_credits + before_write_off
         return LedgerState(paid, unattributed, credits, 0, "written_off", "active", before_write_off)
     return LedgerState(paid, unattributed, base_credits, before_write_off, "open", "none", 0)
+
+
+@dataclass(frozen=True)
+class LedgerHistory:
+    """An invoice's ledger facts with the moments each became true, to see it as of a past day."""
+
+    facts: LedgerFacts
+    invoice_date: date
+    #: The issued pre-payment credit notes in `facts.invoice_credits`: (memo date, amount).
+    credits: tuple[tuple[date, int], ...]
+    #: When Stripe says the invoice was paid (status_transitions.paid_at), if it says.
+    paid_at: int | None
+    #: When the newest snapshot's event happened: a void's moment, and the stand-in for a
+    #: paid or uncollectible moment Stripe did not give.
+    status_at: int
+
+
+def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
+    """The ledger at the end of `as_of` (UTC) from the facts true by then; None when the invoice
+    was no receivable then (a draft, deleted, or dated later).
+
+    An ageing as of a month end must not lose an invoice to a payment that came on the 3rd of
+    the next month. After the last fact this is exactly `compute_ledger(h.facts)`. What is not
+    recorded is approximated on the side of showing more owed: a void counts from the newest
+    snapshot's event, and a credit note voided since counts as never issued.
+    """
+    f = h.facts
+    if f.stripe_status in ("draft", "deleted") or h.invoice_date > as_of:
+        return None
+    cutoff = int(datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=UTC).timestamp()) - 1
+    payments = tuple(p for p in f.payments if p.paid_at <= cutoff)
+    marked_at = f.uncollectible_at if f.uncollectible_at is not None else h.status_at
+    uncollectible = f.uncollectible_seen and marked_at <= cutoff
+    paid_at = h.paid_at if h.paid_at is not None else h.status_at
+    status = f.stripe_status
+    not_yet = {"void": h.status_at > cutoff, "paid": paid_at > cutoff, "uncollectible": not uncollectible}
+    if not_yet.get(status, False):
+        status = "uncollectible" if uncollectible else "open"
+    # A payment counts from its own moment; what Stripe calls paid beyond every payment seen
+    # (paid out of band, or its payment object not here yet) counts from Stripe's paid_at.
+    beyond = max(0, f.stripe_amount_paid - sum(p.amount for p in f.payments)) if paid_at <= cutoff else 0
+    then = replace(
+        f,
+        stripe_status=status,
+        stripe_amount_paid=sum(p.amount for p in payments) + beyond,
+        payments=payments,
+        invoice_credits=sum(amount for day, amount in h.credits if day <= as_of),
+        uncollectible_seen=uncollectible,
+    )
+    return compute_ledger(then)
 
 
 def forward_status(stored: str | None, derived: ErpStatus) -> ErpStatus:

@@ -379,6 +379,57 @@ async def invoices_with_facts(conn: Conn, invoice_ids: Sequence[str]) -> dict[st
     return {r["stripe_invoice_id"]: r for r in rows}
 
 
+async def receivable_histories(conn: Conn, customer: str, as_of: date) -> list[asyncpg.Record]:
+    """The customer's invoices dated by `as_of` with every dated fact of their ledgers, in one
+    round trip (for `mapping.ledger_as_of`)."""
+    return list(
+        await conn.fetch(
+            """
+            SELECT i.*,
+                   ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
+                          ORDER BY stripe_payment_id) AS payment_amounts,
+                   ARRAY(SELECT paid_at FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
+                          ORDER BY stripe_payment_id) AS payment_times,
+                   ARRAY(SELECT memo_date FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
+                            AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
+                          ORDER BY memo_key) AS credit_dates,
+                   ARRAY(SELECT amount FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
+                            AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
+                          ORDER BY memo_key) AS credit_amounts,
+                   EXISTS (SELECT 1 FROM credit_memos w
+                            WHERE w.stripe_invoice_id = i.stripe_invoice_id AND w.kind = 'write_off') AS written_off
+              FROM invoices i
+             WHERE i.stripe_customer_id = $1 AND i.transaction_date <= $2
+               AND i.stripe_status NOT IN ('draft', 'deleted')
+            """,
+            customer,
+            as_of,
+        )
+    )
+
+
+def ledger_history(row: asyncpg.Record) -> mapping.LedgerHistory:
+    """A `receivable_histories` row as the mapping sees it; an invoice was written off by this
+    deployment exactly when it has a write-off memo (whatever the setting says today)."""
+    credits = tuple(zip(row["credit_dates"], row["credit_amounts"], strict=True))
+    facts = mapping.LedgerFacts(
+        total=row["total"],
+        stripe_status=row["stripe_status"],
+        stripe_amount_paid=row["stripe_amount_paid"],
+        balance_applied=row["balance_applied"],
+        payments=tuple(
+            mapping.PaymentFact(a, t) for a, t in zip(row["payment_amounts"], row["payment_times"], strict=True)
+        ),
+        invoice_credits=sum(amount for _, amount in credits),
+        uncollectible_seen=row["uncollectible_seen"],
+        uncollectible_at=row["uncollectible_at"],
+        write_off_enabled=row["written_off"],
+    )
+    return mapping.LedgerHistory(
+        facts, row["transaction_date"], credits, paid_at=row["paid_at"], status_at=row["version_created"]
+    )
+
+
 def ledger_facts(row: asyncpg.Record, *, write_off_enabled: bool) -> mapping.LedgerFacts:
     return mapping.LedgerFacts(
         total=row["total"],

@@ -232,6 +232,20 @@ async def test_uncollectible_invoice_then_paid_later(start_billing: StartBilling
     assert [(m.kind, m.status, m.amount.amount_minor) for m in memos] == (
         [(pb.CREDIT_MEMO_KIND_WRITE_OFF, "reversed", total)] if write_off else []
     )
+
+    # The ageing as it stood on each day (due 2025-06-15, uncollectible 07-05, paid 07-25):
+    # owed until written off or paid, whatever has happened since.
+    async def aged(day: str) -> list[tuple[int, int, int]]:
+        request = pb.GetCustomerBalanceRequest(stripe_customer_id=spec.customer, as_of=day)
+        balances = (await billing.stub.GetCustomerBalance(request)).balances
+        return [(b.open.amount_minor, b.days_1_30.amount_minor, b.days_31_60.amount_minor) for b in balances]
+
+    assert await aged("2025-06-14") == []  # not invoiced yet
+    assert await aged("2025-07-01") == [(total, total, 0)]
+    assert await aged("2025-07-10") == ([] if write_off else [(total, total, 0)])
+    assert await aged("2025-07-24") == ([] if write_off else [(total, 0, total)])
+    assert await aged("2025-07-25") == []
+    assert await aged(datetime.now(UTC).date().isoformat()) == []
     conn = await billing.db()
     try:
         await assert_invariants(conn, spec.invoice_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -325,6 +325,99 @@ def test_paid_invoice_without_its_payment_object_is_not_counted_twice() -> None:
     )
     assert (early.amount_paid, early.unattributed_paid) == (10000, 10000)
     assert (late.amount_paid, late.unattributed_paid) == (10000, 0)
+
+
+# -- the ledger as of a past day (AR ageing) ---------------------------------------------------
+
+JAN_10, FEB_28, MAR_2, MAR_5 = ts("2026-01-10"), ts("2026-02-28"), ts("2026-03-02"), ts("2026-03-05")
+
+
+def history(f: LedgerFacts, **changes: object) -> mapping.LedgerHistory:
+    base = mapping.LedgerHistory(f, date(2026, 1, 10), (), paid_at=None, status_at=JAN_10)
+    return mapping.LedgerHistory(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+
+
+def owed(h: mapping.LedgerHistory, day: str) -> int | None:
+    state = mapping.ledger_as_of(h, date.fromisoformat(day))
+    return None if state is None else (state.amount_remaining if state.erp_status == "open" else 0)
+
+
+def test_a_payment_after_the_day_still_leaves_the_invoice_owed_on_it() -> None:
+    paid = history(
+        facts(stripe_status="paid", stripe_amount_paid=10000, payments=(PaymentFact(10000, MAR_5 + 3600),)),
+        paid_at=MAR_5 + 3600,
+        status_at=MAR_5 + 3600,
+    )
+    assert owed(paid, "2026-01-09") is None  # not yet invoiced
+    assert owed(paid, "2026-02-28") == 10000  # the month-end ageing keeps it
+    assert owed(paid, "2026-03-05") == 0  # paid during that day
+    assert owed(paid, "2026-03-31") == 0
+    out_of_band = history(facts(stripe_status="paid", stripe_amount_paid=10000), paid_at=MAR_5, status_at=MAR_5)
+    assert (owed(out_of_band, "2026-03-04"), owed(out_of_band, "2026-03-05")) == (10000, 0)
+
+
+def test_credits_voids_and_write_offs_count_from_their_day() -> None:
+    credited = history(facts(invoice_credits=2500), credits=((date(2026, 2, 1), 2500),))
+    assert (owed(credited, "2026-01-31"), owed(credited, "2026-02-01")) == (10000, 7500)
+    voided = history(facts(stripe_status="void"), status_at=MAR_2)
+    assert (owed(voided, "2026-03-01"), owed(voided, "2026-03-02")) == (10000, 0)
+    written_off = history(
+        facts(stripe_status="uncollectible", uncollectible_seen=True, uncollectible_at=FEB_28, write_off_enabled=True),
+        status_at=FEB_28,
+    )
+    assert (owed(written_off, "2026-02-27"), owed(written_off, "2026-02-28")) == (10000, 0)
+    kept_open = history(facts(stripe_status="uncollectible", uncollectible_seen=True, uncollectible_at=FEB_28))
+    assert owed(kept_open, "2026-03-31") == 10000  # no write-off here: still a receivable
+    assert owed(history(facts(stripe_status="draft")), "2026-03-31") is None
+
+
+_STATUSES = st.sampled_from(["open", "paid", "void", "uncollectible"])
+_MOMENTS = st.integers(JAN_10, JAN_10 + 86400 * 400)
+
+
+@given(
+    status=_STATUSES,
+    total=st.integers(0, 10**7),
+    payments=st.lists(st.tuples(st.integers(0, 10**6), _MOMENTS), max_size=4),
+    credits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 10**6)), max_size=3),
+    stripe_paid=st.integers(0, 10**7),
+    balance=st.integers(0, 10**5),
+    marked=st.one_of(st.none(), _MOMENTS),
+    paid_at=st.one_of(st.none(), _MOMENTS),
+    status_at=_MOMENTS,
+    write_off=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_as_of_a_day_after_every_fact_is_the_ledger_itself(
+    status: str,
+    total: int,
+    payments: list[tuple[int, int]],
+    credits: list[tuple[int, int]],
+    stripe_paid: int,
+    balance: int,
+    marked: int | None,
+    paid_at: int | None,
+    status_at: int,
+    write_off: bool,
+) -> None:
+    dated = tuple((date(2026, 1, 10) + timedelta(days=d), amount) for d, amount in credits)
+    f = facts(
+        total=total,
+        stripe_status=status,
+        stripe_amount_paid=stripe_paid,
+        balance_applied=balance,
+        payments=tuple(PaymentFact(a, t) for a, t in payments),
+        invoice_credits=sum(a for _, a in dated),
+        uncollectible_seen=status == "uncollectible" or marked is not None,
+        uncollectible_at=marked,
+        write_off_enabled=write_off,
+    )
+    h = history(f, credits=dated, paid_at=paid_at, status_at=status_at)
+    assert mapping.ledger_as_of(h, date(2027, 12, 31)) == mapping.compute_ledger(f)
+    # and on no day does it owe more than the invoice's total less what was applied at finalising
+    for day in (date(2026, 1, 10), date(2026, 6, 1), date(2026, 12, 31)):
+        state = mapping.ledger_as_of(h, day)
+        assert state is not None and state.amount_remaining <= max(0, total - balance)
 
 
 def test_write_off_setting_off_leaves_uncollectible_open() -> None:
