@@ -8,7 +8,8 @@ proves, after an outage, a backfill or a bug fix, that the ERP and CRM say what 
     customers        customer  GetCustomer(stripe id): email, name, active
                      crm-export GetClient(stripe id): name, email, deleted   ("clients")
     invoices         billing   GetInvoice(in_...): customer link, currency, total, amount paid,
-                               amount remaining, Stripe status, ERP status
+                               amount remaining, Stripe status, ERP status, and a customer
+                               payment for every amount Stripe says was paid
                      crm-export GetContract(in_...) of a paid invoice         ("contracts")
     products         crm-export ListProducts: name, active, deleted
     subscriptions    crm-export GetContract(sub_...): status, customer        ("contracts")
@@ -503,6 +504,15 @@ async def compare_invoice(mesh: Mesh, obj: dict[str, Any]) -> list[Finding]:
     )
     if plain and isinstance(remaining, int) and remaining != inv.amount_remaining.amount_minor:
         differs("amount_remaining", remaining, inv.amount_remaining.amount_minor)
+    # Paid in Stripe but with no payment record for (part of) it: the invoice reads as paid, yet
+    # the ERP has no customer payment to deposit and reconcile against the bank.
+    if inv.unattributed_paid.amount_minor > 0:
+        differs(
+            "payment",
+            f"{inv.amount_paid.amount_minor} paid",
+            f"{inv.unattributed_paid.amount_minor} without one",
+            MISSING,
+        )
     return out
 
 

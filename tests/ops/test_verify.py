@@ -195,9 +195,9 @@ async def test_repair_runs_twice_without_doubling_and_respects_since(
 
 
 async def test_refunds_and_credit_memos_are_reconciled(mesh: RunningMesh, ls_client, bus: Bus) -> None:
-    """A refund made in Stripe without a webhook is reported missing and repaired; damage to a
-    refund or a credit note's memo is reported with the field; a voided note the mesh never
-    heard of is stale."""
+    """A lost payment record and a refund made in Stripe without a webhook are reported missing
+    and repaired; damage to a refund or a credit note's memo is reported with the field; a
+    voided note the mesh never heard of is stale."""
     client = ls_client
     _, plan = await catalogue(client, "Refundable", 2500)
     cus, _ = await subscribed_customer(client, plan, name="Refund Me", email="refund@example.com")
@@ -205,6 +205,23 @@ async def test_refunds_and_credit_memos_are_reconciled(mesh: RunningMesh, ls_cli
     charge = invoice.charge if isinstance(invoice.charge, str) else str(invoice.charge.id)
     await mesh.settle(stream_messages=await stripe_event_count(client))
     s = mesh.settings
+
+    # a paid invoice whose customer payment record was lost: the invoice still reads as paid
+    db = await asyncpg.connect(s.database_url)
+    try:
+        await db.execute("DELETE FROM billing.payments WHERE stripe_invoice_id = $1", invoice.id)
+        await db.execute(
+            "UPDATE billing.invoices SET unattributed_paid = amount_paid WHERE stripe_invoice_id = $1", invoice.id
+        )
+    finally:
+        await db.close()
+    report = await verify(client, view(mesh), s, types=("invoices",))
+    assert keys(report) == {("invoices", invoice.id, "missing", "payment")}
+    assert report.findings[0].mesh_value == "2500 without one"
+    result = await repair(bus, client, view(mesh), s, report, settle_seconds=30)
+    assert result.after is not None and result.after.clean, "\n".join(result.lines())
+    payments = (await mesh.billing.ListPayments(billing_pb.ListPaymentsRequest(invoice_id=invoice.id))).payments
+    assert [(p.charge_id, p.amount.amount_minor) for p in payments] == [(charge, 2500)]
 
     # localstripe sends no refund events: the refund exists only in Stripe
     refund = (await client.v1.refunds.create_async({"charge": charge, "amount": 700})).id
