@@ -17,7 +17,8 @@ state at that moment, no earlier.
 
 Invoices carry ALL their lines: Stripe embeds the first ten, and the rest are fetched page by
 page from the invoice's line items (losing line 11 onwards is a known failure of other sync
-tools).
+tools). Paid invoice payments are listed too: in current API versions they are the only link
+between an invoice and the money that paid it.
 
 Resumable: after every page the last object id of that type is written to a checkpoint file;
 a rerun with the same start date continues after it. The checkpoint is removed when every type
@@ -114,6 +115,10 @@ KINDS: dict[str, ObjectKind] = {
         # Stripe leaves canceled subscriptions out unless asked for all.
         ObjectKind("subscriptions", "subscriptions", _subscription_type, (("status", "all"),)),
         ObjectKind("invoices", "invoices", _invoice_type),
+        # Since API version 2025-03-31 (basil) charges no longer name their invoice and invoices
+        # no longer name their charge: an invoice's payments are these objects, and without them
+        # a backfilled invoice would read as paid with no customer payment behind it.
+        ObjectKind("invoice_payments", "invoice_payments", _fixed("invoice_payment.paid"), (("status", "paid"),)),
         ObjectKind("charges", "charges", _charge_type),
         ObjectKind("refunds", "refunds", _fixed("refund.created")),
         ObjectKind("credit_notes", "credit_notes", _credit_note_type),

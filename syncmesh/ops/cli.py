@@ -288,8 +288,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     backfill.add_argument(
         "--types",
         default=None,
-        help="comma-separated: customers,products,prices,plans,subscriptions,invoices,charges,refunds,credit_notes "
-        "(default all but plans)",
+        help="comma-separated: customers,products,prices,plans,subscriptions,invoices,invoice_payments,charges,"
+        "refunds,credit_notes (default all but plans)",
     )
     backfill.add_argument(
         "--checkpoint",

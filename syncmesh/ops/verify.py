@@ -875,6 +875,7 @@ async def repair(
     started = now()
     run = started.strftime("%Y%m%d%H%M%S%f")  # two runs never share ids, even within a second
     targets = list(report.objects.items())
+    unpaid = {f.source for f in report.findings if f.kind == "invoices" and f.field == "payment"}
     bar = progress(total=len(targets), desc="repair", unit="obj", enabled=show_progress)
     try:
         for (source, object_id), obj in targets:
@@ -889,10 +890,19 @@ async def repair(
                 result.not_publishable += 1
                 log.error("%s %s cannot be published as an event: %s", source, object_id, exc)
                 continue
-            if await publish_event(bus, event, source=envelope_pb2.EVENT_SOURCE_RECONCILE):
-                result.duplicates += 1
-            else:
-                result.published += 1
+            events = [event]
+            if (source, object_id) in unpaid:
+                events += [
+                    repair_event(
+                        "invoice_payments", p, run=run, listed_at=int(now().timestamp()), api_version=stripe.api_version
+                    )
+                    for p in await _paid_invoice_payments(client, object_id, limiter)
+                ]
+            for event in events:
+                if await publish_event(bus, event, source=envelope_pb2.EVENT_SOURCE_RECONCILE):
+                    result.duplicates += 1
+                else:
+                    result.published += 1
     finally:
         bar.close()
     log.info("repair published %d events for %d findings", result.published, len(report.findings))
@@ -906,6 +916,26 @@ async def repair(
     )
     result.settled_seconds = (now() - started).total_seconds()
     return result
+
+
+async def _paid_invoice_payments(
+    client: stripe.StripeClient, invoice_id: str, limiter: RateLimiter
+) -> list[dict[str, Any]]:
+    """The invoice's paid invoice_payment objects: since API version 2025-03-31 the only thing
+    that ties the money to the invoice. A stand-in without them (localstripe) answers 404, and
+    the invoice's own legacy `charge` field, re-synced with it, carries the payment instead."""
+    found: list[dict[str, Any]] = []
+    try:
+        async for objects, _last in list_pages(
+            getattr(client.v1, KINDS["invoice_payments"].service).list_async,
+            {"limit": 100, "invoice": invoice_id, "status": "paid"},
+            what=f"payments of {invoice_id}",
+            limiter=limiter,
+        ):
+            found.extend(objects)
+    except NotServedError:
+        log.info("this Stripe API lists no invoice payments; %s is re-synced from the invoice alone", invoice_id)
+    return found
 
 
 async def reverify(

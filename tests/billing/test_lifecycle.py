@@ -253,6 +253,38 @@ async def test_uncollectible_invoice_then_paid_later(start_billing: StartBilling
         await conn.close()
 
 
+async def test_backfilled_basil_invoice_gets_its_payment_from_the_invoice_payments_listing(
+    start_billing: StartBilling,
+) -> None:
+    """In current API versions a paid invoice names no charge: backfilled alone it reads paid with
+    nothing behind it, and the backfill's invoice_payments listing supplies the payment."""
+    from syncmesh.ops.backfill import KINDS, synthesise_event
+
+    billing = await start_billing()
+    spec = coupon_spec("in_1RaQBackfilled0001")
+    total, listed_at = 14029, T0 + 86400 * 90
+    paid = invoice_object("basil", spec, status="paid", amount_paid=total)
+    payment = invoice_payment_object(
+        spec, total, payment_id="inpay_1RaQBackfill", intent="pi_3RaQBf", paid_at=T0 + 3700
+    )
+    await billing.publish(
+        synthesise_event(KINDS["invoices"], paid, listed_at=listed_at, api_version="2025-03-31.basil")
+    )
+    await billing.drained(1)
+    inv = (await billing.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=spec.invoice_id))).invoice
+    assert (inv.status, inv.unattributed_paid.amount_minor) == (pb.INVOICE_STATUS_PAID_IN_FULL, total)
+    event = synthesise_event(KINDS["invoice_payments"], payment, listed_at=listed_at, api_version="2025-03-31.basil")
+    assert event["type"] == "invoice_payment.paid"
+    await billing.publish(event)
+    await billing.drained(2)
+    inv = (await billing.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=spec.invoice_id))).invoice
+    payments = (await billing.stub.ListPayments(pb.ListPaymentsRequest(invoice_id=spec.invoice_id))).payments
+    assert (inv.unattributed_paid.amount_minor, inv.amount_paid.amount_minor) == (0, total)
+    assert [(p.stripe_payment_id, p.amount.amount_minor, p.payment_date) for p in payments] == [
+        ("inpay_1RaQBackfill", total, "2025-06-15")
+    ]
+
+
 async def test_final_payment_failure_puts_customer_on_hold_until_paid(start_billing: StartBilling) -> None:
     billing = await start_billing(BillingSettings(credit_hold=True))
     spec = coupon_spec("in_1RaQHold0000000001")

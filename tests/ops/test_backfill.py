@@ -159,6 +159,9 @@ def test_event_type_follows_state_and_id_follows_content() -> None:
     assert synthesise_event(KINDS["charges"], charge, listed_at=1, api_version="v")["type"] == "charge.succeeded"
     charge["amount_refunded"] = 100
     assert synthesise_event(KINDS["charges"], charge, listed_at=1, api_version="v")["type"] == "charge.refunded"
+    paid = synthesise_event(KINDS["invoice_payments"], fixture("invoice_payment"), listed_at=1, api_version="v")
+    assert paid["type"] == "invoice_payment.paid" and dict(KINDS["invoice_payments"].params) == {"status": "paid"}
+    assert list(KINDS).index("invoices") < list(KINDS).index("invoice_payments")  # the invoice is known first
     note = fixture("credit_note") | {"status": "void"}
     assert synthesise_event(KINDS["credit_notes"], note, listed_at=1, api_version="v")["type"] == "credit_note.voided"
     customer = fixture("customer")
