@@ -8,6 +8,7 @@ import json
 
 import asyncpg
 import grpc
+import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -65,7 +66,10 @@ async def _has(settings: Settings, object_id: str) -> bool:
 
 
 async def _consumer_settled(runtime: ServiceRuntime):
-    info = await runtime.bus.js.consumer_info("STRIPE", runtime.consumer.durable)
+    try:
+        info = await runtime.bus.js.consumer_info("STRIPE", runtime.consumer.durable)
+    except nats.js.errors.NotFoundError:
+        return None  # the consumer loop has not created its durable yet
     return info if info.num_ack_pending == 0 and info.num_pending == 0 else None
 
 
