@@ -412,25 +412,15 @@ def ledger_history(row: asyncpg.Record) -> mapping.LedgerHistory:
     """A `receivable_histories` row as the mapping sees it; an invoice was written off by this
     deployment exactly when it has a write-off memo (whatever the setting says today)."""
     credits = tuple(zip(row["credit_dates"], row["credit_amounts"], strict=True))
-    facts = mapping.LedgerFacts(
-        total=row["total"],
-        stripe_status=row["stripe_status"],
-        stripe_amount_paid=row["stripe_amount_paid"],
-        balance_applied=row["balance_applied"],
-        payments=tuple(
-            mapping.PaymentFact(a, t) for a, t in zip(row["payment_amounts"], row["payment_times"], strict=True)
-        ),
-        invoice_credits=sum(amount for _, amount in credits),
-        uncollectible_seen=row["uncollectible_seen"],
-        uncollectible_at=row["uncollectible_at"],
-        write_off_enabled=row["written_off"],
-    )
+    facts = ledger_facts(row, write_off_enabled=row["written_off"], invoice_credits=sum(a for _, a in credits))
     return mapping.LedgerHistory(
         facts, row["transaction_date"], credits, paid_at=row["paid_at"], status_at=row["version_created"]
     )
 
 
-def ledger_facts(row: asyncpg.Record, *, write_off_enabled: bool) -> mapping.LedgerFacts:
+def ledger_facts(
+    row: asyncpg.Record, *, write_off_enabled: bool, invoice_credits: int | None = None
+) -> mapping.LedgerFacts:
     return mapping.LedgerFacts(
         total=row["total"],
         stripe_status=row["stripe_status"],
@@ -439,7 +429,7 @@ def ledger_facts(row: asyncpg.Record, *, write_off_enabled: bool) -> mapping.Led
         payments=tuple(
             mapping.PaymentFact(a, t) for a, t in zip(row["payment_amounts"], row["payment_times"], strict=True)
         ),
-        invoice_credits=int(row["credit_note_total"]),
+        invoice_credits=int(row["credit_note_total"]) if invoice_credits is None else invoice_credits,
         uncollectible_seen=row["uncollectible_seen"],
         uncollectible_at=row["uncollectible_at"],
         write_off_enabled=write_off_enabled,
