@@ -177,3 +177,27 @@ async def test_migrations_twice_and_concurrently(database_url: str) -> None:
     finally:
         for p in pools:
             await p.close()
+
+
+async def test_a_batch_fetched_ahead_goes_back_at_once_on_stop(settings: Settings) -> None:
+    """While a batch is applied the next one is fetched; stopping then must hand it back (nak),
+    not leave it to ack_wait: another replica takes it at once."""
+    slow_settings = settings.with_overrides(fetch_batch=1, ack_wait_seconds=60.0)
+    first = ServiceRuntime(toy_service.DEFINITION, slow_settings, port=0)
+    await first.start()
+    await first.wait_ready(20)
+    try:
+        slow = customer_event("cus_slow", sleep=1)
+        await publish(first.bus, slow)
+        await publish(first.bus, customer_event("cus_ahead"))
+        await eventually(lambda: toy_service.attempts.get(slow["id"], 0) >= 1)
+        await asyncio.sleep(0.3)  # the next batch is fetched while cus_slow sleeps in its handler
+    finally:
+        await first.stop()
+    assert "cus_slow" in await rows(settings) and "cus_ahead" not in await rows(settings)
+    second = ServiceRuntime(toy_service.DEFINITION, slow_settings, port=0)
+    await second.start()
+    try:
+        await eventually(lambda: _has(settings, "cus_ahead"), timeout=10)  # long before ack_wait's 60 s
+    finally:
+        await second.stop()

@@ -2,7 +2,7 @@
 
 It records each customer event's object id; its behaviour is steered by the object's metadata
 (`fail`: always raise; `fail_until`: raise until that attempt; `hang_first`: block on the first
-attempt, as a process that dies mid-handler).
+attempt, as a process that dies mid-handler; `sleep`: take that many seconds).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
     attempts[event.id] = attempts.get(event.id, 0) + 1
     if metadata.get("hang_first") and attempts[event.id] == 1:
         await asyncio.sleep(3600)  # the process "dies" here, mid-handler, before commit
+    await asyncio.sleep(float(metadata.get("sleep", 0)))
     if metadata.get("fail"):
         raise RuntimeError("toy failure for " + event.object_id)
     if attempts[event.id] < int(metadata.get("fail_until", 0)):
