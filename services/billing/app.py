@@ -32,6 +32,7 @@ def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition
         subjects=SUBJECTS,
         handler=make_handler(policy),
         batch_handler=make_batch_handler(policy),
+        fetch_ahead=True,
         grpc_service_name="syncmesh.billing.v1.BillingService",
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             BillingServicer(runtime), server

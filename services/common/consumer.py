@@ -7,9 +7,9 @@ Ack policy (the whole of it):
    `fetch_timeout_seconds`, and it returns with the first message that arrives (nats-py 2.16:
    a `no_wait` pull request with `expires`, which the server ends as soon as it has delivered
    what it had). Batches therefore grow by themselves with the backlog, and a lone event is
-   picked up within a millisecond. The next batch is fetched and decoded while this one waits
-   on PostgreSQL (replay +22-30 % measured); it is applied only after this one is settled, and
-   on stop it is nak'd for immediate redelivery.
+   picked up within a millisecond. A service may ask for the next batch to be fetched and
+   decoded while this one waits on PostgreSQL (`ServiceDefinition.fetch_ahead`); it is applied
+   only after this one is settled, and on stop it is nak'd for immediate redelivery.
 2. Open ONE transaction for the batch: record every event id in `processed_events` with one
    insert (an id already there is a duplicate: its handler is skipped, that is the idempotency),
    then hand the new events to the service: to its batch handler when it has one (which writes
@@ -180,12 +180,14 @@ class Consumer:
         durable: str | None = None,
         stream: str = STRIPE_STREAM,
         batch_handler: BatchHandler | None = None,
+        fetch_ahead: bool = False,
     ) -> None:
         self.service = service
         self.bus = bus
         self.pool = pool
         self.handler = handler
         self.batch_handler = batch_handler
+        self.fetch_ahead = fetch_ahead
         self.subjects = subjects
         self.settings = settings
         self.on_commit = on_commit
@@ -235,8 +237,8 @@ class Consumer:
                 ahead = None
                 if batch is None:
                     continue
-                # The next batch is fetched and decoded while this one waits on PostgreSQL.
-                ahead = asyncio.get_running_loop().create_task(self._next_batch(psub))
+                if self.fetch_ahead:  # the next batch is fetched and decoded while this one commits
+                    ahead = asyncio.get_running_loop().create_task(self._next_batch(psub))
                 self._idle.clear()
                 try:
                     await self._apply_batch(batch)

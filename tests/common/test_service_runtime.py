@@ -4,6 +4,7 @@ NATS and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import asyncpg
@@ -183,7 +184,8 @@ async def test_a_batch_fetched_ahead_goes_back_at_once_on_stop(settings: Setting
     """While a batch is applied the next one is fetched; stopping then must hand it back (nak),
     not leave it to ack_wait: another replica takes it at once."""
     slow_settings = settings.with_overrides(fetch_batch=1, ack_wait_seconds=60.0)
-    first = ServiceRuntime(toy_service.DEFINITION, slow_settings, port=0)
+    ahead = dataclasses.replace(toy_service.DEFINITION, fetch_ahead=True)
+    first = ServiceRuntime(ahead, slow_settings, port=0)
     await first.start()
     await first.wait_ready(20)
     try:
@@ -195,7 +197,7 @@ async def test_a_batch_fetched_ahead_goes_back_at_once_on_stop(settings: Setting
     finally:
         await first.stop()
     assert "cus_slow" in await rows(settings) and "cus_ahead" not in await rows(settings)
-    second = ServiceRuntime(toy_service.DEFINITION, slow_settings, port=0)
+    second = ServiceRuntime(ahead, slow_settings, port=0)
     await second.start()
     try:
         await eventually(lambda: _has(settings, "cus_ahead"), timeout=10)  # long before ack_wait's 60 s
