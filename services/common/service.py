@@ -62,8 +62,8 @@ class ServiceDefinition:
     #: `handler` run on each event in turn, in a few statements instead of several per event.
     batch_handler: BatchHandler | None = None
     #: Fetch and decode the next batch while the current one waits on PostgreSQL. Measured per
-    #: service, not assumed: billing replays 18-30 % faster with it, customer no differently,
-    #: CRM export 15 % slower (bench/README.md), so each service says whether it wants it.
+    #: service, not assumed: billing replays 18-30 % faster with it; for customer and CRM export
+    #: the runs were no different or inconclusive (bench/README.md), so they keep the plain loop.
     fetch_ahead: bool = False
     #: Extra long-running tasks (none by default).
     background: Callable[[ServiceRuntime], list[Coroutine[Any, Any, None]]] = field(default=lambda _rt: [])
