@@ -358,15 +358,19 @@ async def revenue_entries(conn: Conn, invoice_id: str) -> list[asyncpg.Record]:
     )
 
 
+#: The payments of invoice `i`, in one stable order, as two parallel arrays (`ledger_facts`).
+_PAYMENT_FACTS = """
+    ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
+           ORDER BY stripe_payment_id) AS payment_amounts,
+    ARRAY(SELECT paid_at FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
+           ORDER BY stripe_payment_id) AS payment_times"""
+
+
 async def invoices_with_facts(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
     """Each invoice row plus every fact its ledger is derived from, in one round trip."""
     rows = await conn.fetch(
-        """
-        SELECT i.*,
-               ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
-                      ORDER BY stripe_payment_id) AS payment_amounts,
-               ARRAY(SELECT paid_at FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
-                      ORDER BY stripe_payment_id) AS payment_times,
+        f"""
+        SELECT i.*, {_PAYMENT_FACTS},
                (SELECT COALESCE(sum(amount), 0) FROM credit_memos m
                  WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
                    AND applied_to = 'invoice' AND status = 'issued') AS credit_note_total,
@@ -384,12 +388,8 @@ async def receivable_histories(conn: Conn, customer: str, as_of: date) -> list[a
     round trip (for `mapping.ledger_as_of`)."""
     return list(
         await conn.fetch(
-            """
-            SELECT i.*,
-                   ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
-                          ORDER BY stripe_payment_id) AS payment_amounts,
-                   ARRAY(SELECT paid_at FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
-                          ORDER BY stripe_payment_id) AS payment_times,
+            f"""
+            SELECT i.*, {_PAYMENT_FACTS},
                    ARRAY(SELECT memo_date FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
                             AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
                           ORDER BY memo_key) AS credit_dates,

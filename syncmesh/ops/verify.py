@@ -305,41 +305,42 @@ class Mesh:
             self._crm_settings = reply.settings
         return self._crm_settings
 
+    async def _every_page(self, service: str, ask: Callable[[str], Awaitable[Any]], field: str) -> list[Any]:
+        """Every item of a paged List RPC: `ask(page_token)` makes the call, `field` holds the items."""
+        out: list[Any] = []
+        token = ""
+        while True:
+            reply = await self.call(service, ask(token))
+            assert reply is not None
+            out.extend(getattr(reply, field))
+            token = reply.next_page_token
+            if not token:
+                return out
+
     async def products(self, *, refresh: bool = False) -> dict[str, crm_pb.Product]:
         if self._products is None or refresh:
-            found: dict[str, crm_pb.Product] = {}
-            token = ""
-            while True:
-                reply = await self.call(
-                    "crm-export",
-                    self.crm.ListProducts(
-                        crm_pb.ListProductsRequest(page_size=500, page_token=token), timeout=RPC_TIMEOUT
-                    ),
-                )
-                assert reply is not None
-                for product in reply.products:
-                    found[product.stripe_product_id] = product
-                token = reply.next_page_token
-                if not token:
-                    break
-            self._products = found
+            products = await self._every_page(
+                "crm-export",
+                lambda token: self.crm.ListProducts(
+                    crm_pb.ListProductsRequest(page_size=500, page_token=token), timeout=RPC_TIMEOUT
+                ),
+                "products",
+            )
+            self._products = {p.stripe_product_id: p for p in products}
         return self._products
 
     async def refunds(self) -> dict[str, billing_pb.Refund]:
         """Every refund billing holds, by Stripe id: a Stripe refund names its charge, not its
         invoice or customer, so there is no narrower way to look one up."""
         if self._refunds is None:
-            found: dict[str, billing_pb.Refund] = {}
-            token = ""
-            while True:
-                request = billing_pb.ListRefundsRequest(page_size=500, page_token=token)
-                reply = await self.call("billing", self.billing.ListRefunds(request, timeout=RPC_TIMEOUT))
-                assert reply is not None
-                found.update((r.stripe_refund_id, r) for r in reply.refunds)
-                token = reply.next_page_token
-                if not token:
-                    break
-            self._refunds = found
+            refunds = await self._every_page(
+                "billing",
+                lambda token: self.billing.ListRefunds(
+                    billing_pb.ListRefundsRequest(page_size=500, page_token=token), timeout=RPC_TIMEOUT
+                ),
+                "refunds",
+            )
+            self._refunds = {r.stripe_refund_id: r for r in refunds}
         return self._refunds
 
     async def credit_memo(self, invoice_id: str, customer_id: str, source_id: str) -> billing_pb.CreditMemo | None:
@@ -364,30 +365,26 @@ class Mesh:
                 return None
 
     async def active_customers(self) -> list[customer_pb.Customer]:
-        out: list[customer_pb.Customer] = []
-        token = ""
-        while True:
-            request = customer_pb.ListCustomersRequest(
-                page_size=500, page_token=token, active=customer_pb.ACTIVE_FILTER_ACTIVE
-            )
-            reply = await self.call("customer", self.customer.ListCustomers(request, timeout=RPC_TIMEOUT))
-            assert reply is not None
-            out.extend(reply.customers)
-            token = reply.next_page_token
-            if not token:
-                return out
+        return await self._every_page(
+            "customer",
+            lambda token: self.customer.ListCustomers(
+                customer_pb.ListCustomersRequest(
+                    page_size=500, page_token=token, active=customer_pb.ACTIVE_FILTER_ACTIVE
+                ),
+                timeout=RPC_TIMEOUT,
+            ),
+            "customers",
+        )
 
     async def live_clients(self) -> list[crm_pb.Client]:
-        out: list[crm_pb.Client] = []
-        token = ""
-        while True:
-            request = crm_pb.ListClientsRequest(page_size=500, page_token=token)
-            reply = await self.call("crm-export", self.crm.ListClients(request, timeout=RPC_TIMEOUT))
-            assert reply is not None
-            out.extend(c for c in reply.clients if c.origin == crm_pb.CLIENT_ORIGIN_STRIPE and not c.deleted)
-            token = reply.next_page_token
-            if not token:
-                return out
+        clients = await self._every_page(
+            "crm-export",
+            lambda token: self.crm.ListClients(
+                crm_pb.ListClientsRequest(page_size=500, page_token=token), timeout=RPC_TIMEOUT
+            ),
+            "clients",
+        )
+        return [c for c in clients if c.origin == crm_pb.CLIENT_ORIGIN_STRIPE and not c.deleted]
 
 
 # -- comparing one object ------------------------------------------------------------------------
@@ -478,9 +475,7 @@ async def compare_invoice(mesh: Mesh, obj: dict[str, Any]) -> list[Finding]:
         out.append(_finding("invoices", "invoices", obj, problem, name, stripe_value, mesh_value))
 
     status = _text(obj.get("status"))
-    if status != inv.stripe_status:
-        behind = _INVOICE_RANK.get(inv.stripe_status, -1) < _INVOICE_RANK.get(status, -1)
-        differs("stripe_status", status, inv.stripe_status, STALE if behind else MISMATCH)
+    out += _status_finding("invoices", "invoices", obj, _INVOICE_RANK, status, inv.stripe_status, "stripe_status")
     allowed = _ERP_STATUSES.get(status)
     if allowed is not None and inv.status not in allowed:
         shown = billing_pb.InvoiceStatus.Name(inv.status).removeprefix("INVOICE_STATUS_").lower()
@@ -553,14 +548,9 @@ async def compare_subscription_contract(mesh: Mesh, obj: dict[str, Any]) -> list
         return [_finding("contracts", "subscriptions", obj, MISSING, "record", "exists", "none")]
     contract = reply.contract
     out: list[Finding] = []
-    status = _text(obj.get("status"))
-    if status != contract.status:
-        behind = _SUBSCRIPTION_RANK.get(contract.status, -1) < _SUBSCRIPTION_RANK.get(status, -1)
-        out.append(
-            _finding(
-                "contracts", "subscriptions", obj, STALE if behind else MISMATCH, "status", status, contract.status
-            )
-        )
+    out += _status_finding(
+        "contracts", "subscriptions", obj, _SUBSCRIPTION_RANK, _text(obj.get("status")), contract.status
+    )
     customer = _ref(obj.get("customer"))
     if customer != contract.stripe_customer_id:
         out.append(
@@ -587,12 +577,19 @@ async def compare_product(mesh: Mesh, obj: dict[str, Any]) -> list[Finding]:
 
 
 def _status_finding(
-    kind: str, source: str, obj: dict[str, Any], rank: Mapping[str, int], stripe_status: str, mesh_status: str
+    kind: str,
+    source: str,
+    obj: dict[str, Any],
+    rank: Mapping[str, int],
+    stripe_status: str,
+    mesh_status: str,
+    name: str = "status",
 ) -> list[Finding]:
+    """A status that differs is stale when the mesh's is behind Stripe's in lifecycle order."""
     if stripe_status == mesh_status:
         return []
     behind = rank.get(mesh_status, -1) < rank.get(stripe_status, -1)
-    return [_finding(kind, source, obj, STALE if behind else MISMATCH, "status", stripe_status, mesh_status)]
+    return [_finding(kind, source, obj, STALE if behind else MISMATCH, name, stripe_status, mesh_status)]
 
 
 def _money_findings(kind: str, source: str, obj: dict[str, Any], amount: object, money: Any) -> list[Finding]:
