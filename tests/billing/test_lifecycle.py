@@ -517,6 +517,11 @@ async def test_bad_arguments_are_refused_naming_the_field(start_billing: StartBi
     with pytest.raises(grpc.aio.AioRpcError) as no_customer:
         await billing.stub.GetCustomerBalance(pb.GetCustomerBalanceRequest())
     assert "stripe_customer_id" in str(no_customer.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as bad_as_of:
+        await billing.stub.GetCustomerBalance(
+            pb.GetCustomerBalanceRequest(stripe_customer_id="cus_NffrFeUfNV2Hib", as_of="2025-02-30")
+        )
+    assert bad_as_of.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "as_of" in str(bad_as_of.value.details())
 
 
 async def test_stripe_refusing_the_lines_request_stores_nothing_and_dead_letters(
