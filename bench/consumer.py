@@ -20,6 +20,7 @@ import asyncpg
 
 from bench.env import definition
 from bench.events import BenchEvent, workload
+from bench.procs import TICK, cpu_jiffies
 from bench.stats import fmt
 from bench.suite import Suite
 from services.common.events import subject_for
@@ -62,6 +63,10 @@ class Drain:
     seconds: float
     finished: bool
     acked: int
+    #: The service process's own CPU (user + system) per event drained, in milliseconds: unlike
+    #: events/s it does not fall when the rest of the machine takes a core, so it is the figure to
+    #: compare between runs of one machine (and, beside the yardstick, between machines).
+    cpu_ms_per_event: float | None = None
 
 
 async def timed_drain(suite: Suite, spec: str, database: str, expected: int, deadline: float) -> Drain:
@@ -73,6 +78,7 @@ async def timed_drain(suite: Suite, spec: str, database: str, expected: int, dea
     try:
         spawned = time.monotonic()
         first: tuple[float, int] | None = None
+        cpu_first = 0
         acked = 0
         while True:
             info = await env.consumer_info(durable)
@@ -87,9 +93,13 @@ async def timed_drain(suite: Suite, spec: str, database: str, expected: int, dea
             acked = info.ack_floor.consumer_seq if info.ack_floor else 0
             if first is None:
                 first = (now, acked)
+                cpu_first = cpu_jiffies(proc.pid, children=False)
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 seconds = max(now - first[0], 1e-9)
-                return Drain((expected - first[1]) / seconds, seconds, True, expected)
+                drained = expected - first[1]
+                cpu_ms = (cpu_jiffies(proc.pid, children=False) - cpu_first) * 1000 / TICK
+                per_event = cpu_ms / drained if drained > 0 else None
+                return Drain(drained / seconds, seconds, True, expected, per_event)
             if now - first[0] > deadline:
                 seconds = now - first[0]
                 return Drain((acked - first[1]) / seconds, seconds, False, acked)
@@ -98,17 +108,17 @@ async def timed_drain(suite: Suite, spec: str, database: str, expected: int, dea
         env.stop(proc)
 
 
-async def drain(suite: Suite, spec: str, expected: int, deadline: float) -> tuple[float, str]:
-    """Drain on a fresh database; events/s and what happened."""
+async def drain(suite: Suite, spec: str, expected: int, deadline: float) -> tuple[Drain, str]:
+    """Drain on a fresh database; what it measured and what happened."""
     env = suite.env
     database = await env.fresh_database("drain")
     try:
         result = await timed_drain(suite, spec, database, expected, deadline)
         if not result.finished:
-            return result.rate, f"not drained within {deadline:.0f} s; {result.acked} of {expected} acked"
+            return result, f"not drained within {deadline:.0f} s; {result.acked} of {expected} acked"
         rows = await _processed(env.pg.dsn(database), definition(spec).schema)
         check = "ok" if rows == expected else f"MISMATCH: {rows} rows in processed_events for {expected} events"
-        return result.rate, f"{expected} events in {result.seconds:.2f} s; idempotency record {check}"
+        return result, f"{expected} events in {result.seconds:.2f} s; idempotency record {check}"
     finally:
         await env.drop_database(database)
 
@@ -142,6 +152,7 @@ async def run(suite: Suite) -> None:
             figure = suite.figure(
                 TITLE, f"consumer.{spec}", f"{label} drain", "events/s", target=target, direction="min"
             )
+            cpu = suite.figure(TITLE, f"consumer.{spec}.cpu", f"{label}: its own CPU per event", "ms")
             if expected == 0:
                 suite.note(TITLE, f"{spec} subscribes to none of the generated event types; not measured")
                 continue
@@ -153,9 +164,11 @@ async def run(suite: Suite) -> None:
                     break
                 suite.say(f"  {spec} run {run_no + 1}: draining {expected:,} events")
                 began = time.monotonic()
-                value, detail = await drain(suite, spec, expected, deadline)
+                result, detail = await drain(suite, spec, expected, deadline)
                 last = time.monotonic() - began
-                suite.record(figure, value)
+                suite.record(figure, result.rate)
+                if result.finished and result.cpu_ms_per_event is not None:
+                    suite.record(cpu, result.cpu_ms_per_event)
                 figure.notes.append(f"run {run_no + 1}: {detail}")
     for name, status in suite.services().items():
         if status != "ok":

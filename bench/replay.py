@@ -103,6 +103,7 @@ async def run(suite: Suite) -> None:
         TITLE, "replay.time", f"{spec}: replay {count:,} events (10% duplicates, shuffled)", "s", target=20
     )
     rate = suite.figure(TITLE, "replay.rate", f"{spec}: replay rate", "events/s")
+    cpu = suite.figure(TITLE, "replay.cpu", f"{spec}: its own CPU per event replayed", "ms")
     again = suite.figure(TITLE, "replay.changed", f"{spec}: rows changed by replaying again", "rows", target=0)
     again_time = suite.figure(TITLE, "replay.again_time", f"{spec}: replay again (all duplicates)", "s")
     await suite.stop_mesh()
@@ -129,6 +130,8 @@ async def run(suite: Suite) -> None:
                     )
                     continue
                 suite.record(first, result.seconds)
+                if result.cpu_ms_per_event is not None:
+                    suite.record(cpu, result.cpu_ms_per_event)
                 await asyncio.sleep(1.0)  # PostgreSQL flushes table statistics within a second
                 state_before = await table_state(env.pg.dsn(database), schema)
                 suite.say(f"  run {run_no + 1}: replaying again over the built records")
