@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import MalformedEventError, WrongModeError
@@ -21,6 +22,11 @@ from syncmesh.events.v1 import envelope_pb2
 
 _EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,255}$")
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
+#: Every digit to "9", every other byte to a space: 20 nines in a row in the translated body
+#: mark a number orjson might read beyond 64 bits, where it returns a float. (Two C passes over
+#: the body, 4 us for 3.5 KB; the regular expression [0-9]{20} took 50.)
+_DIGITS_AS_NINES = bytes(b"9"[0] if chr(i) in "0123456789" else b" "[0] for i in range(256))
+_TWENTY_DIGITS = b"9" * 20
 
 Source = int  # one of envelope_pb2.EventSource values
 
@@ -56,11 +62,31 @@ def subject_for(event_type: str) -> str:
     return f"stripe.{event_type}"
 
 
+def load_json(body: bytes) -> Any:
+    """Parse JSON as RFC 8259 has it (UTF-8; no NaN, Infinity or lone surrogates), every integer
+    exact.
+
+    orjson reads a 3.5 KB event in a third of the standard library's time, and every event is
+    parsed once by the gateway and once by each service (bench/README.md). But orjson turns an
+    integer beyond 64 bits into a float, and money must never be a float: a body with 20 digits
+    in a row anywhere (even inside a string, which is harmless) is read by the standard library
+    instead, so such a number stays the exact integer it was and fails loudly where it is used.
+    Raises ValueError (json.JSONDecodeError or UnicodeDecodeError) when it is not JSON.
+    """
+    if _TWENTY_DIGITS in bytes(body).translate(_DIGITS_AS_NINES):
+        return json.loads(bytes(body).decode("utf-8"), parse_constant=_not_json)
+    return orjson.loads(body)
+
+
+def _not_json(constant: str) -> Any:
+    raise json.JSONDecodeError(f"{constant} is not JSON", constant, 0)
+
+
 def parse_event(body: bytes) -> StripeEvent:
     """Parse and check a Stripe event body; raise MalformedEventError with a short reason."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = load_json(body)
+    except ValueError:
         raise MalformedEventError("body is not JSON") from None
     if not isinstance(data, dict):
         raise MalformedEventError("body is not a JSON object")
