@@ -24,6 +24,7 @@ from bench.consumer import subject_matches
 from bench.env import definition
 from bench.events import BenchEvent, workload
 from bench.loadgen import Outcome, count_for, run_in_process
+from bench.procs import TICK
 from bench.readers import Reader, readers
 from bench.stats import fmt, percentile
 from bench.suite import Mesh, Suite
@@ -127,7 +128,9 @@ class Prober:
         await asyncio.gather(*self._reads, return_exceptions=True)
 
 
-async def measure(suite: Suite, mesh: Mesh, read: dict[str, Reader], rate: float, seconds: float) -> dict[str, float]:
+async def measure(
+    suite: Suite, mesh: Mesh, read: dict[str, Reader], rate: float, seconds: float
+) -> tuple[dict[str, float], str]:
     schemas = {definition(name).schema: tuple(definition(name).subjects) for name in mesh.services}
     events = workload(count_for(rate, seconds), tag=suite.tag())
     pool = await asyncpg.create_pool(suite.env.pg.dsn(mesh.database), min_size=1, max_size=2)
@@ -142,10 +145,12 @@ async def measure(suite: Suite, mesh: Mesh, read: dict[str, Reader], rate: float
 
     try:
         started = time.monotonic()
+        cpu_before = suite.process_cpu()
         result = await run_in_process(mesh.url, events, rate, on_answer=on_answer)
         mesh.webhooks_sent += len(events)
         await prober.settle(timeout=20)
         elapsed = time.monotonic() - started
+        cpu = cpu_per_webhook(cpu_before, suite.process_cpu(), len(events))
     finally:
         prober._stop.set()
         await asyncio.gather(poller, return_exceptions=True)
@@ -167,7 +172,18 @@ async def measure(suite: Suite, mesh: Mesh, read: dict[str, Reader], rate: float
         "polls_per_s": prober.polls / max(elapsed, 1e-9),
         "gateway_p99": result.summary()["p99_ms"],
         "non_2xx": float(result.first_non_2xx),
-    }
+    }, cpu
+
+
+def cpu_per_webhook(before: dict[str, int], after: dict[str, int], webhooks: int) -> str:
+    """Each process's CPU per webhook sent, in ms: at a paced rate a service pays per batch as
+    well as per event, so this differs from its drain cost (section 3) by what small batches cost."""
+    parts = []
+    for name, jiffies in before.items():
+        if name in after and after[name] >= jiffies and webhooks:
+            ms = (after[name] - jiffies) * 1000 / TICK / webhooks
+            parts.append(f"{name.split(' (pid')[0]} {ms:.2f}")
+    return ", ".join(parts)
 
 
 async def run(suite: Suite) -> None:
@@ -201,7 +217,7 @@ async def run(suite: Suite) -> None:
                     suite.say(
                         f"  run {run_no + 1}: {rate}/s for {seconds:.0f} s through gateway + {', '.join(services)}"
                     )
-                    m = await measure(suite, mesh, read, rate, seconds)
+                    m, cpu = await measure(suite, mesh, read, rate, seconds)
                     suite.record(figures[(rate, "p50")], m["p50"])
                     suite.record(figures[(rate, "p99")], m["p99"])
                     figures[(rate, "p99")].notes.append(
@@ -210,7 +226,7 @@ async def run(suite: Suite) -> None:
                         f"gRPC-read events {int(m['reads'])} (p50 {fmt(m['read_p50'])}, "
                         f"p99 {fmt(m['read_p99'])} ms); gateway 2xx p99 {fmt(m['gateway_p99'])} ms; "
                         f"non-2xx {int(m['non_2xx'])}; read errors {int(m['read_errors'])}; "
-                        f"{fmt(m['polls_per_s'])} commit polls/s"
+                        f"{fmt(m['polls_per_s'])} commit polls/s; CPU ms per webhook: {cpu}"
                     )
                     if not mesh.memory_steady:
                         mesh.memory_steady = {name: proc.rss_kib() for name, proc in mesh.processes().items()}

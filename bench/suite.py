@@ -144,12 +144,12 @@ class Suite:
     async def measuring(self, section: str) -> AsyncIterator[Section]:
         sec = self.report.section(section)
         before = sample_cpu()
-        procs_before = self._process_cpu()
+        procs_before = self.process_cpu()
         try:
             yield sec
         finally:
             use = cpu_between(before, sample_cpu())
-            procs_after = self._process_cpu()
+            procs_after = self.process_cpu()
             shares = {
                 name: (procs_after[name] - jiffies) / TICK / use.seconds
                 for name, jiffies in procs_before.items()
@@ -160,7 +160,7 @@ class Suite:
             sec.cpu.append(use)
             self.say(f"    cpu: {use.describe()}")
 
-    def _process_cpu(self) -> dict[str, int]:
+    def process_cpu(self) -> dict[str, int]:
         """CPU jiffies of each process we run (by pid, so a restarted one is not compared)."""
         out = {f"{p.name} (pid {p.pid})": cpu_jiffies(p.pid, children=False) for p in self.env.processes if p.alive}
         if self.env.nats.process is not None:
