@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from services.common.errors import ValidationError
@@ -197,3 +199,23 @@ def test_settings_validation_names_the_field() -> None:
         assert err.value.field == field
     ok = mapping.validate_settings(CrmSettings(contract_sources=("SUBSCRIPTION", "INVOICE", "INVOICE")))
     assert ok.contract_sources == ("INVOICE", "SUBSCRIPTION")
+
+
+def test_content_hashes_are_those_of_dataclasses_asdict() -> None:
+    """Content hashes order versions in the store (stored rows carry them): the fast conversion
+    must give exactly what `asdict` gave, or rows written before would compare differently."""
+    raw = customer()
+    raw["name"] = "Zoë Ünïcode"  # json.dumps escapes non-ASCII: the bytes hashed must not change
+    records: list[mapping.Client | mapping.Product | mapping.Contract] = [
+        mapping.client_from_customer(raw, MAPPED),
+        mapping.product_from_stripe(product(), MAPPED),
+        mapping.contract_from_invoice(invoice(subscription="sub_9")),
+        mapping.contract_from_invoice(invoice(legacy=True)),
+        mapping.contract_from_subscription(subscription(quantity=3)),
+    ]
+    for record in records:
+        assert mapping.plain(record) == dataclasses.asdict(record)
+        assert record.content_hash() == mapping.content_hash(dataclasses.asdict(record))
+    contract = records[2]
+    assert isinstance(contract, mapping.Contract) and contract.lines
+    assert isinstance(mapping.plain(contract)["lines"][0], dict)
