@@ -238,6 +238,8 @@ class ErpInvoice:
     lines: tuple[ErpLine, ...]
     lines_complete: bool
     unmapped_price_ids: tuple[str, ...] = ()
+    #: When Stripe voided it (status_transitions.voided_at): ageing as of an earlier day keeps it.
+    voided_at: int | None = None
     #: Legacy only: the charge that paid it, or out of band.
     charge_id: str | None = None
     paid_out_of_band: bool = False
@@ -528,6 +530,7 @@ def map_invoice(
         uncollectible=uncollectible,
         uncollectible_at=uncollectible_at,
         paid_at=_opt_int(transitions.get("paid_at")),
+        voided_at=_opt_int(transitions.get("voided_at")),
         lines=tuple(mapped_lines),
         lines_complete=complete,
         unmapped_price_ids=tuple(sorted(unmapped)),
@@ -958,9 +961,11 @@ class LedgerHistory:
     credits: tuple[tuple[date, int], ...]
     #: When Stripe says the invoice was paid (status_transitions.paid_at), if it says.
     paid_at: int | None
-    #: When the newest snapshot's event happened: a void's moment, and the stand-in for a
-    #: paid or uncollectible moment Stripe did not give.
+    #: When the newest snapshot's event happened: the stand-in for a paid, void or uncollectible
+    #: moment Stripe did not give (a backfilled event happened when the backfill ran).
     status_at: int
+    #: When Stripe says the invoice was voided (status_transitions.voided_at), if it says.
+    voided_at: int | None = None
 
 
 def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
@@ -969,8 +974,8 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
 
     An ageing as of a month end must not lose an invoice to a payment that came on the 3rd of
     the next month. After the last fact this is exactly `compute_ledger(h.facts)`. What is not
-    recorded is approximated on the side of showing more owed: a void counts from the newest
-    snapshot's event, and a credit note voided since counts as never issued.
+    recorded is approximated on the side of showing more owed: a void Stripe gave no moment for
+    counts from the newest snapshot's event, and a credit note voided since counts as never issued.
     """
     f = h.facts
     if f.stripe_status in ("draft", "deleted") or h.invoice_date > as_of:
@@ -980,8 +985,9 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
     marked_at = f.uncollectible_at if f.uncollectible_at is not None else h.status_at
     uncollectible = f.uncollectible_seen and marked_at <= cutoff
     paid_at = h.paid_at if h.paid_at is not None else h.status_at
+    voided_at = h.voided_at if h.voided_at is not None else h.status_at
     status = f.stripe_status
-    not_yet = {"void": h.status_at > cutoff, "paid": paid_at > cutoff, "uncollectible": not uncollectible}
+    not_yet = {"void": voided_at > cutoff, "paid": paid_at > cutoff, "uncollectible": not uncollectible}
     if not_yet.get(status, False):
         status = "uncollectible" if uncollectible else "open"
     # A payment counts from its own moment; what Stripe calls paid beyond every payment seen

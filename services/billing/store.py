@@ -193,6 +193,7 @@ async def write_snapshots(conn: Conn, folds: Sequence[mapping.SnapshotFold]) -> 
                     inv.attempt_count,
                     inv.next_payment_attempt,
                     inv.paid_at,
+                    inv.voided_at,
                     fold.lines_complete,
                     fold.lines_hash,
                     bool(balanced),
@@ -209,10 +210,10 @@ async def write_snapshots(conn: Conn, folds: Sequence[mapping.SnapshotFold]) -> 
                 version_created, version_paid, version_attempts, version_event_id, api_shape, billing_reason,
                 collection_method, currency, stripe_created, transaction_date, due_date, period_start, period_end,
                 subtotal, discount_total, tax, tax_inclusive, total, amount_due, stripe_amount_paid,
-                stripe_amount_remaining, balance_applied, attempt_count, next_payment_attempt, paid_at,
+                stripe_amount_remaining, balance_applied, attempt_count, next_payment_attempt, paid_at, voided_at,
                 lines_complete, lines_hash, balanced
             ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                      $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)
+                      $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35)
             ON CONFLICT (stripe_invoice_id) DO UPDATE SET
                 stripe_customer_id = EXCLUDED.stripe_customer_id, subscription_id = EXCLUDED.subscription_id,
                 number = EXCLUDED.number, stripe_status = EXCLUDED.stripe_status,
@@ -229,11 +230,12 @@ async def write_snapshots(conn: Conn, folds: Sequence[mapping.SnapshotFold]) -> 
                 stripe_amount_remaining = EXCLUDED.stripe_amount_remaining,
                 balance_applied = EXCLUDED.balance_applied, attempt_count = EXCLUDED.attempt_count,
                 next_payment_attempt = EXCLUDED.next_payment_attempt, paid_at = EXCLUDED.paid_at,
+                voided_at = EXCLUDED.voided_at,
                 -- The fold decided the lines: complete never becomes incomplete, and the hash and
-                -- balance change only with them ($35: the lines were rewritten).
+                -- balance change only with them ($36: the lines were rewritten).
                 lines_complete = invoices.lines_complete OR EXCLUDED.lines_complete,
                 lines_hash = EXCLUDED.lines_hash,
-                balanced = CASE WHEN $35 THEN EXCLUDED.balanced ELSE invoices.balanced END,
+                balanced = CASE WHEN $36 THEN EXCLUDED.balanced ELSE invoices.balanced END,
                 updated_at = now()
             WHERE (EXCLUDED.status_rank, EXCLUDED.version_created, EXCLUDED.version_paid,
                    EXCLUDED.version_attempts, EXCLUDED.version_event_id)
@@ -414,7 +416,12 @@ def ledger_history(row: asyncpg.Record) -> mapping.LedgerHistory:
     credits = tuple(zip(row["credit_dates"], row["credit_amounts"], strict=True))
     facts = ledger_facts(row, write_off_enabled=row["written_off"], invoice_credits=sum(a for _, a in credits))
     return mapping.LedgerHistory(
-        facts, row["transaction_date"], credits, paid_at=row["paid_at"], status_at=row["version_created"]
+        facts,
+        row["transaction_date"],
+        credits,
+        paid_at=row["paid_at"],
+        status_at=row["version_created"],
+        voided_at=row["voided_at"],
     )
 
 

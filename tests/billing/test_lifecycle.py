@@ -253,6 +253,33 @@ async def test_uncollectible_invoice_then_paid_later(start_billing: StartBilling
         await conn.close()
 
 
+async def test_a_void_heard_of_late_ages_from_stripes_voided_at(start_billing: StartBilling) -> None:
+    """A void the mesh hears of weeks after Stripe made it (a backfill, a redrive, a long outage)
+    is dated by Stripe's status_transitions.voided_at: the ageing of a day in between shows
+    nothing owed, where dating it by the event would have shown the whole invoice."""
+    billing = await start_billing(BillingSettings())
+    spec = coupon_spec("in_1RaQVoidedLate01")
+    voided_at = T0 + 86400 * 10  # 2025-06-25
+    voided = invoice_object("basil", spec, status="void")
+    voided["status_transitions"]["voided_at"] = voided_at
+    await billing.publish(stripe_event("invoice.finalized", invoice_object("basil", spec), created=T0))
+    await billing.drained(1)
+    total = (await billing.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=spec.invoice_id))).invoice
+    owed = total.amount_remaining.amount_minor
+    assert owed > 0
+    await billing.publish(stripe_event("invoice.voided", voided, created=T0 + 86400 * 60))  # heard 2025-08-14
+    await billing.drained(2)
+
+    async def open_on(day: str) -> list[int]:
+        request = pb.GetCustomerBalanceRequest(stripe_customer_id=spec.customer, as_of=day)
+        return [b.open.amount_minor for b in (await billing.stub.GetCustomerBalance(request)).balances]
+
+    assert await open_on("2025-06-24") == [owed]
+    assert await open_on("2025-06-25") == []
+    assert await open_on("2025-07-31") == []  # a month-end between the void and the event
+    assert await open_on(datetime.now(UTC).date().isoformat()) == []
+
+
 async def test_backfilled_basil_invoice_gets_its_payment_from_the_invoice_payments_listing(
     start_billing: StartBilling,
 ) -> None:

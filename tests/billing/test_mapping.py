@@ -366,6 +366,13 @@ def test_credits_voids_and_write_offs_count_from_their_day() -> None:
         status_at=FEB_28,
     )
     assert (owed(written_off, "2026-02-27"), owed(written_off, "2026-02-28")) == (10000, 0)
+    # Heard of (or backfilled) days after Stripe voided it: Stripe's voided_at decides the day.
+    heard_late = history(facts(stripe_status="void"), status_at=MAR_5, voided_at=FEB_28)
+    assert (owed(heard_late, "2026-02-27"), owed(heard_late, "2026-02-28"), owed(heard_late, "2026-03-04")) == (
+        10000,
+        0,
+        0,
+    )
     kept_open = history(facts(stripe_status="uncollectible", uncollectible_seen=True, uncollectible_at=FEB_28))
     assert owed(kept_open, "2026-03-31") == 10000  # no write-off here: still a receivable
     assert owed(history(facts(stripe_status="draft")), "2026-03-31") is None
@@ -384,6 +391,7 @@ _MOMENTS = st.integers(JAN_10, JAN_10 + 86400 * 400)
     balance=st.integers(0, 10**5),
     marked=st.one_of(st.none(), _MOMENTS),
     paid_at=st.one_of(st.none(), _MOMENTS),
+    voided_at=st.one_of(st.none(), _MOMENTS),
     status_at=_MOMENTS,
     write_off=st.booleans(),
 )
@@ -397,6 +405,7 @@ def test_as_of_a_day_after_every_fact_is_the_ledger_itself(
     balance: int,
     marked: int | None,
     paid_at: int | None,
+    voided_at: int | None,
     status_at: int,
     write_off: bool,
 ) -> None:
@@ -412,7 +421,7 @@ def test_as_of_a_day_after_every_fact_is_the_ledger_itself(
         uncollectible_at=marked,
         write_off_enabled=write_off,
     )
-    h = history(f, credits=dated, paid_at=paid_at, status_at=status_at)
+    h = history(f, credits=dated, paid_at=paid_at, status_at=status_at, voided_at=voided_at)
     assert mapping.ledger_as_of(h, date(2027, 12, 31)) == mapping.compute_ledger(f)
     # and on no day does it owe more than the invoice's total less what was applied at finalising
     for day in (date(2026, 1, 10), date(2026, 6, 1), date(2026, 12, 31)):
