@@ -816,6 +816,8 @@ class ErpCreditNote:
     out_of_band_amount: int
     reason: str | None
     lines: tuple[ErpCreditMemoLine, ...] = field(default_factory=tuple)
+    #: When Stripe voided it: until then it counted, in an ageing as of an earlier day.
+    voided_at: int | None = None
 
     @property
     def applied_to(self) -> str:
@@ -872,6 +874,7 @@ def map_credit_note(obj: Json) -> ErpCreditNote:
         out_of_band_amount=_int(obj.get("out_of_band_amount")),
         reason=obj.get("reason") if isinstance(obj.get("reason"), str) else None,
         lines=tuple(lines),
+        voided_at=_opt_int(obj.get("voided_at")) if status == "void" else None,
     )
 
 
@@ -966,6 +969,9 @@ class LedgerHistory:
     status_at: int
     #: When Stripe says the invoice was voided (status_transitions.voided_at), if it says.
     voided_at: int | None = None
+    #: Pre-payment credit notes voided since they were issued, with Stripe's voided_at: (memo
+    #: date, amount, voided at). They are not in `facts.invoice_credits`, but counted until then.
+    voided_credits: tuple[tuple[date, int, int], ...] = ()
 
 
 def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
@@ -975,7 +981,8 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
     An ageing as of a month end must not lose an invoice to a payment that came on the 3rd of
     the next month. After the last fact this is exactly `compute_ledger(h.facts)`. What is not
     recorded is approximated on the side of showing more owed: a void Stripe gave no moment for
-    counts from the newest snapshot's event, and a credit note voided since counts as never issued.
+    counts from the newest snapshot's event, and a credit note voided at a moment not recorded
+    counts as never issued.
     """
     f = h.facts
     if f.stripe_status in ("draft", "deleted") or h.invoice_date > as_of:
@@ -998,7 +1005,8 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
         stripe_status=status,
         stripe_amount_paid=sum(p.amount for p in payments) + beyond,
         payments=payments,
-        invoice_credits=sum(amount for day, amount in h.credits if day <= as_of),
+        invoice_credits=sum(amount for day, amount in h.credits if day <= as_of)
+        + sum(amount for day, amount, voided_at in h.voided_credits if day <= as_of and voided_at > cutoff),
         uncollectible_seen=uncollectible,
     )
     return compute_ledger(then)

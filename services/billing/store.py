@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import asyncpg
 
@@ -398,6 +398,10 @@ async def receivable_histories(conn: Conn, customer: str, as_of: date) -> list[a
                    ARRAY(SELECT amount FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
                             AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
                           ORDER BY memo_key) AS credit_amounts,
+                   ARRAY(SELECT ARRAY[memo_date - DATE '1970-01-01', amount, voided_at] FROM credit_memos m
+                          WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
+                            AND applied_to = 'invoice' AND status = 'void' AND voided_at IS NOT NULL
+                          ORDER BY memo_key) AS voided_credits,
                    EXISTS (SELECT 1 FROM credit_memos w
                             WHERE w.stripe_invoice_id = i.stripe_invoice_id AND w.kind = 'write_off') AS written_off
               FROM invoices i
@@ -422,6 +426,10 @@ def ledger_history(row: asyncpg.Record) -> mapping.LedgerHistory:
         paid_at=row["paid_at"],
         status_at=row["version_created"],
         voided_at=row["voided_at"],
+        voided_credits=tuple(
+            (date(1970, 1, 1) + timedelta(days=day), amount, voided_at)
+            for day, amount, voided_at in row["voided_credits"]
+        ),
     )
 
 
@@ -701,14 +709,14 @@ async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> MemoChange | None
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, number, amount, currency,
                                   memo_date, status, status_rank, applied_to, note_type, reason, memo,
-                                  version_created)
-        VALUES ($1, 'credit_note', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                  version_created, voided_at)
+        VALUES ($1, 'credit_note', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
         ON CONFLICT (memo_key) DO UPDATE SET
             stripe_invoice_id = EXCLUDED.stripe_invoice_id, stripe_customer_id = EXCLUDED.stripe_customer_id,
             number = EXCLUDED.number, amount = EXCLUDED.amount, memo_date = EXCLUDED.memo_date,
             status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, applied_to = EXCLUDED.applied_to,
             note_type = EXCLUDED.note_type, reason = EXCLUDED.reason, version_created = EXCLUDED.version_created,
-            updated_at = now()
+            voided_at = EXCLUDED.voided_at, updated_at = now()
         WHERE (EXCLUDED.status_rank, EXCLUDED.version_created)
             > (credit_memos.status_rank, credit_memos.version_created)
         RETURNING erp_credit_memo_id
@@ -727,6 +735,7 @@ async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> MemoChange | None
         cn.reason,
         f"Stripe credit note {cn.number or cn.stripe_credit_note_id}",
         cn.created,
+        cn.voided_at,
     )
     for refund_id in cn.refund_ids:
         await conn.execute(

@@ -320,6 +320,7 @@ def credit_note_object(
     note_type: str = "pre_payment",
     status: str = "issued",
     refund: str | None = None,
+    voided_at: int | None = None,
 ) -> Json:
     obj = fixture("credit_note", legacy=shape == "legacy")
     line = {
@@ -345,7 +346,7 @@ def credit_note_object(
         effective_at=created,
         status=status,
         type=note_type,
-        voided_at=created if status == "void" else None,
+        voided_at=(voided_at or created) if status == "void" else None,
         number=f"{spec.number}-CN-01",
         lines={"object": "list", "data": [line], "has_more": False, "url": f"/v1/credit_notes/{note_id}/lines"},
         pretax_credit_amounts=[],

@@ -504,11 +504,22 @@ async def test_credit_note_reduces_what_is_owed_and_voiding_restores_it(start_bi
         "invoice",
         "Service credit for downtime",
     )
-    voided = credit_note_object("basil", spec, note_id="cn_1RaQCn01", amount=2029, created=T0 + 100, status="void")
-    await billing.publish(stripe_event("credit_note.voided", voided, created=T0 + 200))
+    voided_at = T0 + 86400 * 20  # 2025-07-05
+    voided = credit_note_object(
+        "basil", spec, note_id="cn_1RaQCn01", amount=2029, created=T0 + 100, status="void", voided_at=voided_at
+    )
+    await billing.publish(stripe_event("credit_note.voided", voided, created=voided_at))
     await billing.drained(3)
     inv = (await billing.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=spec.invoice_id))).invoice
     assert (inv.credits_applied.amount_minor, inv.amount_remaining.amount_minor) == (0, 14029)
+
+    # An ageing as of a day before the void still counts the credit; from that day, it does not.
+    async def open_on(day: str) -> list[int]:
+        request = pb.GetCustomerBalanceRequest(stripe_customer_id=spec.customer, as_of=day)
+        return [b.open.amount_minor for b in (await billing.stub.GetCustomerBalance(request)).balances]
+
+    assert await open_on("2025-06-30") == [12000]
+    assert await open_on("2025-07-05") == [14029]
     conn = await billing.db()
     try:
         await assert_invariants(conn, spec.invoice_id)

@@ -359,6 +359,9 @@ def test_a_payment_after_the_day_still_leaves_the_invoice_owed_on_it() -> None:
 def test_credits_voids_and_write_offs_count_from_their_day() -> None:
     credited = history(facts(invoice_credits=2500), credits=((date(2026, 2, 1), 2500),))
     assert (owed(credited, "2026-01-31"), owed(credited, "2026-02-01")) == (10000, 7500)
+    # A credit note issued on Feb 1 and voided on Mar 2: it counted in between.
+    credit_voided = history(facts(), voided_credits=((date(2026, 2, 1), 2500, MAR_2),))
+    assert [owed(credit_voided, d) for d in ("2026-01-31", "2026-02-28", "2026-03-02")] == [10000, 7500, 10000]
     voided = history(facts(stripe_status="void"), status_at=MAR_2)
     assert (owed(voided, "2026-03-01"), owed(voided, "2026-03-02")) == (10000, 0)
     written_off = history(
@@ -392,6 +395,7 @@ _MOMENTS = st.integers(JAN_10, JAN_10 + 86400 * 400)
     marked=st.one_of(st.none(), _MOMENTS),
     paid_at=st.one_of(st.none(), _MOMENTS),
     voided_at=st.one_of(st.none(), _MOMENTS),
+    voided_credits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 10**6), _MOMENTS), max_size=2),
     status_at=_MOMENTS,
     write_off=st.booleans(),
 )
@@ -406,6 +410,7 @@ def test_as_of_a_day_after_every_fact_is_the_ledger_itself(
     marked: int | None,
     paid_at: int | None,
     voided_at: int | None,
+    voided_credits: list[tuple[int, int, int]],
     status_at: int,
     write_off: bool,
 ) -> None:
@@ -421,7 +426,10 @@ def test_as_of_a_day_after_every_fact_is_the_ledger_itself(
         uncollectible_at=marked,
         write_off_enabled=write_off,
     )
-    h = history(f, credits=dated, paid_at=paid_at, status_at=status_at, voided_at=voided_at)
+    since_voided = tuple((date(2026, 1, 10) + timedelta(days=d), amount, at) for d, amount, at in voided_credits)
+    h = history(
+        f, credits=dated, paid_at=paid_at, status_at=status_at, voided_at=voided_at, voided_credits=since_voided
+    )
     assert mapping.ledger_as_of(h, date(2027, 12, 31)) == mapping.compute_ledger(f)
     # and on no day does it owe more than the invoice's total less what was applied at finalising
     for day in (date(2026, 1, 10), date(2026, 6, 1), date(2026, 12, 31)):
