@@ -368,7 +368,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     state = mapping.ledger_as_of(store.ledger_history(r), as_of)
                     if state is not None and state.erp_status == "open" and state.amount_remaining > 0:
                         rows.append((r["currency"], r["due_date"], state.amount_remaining))
-            on_hold = await store.customer_on_hold(conn, customer)
+            on_hold = await store.customer_on_hold(conn, customer, as_of=None if as_of >= today else as_of)
         buckets: dict[str, list[int]] = {}
         counts: dict[str, int] = {}
         for currency, due_date, remaining in rows:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 
@@ -806,11 +806,24 @@ async def release_holds(conn: Conn, invoice_id: str, reason: str) -> list[asyncp
     )
 
 
-async def customer_on_hold(conn: Conn, customer_id: str) -> bool:
+async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
+    """Whether a hold stands now, or stood at the end of `as_of` (UTC). A hold is the mesh's own
+    act, so it is dated by when the mesh placed and released it; a released hold is never placed
+    again (`place_hold`), so each row is one interval."""
+    if as_of is None:
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1 AND released_at IS NULL)",
+                customer_id,
+            )
+        )
+    day_after = datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=UTC)
     return bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1 AND released_at IS NULL)",
+            "SELECT EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1 AND placed_at < $2 "
+            "AND (released_at IS NULL OR released_at >= $2))",
             customer_id,
+            day_after,
         )
     )
 

@@ -3,7 +3,7 @@ over gRPC, with the ledger's invariants checked after each."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import grpc
@@ -352,8 +352,21 @@ async def test_final_payment_failure_puts_customer_on_hold_until_paid(start_bill
     conn = await billing.db()
     try:
         await assert_invariants(conn, spec.invoice_id)
+        # As if the hold had been placed ten days ago and released five days ago: an ageing as of
+        # a day in between shows it, one before or after does not.
+        await conn.execute(
+            "UPDATE credit_holds SET placed_at = now() - interval '10 days', released_at = now() - interval '5 days'"
+        )
     finally:
         await conn.close()
+    today = datetime.now(UTC).date()
+    held = []
+    for days_ago in (12, 7, 3, 0):
+        request = pb.GetCustomerBalanceRequest(
+            stripe_customer_id=spec.customer, as_of=(today - timedelta(days=days_ago)).isoformat()
+        )
+        held.append((await billing.stub.GetCustomerBalance(request)).on_credit_hold)
+    assert held == [False, True, False, False]
 
 
 async def test_subscription_unpaid_after_final_failure_holds_the_customer(start_billing: StartBilling) -> None:
