@@ -12,15 +12,18 @@ own ceiling, before any real handler work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import asyncpg
 
-from bench.env import definition
+from bench.env import BenchEnv, MeshProcess, definition
 from bench.events import BenchEvent, workload
 from bench.procs import TICK, cpu_jiffies
+from bench.profile import Hotspots, recording
 from bench.stats import fmt
 from bench.suite import Suite
 from services.common.events import subject_for
@@ -67,53 +70,71 @@ class Drain:
     #: events/s it does not fall when the rest of the machine takes a core, so it is the figure to
     #: compare between runs of one machine (and, beside the yardstick, between machines).
     cpu_ms_per_event: float | None = None
+    #: py-spy's view of the service while it drained (with --profile).
+    hotspots: Hotspots | None = None
 
 
-async def timed_drain(suite: Suite, spec: str, database: str, expected: int, deadline: float) -> Drain:
-    """Start `spec` on `database` with a fresh durable; time it from first sight to fully acked."""
+async def timed_drain(
+    suite: Suite, spec: str, database: str, expected: int, deadline: float, *, profile: Path | None = None
+) -> Drain:
+    """Start `spec` on `database` with a fresh durable; time it from first sight to fully acked.
+    With `profile`, py-spy records the service meanwhile (its raw samples are written there)."""
     env = suite.env
     durable = definition(spec).name
     await env.delete_durable(durable)
     proc = await env.start_service(spec, database, wait=False)
+    spots: list[Hotspots] = []
     try:
-        spawned = time.monotonic()
-        first: tuple[float, int] | None = None
-        cpu_first = 0
-        acked = 0
-        while True:
-            info = await env.consumer_info(durable)
-            now = time.monotonic()
-            if not proc.alive:
-                raise RuntimeError(f"{spec} exited:\n{proc.tail()}")
-            if info is None:
-                if now - spawned > 60:
-                    raise RuntimeError(f"{spec} created no consumer within 60 s:\n{proc.tail()}")
-                await asyncio.sleep(0.02)
-                continue
-            acked = info.ack_floor.consumer_seq if info.ack_floor else 0
-            if first is None:
-                first = (now, acked)
-                cpu_first = cpu_jiffies(proc.pid, children=False)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                seconds = max(now - first[0], 1e-9)
-                drained = expected - first[1]
-                cpu_ms = (cpu_jiffies(proc.pid, children=False) - cpu_first) * 1000 / TICK
-                per_event = cpu_ms / drained if drained > 0 else None
-                return Drain(drained / seconds, seconds, True, expected, per_event)
-            if now - first[0] > deadline:
-                seconds = now - first[0]
-                return Drain((acked - first[1]) / seconds, seconds, False, acked)
-            await asyncio.sleep(0.02)
+        async with contextlib.AsyncExitStack() as stack:
+            if profile is not None:
+                spots = await stack.enter_async_context(recording(proc.pid, profile))
+            result = await _until_drained(env, proc, spec, durable, expected, deadline)
+        return replace(result, hotspots=spots[0] if spots else None)
     finally:
         env.stop(proc)
 
 
-async def drain(suite: Suite, spec: str, expected: int, deadline: float) -> tuple[Drain, str]:
+async def _until_drained(
+    env: BenchEnv, proc: MeshProcess, spec: str, durable: str, expected: int, deadline: float
+) -> Drain:
+    spawned = time.monotonic()
+    first: tuple[float, int] | None = None
+    cpu_first = 0
+    acked = 0
+    while True:
+        info = await env.consumer_info(durable)
+        now = time.monotonic()
+        if not proc.alive:
+            raise RuntimeError(f"{spec} exited:\n{proc.tail()}")
+        if info is None:
+            if now - spawned > 60:
+                raise RuntimeError(f"{spec} created no consumer within 60 s:\n{proc.tail()}")
+            await asyncio.sleep(0.02)
+            continue
+        acked = info.ack_floor.consumer_seq if info.ack_floor else 0
+        if first is None:
+            first = (now, acked)
+            cpu_first = cpu_jiffies(proc.pid, children=False)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            seconds = max(now - first[0], 1e-9)
+            drained = expected - first[1]
+            cpu_ms = (cpu_jiffies(proc.pid, children=False) - cpu_first) * 1000 / TICK
+            per_event = cpu_ms / drained if drained > 0 else None
+            return Drain(drained / seconds, seconds, True, expected, per_event)
+        if now - first[0] > deadline:
+            seconds = now - first[0]
+            return Drain((acked - first[1]) / seconds, seconds, False, acked)
+        await asyncio.sleep(0.02)
+
+
+async def drain(
+    suite: Suite, spec: str, expected: int, deadline: float, *, profile: Path | None = None
+) -> tuple[Drain, str]:
     """Drain on a fresh database; what it measured and what happened."""
     env = suite.env
     database = await env.fresh_database("drain")
     try:
-        result = await timed_drain(suite, spec, database, expected, deadline)
+        result = await timed_drain(suite, spec, database, expected, deadline, profile=profile)
         if not result.finished:
             return result, f"not drained within {deadline:.0f} s; {result.acked} of {expected} acked"
         rows = await _processed(env.pg.dsn(database), definition(spec).schema)
@@ -164,8 +185,13 @@ async def run(suite: Suite) -> None:
                     break
                 suite.say(f"  {spec} run {run_no + 1}: draining {expected:,} events")
                 began = time.monotonic()
-                result, detail = await drain(suite, spec, expected, deadline)
+                profile = (
+                    suite.env.data_dir / f"profile-drain-{spec}.txt" if suite.config.profile and not run_no else None
+                )
+                result, detail = await drain(suite, spec, expected, deadline, profile=profile)
                 last = time.monotonic() - began
+                if result.hotspots is not None:
+                    suite.note(TITLE, f"profile of {spec} draining (py-spy): " + "; ".join(result.hotspots.lines()))
                 suite.record(figure, result.rate)
                 if result.finished and result.cpu_ms_per_event is not None:
                     suite.record(cpu, result.cpu_ms_per_event)

@@ -13,6 +13,7 @@ the poll period (~2-5 ms), always rounding up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -25,6 +26,7 @@ from bench.env import definition
 from bench.events import BenchEvent, workload
 from bench.loadgen import Outcome, count_for, run_in_process
 from bench.procs import TICK
+from bench.profile import Hotspots, recording
 from bench.readers import Reader, readers
 from bench.stats import fmt, percentile
 from bench.suite import Mesh, Suite
@@ -129,7 +131,7 @@ class Prober:
 
 
 async def measure(
-    suite: Suite, mesh: Mesh, read: dict[str, Reader], rate: float, seconds: float
+    suite: Suite, mesh: Mesh, read: dict[str, Reader], rate: float, seconds: float, *, profile: bool = False
 ) -> tuple[dict[str, float], str]:
     schemas = {definition(name).schema: tuple(definition(name).subjects) for name in mesh.services}
     events = workload(count_for(rate, seconds), tag=suite.tag())
@@ -143,14 +145,22 @@ async def measure(
         if outcome.first_ok and not event.duplicate:
             prober.expect(event, outcome.due)
 
+    spots: dict[str, list[Hotspots]] = {}
     try:
-        started = time.monotonic()
-        cpu_before = suite.process_cpu()
-        result = await run_in_process(mesh.url, events, rate, on_answer=on_answer)
-        mesh.webhooks_sent += len(events)
-        await prober.settle(timeout=20)
-        elapsed = time.monotonic() - started
-        cpu = cpu_per_webhook(cpu_before, suite.process_cpu(), len(events))
+        async with contextlib.AsyncExitStack() as stack:
+            for name, proc in mesh.processes().items() if profile else ():
+                output = suite.env.data_dir / f"profile-{rate:.0f}-{name}.txt"
+                spots[name] = await stack.enter_async_context(recording(proc.pid, output))
+            started = time.monotonic()
+            cpu_before = suite.process_cpu()
+            result = await run_in_process(mesh.url, events, rate, on_answer=on_answer)
+            mesh.webhooks_sent += len(events)
+            await prober.settle(timeout=20)
+            elapsed = time.monotonic() - started
+            cpu = cpu_per_webhook(cpu_before, suite.process_cpu(), len(events))
+        for name, found in spots.items():
+            if found:
+                suite.note(TITLE, f"profile of {name} at {rate:.0f}/s (py-spy): " + "; ".join(found[0].lines()))
     finally:
         prober._stop.set()
         await asyncio.gather(poller, return_exceptions=True)
@@ -217,7 +227,9 @@ async def run(suite: Suite) -> None:
                     suite.say(
                         f"  run {run_no + 1}: {rate}/s for {seconds:.0f} s through gateway + {', '.join(services)}"
                     )
-                    m, cpu = await measure(suite, mesh, read, rate, seconds)
+                    m, cpu = await measure(
+                        suite, mesh, read, rate, seconds, profile=suite.config.profile and rate == 500 and not run_no
+                    )
                     suite.record(figures[(rate, "p50")], m["p50"])
                     suite.record(figures[(rate, "p99")], m["p99"])
                     figures[(rate, "p99")].notes.append(

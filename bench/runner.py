@@ -21,6 +21,7 @@ from types import ModuleType
 
 from bench import consumer, grpc_reads, ingest, limits, memory, queryable, replay, soak
 from bench.env import ROOT, BenchEnv
+from bench.profile import py_spy
 from bench.report import Report, cpu_between, machine, render, sample_cpu, versions, write
 from bench.suite import Config, Suite
 
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-service", default=None, help="service that replays (default billing, else the first found)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs of every process)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record each service's first drain and each process at 500/s with py-spy; hotspots go in the report",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder of the markdown report")
     return parser
 
@@ -95,7 +101,10 @@ async def suite_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         replay_events=args.replay_events or (10_000 if args.quick else 100_000),
         replay_service=args.replay_service,
         keep=args.keep,
+        profile=args.profile,
     )
+    if args.profile:
+        py_spy()  # before anything starts: a missing py-spy says what to do and stops here
     env = BenchEnv(keep=args.keep)
     started = datetime.now(UTC)
     report = Report(

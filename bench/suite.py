@@ -35,6 +35,8 @@ class Config:
     replay_events: int = 100_000
     replay_service: str | None = None
     keep: bool = False
+    #: Record processes with py-spy while measured (bench/profile.py).
+    profile: bool = False
 
     def pick(self, full: float, quick: float) -> float:
         return quick if self.quick else full
