@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -189,8 +190,25 @@ async def run_until_signalled(
     await close_stripe_clients()
 
 
+#: CPython collects generation 0 every 700 net container allocations: ~1,700 collections in a
+#: 20,000-event drain, ~10 % of a service's CPU. Nearly everything a batch allocates dies by
+#: reference counting, so collecting every 10,000 still finds the cycles (~60 collections a
+#: drain) at the same resident size, for 4-9 % less CPU per event (bench/README.md).
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """For a service process, once its modules are imported: the objects alive now live as long as
+    the process, so they are frozen out of every collection, and collections come less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
     """Entry point for `syncmesh serve <service>` and `python -m services.<service>`."""
     setup_logging(settings.log_level)
+    tune_gc()
     runtime = ServiceRuntime(definition, settings, port=port)
     asyncio.run(run_until_signalled(runtime.start, runtime.stop))
