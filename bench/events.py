@@ -1,6 +1,6 @@
 """Realistic, signed Stripe events: whole customer/invoice lifecycles, some duplicated, some reordered.
 
-Objects are built from Stripe's own published example objects (`/work/shared/stripe-fixtures`,
+Objects are built from Stripe's own published example objects (`tests/fixtures/stripe`,
 through `tests.support.stripe_events`' loader) with the placeholders replaced: real-looking ids,
 amounts drawn from a skewed distribution, currencies, increasing timestamps, invoice numbers and
 status transitions. Compact JSON puts a customer event near 1.5 KB and an invoice event near

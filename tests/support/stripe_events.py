@@ -1,8 +1,9 @@
 """Building Stripe events for tests from Stripe's published example objects.
 
-`../shared/stripe-fixtures/` holds Stripe's own OpenAPI fixtures in the current ("basil" and
-later) shape and the pre-2025-03 shape; `fixture(name)` loads one, and `event(...)` wraps an
-object in an event envelope the way Stripe's webhooks do.
+`tests/fixtures/stripe/` holds Stripe's own OpenAPI fixtures, copied into the repository with
+their source and licence beside them, in the current ("basil" and later) shape and the
+pre-2025-03 shape; `fixture(name)` loads one, and `event(...)` wraps an object in an event
+envelope the way Stripe's webhooks do.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-FIXTURES = SHARED / "stripe-fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stripe"
 CURRENT_API_VERSION = "2026-10-28.endive"
 LEGACY_API_VERSION = "2024-06-20"
 
