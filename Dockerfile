@@ -22,16 +22,20 @@ RUN python -m venv /opt/venv
 
 # Dependencies get their own layer, rebuilt only when pyproject.toml changes: the list is read
 # from [project].dependencies, the one place the versions are decided.
+# The contracts (generated stubs) are a distribution of their own, installed from their folder
+# in the same command so pip takes the project's requirement on them from there.
 COPY pyproject.toml ./
+COPY contracts ./contracts
 RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(deps))' \
         > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+    && pip install --no-cache-dir ./contracts -r /tmp/requirements.txt
 
 # The project itself (the readme is part of its metadata).
 COPY README.md ./
-COPY syncmesh ./syncmesh
 COPY gateway ./gateway
 COPY services ./services
+COPY ops ./ops
+COPY launcher ./launcher
 RUN pip install --no-cache-dir --no-deps . \
     && pip check \
     && python -m compileall -q /opt/venv/lib

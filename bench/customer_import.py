@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import customer_service_pb2_grpc
 
 from services.common.embedded import NatsServer, PostgresServer
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
 from services.customer.app import DEFINITION
-from syncmesh.customer.v1 import customer_service_pb2 as pb
-from syncmesh.customer.v1 import customer_service_pb2_grpc
 
 CHUNK = 512 * 1024
 

@@ -30,6 +30,7 @@ import nats.errors
 import nats.js.errors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.api import ConsumerInfo
+from syncmesh.events.v1 import envelope_pb2
 
 from bench.events import BENCH_SECRET, BenchEvent
 from bench.procs import rss_kib
@@ -37,7 +38,6 @@ from services.common.bus import STRIPE_STREAM, Bus
 from services.common.embedded import NatsServer, PostgresServer, free_port
 from services.common.events import parse_event, to_envelope
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_NAMES = ("customer", "billing", "crm-export")
@@ -303,7 +303,7 @@ def definition(spec: str) -> Any:
         # The toy records every event it sees, so it exercises the consumer loop on the whole
         # stream rather than on customer events only.
         return replace(toy_service.DEFINITION, subjects=("stripe.>",))
-    from syncmesh.cli import service_definition
+    from launcher.cli import service_definition
 
     return service_definition(spec)
 

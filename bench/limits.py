@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
+from syncmesh.events.v1 import envelope_pb2
 
 from bench.events import workload
 from bench.suite import Suite
 from services.common.events import StripeEvent, parse_event, to_envelope
-from syncmesh.events.v1 import envelope_pb2
 
 TITLE = "0. Physical limits of this machine"
 

@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
     if args.spec == "gateway":
-        from syncmesh.cli import _cmd_gateway
+        from launcher.cli import _cmd_gateway
 
         raise SystemExit(_cmd_gateway(argparse.Namespace(port=args.port)))
     if args.spec == "toy":
@@ -28,7 +28,7 @@ def main() -> None:
 
         serve(definition("toy"), load_settings(), port=args.port)
         return
-    from syncmesh.cli import _cmd_serve
+    from launcher.cli import _cmd_serve
 
     raise SystemExit(_cmd_serve(argparse.Namespace(service=args.spec, port=args.port)))
 

@@ -1,6 +1,8 @@
-"""`python -m gateway`: the same as `syncmesh gateway`."""
+"""`python -m gateway [--port N]`: the webhook gateway alone, as its container runs it."""
 
-from syncmesh.cli import main
+from services.common.service import main_for
 
 if __name__ == "__main__":
-    raise SystemExit(main(["gateway"]))
+    from gateway.app import serve
+
+    raise SystemExit(main_for("gateway", lambda settings, port: serve(settings, port=port)))

@@ -22,17 +22,17 @@ import time
 from aiohttp import web
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from syncmesh.events.v1 import envelope_pb2
 
 from gateway.metrics import GatewayMetrics
 from gateway.sweeper import Sweeper
 from gateway.verify import verify_event
 from services.common.bus import Bus
 from services.common.errors import MalformedEventError, PublishError, SignatureError, WrongModeError
-from services.common.events import StripeEvent, to_envelope
 from services.common.logs import current_event_id
+from services.common.publish import publish_event
 from services.common.settings import Settings
-from services.common.tracing import inject_headers, setup_tracing
-from syncmesh.events.v1 import envelope_pb2
+from services.common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -40,27 +40,6 @@ _tracer = trace.get_tracer(__name__)
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
-
-
-async def publish_event(bus: Bus, event: StripeEvent, *, source: int) -> bool:
-    """Publish one verified event to `stripe.<type>`; return True if JetStream already had it.
-
-    Shared by the webhook handler and the tools that feed events in by other routes (sweeper,
-    redrive), so every event enters the stream the same way.
-    """
-    with _tracer.start_as_current_span(
-        f"publish {event.subject}",
-        kind=trace.SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.destination.name": event.subject,
-            "messaging.message.id": event.id,
-        },
-    ):
-        ack = await bus.publish(
-            event.subject, to_envelope(event, source=source), msg_id=event.id, headers=inject_headers()
-        )
-    return bool(ack.duplicate)
 
 
 def _refuse(metrics: GatewayMetrics, outcome: str, status: int, reason: str) -> web.Response:
@@ -171,3 +150,19 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, lets in-flight requests finish
         await self.bus.close()
+
+
+def serve(settings: Settings, *, port: int | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT: `syncmesh gateway` and `python -m gateway`.
+
+    The gateway is aiohttp + nats-py only, both at home on uvloop, which cuts the CPU each
+    webhook costs; gRPC services stay on asyncio, whose loop grpc.aio is built and tested for.
+    """
+    import uvloop
+
+    from services.common.logs import setup_logging
+    from services.common.service import run_until_signalled
+
+    setup_logging(settings.log_level)
+    gateway = Gateway(settings, port=port)
+    uvloop.run(run_until_signalled(gateway.start, gateway.stop))

@@ -38,15 +38,15 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import stripe
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common.bus import STRIPE_STREAM, Bus
 from services.common.errors import MalformedEventError, PublishError, SettingsError, UpstreamError
 from services.common.events import parse_event
 from services.common.settings import Settings
+from services.common.stream import message_ids
 from services.common.stripe_api import make_stripe_client
-from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops.stream import message_ids
-from syncmesh.ops.stripe_pages import MAX_ATTEMPTS, RateLimiter, list_pages
+from services.common.stripe_pages import MAX_ATTEMPTS, RateLimiter, list_pages
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ async def sweep(
     show_progress: bool = False,
 ) -> SweepReport:
     """List Stripe's events from `since` (to `until`) and publish those the STRIPE stream lacks."""
-    from gateway.app import publish_event  # at call time: gateway.app starts the sweeper
+    from services.common.publish import publish_event  # at call time: gateway.app starts the sweeper
 
     since, clamped = clamp_since(since)
     if clamped:
@@ -220,7 +220,7 @@ async def sweep(
 
 
 def _progress(enabled: bool) -> Any:
-    from syncmesh.ops.common import progress
+    from services.common.progress import progress
 
     return progress(total=None, desc="events", unit="evt", enabled=enabled)
 

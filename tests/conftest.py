@@ -132,7 +132,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
 @pytest.fixture
 def localstripe(tmp_path: Path) -> Iterator[object]:
     """A fresh localstripe (Stripe stand-in) on a loopback port, for this test only."""
-    from syncmesh.localstripe_process import LocalStripe
+    from launcher.localstripe_process import LocalStripe
 
     server = LocalStripe(tmp_path)
     server.start()

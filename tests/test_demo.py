@@ -17,7 +17,7 @@ def test_demo_flows_through_every_service(tmp_path: Path) -> None:
         "SYNCMESH_CRM_EXPORT_PORT": "0",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "syncmesh.cli", "up", "--demo", "--once", "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "launcher.cli", "up", "--demo", "--once", "--data-dir", str(tmp_path / "data")],
         cwd=tmp_path,
         env={**env, **ports},
         capture_output=True,

@@ -1,3 +1,8 @@
-from syncmesh.cli import main
+"""`python -m services.billing [--port N]`: this service alone, as its container runs it."""
 
-raise SystemExit(main(["serve", "billing"]))
+from services.common.service import main_for, serve
+
+if __name__ == "__main__":
+    from services.billing.app import DEFINITION
+
+    raise SystemExit(main_for(DEFINITION.name, lambda settings, port: serve(DEFINITION, settings, port=port)))

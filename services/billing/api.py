@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import grpc
+from syncmesh.billing.v1 import billing_service_pb2 as pb
+from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from syncmesh.type.v1 import money_pb2
 
 from services.billing import mapping, store
 from services.common import paging
 from services.common.errors import NotFoundError, ValidationError
-from syncmesh.billing.v1 import billing_service_pb2 as pb
-from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
-from syncmesh.type.v1 import money_pb2
 
 #: The list requests filtered by customer and invoice, which share one paging path.
 _CustomerInvoicePage = pb.ListPaymentsRequest | pb.ListCreditMemosRequest | pb.ListRefundsRequest

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
+
 from services.billing.api import BillingServicer
 from services.billing.batch import make_batch_handler, make_handler
 from services.billing.settings import BillingSettings, load_billing_settings
 from services.common.service import ServiceDefinition
-from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
 
 SUBJECTS = (
     "stripe.invoice.*",

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from syncmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from tqdm import tqdm
 
 from services.common.grpc_client import aio_channel, default_target
 from services.common.settings import Settings, load_settings
-from syncmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:

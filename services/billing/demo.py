@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from syncmesh.billing.v1 import billing_service_pb2 as pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from syncmesh.type.v1 import money_pb2

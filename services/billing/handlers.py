@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 import asyncpg
+from syncmesh.billing.v1 import events_pb2
+from syncmesh.type.v1 import money_pb2
 
 from services.billing import mapping, store
 from services.billing.mapping import ErpCreditNote, ErpPayment, ErpRefund, HoldRequest
@@ -28,8 +30,6 @@ from services.common.consumer import HandlerContext
 from services.common.db import Conn
 from services.common.errors import PermanentError
 from services.common.events import StripeEvent
-from syncmesh.billing.v1 import events_pb2
-from syncmesh.type.v1 import money_pb2
 
 log = logging.getLogger(__name__)
 

@@ -31,18 +31,17 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
 from services.billing.settings import BillingSettings, RevenueRule
+from services.billing.statuses import (
+    CREDIT_NOTE_STATUS_RANK,
+    ERP_STATUS_RANK,
+    REFUND_STATUS_RANK,
+    STRIPE_STATUS_RANK,
+)
 from services.common.events import api_shape
 
 Json = dict[str, Any]
 ErpStatus = Literal["open", "paid_in_full", "voided", "written_off"]
 LineKind = Literal["item", "discount"]
-
-#: Stripe invoice statuses only move forward; a snapshot of a lower rank never overwrites a higher.
-STRIPE_STATUS_RANK: dict[str, int] = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
-#: ERP statuses only move forward too: a paid invoice is never re-opened by a late event.
-ERP_STATUS_RANK: dict[str, int] = {"open": 0, "written_off": 1, "paid_in_full": 2, "voided": 2}
-REFUND_STATUS_RANK: dict[str, int] = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
-CREDIT_NOTE_STATUS_RANK: dict[str, int] = {"issued": 0, "void": 1}
 
 
 # --------------------------------------------------------------------------------------------

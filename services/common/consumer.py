@@ -54,6 +54,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
 from services.common import outbox
 from services.common.bus import DLQ_STREAM, STRIPE_STREAM, Bus
@@ -64,7 +65,6 @@ from services.common.logs import current_event_id
 from services.common.settings import Settings
 from services.common.stripe_api import stripe_client_for
 from services.common.tracing import extract_context, inject_headers
-from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common.errors import MalformedEventError, WrongModeError
-from syncmesh.events.v1 import envelope_pb2
 
 _EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,255}$")
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")

@@ -17,12 +17,14 @@ they are back; the consumer and relay back off meanwhile and catch up afterwards
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,11 @@ import stripe
 from services.common import db
 from services.common.bus import Bus
 from services.common.consumer import BatchHandler, Consumer, Handler
-from services.common.errors import UpstreamError
+from services.common.errors import SettingsError, UpstreamError
 from services.common.grpc_server import GrpcServer, start_grpc_server
 from services.common.logs import setup_logging
 from services.common.outbox import OutboxRelay
-from services.common.settings import Settings
+from services.common.settings import Settings, load_settings
 from services.common.stripe_api import close_stripe_clients, stripe_client_for
 from services.common.tracing import setup_tracing
 
@@ -212,3 +214,20 @@ def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None
     tune_gc()
     runtime = ServiceRuntime(definition, settings, port=port)
     asyncio.run(run_until_signalled(runtime.start, runtime.stop))
+
+
+def main_for(deployable: str, run: Callable[[Settings, int | None], None], argv: Sequence[str] | None = None) -> int:
+    """A deployable's own `__main__`: parse `--port`, load settings, run; a bad setting is one line
+    on stderr and exit code 2, never a traceback (an operator reading a crash-looping pod has
+    nothing else to go on)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {deployable}", description=f"run {deployable} alone")
+    parser.add_argument("--port", type=int, default=None, help="listening port (default from the settings)")
+    args = parser.parse_args(argv)
+    try:
+        run(load_settings(), args.port)
+    except SettingsError as exc:
+        print(f"{deployable}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,3 +1,8 @@
-from syncmesh.cli import main
+"""`python -m services.crm_export [--port N]`: this service alone, as its container runs it."""
 
-raise SystemExit(main(["serve", "crm-export"]))
+from services.common.service import main_for, serve
+
+if __name__ == "__main__":
+    from services.crm_export.app import DEFINITION
+
+    raise SystemExit(main_for(DEFINITION.name, lambda settings, port: serve(DEFINITION, settings, port=port)))

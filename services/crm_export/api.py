@@ -11,6 +11,9 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
+from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc as pb_grpc
+from syncmesh.crm_export.v1 import events_pb2
 
 from services.common import outbox, paging
 from services.common.db import Conn
@@ -18,9 +21,6 @@ from services.common.errors import ConflictError, NotFoundError, SettingsError, 
 from services.common.service import ServiceRuntime
 from services.crm_export import mapping, messages, store
 from services.crm_export.importer import SERVICE, Importer, ImportOptions
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
-from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc as pb_grpc
-from syncmesh.crm_export.v1 import events_pb2
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServiceServicer_to_server
+
 from services.common.service import ServiceDefinition
 from services.crm_export.api import CrmExportServicer
 from services.crm_export.handlers import handle, handle_batch
-from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServiceServicer_to_server
 
 DEFINITION = ServiceDefinition(
     name="crm-export",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
+from syncmesh.crm_export.v1 import events_pb2
 
 from services.common.db import Conn
 from services.crm_export import mapping, messages, store
@@ -32,7 +33,6 @@ from services.crm_export.mapping import (
     SubscriptionState,
     Version,
 )
-from syncmesh.crm_export.v1 import events_pb2
 
 Emit = Callable[[str, Message], Awaitable[None]]
 

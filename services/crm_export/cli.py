@@ -12,13 +12,13 @@ import sys
 from typing import Any
 
 import grpc
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
+from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 from tqdm import tqdm
 
 from services.common.grpc_client import channel as client_channel
 from services.common.grpc_client import default_target
 from services.common.settings import load_settings
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
-from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 
 PHASE_NAMES = {
     pb.IMPORT_PHASE_CUSTOMERS: "customers",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 

@@ -40,6 +40,7 @@ from services.crm_export import handlers, mapping, store
 from services.crm_export.changes import Changes, Emit
 from services.crm_export.fetch import StripeFetcher
 from services.crm_export.mapping import CrmSettings
+from services.crm_export.statuses import TERMINAL_SUBSCRIPTION_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -363,11 +364,7 @@ def phase_is_dated(phase: str) -> bool:
 
 def subscription_ended_before(subscription: Mapping[str, Any], cutoff: int) -> bool:
     ended = subscription.get("ended_at") or subscription.get("canceled_at")
-    return (
-        subscription.get("status") in mapping.TERMINAL_SUBSCRIPTION_STATUSES
-        and isinstance(ended, int)
-        and ended < cutoff
-    )
+    return subscription.get("status") in TERMINAL_SUBSCRIPTION_STATUSES and isinstance(ended, int) and ended < cutoff
 
 
 def _after(cp: store.Checkpoint) -> dict[str, str]:

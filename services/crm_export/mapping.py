@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.common.errors import ValidationError
+from services.crm_export.statuses import SUBSCRIPTION_RANK, TERMINAL_SUBSCRIPTION_STATUSES
 
 INVOICE = "INVOICE"
 SUBSCRIPTION = "SUBSCRIPTION"
@@ -35,19 +36,6 @@ PAYMENT_FAILED = "PAYMENT_FAILED"
 SUBSCRIPTION_PAST_DUE = "SUBSCRIPTION_PAST_DUE"
 SUBSCRIPTION_CANCELED = "SUBSCRIPTION_CANCELED"
 
-#: Subscription statuses in the order a lifecycle moves through them; ties in `created` are
-#: broken by the higher rank. Terminal ones can never be left.
-SUBSCRIPTION_RANK = {
-    "incomplete": 0,
-    "trialing": 1,
-    "active": 2,
-    "paused": 3,
-    "past_due": 4,
-    "unpaid": 5,
-    "incomplete_expired": 6,
-    "canceled": 7,
-}
-TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
 PAST_DUE_STATUSES = frozenset({"past_due", "unpaid"})
 LIVE_SUBSCRIPTION_STATUSES = frozenset({"incomplete", "trialing", "active", "paused", "past_due", "unpaid"})
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
+from syncmesh.type.v1 import money_pb2
 
 from services.crm_export import mapping
 from services.crm_export.mapping import CrmSettings, FieldMapping, Product
 from services.crm_export.store import ClientRecord, ContractRecord, Health, SettingsVersion
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
-from syncmesh.type.v1 import money_pb2
 
 SOURCE_TO_PB = {mapping.INVOICE: pb.CONTRACT_SOURCE_INVOICE, mapping.SUBSCRIPTION: pb.CONTRACT_SOURCE_SUBSCRIPTION}
 SOURCE_FROM_PB = {v: k for k, v in SOURCE_TO_PB.items()}

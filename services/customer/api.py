@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import grpc
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 
 from services.common import outbox, paging
 from services.common.errors import ConflictError, NotFoundError, SyncMeshError, ValidationError
@@ -26,8 +28,6 @@ from services.customer.mapping import (
     parse_mapping_csv,
 )
 from services.customer.messages import customer_message, history_message, timestamp
-from syncmesh.customer.v1 import customer_service_pb2 as pb
-from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 
 if TYPE_CHECKING:
     from services.common.service import ServiceRuntime

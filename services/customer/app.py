@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from syncmesh.customer.v1.customer_service_pb2_grpc import add_CustomerServiceServicer_to_server
+
 from services.common.service import ServiceDefinition
 from services.customer.api import CustomerServicer
 from services.customer.handlers import handle, handle_batch
-from syncmesh.customer.v1.customer_service_pb2_grpc import add_CustomerServiceServicer_to_server
 
 DEFINITION = ServiceDefinition(
     name="customer",

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import customer_service_pb2_grpc
 from tqdm import tqdm
 
 from services.common.grpc_client import channel as client_channel
 from services.common.grpc_client import default_target
 from services.common.settings import load_settings
-from syncmesh.customer.v1 import customer_service_pb2 as pb
-from syncmesh.customer.v1 import customer_service_pb2_grpc
 
 CHUNK_BYTES = 512 * 1024
 

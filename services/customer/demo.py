@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
 

@@ -6,12 +6,12 @@ from datetime import datetime
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from services.customer.mapping import CustomerRecord
-from services.customer.store import HistoryRow
 from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import events_pb2
 from syncmesh.type.v1 import money_pb2
+
+from services.customer.mapping import CustomerRecord
+from services.customer.store import HistoryRow
 
 _ORIGINS = {"stripe_event": pb.CUSTOMER_ORIGIN_STRIPE_EVENT, "import": pb.CUSTOMER_ORIGIN_IMPORT}
 

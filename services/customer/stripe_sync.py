@@ -18,14 +18,14 @@ from typing import Any
 
 import asyncpg
 import stripe
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import events_pb2
 
 from services.common.errors import ConflictError, NotFoundError, UpstreamError, ValidationError
 from services.common.outbox import add_event
 from services.common.stripe_api import upstream_error
 from services.customer import store
 from services.customer.mapping import CustomerRecord, normalize_email
-from syncmesh.customer.v1 import customer_service_pb2 as pb
-from syncmesh.customer.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 

@@ -121,10 +121,11 @@ def test_same_seed_and_tag_give_the_same_events_and_another_tag_new_ids() -> Non
 def test_the_yardstick_does_the_work_the_event_code_does_with_its_own_frozen_copy() -> None:
     """The yardstick keeps its own copy of the event code as it was (standard-library JSON), so
     it measures the machine; the copy must still build the envelope the real code builds."""
+    from syncmesh.events.v1 import envelope_pb2
+
     from bench.events import workload
     from bench.limits import yardstick_envelope
     from services.common.events import parse_event, to_envelope
-    from syncmesh.events.v1 import envelope_pb2
 
     for event in workload(50, tag="ys"):
         frozen, real = envelope_pb2.StripeEventEnvelope(), envelope_pb2.StripeEventEnvelope()

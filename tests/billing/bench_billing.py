@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from syncmesh.events.v1 import envelope_pb2
 
 from services.billing.app import make_definition
 from services.billing.settings import BillingSettings
@@ -28,7 +29,6 @@ from services.common.embedded import NatsServer, PostgresServer
 from services.common.events import parse_event, to_envelope
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
 from tests.billing.builders import (
     PRICE_ADDON,
     InvoiceSpec,

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common.events import StripeEvent, parse_event, to_envelope
-from syncmesh.events.v1 import envelope_pb2
 from tests.support.stripe_events import LEGACY_API_VERSION, event, fixture
 
 Shape = Literal["basil", "legacy"]

@@ -12,6 +12,8 @@ import asyncpg
 import grpc
 import pytest
 from aiohttp import web
+from syncmesh.billing.v1 import billing_service_pb2_grpc
+from syncmesh.events.v1 import envelope_pb2
 
 from services.billing.app import make_definition
 from services.billing.settings import BillingSettings
@@ -19,8 +21,6 @@ from services.common.bus import Bus
 from services.common.events import parse_event, to_envelope
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.billing.v1 import billing_service_pb2_grpc
-from syncmesh.events.v1 import envelope_pb2
 from tests.conftest import eventually
 
 

@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
-from services.billing.demo import demo_report
 from syncmesh.billing.v1 import billing_service_pb2 as pb
-from syncmesh.cli import main
+
+from launcher.cli import main
+from services.billing.demo import demo_report
 from tests.billing.builders import (
     PRICE_ADDON,
     PRICE_PRO,

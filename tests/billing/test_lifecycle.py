@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import grpc
 import pytest
+from syncmesh.billing.v1 import billing_service_pb2 as pb
 
 from gateway.app import Gateway
 from services.billing.settings import BillingSettings
 from services.common.settings import Settings
-from syncmesh.billing.v1 import billing_service_pb2 as pb
 from tests.billing.builders import (
     PRICE_ADDON,
     PRICE_PRO,
@@ -285,7 +285,7 @@ async def test_backfilled_basil_invoice_gets_its_payment_from_the_invoice_paymen
 ) -> None:
     """In current API versions a paid invoice names no charge: backfilled alone it reads paid with
     nothing behind it, and the backfill's invoice_payments listing supplies the payment."""
-    from syncmesh.ops.backfill import KINDS, synthesise_event
+    from ops.backfill import KINDS, synthesise_event
 
     billing = await start_billing()
     spec = coupon_spec("in_1RaQBackfilled0001")

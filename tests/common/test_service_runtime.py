@@ -12,13 +12,13 @@ import grpc
 import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
 from services.common import db
 from services.common.bus import DLQ_STREAM, EVENTS_STREAM, Bus
 from services.common.events import parse_event, to_envelope
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 from tests.common import toy_service
 from tests.conftest import eventually
 from tests.support.stripe_events import event, fixture

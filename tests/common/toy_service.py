@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from syncmesh.type.v1 import money_pb2
+
 from services.common.consumer import BatchItem, BatchUnsupported, HandlerContext
 from services.common.db import Conn
 from services.common.events import StripeEvent
 from services.common.service import ServiceDefinition
-from syncmesh.type.v1 import money_pb2
 
 attempts: dict[str, int] = {}
 

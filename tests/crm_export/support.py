@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 import grpc
-
-from services.common.bus import Bus
-from services.common.events import parse_event, to_envelope
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc as pb_grpc
 from syncmesh.events.v1 import envelope_pb2
+
+from services.common.bus import Bus
+from services.common.events import parse_event, to_envelope
 from tests.support.stripe_events import event, fixture
 
 T0 = 1_750_000_000  # 2025-06-15: recent enough for any days-back window used in the tests

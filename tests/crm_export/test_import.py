@@ -15,6 +15,8 @@ import grpc
 import pytest
 import stripe
 from aiohttp import web
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
+from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServiceServicer_to_server
 
 from gateway.app import Gateway
 from services.common import db
@@ -26,8 +28,6 @@ from services.crm_export import mapping, store
 from services.crm_export.api import CrmExportServicer
 from services.crm_export.app import DEFINITION
 from services.crm_export.importer import Importer, ImportOptions, TokenBucket
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
-from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServiceServicer_to_server
 from tests.conftest import eventually, stripe_client_for
 from tests.crm_export.support import stub
 from tests.support.signing import TEST_SECRET
@@ -368,7 +368,7 @@ async def _settled(rt: ServiceRuntime, made: dict[str, int]) -> bool:
 async def test_cli_import_shows_progress_and_reports_the_count(
     small_page_runtime: ServiceRuntime, localstripe: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from syncmesh.cli import main
+    from launcher.cli import main
 
     await seed(stripe_client_for(localstripe), customers=4, subscribed=2)
     target = f"127.0.0.1:{small_page_runtime.port}"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncpg
 import grpc
 import pytest
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
+from syncmesh.crm_export.v1 import events_pb2
 
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
 from services.crm_export.demo import demo_report
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
-from syncmesh.crm_export.v1 import events_pb2
 from tests.conftest import eventually
 from tests.crm_export.support import T0, customer, event, invoice, product, publish, stub, subscription, view
 

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from syncmesh.crm_export.v1 import events_pb2
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common import db
 from services.common.consumer import BatchItem, HandlerContext
@@ -20,8 +22,6 @@ from services.common.settings import Settings
 from services.crm_export import mapping, messages, store
 from services.crm_export.app import DEFINITION
 from services.crm_export.handlers import handle, handle_batch
-from syncmesh.crm_export.v1 import events_pb2
-from syncmesh.events.v1 import envelope_pb2
 from tests.crm_export.support import T0, customer, event, invoice, product, subscription
 
 TABLES = "stripe_customers, clients, products, contracts, contract_lines, subscriptions, invoice_payments, outbox"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 
 from services.common.service import ServiceRuntime
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from tests.conftest import eventually
 from tests.crm_export.support import T0, customer, event, publish, stub
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from tests.crm_export.support import stub
 
 CLIENTS = 1500

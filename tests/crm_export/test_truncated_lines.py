@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common import db
 from services.common.consumer import HandlerContext
@@ -17,7 +18,6 @@ from services.common.settings import Settings
 from services.crm_export import store
 from services.crm_export.app import DEFINITION
 from services.crm_export.handlers import handle
-from syncmesh.events.v1 import envelope_pb2
 from tests.conftest import stripe_client_for
 from tests.crm_export.support import event
 

@@ -5,12 +5,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
+from syncmesh.customer.v1 import customer_service_pb2_grpc
 
 from services.common import db
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
 from services.customer.app import DEFINITION
-from syncmesh.customer.v1 import customer_service_pb2_grpc
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import uuid
 from typing import Any
 
 import asyncpg
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common.bus import Bus
 from services.common.consumer import HandlerContext
 from services.common.events import parse_event, to_envelope
 from services.common.settings import Settings
 from services.customer.handlers import handle
-from syncmesh.events.v1 import envelope_pb2
 from tests.support.stripe_events import event, fixture
 
 

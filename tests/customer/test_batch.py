@@ -17,13 +17,13 @@ import asyncpg
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from syncmesh.customer.v1 import events_pb2
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import StripeEvent, parse_event
 from services.common.settings import Settings
 from services.customer.handlers import handle, handle_batch
-from syncmesh.customer.v1 import events_pb2
-from syncmesh.events.v1 import envelope_pb2
 from tests.customer.support import current_customer, customer_event
 
 T0 = 1_700_000_000
@@ -147,8 +147,9 @@ async def test_batches_of_any_size_equal_one_event_at_a_time(
 async def test_a_malformed_event_in_a_batch_is_dead_lettered_and_the_rest_applied(settings: Settings) -> None:
     """Bad input changes nothing: the batch is redone message by message, the bad one goes to
     the dead letters at once (PermanentError), its neighbours are written."""
-    from services.common.bus import DLQ_STREAM, Bus
     from syncmesh.events.v1 import dead_letter_pb2
+
+    from services.common.bus import DLQ_STREAM, Bus
     from tests.conftest import eventually
     from tests.customer.conftest import start_runtime, stop_runtime
     from tests.customer.support import new_customer_id, publish

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from syncmesh.customer.v1 import events_pb2
 
 from services.common.errors import PermanentError
 from services.common.settings import Settings
 from services.customer import store
-from syncmesh.customer.v1 import events_pb2
 from tests.customer.support import current_customer, customer_event, legacy_customer, new_customer_id, run_handler
 
 T0 = 1_700_000_000

@@ -10,12 +10,12 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-
-from services.common.service import ServiceRuntime
-from services.common.settings import Settings
-from syncmesh.cli import main as syncmesh_main
 from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
+
+from launcher.cli import main as syncmesh_main
+from services.common.service import ServiceRuntime
+from services.common.settings import Settings
 from tests.conftest import eventually
 from tests.customer.support import current_customer, customer_event, publish
 

@@ -7,13 +7,13 @@ import time
 
 import grpc
 import pytest
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 
 from gateway.app import Gateway
 from services.common.bus import EVENTS_STREAM
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.customer.v1 import customer_service_pb2 as pb
-from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 from tests.conftest import eventually
 from tests.customer.support import current_customer, customer_event, legacy_customer, publish
 from tests.gateway.test_gateway import post

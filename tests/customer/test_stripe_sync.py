@@ -11,12 +11,12 @@ from typing import Any
 import grpc
 import pytest
 from aiohttp import web
+from syncmesh.customer.v1 import customer_service_pb2 as pb
+from syncmesh.customer.v1 import customer_service_pb2_grpc
 
 from services.common.embedded import free_port
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.customer.v1 import customer_service_pb2 as pb
-from syncmesh.customer.v1 import customer_service_pb2_grpc
 from tests.conftest import stripe_client_for
 from tests.customer.conftest import start_runtime, stop_runtime
 from tests.customer.support import close_client

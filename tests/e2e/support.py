@@ -15,15 +15,15 @@ from typing import Any
 
 import grpc
 import stripe
-
-from gateway.app import Gateway
-from services.common.bus import STRIPE_STREAM
-from services.common.service import ServiceRuntime
-from services.common.settings import Settings
 from syncmesh.billing.v1 import billing_service_pb2_grpc
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 from syncmesh.customer.v1 import customer_service_pb2_grpc
-from syncmesh.localstripe_process import LocalStripe
+
+from gateway.app import Gateway
+from launcher.localstripe_process import LocalStripe
+from services.common.bus import STRIPE_STREAM
+from services.common.service import ServiceRuntime
+from services.common.settings import Settings
 from tests.conftest import eventually
 
 MESH_KEY = "sk_test_mesh_e2e"

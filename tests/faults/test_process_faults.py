@@ -33,10 +33,6 @@ import grpc
 import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from services.common.bus import EVENTS_STREAM, STRIPE_STREAM
-from services.common.embedded import NatsServer, free_port
-from services.common.events import parse_event, to_envelope
 from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as crm_pb
@@ -45,6 +41,10 @@ from syncmesh.customer.v1 import customer_service_pb2 as customer_pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
 from syncmesh.customer.v1 import events_pb2 as customer_events_pb2
 from syncmesh.events.v1 import envelope_pb2
+
+from services.common.bus import EVENTS_STREAM, STRIPE_STREAM
+from services.common.embedded import NatsServer, free_port
+from services.common.events import parse_event, to_envelope
 from tests.billing.builders import (
     PRICE_ADDON,
     InvoiceSpec,
@@ -72,7 +72,7 @@ SCHEMAS = {"customer": "customer", "billing": "billing", "crm-export": "crm_expo
 
 @dataclass
 class Proc:
-    """One `python -m syncmesh.cli ...` process with its own log file."""
+    """One `python -m launcher.cli ...` process with its own log file."""
 
     name: str
     args: list[str]
@@ -84,7 +84,7 @@ class Proc:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "syncmesh.cli", *self.args],
+                [sys.executable, "-m", "launcher.cli", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

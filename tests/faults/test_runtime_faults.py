@@ -11,6 +11,7 @@ import aiohttp
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from syncmesh.events.v1 import envelope_pb2
 
 from gateway.app import Gateway
 from services.common.bus import STRIPE_STREAM, Bus
@@ -18,7 +19,6 @@ from services.common.embedded import PostgresServer
 from services.common.events import parse_event, to_envelope
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
 from tests.common import toy_service
 from tests.conftest import eventually
 from tests.support.signing import sign, signed_request

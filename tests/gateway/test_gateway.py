@@ -8,12 +8,12 @@ import time
 import aiohttp
 import nats
 import pytest
+from syncmesh.events.v1 import envelope_pb2
 
 from gateway.app import Gateway
 from services.common.bus import STRIPE_STREAM
 from services.common.embedded import NatsServer
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
 from tests.conftest import eventually
 from tests.support.signing import ROTATED_SECRET, TEST_SECRET, sign, signed_request
 from tests.support.stripe_events import event, fixture

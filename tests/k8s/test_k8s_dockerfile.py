@@ -96,8 +96,10 @@ def test_dependencies_install_in_their_own_layer_before_the_source() -> None:
         if keyword == "COPY":
             seen_copies.append(rest)
         if keyword == "RUN" and "pip install" in rest:
-            assert seen_copies == ["pyproject.toml ./"], (
-                f"the first pip install must see only pyproject.toml (copied so far: {seen_copies})"
+            # The contracts are a distribution the project depends on: they install with the
+            # dependencies, in the same layer, before any of the project's own source.
+            assert seen_copies == ["pyproject.toml ./", "contracts ./contracts"], (
+                f"the first pip install must see only pyproject.toml and contracts/ (copied so far: {seen_copies})"
             )
             assert "dependencies" in rest, "install [project].dependencies, not the project, first"
             break

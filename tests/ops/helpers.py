@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from syncmesh.events.v1 import envelope_pb2
+
 from services.common.bus import STRIPE_STREAM, Bus
 from services.common.events import parse_event, to_envelope
-from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops.stream import StreamReader
+from services.common.stream import StreamReader
 from tests.support.stripe_events import event, fixture
 
 

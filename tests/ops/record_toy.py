@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from syncmesh.type.v1 import money_pb2
+
 from services.common.consumer import HandlerContext
 from services.common.events import StripeEvent
 from services.common.service import ServiceDefinition
-from syncmesh.type.v1 import money_pb2
 
 NAME_STYLE = {"upper": False}
 

@@ -15,13 +15,13 @@ import pytest
 import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from syncmesh.events.v1 import envelope_pb2
 
+from ops.backfill import KINDS, backfill, parse_types, synthesise_event
 from services.common.bus import Bus
 from services.common.errors import SettingsError
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops.backfill import KINDS, backfill, parse_types, synthesise_event
-from syncmesh.ops.stripe_pages import RateLimiter
+from services.common.stripe_pages import RateLimiter
 from tests.ops.helpers import stripe_messages
 from tests.support.stripe_events import fixture
 

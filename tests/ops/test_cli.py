@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ops import register
 from services.common.bus import Bus
 from services.common.consumer import Consumer
 from services.common.errors import SettingsError
 from services.common.settings import Settings
-from syncmesh.ops import register
 from tests.ops import record_toy
 from tests.ops.helpers import customer_event, publish, stripe_messages
 from tests.ops.test_dlq import _as_msg
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def run(argv: list[str]) -> int:
-    """As `syncmesh.cli.main` does: configuration errors exit 2 with the message."""
+    """As `launcher.cli.main` does: configuration errors exit 2 with the message."""
     args = parser().parse_args(argv)
 
     def call() -> int:
@@ -121,7 +121,7 @@ async def test_sweep_and_backfill_commands(env, localstripe, ls_client, bus: Bus
 
 
 async def test_replay_command(env, bus: Bus, capsys) -> None:
-    env.setattr("syncmesh.cli.service_definition", lambda name: record_toy.DEFINITION)
+    env.setattr("launcher.cli.service_definition", lambda name: record_toy.DEFINITION)
     await publish(bus, customer_event("cus_r", name="Replayed", created=10))
     assert await run(["replay", "customer"]) == 0
     out = capsys.readouterr().out

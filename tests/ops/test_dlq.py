@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from syncmesh.events.v1 import envelope_pb2
 
+from ops import dlq
 from services.common.bus import DLQ_STREAM, STRIPE_STREAM, Bus
 from services.common.errors import ConflictError, NotFoundError
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops import dlq
 from tests.common import toy_service
 from tests.conftest import eventually
 from tests.ops.helpers import customer_event, publish, stop_runtime, stripe_messages
@@ -98,7 +98,7 @@ async def test_undecodable_letter_cannot_be_redriven_and_is_discarded(
     assert len(await dlq.list_dead_letters(bus)) == 1  # refused redrive kept it
 
     stripe_before = (await bus.js.stream_info(STRIPE_STREAM)).state.messages
-    with caplog.at_level("WARNING", logger="syncmesh.ops.dlq"):
+    with caplog.at_level("WARNING", logger="ops.dlq"):
         discarded = await dlq.discard(bus, entry.sequence)
     assert discarded.sequence == entry.sequence
     assert any(f"discarding dead letter {entry.sequence}" in r.getMessage() for r in caplog.records)
@@ -138,7 +138,7 @@ async def test_list_filters_by_service_and_limits(bus: Bus) -> None:
 
 async def _as_msg(bus: Bus, seq: int):
     """The STRIPE message at `seq`, as a consumer would receive it (with metadata)."""
-    from syncmesh.ops.stream import StreamReader
+    from services.common.stream import StreamReader
 
     async for batch in StreamReader(bus, STRIPE_STREAM).batches():
         for msg in batch:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from ops.replay import replay
 from services.common.bus import EVENTS_STREAM, Bus
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.ops.replay import replay
 from tests.common import toy_service
 from tests.conftest import eventually
 from tests.ops import record_toy

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from services.common.bus import STRIPE_STREAM, Bus
-from syncmesh.ops.stream import StreamReader, message_ids
+from services.common.stream import StreamReader, message_ids
 from tests.ops.helpers import customer_event, publish
 
 

@@ -7,15 +7,15 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from syncmesh.events.v1 import envelope_pb2
 
-from gateway.app import publish_event
 from gateway.sweeper import Sweeper, clamp_since, load_sweep_settings, sweep
 from services.common.bus import Bus
 from services.common.errors import SettingsError
 from services.common.events import parse_event
+from services.common.publish import publish_event
 from services.common.settings import Settings
 from services.common.stripe_api import make_stripe_client
-from syncmesh.events.v1 import envelope_pb2
 from tests.conftest import eventually
 from tests.ops.helpers import stripe_messages
 

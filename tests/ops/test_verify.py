@@ -16,14 +16,10 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 import pytest
-
-from services.common.bus import STRIPE_STREAM, Bus
-from services.common.errors import SettingsError
-from services.common.settings import Settings
 from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
-from syncmesh.cli import main
-from syncmesh.ops.stream import message_ids
-from syncmesh.ops.verify import (
+
+from launcher.cli import main
+from ops.verify import (
     REPAIR_ID_PREFIX,
     Mesh,
     compare_credit_note,
@@ -32,6 +28,10 @@ from syncmesh.ops.verify import (
     repair,
     verify,
 )
+from services.common.bus import STRIPE_STREAM, Bus
+from services.common.errors import SettingsError
+from services.common.settings import Settings
+from services.common.stream import message_ids
 from tests.billing.builders import InvoiceSpec, credit_note_object, stripe_event
 from tests.e2e.support import (
     MESH_KEY,

@@ -25,13 +25,13 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
+from syncmesh.crm_export.v1 import crm_export_service_pb2 as crm_pb
+from syncmesh.customer.v1 import customer_service_pb2 as customer_pb
 
 from services.common.logs import setup_logging
 from services.common.settings import Settings
 from services.common.tracing import setup_tracing
-from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
-from syncmesh.crm_export.v1 import crm_export_service_pb2 as crm_pb
-from syncmesh.customer.v1 import customer_service_pb2 as customer_pb
 from tests.billing.builders import (
     InvoiceSpec,
     charge_object,

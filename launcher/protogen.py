@@ -1,6 +1,7 @@
 """Generates the Python stubs for every contract under `protos/`.
 
-One command (`scripts/gen-protos`, or `python -m syncmesh.protogen`) so that everyone produces
+One command (`scripts/gen-protos`, or `python -m launcher.protogen`), writing into the
+contracts distribution (`contracts/`), so that everyone produces
 byte-identical stubs with the pinned grpcio-tools; a test regenerates into a temporary folder
 and fails when the committed stubs have drifted from `protos/`.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
+#: The contracts distribution: the stubs are written under contracts/syncmesh/<domain>/v1.
+CONTRACTS = ROOT / "contracts"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
@@ -57,7 +60,7 @@ def _drop_empty_grpc_module(stub: Path) -> None:
 
 
 def committed_stubs() -> list[Path]:
-    return sorted(p for p in (ROOT / "syncmesh").rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
+    return sorted(p for p in (CONTRACTS / "syncmesh").rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
 
 
 def main() -> int:
@@ -68,12 +71,12 @@ def main() -> int:
         written = generate(Path(scratch))
         for path in written:
             relative = path.relative_to(scratch)
-            target = ROOT / relative
+            target = CONTRACTS / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
             for folder in relative.parents:
                 if folder != Path("."):
-                    (ROOT / folder / "__init__.py").touch(exist_ok=True)
+                    (CONTRACTS / folder / "__init__.py").touch(exist_ok=True)
             print(relative)
     print(f"{len(written)} stub files generated from {len(proto_files())} .proto files")
     return 0

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 
 import nats.js.errors
 from google.protobuf.message import DecodeError
+from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
 from services.common.bus import DLQ_STREAM, Bus
 from services.common.errors import ConflictError, NotFoundError
-from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def decode_entry(sequence: int, data: bytes) -> DeadLetterEntry:
 
 async def list_dead_letters(bus: Bus, *, service: str | None = None, limit: int | None = None) -> list[DeadLetterEntry]:
     """Dead letters in stream order (oldest first), optionally of one service."""
-    from syncmesh.ops.stream import StreamReader
+    from services.common.stream import StreamReader
 
     entries: list[DeadLetterEntry] = []
     reader = StreamReader(bus, DLQ_STREAM, subjects=(dlq_subject(service),))

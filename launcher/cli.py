@@ -19,14 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.common.errors import SettingsError
-from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
 SERVICES = {"customer": "services.customer", "billing": "services.billing", "crm-export": "services.crm_export"}
 
 #: Modules that may add subcommands: `register(subparsers, groups)` where groups maps a
 #: shared command name ("import", ...) to its sub-subparsers.
-EXTENSIONS = ("services.customer.cli", "services.billing.cli", "services.crm_export.cli", "syncmesh.ops")
+EXTENSIONS = ("services.customer.cli", "services.billing.cli", "services.crm_export.cli", "ops")
 
 
 def service_definition(name: str) -> Any:
@@ -37,17 +36,9 @@ def service_definition(name: str) -> Any:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    import uvloop
+    from gateway.app import serve
 
-    from gateway.app import Gateway
-    from services.common.service import run_until_signalled
-
-    settings = load_settings()
-    setup_logging(settings.log_level)
-    gateway = Gateway(settings, port=args.port)
-    # The gateway is aiohttp + nats-py only, both at home on uvloop, which cuts the CPU each
-    # webhook costs; gRPC services stay on asyncio, whose loop grpc.aio is built and tested for.
-    uvloop.run(run_until_signalled(gateway.start, gateway.stop))
+    serve(load_settings(), port=args.port)
     return 0
 
 
@@ -59,7 +50,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from syncmesh.mesh import run_mesh
+    from launcher.up import run_mesh
 
     return run_mesh(demo=args.demo, data_dir=args.data_dir, once=args.once)
 

@@ -22,10 +22,10 @@ import aiohttp
 import stripe
 
 from gateway.app import Gateway
+from launcher.localstripe_process import LocalStripe
 from services.common.grpc_client import aio_channel
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from syncmesh.localstripe_process import LocalStripe
 
 DEMO_KEY = "sk_test_syncmesh_demo"
 

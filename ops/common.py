@@ -1,20 +1,20 @@
-"""What every operator command needs: a confirmed NATS connection, times from the command
-line, and progress bars that stay out of the way when output is not a terminal."""
+"""What every operator command needs: a confirmed NATS connection, times from the command line,
+and one way to run a command that turns the failures an operator can fix into one clear line."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tqdm import tqdm
-
 from services.common.bus import Bus
-from services.common.errors import SettingsError
-from services.common.settings import Settings, parse_timestamp
+from services.common.errors import ConflictError, NotFoundError, PublishError, SettingsError, UpstreamError
+from services.common.logs import setup_logging
+from services.common.settings import Settings, load_settings, parse_timestamp
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -49,14 +49,21 @@ async def connected_bus(settings: Settings, *, name: str = "syncmesh-ops", timeo
         await bus.close()
 
 
-def progress(*, total: int | None, desc: str, unit: str, enabled: bool = True) -> tqdm[Any]:
-    """A tqdm bar on stderr; silent when disabled or when stderr is not a terminal."""
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        disable=not enabled or not sys.stderr.isatty(),
-        leave=False,
-        dynamic_ncols=True,
-    )
+EXIT_FAILED = 1
+
+
+def run_command(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
+    """Run one command's coroutine; turn the errors an operator can fix into a clear line."""
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    try:
+        return asyncio.run(work(settings))
+    except (NotFoundError, ConflictError) as exc:
+        print(f"syncmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except UpstreamError as exc:
+        print(f"syncmesh: {exc} (nothing after the last completed step was done; rerun to continue)", file=sys.stderr)
+        return EXIT_FAILED
+    except PublishError as exc:
+        print(f"syncmesh: {exc}: check NATS (SYNCMESH_NATS_URL) and rerun; completed steps are kept", file=sys.stderr)
+        return EXIT_FAILED

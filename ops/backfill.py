@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import stripe
+from syncmesh.events.v1 import envelope_pb2
 
 from services.common.bus import STRIPE_STREAM, Bus
 from services.common.errors import MalformedEventError, SettingsError
 from services.common.events import parse_event
+from services.common.progress import progress
 from services.common.settings import Settings
-from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops.common import progress
-from syncmesh.ops.stream import message_ids
-from syncmesh.ops.stripe_pages import RateLimiter, list_pages
+from services.common.stream import message_ids
+from services.common.stripe_pages import RateLimiter, list_pages
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ async def backfill(
     show_progress: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BackfillReport:
-    from gateway.app import publish_event  # at call time, as gateway.app imports the sweeper
+    from services.common.publish import publish_event  # at call time, as gateway.app imports the sweeper
 
     since_ts = int(since.timestamp())
     checkpoint = Checkpoint.load(checkpoint_path, since_ts, restart=restart)

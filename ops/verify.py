@@ -31,7 +31,7 @@ mesh holds an earlier lifecycle state: a status behind Stripe's, a deletion it n
 `mismatch` (a value differs). Customer e-mails are masked in the report.
 
 `--repair` re-syncs exactly the objects of those rows: each is turned into a Stripe-shaped
-event by the backfill's own synthesis (`syncmesh.ops.backfill.synthesise_event`; invoices with
+event by the backfill's own synthesis (`ops.backfill.synthesise_event`; invoices with
 all their lines) and published by the gateway's own path (`gateway.app.publish_event`), so it
 goes through the services' usual handlers, guards and idempotency record. Only the event id
 differs from the backfill's: the backfill id is a hash of the content alone, which the
@@ -54,13 +54,6 @@ from typing import Any
 
 import grpc
 import stripe
-
-from services.billing.mapping import CREDIT_NOTE_STATUS_RANK, REFUND_STATUS_RANK
-from services.common.bus import Bus
-from services.common.errors import MalformedEventError, NotServedError, SettingsError, UpstreamError
-from services.common.events import StripeEvent, parse_event
-from services.common.grpc_client import aio_channel, default_target
-from services.common.settings import Settings
 from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as crm_pb
@@ -68,9 +61,16 @@ from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 from syncmesh.customer.v1 import customer_service_pb2 as customer_pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
 from syncmesh.events.v1 import envelope_pb2
-from syncmesh.ops.backfill import BACKFILL_ID_PREFIX, KINDS, KindReport, complete_invoice_lines, synthesise_event
-from syncmesh.ops.common import progress
-from syncmesh.ops.stripe_pages import RateLimiter, list_pages
+
+from ops.backfill import BACKFILL_ID_PREFIX, KINDS, KindReport, complete_invoice_lines, synthesise_event
+from services.billing.statuses import CREDIT_NOTE_STATUS_RANK, REFUND_STATUS_RANK
+from services.common.bus import Bus
+from services.common.errors import MalformedEventError, NotServedError, SettingsError, UpstreamError
+from services.common.events import StripeEvent, parse_event
+from services.common.grpc_client import aio_channel, default_target
+from services.common.progress import progress
+from services.common.settings import Settings
+from services.common.stripe_pages import RateLimiter, list_pages
 
 log = logging.getLogger(__name__)
 
@@ -863,7 +863,7 @@ async def repair(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RepairReport:
     """Re-sync exactly the objects behind `report`'s findings, then re-verify them."""
-    from gateway.app import publish_event  # at call time, as gateway.app imports the sweeper
+    from services.common.publish import publish_event  # at call time, as gateway.app imports the sweeper
 
     result = RepairReport(before=report)
     if report.clean:
@@ -975,9 +975,8 @@ async def reverify(
 
 def command(args: Any) -> int:
     """`syncmesh verify [--repair] [--types ...] [--since DATE]`: 0 when clean, 1 when not."""
+    from ops.common import EXIT_FAILED, connected_bus, parse_since, run_command
     from services.common.stripe_api import close_stripe_client, make_stripe_client
-    from syncmesh.ops.cli import EXIT_FAILED, _run
-    from syncmesh.ops.common import connected_bus, parse_since
 
     async def work(settings: Settings) -> int:
         since = parse_since("--since", args.since) if args.since else None
@@ -1015,4 +1014,4 @@ def command(args: Any) -> int:
                 await channel.close()
             await close_stripe_client(client)
 
-    return _run(work)
+    return run_command(work)

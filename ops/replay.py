@@ -55,10 +55,10 @@ from services.common.bus import STRIPE_STREAM, Bus
 from services.common.consumer import BatchHandler, BatchItem, Consumer, Handler, HandlerContext
 from services.common.errors import SettingsError
 from services.common.events import StripeEvent, from_envelope
+from services.common.progress import progress
 from services.common.service import ServiceDefinition
 from services.common.settings import Settings
-from syncmesh.ops.common import progress
-from syncmesh.ops.stream import StreamReader
+from services.common.stream import StreamReader
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
 async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool) -> int:
     stand_in = None
     if demo:
-        from syncmesh.demo import demo_settings, start_stand_in
+        from launcher.demo import demo_settings, start_stand_in
 
         stand_in = start_stand_in(data_dir)
         settings = demo_settings(settings, stand_in)
@@ -114,7 +114,7 @@ async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float
             print("  (and set SYNCMESH_WEBHOOK_SECRETS to the whsec_ it prints)")
         print("Ctrl-C stops everything.\n", flush=True)
         if demo:
-            from syncmesh.demo import run_demo
+            from launcher.demo import run_demo
 
             assert stand_in is not None
             demo_task = asyncio.create_task(run_demo(settings, gateway, runtimes, stand_in))

@@ -9,46 +9,24 @@ says what to do next and exit non-zero; nothing here prints a traceback for them
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import ConflictError, NotFoundError, PublishError, SettingsError, UpstreamError
-from services.common.logs import setup_logging
-from services.common.settings import Settings, load_settings
+from ops.common import EXIT_FAILED, run_command
+from services.common.errors import ConflictError, NotFoundError, SettingsError
+from services.common.settings import Settings
 
-log = logging.getLogger("syncmesh.ops")
-
-EXIT_FAILED = 1
-
-
-def _run(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
-    """Run one command's coroutine; turn the errors an operator can fix into a clear line."""
-    settings = load_settings()
-    setup_logging(settings.log_level)
-    try:
-        return asyncio.run(work(settings))
-    except (NotFoundError, ConflictError) as exc:
-        print(f"syncmesh: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except UpstreamError as exc:
-        print(f"syncmesh: {exc} (nothing after the last completed step was done; rerun to continue)", file=sys.stderr)
-        return EXIT_FAILED
-    except PublishError as exc:
-        print(f"syncmesh: {exc}: check NATS (SYNCMESH_NATS_URL) and rerun; completed steps are kept", file=sys.stderr)
-        return EXIT_FAILED
-
+log = logging.getLogger("ops")
 
 # -- dlq ---------------------------------------------------------------------------------------
 
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
-    from syncmesh.ops import dlq
-    from syncmesh.ops.common import connected_bus
+    from ops import dlq
+    from ops.common import connected_bus
 
     async def work(settings: Settings) -> int:
         async with connected_bus(settings) as bus:
@@ -73,12 +51,12 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
         print(f"{len(entries)} dead letters; `syncmesh dlq show SEQ` for one, `syncmesh dlq redrive SEQ` once fixed")
         return 0
 
-    return _run(work)
+    return run_command(work)
 
 
 def _cmd_dlq_show(args: argparse.Namespace) -> int:
-    from syncmesh.ops import dlq
-    from syncmesh.ops.common import connected_bus
+    from ops import dlq
+    from ops.common import connected_bus
 
     async def work(settings: Settings) -> int:
         async with connected_bus(settings) as bus:
@@ -86,11 +64,11 @@ def _cmd_dlq_show(args: argparse.Namespace) -> int:
         print(dlq.describe(entry))
         return 0
 
-    return _run(work)
+    return run_command(work)
 
 
 async def _selected(bus: Any, args: argparse.Namespace) -> list[int]:
-    from syncmesh.ops import dlq
+    from ops import dlq
 
     if args.all:
         return [e.sequence for e in await dlq.list_dead_letters(bus, service=args.service)]
@@ -102,8 +80,9 @@ async def _selected(bus: Any, args: argparse.Namespace) -> list[int]:
 
 
 def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
-    from syncmesh.ops import dlq
-    from syncmesh.ops.common import connected_bus, progress
+    from ops import dlq
+    from ops.common import connected_bus
+    from services.common.progress import progress
 
     async def work(settings: Settings) -> int:
         failed = 0
@@ -128,12 +107,12 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
             print("no dead letters to redrive")
         return EXIT_FAILED if failed else 0
 
-    return _run(work)
+    return run_command(work)
 
 
 def _cmd_dlq_discard(args: argparse.Namespace) -> int:
-    from syncmesh.ops import dlq
-    from syncmesh.ops.common import connected_bus
+    from ops import dlq
+    from ops.common import connected_bus
 
     async def work(settings: Settings) -> int:
         failed = 0
@@ -151,7 +130,7 @@ def _cmd_dlq_discard(args: argparse.Namespace) -> int:
                 print(f"discarded {seq}: {entry.letter.service} {entry.event_type or '-'} {entry.event_id or '-'}")
         return EXIT_FAILED if failed else 0
 
-    return _run(work)
+    return run_command(work)
 
 
 # -- sweep -------------------------------------------------------------------------------------
@@ -159,8 +138,8 @@ def _cmd_dlq_discard(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from gateway.sweeper import load_sweep_settings, sweep
+    from ops.common import connected_bus, parse_since
     from services.common.stripe_api import close_stripe_client, make_stripe_client
-    from syncmesh.ops.common import connected_bus, parse_since
 
     async def work(settings: Settings) -> int:
         if args.since:
@@ -182,16 +161,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         return 0
 
-    return _run(work)
+    return run_command(work)
 
 
 # -- backfill ----------------------------------------------------------------------------------
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
+    from ops.backfill import backfill, parse_types
+    from ops.common import connected_bus, parse_since
     from services.common.stripe_api import close_stripe_client, make_stripe_client
-    from syncmesh.ops.backfill import backfill, parse_types
-    from syncmesh.ops.common import connected_bus, parse_since
 
     async def work(settings: Settings) -> int:
         since = parse_since("--since", args.since)
@@ -217,16 +196,16 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         return 0
 
-    return _run(work)
+    return run_command(work)
 
 
 # -- replay ------------------------------------------------------------------------------------
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from syncmesh.cli import service_definition
-    from syncmesh.ops.common import connected_bus, parse_since
-    from syncmesh.ops.replay import replay
+    from launcher.cli import service_definition
+    from ops.common import connected_bus, parse_since
+    from ops.replay import replay
 
     async def work(settings: Settings) -> int:
         definition = service_definition(args.service)
@@ -238,7 +217,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         return EXIT_FAILED if report.failures else 0
 
-    return _run(work)
+    return run_command(work)
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -332,6 +311,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from syncmesh.ops.verify import command
+    from ops.verify import command
 
     return command(args)
