@@ -65,8 +65,12 @@ class Settings:
     #: Largest webhook body accepted. Stripe events are a few KB; an invoice with ten expanded
     #: lines stays well under 256 KiB, so 1 MiB leaves room without inviting abuse.
     max_body_bytes: int = 1024 * 1024
-    #: Signature timestamp tolerance, as in every official Stripe SDK.
+    #: Signature timestamp tolerance, as in every official Stripe SDK; the gateway applies it to
+    #: timestamps ahead of its clock too.
     webhook_tolerance_seconds: int = 300
+    #: How long a webhook body may take to arrive. Stripe sends a few KB at once; a client that
+    #: trickles it is answered 408 rather than holding a connection open.
+    webhook_read_timeout_seconds: float = 10.0
     #: How long the gateway waits for JetStream's ack before answering 503.
     publish_timeout_seconds: float = 2.0
     #: Attempts before a message is dead-lettered.
@@ -241,6 +245,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         max_body_bytes=_int(env, "SYNCMESH_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=16 * 1024 * 1024),
         webhook_tolerance_seconds=_int(env, "SYNCMESH_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1, maximum=3600),
+        webhook_read_timeout_seconds=_float(
+            env, "SYNCMESH_WEBHOOK_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=300
+        ),
         publish_timeout_seconds=_float(env, "SYNCMESH_PUBLISH_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=30),
         max_deliver=_int(env, "SYNCMESH_MAX_DELIVER", 5, minimum=1, maximum=100),
         ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),
