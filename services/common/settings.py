@@ -165,14 +165,20 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float,
     return value
 
 
-def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], *, listed: bool = False) -> str | None:
+    """One URL, or with `listed` a comma-separated list of them (NATS's seed servers).
+
+    Only a list is split on commas: a PostgreSQL URL may name several hosts in libpq's form,
+    `postgresql://user@host1:5432,host2:5432/db?target_session_attrs=read-write`, which is how a
+    client follows a failover to the promoted primary without a proxy. A refused value is never
+    echoed back: it may carry a password.
+    """
     raw = _read(env, name)
     if raw is None:
         return None
-    for url in raw.split(","):
+    for url in raw.split(",") if listed else [raw]:
         if not url.strip().startswith(tuple(f"{s}://" for s in schemes)):
-            shown = raw if name != "SYNCMESH_DATABASE_URL" else raw.split("://", 1)[0] + "://…"
-            raise SettingsError(f"{name}={shown!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+            raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
     return raw
 
 
@@ -230,7 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"SYNCMESH_DRY_RUN={dry_run_raw!r} must be true or false")
 
     return Settings(
-        nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls")),
+        nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls"), listed=True),
         database_url=_url(env, "SYNCMESH_DATABASE_URL", ("postgres", "postgresql")),
         webhook_secrets=secrets,
         stripe_api_key=api_key,
