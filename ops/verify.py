@@ -128,6 +128,9 @@ async def _gather_limited(jobs: Iterable[Awaitable[None]], limit: int) -> None:
     await asyncio.gather(*(run(job) for job in jobs))
 
 
+# -- verifying ------------------------------------------------------------------------------------
+
+
 async def _active_checks(report: VerifyReport, mesh: Mesh, checks: Sequence[Check[Any]]) -> list[Check[Any]]:
     """The checks of the report's types that the services' present settings make meaningful;
     a kind whose check says to leave it out then leaves the report (types and summaries)."""
