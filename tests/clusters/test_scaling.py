@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from services.common.embedded import free_port
 from tests.clusters.delivery import deliver_steadily, domain_events_once
 from tests.conftest import eventually
 from tests.faults.test_process_faults import (
@@ -21,7 +22,6 @@ from tests.faults.test_process_faults import (
     Mesh,
     Proc,
     assert_exact_records,
-    free_port,
     lifecycle,
     processed,
     wait_processed,
