@@ -14,7 +14,8 @@ Applying a batch (`BatchRunner.run`):
 2. If the applier fails, that transaction is rolled back whole and the batch is redone in a new
    one with the SAME applier on a batch of one per message, each under a savepoint, so only the
    failing messages are left unwritten. The message the applier was on when it failed keeps that
-   failure and is not run again in that pass (its applier may have called Stripe).
+   failure and is not run again in that pass (its applier may have called Stripe), nor is a
+   second copy of a failed event in the same batch (it shares that failure).
 3. Dry run (SYNCMESH_DRY_RUN) is a rollback policy, not another path: each transaction (or
    savepoint) is rolled back after logging what it would have written, so batches, isolated
    messages and replays alike write nothing, and the outcomes are what a real run would have had.
@@ -303,14 +304,19 @@ class BatchRunner:
             type(failed.error).__name__,
             failed.error,
         )
+        # Not run twice in one pass: the message that failed, nor a second copy of a failed event.
+        failures: dict[str, Exception] = {}
+        if failed.delivery is not None:
+            failures[failed.delivery.event.id] = failed.error
         async with conn.transaction():
             for d in deliveries:
-                if d is failed.delivery:
-                    _record_failure(d, failed.error)  # not run twice in one pass
-                    continue
-                alone = await self._together(conn, (d,))  # a savepoint: this message only
-                if alone is not None:
-                    _record_failure(d, alone.error)
+                error = failures.get(d.event.id)
+                if error is None:
+                    alone = await self._together(conn, (d,))  # a savepoint: this message only
+                    if alone is None:
+                        continue
+                    error = failures[d.event.id] = alone.error
+                _record_failure(d, error)
 
     async def _together(self, conn: Conn, work: Sequence[Delivery]) -> _Failure | None:
         """`work` in one transaction (a savepoint when nested); on a failure nothing is written,
