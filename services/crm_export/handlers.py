@@ -29,12 +29,7 @@ PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
 SUBSCRIPTION_PREFIX = "customer.subscription."
 
 
-async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
-    """One event: a batch of one (the consumer's span is already current)."""
-    await handle_batch(ctx.conn, [BatchItem.alone(ctx, event)])
-
-
-async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     """The events in turn under the settings read once for the batch (they are versioned, and a
     change made meanwhile applies from the next batch, as it would from the next event); what
     they read one at a time is read up front in bulk, and what they changed is announced once."""

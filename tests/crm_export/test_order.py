@@ -21,7 +21,7 @@ from services.common.events import StripeEvent, parse_event
 from services.common.settings import Settings
 from services.crm_export import mapping, messages, store
 from services.crm_export.app import DEFINITION
-from services.crm_export.handlers import handle, handle_batch
+from services.crm_export.handlers import apply
 from tests.crm_export.support import T0, customer, event, invoice, product, subscription
 
 TABLES = "stripe_customers, clients, products, contracts, contract_lines, subscriptions, invoice_payments, outbox"
@@ -75,16 +75,16 @@ def _context(conn: asyncpg.Connection, evt: StripeEvent) -> HandlerContext:
 
 
 async def apply_all(pool: asyncpg.Pool, events: list[StripeEvent], batch: int = 1) -> dict[str, Any]:
-    """One event per transaction through `handle`, or `batch` at a time through `handle_batch`."""
+    """One event per transaction (a batch of one), or `batch` at a time, through `apply`."""
     async with pool.acquire() as conn:
         await conn.execute(f"TRUNCATE {TABLES}")
     for start in range(0, len(events), batch):
         chunk = events[start : start + batch]
         async with pool.acquire() as conn, conn.transaction():
             if batch == 1:
-                await handle(_context(conn, chunk[0]), chunk[0])
+                await apply(conn, [BatchItem.alone(_context(conn, chunk[0]), chunk[0])])
             else:
-                await handle_batch(conn, [BatchItem.alone(_context(conn, e), e) for e in chunk])
+                await apply(conn, [BatchItem.alone(_context(conn, e), e) for e in chunk])
     async with pool.acquire() as conn:
         return {
             "clients": await store.list_clients(conn, after="", limit=100),
