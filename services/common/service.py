@@ -123,7 +123,7 @@ class ServiceRuntime:
                     [("runtime", db.RUNTIME_MIGRATIONS), (self.definition.name, self.definition.migrations)],
                 )
                 self._pool = pool
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except db.UNAVAILABLE as exc:
                 log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
