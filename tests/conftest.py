@@ -22,6 +22,7 @@ import pytest
 
 from services.common.embedded import NatsServer, PostgresServer
 from services.common.settings import Settings
+from tests.support.kinds import forbid_processes, mark_kinds
 from tests.support.signing import TEST_SECRET
 
 
@@ -150,3 +151,15 @@ def stripe_client_for(localstripe: object):
         http_client=stripe.AIOHTTPClient(),
         max_network_retries=0,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test `unit` or `integration` (tests/support/kinds.py), so `-m unit` runs the pure ones."""
+    mark_kinds(items)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `unit` test that starts a process fails: its label would be a lie."""
+    if request.node.get_closest_marker("unit"):
+        forbid_processes(monkeypatch)
