@@ -28,8 +28,6 @@ _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
 _DIGITS_AS_NINES = bytes(b"9"[0] if chr(i) in "0123456789" else b" "[0] for i in range(256))
 _TWENTY_DIGITS = b"9" * 20
 
-Source = int  # one of envelope_pb2.EventSource values
-
 
 @dataclass(frozen=True)
 class StripeEvent:
