@@ -62,11 +62,14 @@ def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture(autouse=True)
 async def _close_shared_stripe_clients() -> AsyncIterator[None]:
-    """Stripe clients are shared per event loop; close their sessions after each test."""
+    """Stripe clients are shared per event loop; close their sessions after each test, and those
+    `stripe_client_for` made for it (an unclosed aiohttp session is a ResourceWarning, an error here)."""
     yield
-    from services.common.stripe_api import close_stripe_clients
+    from services.common.stripe_api import close_stripe_client, close_stripe_clients
 
     await close_stripe_clients()
+    while _clients_made_for_the_test:
+        await close_stripe_client(_clients_made_for_the_test.pop())
 
 
 async def _clean_jetstream(url: str) -> None:
@@ -141,16 +144,21 @@ def localstripe(tmp_path: Path) -> Iterator[object]:
     server.stop()
 
 
+_clients_made_for_the_test: list[Any] = []
+
+
 def stripe_client_for(localstripe: object):
-    """An official-SDK client pointed at a localstripe fixture."""
+    """An official-SDK client pointed at a localstripe fixture, closed when the test ends."""
     import stripe
 
-    return stripe.StripeClient(
+    client = stripe.StripeClient(
         "sk_test_localstripe",
         base_addresses={"api": localstripe.url},  # type: ignore[attr-defined]
         http_client=stripe.AIOHTTPClient(),
         max_network_retries=0,
     )
+    _clients_made_for_the_test.append(client)
+    return client
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
