@@ -977,6 +977,7 @@ def command(args: Any) -> int:
     """`syncmesh verify [--repair] [--types ...] [--since DATE]`: 0 when clean, 1 when not."""
     from ops.common import EXIT_FAILED, connected_bus, parse_since, run_command
     from services.common.stripe_api import close_stripe_client, make_stripe_client
+    from services.registry import by_name
 
     async def work(settings: Settings) -> int:
         since = parse_since("--since", args.since) if args.since else None
@@ -986,7 +987,7 @@ def command(args: Any) -> int:
             raise SettingsError("SYNCMESH_STRIPE_API_KEY must be set: verify reads Stripe's objects through its API")
         overrides = {"customer": args.customer_target, "billing": args.billing_target, "crm-export": args.crm_target}
         services = sorted({SERVICE_OF[t] for t in types})
-        targets = {s: overrides[s] or default_target(settings, s) for s in services}
+        targets = {s: overrides[s] or default_target(settings, by_name(s)) for s in services}
         channels = {s: aio_channel(settings, t) for s, t in targets.items()}
         try:
             mesh = Mesh(channels, targets)
