@@ -67,7 +67,7 @@ async def drive_scenario(client: stripe.StripeClient) -> dict[str, Any]:
         card = await client.v1.payment_methods.create_async(
             {"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
         )
-        customer = await client.v1.customers.create_async(
+        stripe_customer = await client.v1.customers.create_async(
             {
                 "name": name,
                 "email": email,
@@ -77,9 +77,9 @@ async def drive_scenario(client: stripe.StripeClient) -> dict[str, Any]:
             }
         )
         subscription = await client.v1.subscriptions.create_async(
-            {"customer": customer.id, "items": [{"plan": catalogue[plan_name], "quantity": seats}]}
+            {"customer": stripe_customer.id, "items": [{"plan": catalogue[plan_name], "quantity": seats}]}
         )
-        customers.append((customer, subscription))
+        customers.append((stripe_customer, subscription))
     ada, _ = customers[0]
     await client.v1.customers.update_async(ada.id, {"email": "ada@analytical.example", "metadata": {"segment": "ent"}})
     _, grace_subscription = customers[1]
