@@ -22,9 +22,13 @@ import importlib
 import importlib.util
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from services.common.errors import SettingsError
-from services.common.service import ServiceDefinition
+
+if TYPE_CHECKING:  # the runtime is imported with the first service, not with the names: the
+    # gateway's process (`syncmesh gateway`) never loads the services' runtime.
+    from services.common.service import ServiceDefinition
 
 #: The service packages, in the order the mesh starts them and reports list them.
 PACKAGES: tuple[str, ...] = ("services.customer", "services.billing", "services.crm_export")
@@ -77,6 +81,8 @@ def hook(module_name: str | None) -> ModuleType | None:
 
 
 def _definition(package: str) -> ServiceDefinition:
+    from services.common.service import ServiceDefinition
+
     definition = importlib.import_module(f"{package}.app").DEFINITION
     if not isinstance(definition, ServiceDefinition):
         raise TypeError(f"{package}.app.DEFINITION is a {type(definition).__name__}, not a ServiceDefinition")

@@ -28,6 +28,8 @@ import argparse
 import ast
 import importlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,18 @@ def test_each_service_declares_its_facts_once_in_its_definition() -> None:
         verify = registry.hook(d.verify)  # optional until every service has its checks
         assert verify is None or hasattr(verify, "CHECKS"), f"{d.verify} has no CHECKS"
     assert registry.by_name("crm-export") is definitions[registry.names().index("crm-export")]
+
+
+def test_the_names_cost_no_service_import() -> None:
+    """`syncmesh gateway` and `syncmesh serve X` build a parser with the names; neither may load
+    the services' runtime or another service just to know what is there."""
+    probe = (
+        "import sys, launcher.cli; from services import registry; registry.names(); "
+        "launcher.cli.build_parser(with_extensions=False); "
+        "loaded = [m for m in sys.modules if m == 'services.common.service' or m.endswith('.app')]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True)
 
 
 # -- (a) a toy fourth service ------------------------------------------------------------------
