@@ -20,6 +20,8 @@ import asyncpg
 import nats
 import pytest
 
+from gateway.deployable import GATEWAY
+from services import registry
 from services.common.embedded import NatsServer, PostgresServer
 from services.common.settings import Settings
 from tests.support.kinds import forbid_processes, mark_kinds
@@ -109,7 +111,8 @@ def settings(nats_url: str, database_url: str) -> Settings:
         database_url=database_url,
         webhook_secrets=(TEST_SECRET,),
         mode="test",
-        ports={"gateway": 0, "customer": 0, "billing": 0, "crm-export": 0},
+        # Every deployable on a port the OS picks, so tests never collide with each other.
+        port_overrides={v: 0 for v in (GATEWAY.port_variable, *(d.port_variable for d in registry.definitions()))},
         ack_wait_seconds=2.0,
         max_deliver=3,
         publish_timeout_seconds=1.0,

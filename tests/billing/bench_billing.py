@@ -110,7 +110,6 @@ async def bench(invoices: int, data: Path) -> None:
             database_url=pg.dsn("bench"),
             mode="test",
             publish_timeout_seconds=10.0,
-            ports={"gateway": 0, "customer": 0, "billing": 0, "crm-export": 0},
         )
         events = [e for n in range(invoices) for e in lifecycle(n)]
         avg = sum(len(json.dumps(e)) for e in events[:200]) // 200
