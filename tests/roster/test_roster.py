@@ -85,6 +85,7 @@ def test_each_service_declares_its_facts_once_in_its_definition() -> None:
     assert registry.by_name("crm-export") is definitions[registry.names().index("crm-export")]
 
 
+@pytest.mark.integration  # a child Python, to see what importing the names costs
 def test_the_names_cost_no_service_import() -> None:
     """`syncmesh gateway` and `syncmesh serve X` build a parser with the names; neither may load
     the services' runtime or another service just to know what is there."""
@@ -159,6 +160,7 @@ def _policy_ports(objs: list[dict[str, Any]], name: str, direction: str) -> set[
     return {port["port"] for rule in policy["spec"][direction] for port in rule["ports"]}
 
 
+@pytest.mark.integration  # kubectl kustomize renders the manifests
 def test_every_service_is_in_every_list_kept_by_hand() -> None:
     base = yaml.safe_load((REPO / "k8s" / "base" / "kustomization.yaml").read_text(encoding="utf-8"))
     objs = render("overlays/prod")
