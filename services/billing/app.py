@@ -7,8 +7,9 @@ from pathlib import Path
 from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
 
 from services.billing.api import BillingServicer
-from services.billing.batch import make_batch_handler, make_handler
+from services.billing.batch import make_applier
 from services.billing.settings import BillingSettings, load_billing_settings
+from services.common.consumer import BatchItem
 from services.common.service import ServiceDefinition
 
 SUBJECTS = (
@@ -26,13 +27,15 @@ SUBJECTS = (
 def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition:
     """The service under a billing policy (from SYNCMESH_BILLING_* when not given)."""
     policy = billing if billing is not None else load_billing_settings()
+    apply = make_applier(policy)
     return ServiceDefinition(
         name="billing",
         schema="billing",
         migrations=Path(__file__).parent / "migrations",
         subjects=SUBJECTS,
-        handler=make_handler(policy),
-        batch_handler=make_batch_handler(policy),
+        # Until the runtime takes one `apply`: a lone event is a batch of one.
+        handler=lambda ctx, event: apply(ctx.conn, [BatchItem.alone(ctx, event)]),
+        batch_handler=apply,
         fetch_ahead=True,
         grpc_service_name="syncmesh.billing.v1.BillingService",
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
