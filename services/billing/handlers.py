@@ -15,7 +15,7 @@ noted travels in an explicit `Batch` value. Invoice snapshots themselves are fol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -87,18 +87,26 @@ def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
 
 
 async def settle_noted(batch: Batch, conn: Conn) -> None:
-    """Re-derive every noted invoice's ledger from its stored facts (`decide.settle`); save,
-    record and announce what moved."""
+    """Re-derive every noted invoice's ledger: read the facts of them all at once, decide each
+    (`decide.settle`, pure), write what changed set-based, then record and announce it."""
     stored = await store.stored_ledgers(conn, sorted(batch.settle))
     settlements = [decide.settle(stored[invoice_id], batch.policy) for invoice_id in sorted(stored)]
     await store.save_ledgers(conn, [s for s in settlements if s.moved])
+    memo_ids = await store.write_write_offs(conn, [s.write_off for s in settlements if s.write_off is not None])
+    released = await store.release_holds(
+        conn, {s.invoice.stripe_invoice_id: s.release_reason for s in settlements if s.release_reason is not None}
+    )
     # Invoices not stored yet settle with these facts when their snapshot arrives.
     for settlement in settlements:
-        await _announce(batch, conn, batch.settle[settlement.invoice.stripe_invoice_id], settlement)
+        invoice_id = settlement.invoice.stripe_invoice_id
+        await _announce(batch, batch.settle[invoice_id], settlement, memo_ids, released.get(invoice_id, []))
     batch.settle.clear()
 
 
-async def _announce(batch: Batch, conn: Conn, by: Settle, s: decide.Settlement) -> None:
+async def _announce(
+    batch: Batch, by: Settle, s: decide.Settlement, memo_ids: Mapping[str, str], released: Sequence[str]
+) -> None:
+    """The audit rows and domain events of one settled invoice, in the order it changed."""
     ctx, event, invoice = by.ctx, by.event, s.invoice
     invoice_id = invoice.stripe_invoice_id
     if s.moved:
@@ -117,23 +125,20 @@ async def _announce(batch: Batch, conn: Conn, by: Settle, s: decide.Settlement) 
             ),
         )
     memo = s.write_off
-    if memo is not None:
-        erp_id = await store.write_write_off(conn, memo)
-        if erp_id is not None:
-            batch.record(event, "credit_memo", memo.memo_key, f"{_WRITE_OFF_CHANGE[memo.status]}: {memo.amount}")
-            batch.record(event, "invoice", invoice_id, f"write-off {erp_id} {memo.status}")
-            await _emit_memo(
-                ctx, erp_id, memo.memo_key, "write_off", invoice_id, memo.amount, memo.currency, memo.status
-            )
-    if s.release_reason is not None:
-        for customer in await store.release_holds(conn, invoice_id, s.release_reason):
-            batch.record(event, "credit_hold", customer, f"released: {s.release_reason}")
-            await ctx.emit(
-                "credit_hold_changed",
-                events_pb2.CreditHoldChanged(
-                    stripe_customer_id=customer, stripe_invoice_id=invoice_id, active=False, reason=s.release_reason
-                ),
-            )
+    if memo is not None and memo.memo_key in memo_ids:
+        erp_id = memo_ids[memo.memo_key]
+        batch.record(event, "credit_memo", memo.memo_key, f"{_WRITE_OFF_CHANGE[memo.status]}: {memo.amount}")
+        batch.record(event, "invoice", invoice_id, f"write-off {erp_id} {memo.status}")
+        await _emit_memo(ctx, erp_id, memo.memo_key, "write_off", invoice_id, memo.amount, memo.currency, memo.status)
+    for customer in released:
+        assert s.release_reason is not None
+        batch.record(event, "credit_hold", customer, f"released: {s.release_reason}")
+        await ctx.emit(
+            "credit_hold_changed",
+            events_pb2.CreditHoldChanged(
+                stripe_customer_id=customer, stripe_invoice_id=invoice_id, active=False, reason=s.release_reason
+            ),
+        )
 
 
 async def _emit_memo(

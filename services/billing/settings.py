@@ -21,6 +21,7 @@ DiscountPosting = Literal["posting", "non_posting"]
 REVENUE_RULES: tuple[RevenueRule, ...] = ("immediate", "ratable_by_day", "by_period")
 DISCOUNT_POSTINGS: tuple[DiscountPosting, ...] = ("posting", "non_posting")
 
+
 @dataclass(frozen=True)
 class BillingSettings:
     write_off_uncollectible: bool = False

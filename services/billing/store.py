@@ -11,7 +11,7 @@ so two replicas never recompute the same invoice from half of each other's facts
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
@@ -518,39 +518,44 @@ async def save_ledgers(conn: Conn, moved: Sequence[Settlement]) -> None:
         )
 
 
-async def write_write_off(conn: Conn, memo: WriteOffMemo) -> str | None:
-    """Create or move the write-off credit memo; its ERP id when it changed, None when not."""
-    result = await conn.fetchrow(
+async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[str, str]:
+    """Create or move the write-off credit memos, set-based; the ERP id of each memo that changed
+    (by memo key). A memo already as asked is left alone."""
+    if not memos:
+        return {}
+    ordered = sorted(memos, key=lambda m: m.memo_key)  # in key order, so concurrent batches cannot deadlock
+    rows = await conn.fetch(
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
                                   memo_date, status, applied_to, reason, memo)
-        VALUES ($1, 'write_off', $2, $3, $4, $5, $6, $7, 'invoice', 'uncollectible', $8)
+        SELECT t.memo_key, 'write_off', t.invoice_id, t.customer_id, t.amount, t.currency, t.memo_date, t.status,
+               'invoice', 'uncollectible', t.memo
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::date[], $7::text[],
+                      $8::text[]) AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, memo)
         ON CONFLICT (memo_key) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status,
                memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, updated_at = now()
          WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date)
                IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date)
-        RETURNING erp_credit_memo_id
+        RETURNING memo_key, erp_credit_memo_id
         """,
-        memo.memo_key,
-        memo.stripe_invoice_id,
-        memo.stripe_customer_id,
-        memo.amount,
-        memo.currency,
-        memo.memo_date,
-        memo.status,
-        memo.memo,
+        [m.memo_key for m in ordered],
+        [m.stripe_invoice_id for m in ordered],
+        [m.stripe_customer_id for m in ordered],
+        [m.amount for m in ordered],
+        [m.currency for m in ordered],
+        [m.memo_date for m in ordered],
+        [m.status for m in ordered],
+        [m.memo for m in ordered],
     )
-    if result is None:
-        return None
-    await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = $1", memo.memo_key)
-    await conn.execute(
-        "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
-        "VALUES ($1, 1, $2, 1, $3, $3, 'write_off')",
-        memo.memo_key,
-        memo.line_description,
-        memo.amount,
-    )
-    return str(result["erp_credit_memo_id"])
+    changed = {r["memo_key"]: str(r["erp_credit_memo_id"]) for r in rows}
+    if changed:
+        await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = ANY($1::text[])", sorted(changed))
+        await conn.executemany(
+            "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
+            "VALUES ($1, 1, $2, 1, $3, $3, 'write_off')",
+            [(m.memo_key, m.line_description, m.amount) for m in ordered if m.memo_key in changed],
+        )
+    return changed
 
 
 # -- payments -----------------------------------------------------------------------------------
@@ -806,15 +811,26 @@ async def place_hold(conn: Conn, hold: HoldRequest) -> bool | None:
     return None if row is None else bool(row["inserted"])
 
 
-async def release_holds(conn: Conn, invoice_id: str, reason: str) -> list[str]:
-    """Release the invoice's active holds; returns the customers released."""
+async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, list[str]]:
+    """Release the active holds of these invoices (invoice id -> reason), in one statement;
+    returns the customers released, by invoice."""
+    if not reasons:
+        return {}
+    invoice_ids = sorted(reasons)
     rows = await conn.fetch(
-        "UPDATE credit_holds SET released_at = now(), release_reason = $2 "
-        "WHERE stripe_invoice_id = $1 AND released_at IS NULL RETURNING stripe_customer_id",
-        invoice_id,
-        reason,
+        """
+        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason
+          FROM unnest($1::text[], $2::text[]) AS t(invoice_id, reason)
+         WHERE h.stripe_invoice_id = t.invoice_id AND h.released_at IS NULL
+        RETURNING h.stripe_invoice_id, h.stripe_customer_id
+        """,
+        invoice_ids,
+        [reasons[i] for i in invoice_ids],
     )
-    return [r["stripe_customer_id"] for r in rows]
+    released: dict[str, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (r["stripe_invoice_id"], r["stripe_customer_id"])):
+        released.setdefault(r["stripe_invoice_id"], []).append(r["stripe_customer_id"])
+    return released
 
 
 async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
