@@ -1,9 +1,11 @@
 """All SQL of the billing service: reads that return typed records (`records`), and writes.
 
-The store decides nothing. Every record is keyed by the Stripe id of what it represents, and
-its upserts carry the version the pure code defines (`snapshots.InvoiceVersion`, the status
-ranks in `statuses`) in their WHERE, so a concurrent writer cannot put an older fact over a
-newer one; what the ledger, memos and holds become is decided in `decide` from what is read here.
+What an invoice's ledger, write-off memo, refund memo and credit holds become is decided in
+`decide` (pure) from what is read here; the store writes the result. Every record is keyed by the
+Stripe id of what it represents, and the upserts of single facts still carry their version in
+the WHERE (invoice snapshots: `snapshots.InvoiceVersion`; payments: source priority; refunds and
+credit notes: the status ranks in `statuses`; holds: cause rank; customers: event time), so an
+older fact never overwrites a newer one, whichever replica writes it.
 
 Writers of one invoice serialise on a transaction-scoped advisory lock keyed by the invoice id,
 so two replicas never recompute the same invoice from half of each other's facts.
