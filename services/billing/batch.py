@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.billing import handlers, invoice_mapping, invoices, store
+from services.billing import handlers, invoice_mapping, invoices, settlement, store
 from services.billing.batch_state import Batch
 from services.billing.settings import BillingSettings
 from services.common.consumer import BatchHandler, BatchItem
@@ -45,7 +45,7 @@ async def _apply(batch: Batch, conn: Conn, items: Sequence[BatchItem]) -> None:
             else:
                 await handlers.dispatch(batch, item.ctx, item.event)
     await invoices.apply_snapshots(batch, conn, snapshots)
-    await handlers.settle_noted(batch, conn)
+    await settlement.settle_noted(batch, conn)
     await store.add_history(conn, batch.history)
 
 

@@ -1,29 +1,22 @@
 """Stripe billing events other than invoice snapshots -> the ERP ledger, inside a batch.
 
-Each handler stores the Stripe facts the event carries (keyed by Stripe id, version-guarded),
-then notes the invoice for its ledger to be re-derived from all of its stored facts. That split
-is what makes the result independent of order and duplication: a late or repeated event can only
-add a fact the store already has or ignore an older one; the derivation (`decide.settle`) does
-the rest.
-
-The derivation is deferred to the end of the batch (`settle_noted`), once per invoice, whatever
-number of the batch's events touched it: the ledger ends the same, and the mesh announces each
-invoice's newest state once per batch rather than every step towards it. What the batch has
-noted travels in an explicit `Batch` value. Invoice snapshots themselves are folded set-based in
-`invoices`; `batch` runs the two together.
+Each handler stores the Stripe facts the event carries (keyed by Stripe id, version-guarded)
+and notes the invoice in the batch (`Batch.settle_later`) for its ledger to be re-derived from
+all of its stored facts at the end of the batch (`settlement`). That split is what makes the
+result independent of order and duplication: a late or repeated event can only add a fact the
+store already has or ignore an older one; the derivation (`decide.settle`, pure) does the rest.
+What the batch has noted travels in an explicit `Batch` value. Invoice snapshots themselves are
+folded set-based in `invoices`; `batch` runs the two together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
-from syncmesh.billing.v1 import events_pb2
-from syncmesh.type.v1 import money_pb2
-
-from services.billing import decide, holds, payment_mapping, store
-from services.billing.batch_state import Batch, Settle
+from services.billing import announce, decide, holds, payment_mapping, store
+from services.billing.batch_state import Batch
 from services.billing.holds import HoldRequest
 from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
 from services.common.consumer import HandlerContext
@@ -32,13 +25,6 @@ from services.common.errors import PermanentError
 from services.common.events import StripeEvent
 
 _PAYMENT_CHARGE_EVENTS = ("charge.succeeded", "charge.captured", "charge.updated", "charge.refunded")
-
-#: What a write-off memo's status means, in its audit row.
-_WRITE_OFF_CHANGE = {"issued": "written off", "reversed": "write-off reversed (invoice collected)", "void": "voided"}
-
-
-def money(amount: int, currency: str) -> money_pb2.Money:
-    return money_pb2.Money(amount_minor=amount, currency=currency)
 
 
 async def _lock(batch: Batch, ctx: HandlerContext, invoice_id: str) -> None:
@@ -83,87 +69,6 @@ def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
     return event.created_at.date()
 
 
-# -- the ledger ---------------------------------------------------------------------------------
-
-
-async def settle_noted(batch: Batch, conn: Conn) -> None:
-    """Re-derive every noted invoice's ledger: read the facts of them all at once, decide each
-    (`decide.settle`, pure), write what changed set-based, then record and announce it."""
-    stored = await store.stored_ledgers(conn, sorted(batch.settle))
-    settlements = [decide.settle(stored[invoice_id], batch.policy) for invoice_id in sorted(stored)]
-    await store.save_ledgers(conn, [s for s in settlements if s.moved])
-    memo_ids = await store.write_write_offs(conn, [s.write_off for s in settlements if s.write_off is not None])
-    released = await store.release_holds(
-        conn, {s.invoice.stripe_invoice_id: s.release_reason for s in settlements if s.release_reason is not None}
-    )
-    # Invoices not stored yet settle with these facts when their snapshot arrives.
-    for settlement in settlements:
-        invoice_id = settlement.invoice.stripe_invoice_id
-        await _announce(batch, batch.settle[invoice_id], settlement, memo_ids, released.get(invoice_id, []))
-    batch.settle.clear()
-
-
-async def _announce(
-    batch: Batch, by: Settle, s: decide.Settlement, memo_ids: Mapping[str, str], released: Sequence[str]
-) -> None:
-    """The audit rows and domain events of one settled invoice, in the order it changed."""
-    ctx, event, invoice = by.ctx, by.event, s.invoice
-    invoice_id = invoice.stripe_invoice_id
-    if s.moved:
-        batch.record(event, "invoice", invoice_id, s.history)
-    if s.moved or by.changed:
-        await ctx.emit(
-            "invoice_changed",
-            events_pb2.InvoiceChanged(
-                erp_invoice_id=invoice.erp_invoice_id,
-                stripe_invoice_id=invoice_id,
-                stripe_customer_id=invoice.stripe_customer_id,
-                status=s.status,
-                total=money(invoice.total, invoice.currency),
-                amount_remaining=money(s.state.amount_remaining, invoice.currency),
-                lines_complete=invoice.lines_complete,
-            ),
-        )
-    memo = s.write_off
-    if memo is not None and memo.memo_key in memo_ids:
-        erp_id = memo_ids[memo.memo_key]
-        batch.record(event, "credit_memo", memo.memo_key, f"{_WRITE_OFF_CHANGE[memo.status]}: {memo.amount}")
-        batch.record(event, "invoice", invoice_id, f"write-off {erp_id} {memo.status}")
-        await _emit_memo(ctx, erp_id, memo.memo_key, "write_off", invoice_id, memo.amount, memo.currency, memo.status)
-    for customer in released:
-        assert s.release_reason is not None
-        batch.record(event, "credit_hold", customer, f"released: {s.release_reason}")
-        await ctx.emit(
-            "credit_hold_changed",
-            events_pb2.CreditHoldChanged(
-                stripe_customer_id=customer, stripe_invoice_id=invoice_id, active=False, reason=s.release_reason
-            ),
-        )
-
-
-async def _emit_memo(
-    ctx: HandlerContext,
-    erp_credit_memo_id: str,
-    memo_key: str,
-    kind: str,
-    invoice_id: str | None,
-    amount: int,
-    currency: str,
-    status: str,
-) -> None:
-    await ctx.emit(
-        "credit_memo_changed",
-        events_pb2.CreditMemoChanged(
-            erp_credit_memo_id=erp_credit_memo_id,
-            source_id=memo_key,
-            kind=kind,
-            stripe_invoice_id=invoice_id or "",
-            amount=money(amount, currency),
-            status=status,
-        ),
-    )
-
-
 async def place_hold(batch: Batch, ctx: HandlerContext, event: StripeEvent, hold: HoldRequest) -> None:
     placed = await store.place_hold(ctx.conn, hold)
     if placed is False:
@@ -173,11 +78,8 @@ async def place_hold(batch: Batch, ctx: HandlerContext, event: StripeEvent, hold
         batch.record(event, "credit_hold", hold.stripe_customer_id, change)
         await ctx.emit(
             "credit_hold_changed",
-            events_pb2.CreditHoldChanged(
-                stripe_customer_id=hold.stripe_customer_id,
-                stripe_invoice_id=hold.stripe_invoice_id,
-                active=True,
-                reason=hold.reason,
+            announce.credit_hold_changed(
+                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason
             ),
         )
 
@@ -194,15 +96,7 @@ async def apply_payment(batch: Batch, ctx: HandlerContext, event: StripeEvent, p
         batch.record(event, "payment", payment.stripe_payment_id, change)
         if payment.stripe_invoice_id:
             batch.record(event, "invoice", payment.stripe_invoice_id, f"payment {written.erp_payment_id} {verb}")
-        await ctx.emit(
-            "payment_applied",
-            events_pb2.PaymentApplied(
-                erp_payment_id=written.erp_payment_id,
-                stripe_payment_id=payment.stripe_payment_id,
-                stripe_invoice_id=payment.stripe_invoice_id or "",
-                amount=money(payment.amount, payment.currency),
-            ),
-        )
+        await ctx.emit("payment_applied", announce.payment_applied(written, payment))
     linked = await store.link_refunds(ctx.conn, payment)
     for refund_id in linked:
         await _sync_refund_memo(ctx, refund_id)
@@ -218,7 +112,12 @@ async def _sync_refund_memo(ctx: HandlerContext, refund_id: str) -> decide.Refun
     erp_id = await store.write_refund_memo(ctx.conn, memo)
     if erp_id is None:
         return None
-    await _emit_memo(ctx, erp_id, refund_id, "refund", memo.stripe_invoice_id, memo.amount, memo.currency, memo.status)
+    await ctx.emit(
+        "credit_memo_changed",
+        announce.credit_memo_changed(
+            erp_id, refund_id, "refund", memo.stripe_invoice_id, memo.amount, memo.currency, memo.status
+        ),
+    )
     return memo
 
 
@@ -278,16 +177,7 @@ async def apply_refund(batch: Batch, ctx: HandlerContext, event: StripeEvent, re
         batch.record(event, "refund", refund.stripe_refund_id, f"{verb}: {refund.amount} {refund.currency}")
         if invoice:
             batch.record(event, "invoice", invoice, f"refund {written.erp_refund_id} {verb}")
-        await ctx.emit(
-            "refund_recorded",
-            events_pb2.RefundRecorded(
-                erp_refund_id=written.erp_refund_id,
-                stripe_refund_id=refund.stripe_refund_id,
-                stripe_invoice_id=written.stripe_invoice_id or "",
-                amount=money(refund.amount, refund.currency),
-                status=written.status,
-            ),
-        )
+        await ctx.emit("refund_recorded", announce.refund_recorded(written, refund))
     memo = await _sync_refund_memo(ctx, refund.stripe_refund_id)
     if memo is not None:
         batch.record(event, "credit_memo", memo.memo_key, f"refund credit memo {memo.status}: {memo.amount}")
@@ -320,15 +210,17 @@ async def on_credit_note(batch: Batch, ctx: HandlerContext, event: StripeEvent) 
         batch.record(event, "credit_memo", note.stripe_credit_note_id, change)
         if note.stripe_invoice_id:
             batch.record(event, "invoice", note.stripe_invoice_id, f"{erp_id}: {change}")
-        await _emit_memo(
-            ctx,
-            erp_id,
-            note.stripe_credit_note_id,
-            "credit_note",
-            note.stripe_invoice_id,
-            note.amount,
-            note.currency,
-            note.status,
+        await ctx.emit(
+            "credit_memo_changed",
+            announce.credit_memo_changed(
+                erp_id,
+                note.stripe_credit_note_id,
+                "credit_note",
+                note.stripe_invoice_id,
+                note.amount,
+                note.currency,
+                note.status,
+            ),
         )
     for refund_id in note.refund_ids:
         refund_memo = await _sync_refund_memo(ctx, refund_id)

@@ -6,7 +6,7 @@ arrival order) and only their net effect is written: one read of the stored vers
 statement each for the headers, the lines and the revenue schedules, whatever the batch size.
 What a snapshot says beyond the invoice itself (a payment, an uncollectible mark, a credit
 hold) goes through the per-event handlers, and the ledger is re-derived once per invoice at the
-end of the batch (`handlers.settle_noted`). What the batch notes travels in its `Batch`.
+end of the batch (`settlement.settle_noted`). What the batch notes travels in its `Batch`.
 """
 
 from __future__ import annotations
