@@ -89,10 +89,10 @@ class Bus:
                 nc = await nats.connect(
                     servers=self.settings.nats_url.split(","),
                     name=self.name,
-                    connect_timeout=2,
+                    connect_timeout=self.settings.nats_connect_timeout_seconds,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=self.settings.nats_reconnect_wait_seconds,
                     ping_interval=5,
                     max_outstanding_pings=2,
                     error_cb=self._on_error,

@@ -530,12 +530,12 @@ class Consumer:
 
     async def _until_the_database_answers(self) -> None:
         """Fetch nothing while PostgreSQL is unreachable: every message fetched meanwhile could only
-        be nak'd again. Polled with backoff (0.2 s to 2 s), so the loop resumes within about two
-        seconds of the database's return, a failover's promotion included."""
+        be nak'd again. Polled with backoff (0.2 s up to SYNCMESH_DATABASE_RETRY_MAX_SECONDS, 2 s),
+        so the loop resumes within about that long of the database's return, a promotion included."""
         delay = 0.2
         while not self._stopping.is_set() and not await db.ping(self.pool):
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, self.settings.database_retry_max_seconds)
 
     async def _next_batch(self, psub: Any) -> Batch | None:
         try:
