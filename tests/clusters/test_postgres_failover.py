@@ -40,14 +40,6 @@ SERVICES = tuple(PER_LIFECYCLE)
 RECONNECT_BOUND_SECONDS = 10.0
 
 
-@pytest.fixture
-def pg_pair(tmp_path: Path):
-    pair = PostgresPair(tmp_path / "pg")
-    pair.start()
-    yield pair
-    pair.stop()
-
-
 async def _all_processed(pair: PostgresPair, total: int) -> bool:
     try:
         conn = await asyncpg.connect(pair.url, timeout=2)
