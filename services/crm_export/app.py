@@ -8,7 +8,7 @@ from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServ
 
 from services.common.service import ServiceDefinition
 from services.crm_export.api import CrmExportServicer
-from services.crm_export.handlers import handle, handle_batch
+from services.crm_export.handlers import apply
 
 DEFINITION = ServiceDefinition(
     name="crm-export",
@@ -22,8 +22,7 @@ DEFINITION = ServiceDefinition(
         "stripe.invoice.payment_failed",
         "stripe.customer.subscription.*",
     ),
-    handler=handle,
-    batch_handler=handle_batch,
+    apply=apply,
     grpc_service_name="syncmesh.crm_export.v1.CrmExportService",
     register_grpc=lambda server, runtime: add_CrmExportServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CrmExportServicer(runtime), server

@@ -19,9 +19,9 @@ from services.common import db
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import StripeEvent, parse_event
 from services.common.settings import Settings
-from services.crm_export import mapping, messages, store
+from services.crm_export import crm_settings, health, messages, store
 from services.crm_export.app import DEFINITION
-from services.crm_export.handlers import handle, handle_batch
+from services.crm_export.handlers import apply
 from tests.crm_export.support import T0, customer, event, invoice, product, subscription
 
 TABLES = "stripe_customers, clients, products, contracts, contract_lines, subscriptions, invoice_payments, outbox"
@@ -34,10 +34,10 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await db.migrate(pool, DEFINITION.schema, MIGRATIONS)
     async with pool.acquire() as conn, conn.transaction():
         current = (await store.current_settings(conn)).settings
-        both = mapping.CrmSettings(
-            contract_sources=(mapping.INVOICE, mapping.SUBSCRIPTION),
+        both = crm_settings.CrmSettings(
+            contract_sources=(crm_settings.INVOICE, crm_settings.SUBSCRIPTION),
             days_back=current.days_back,
-            customer_field_mappings=(mapping.FieldMapping("metadata.segment", "Segment"),),
+            customer_field_mappings=(crm_settings.FieldMapping("metadata.segment", "Segment"),),
         )
         await store.save_settings(conn, both, changed_by="test")
     yield pool
@@ -75,16 +75,16 @@ def _context(conn: asyncpg.Connection, evt: StripeEvent) -> HandlerContext:
 
 
 async def apply_all(pool: asyncpg.Pool, events: list[StripeEvent], batch: int = 1) -> dict[str, Any]:
-    """One event per transaction through `handle`, or `batch` at a time through `handle_batch`."""
+    """One event per transaction (a batch of one), or `batch` at a time, through `apply`."""
     async with pool.acquire() as conn:
         await conn.execute(f"TRUNCATE {TABLES}")
     for start in range(0, len(events), batch):
         chunk = events[start : start + batch]
         async with pool.acquire() as conn, conn.transaction():
             if batch == 1:
-                await handle(_context(conn, chunk[0]), chunk[0])
+                await apply(conn, [BatchItem.alone(_context(conn, chunk[0]), chunk[0])])
             else:
-                await handle_batch(conn, [BatchItem.alone(_context(conn, e), e) for e in chunk])
+                await apply(conn, [BatchItem.alone(_context(conn, e), e) for e in chunk])
     async with pool.acquire() as conn:
         return {
             "clients": await store.list_clients(conn, after="", limit=100),
@@ -139,7 +139,7 @@ async def test_any_order_and_duplication_gives_the_same_view(
     expected = await apply_all(pool, EVENTS)
     [client] = expected["clients"]
     assert (client.name, client.custom_fields) == ("Ada Queen", {"Segment": "ent"})
-    assert client.health.signals == (mapping.PAYMENT_FAILED, mapping.SUBSCRIPTION_CANCELED)
+    assert client.health.signals == (health.PAYMENT_FAILED, health.SUBSCRIPTION_CANCELED)
     assert client.health.failing_invoice_ids == ("in_2",)
     [prod] = expected["products"]
     assert (prod.name, prod.active) == ("Pro 2", False)

@@ -11,13 +11,13 @@ import pytest
 from syncmesh.events.v1 import envelope_pb2
 
 from services.common import db
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.errors import RetryableError
 from services.common.events import parse_event
 from services.common.settings import Settings
 from services.crm_export import store
 from services.crm_export.app import DEFINITION
-from services.crm_export.handlers import handle
+from services.crm_export.handlers import apply
 from tests.conftest import stripe_client_for
 from tests.crm_export.support import event
 
@@ -33,7 +33,7 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, evt: dict[str, An
             settings=settings,
             envelope=envelope_pb2.StripeEventEnvelope(event_id=parsed.id),
         )
-        await handle(ctx, parsed)
+        await apply(conn, [BatchItem.alone(ctx, parsed)])
 
 
 async def test_lines_beyond_the_first_page_are_fetched(localstripe: Any, database_url: str) -> None:
