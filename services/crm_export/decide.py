@@ -27,11 +27,20 @@ import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from services.crm_export import mapping
 from services.crm_export.crm_settings import INVOICE, SUBSCRIPTION, CrmSettings
-from services.crm_export.records import InvoicePayment, Product, Version, content_hash
+from services.crm_export.records import (
+    Client,
+    Contract,
+    InvoicePayment,
+    Product,
+    StripeCustomer,
+    SubscriptionState,
+    Version,
+    content_hash,
+)
 
 
 class Kind(enum.Enum):
@@ -247,15 +256,18 @@ def _order(version: Version) -> tuple[bool, int, int]:
 # ---------------------------------------------------------------- the decision
 
 
+R = TypeVar("R")
+
+
 @dataclass(frozen=True)
-class Guarded:
+class Guarded(Generic[R]):
     """One row for a version-guarded upsert: its key, version and content hash, the record it
-    holds (and for products and customers Stripe's object as sent), and its announcing source."""
+    holds (and for products Stripe's object as sent), and the source that announces it."""
 
     key: str
     version: Version
     content: str
-    record: Any
+    record: R
     source: int
     raw: Mapping[str, Any] | None = None
 
@@ -265,19 +277,29 @@ class Guarded:
 
 
 @dataclass(frozen=True)
+class TableChanges(Generic[R]):
+    """One table's rows to write (only those newer than the stored ones, in key order) and the
+    keys whose content really changed, each with the source that announces it."""
+
+    rows: list[Guarded[R]]
+    changed: Mapping[str, int]
+
+    def records(self) -> dict[str, R]:
+        return {row.key: row.record for row in self.rows}
+
+
+@dataclass(frozen=True)
 class BatchChanges:
-    """The rows to write (only those newer than the stored ones) and what to announce.
+    """What the batch changes; `watched`: the customers whose health may change, each with the
+    source that last touched what it is computed from."""
 
-    `rows` per table in key order; `changed` per table: the keys whose content really changed,
-    each with the source that announces it; `watched` the customers whose health may change."""
-
-    rows: Mapping[str, list[Guarded]]
-    changed: Mapping[str, Mapping[str, int]]
+    customers: TableChanges[StripeCustomer]
+    clients: TableChanges[Client]
+    products: TableChanges[Product]
+    contracts: TableChanges[Contract]
+    subscriptions: TableChanges[SubscriptionState]
     payments: list[InvoicePayment]
     watched: Mapping[str, int]
-
-    def records(self, table: str) -> dict[str, Any]:
-        return {row.key: row.record for row in self.rows[table]}
 
 
 class UnsettledTie(Exception):
@@ -288,7 +310,11 @@ def decide(incoming: Sequence[Incoming], stored: StoredFacts, fetched: Fetched, 
     """The batch folded over the stored facts, in arrival order."""
     settings = stored.settings
     kept = dict(stored.customers)
-    pending: dict[str, list[Guarded]] = {table: [] for table in GUARDED_TABLES}
+    customers: list[Guarded[StripeCustomer]] = []
+    clients: list[Guarded[Client]] = []
+    products: list[Guarded[Product]] = []
+    contracts: list[Guarded[Contract]] = []
+    subscriptions: list[Guarded[SubscriptionState]] = []
     payments: list[InvoicePayment] = []
     watched: dict[str, int] = {}
     for index, inc in enumerate(incoming):
@@ -299,14 +325,14 @@ def decide(incoming: Sequence[Incoming], stored: StoredFacts, fetched: Fetched, 
             k = kept.get(inc.id)
             if k is None or row.order > (*_order(k.version), k.content_hash):
                 kept[inc.id] = KeptCustomer(row.record.raw, row.version)
-            pending[CUSTOMERS].append(row)
+            customers.append(row)
             if settings.pulls_customers:
                 client = mapping.client_from_customer(client_obj, settings, deleted=deleted)
-                pending[CLIENTS].append(_row(client.stripe_customer_id, row.version, client, source))
+                clients.append(_row(client.stripe_customer_id, row.version, client, source))
         elif inc.kind is Kind.PRODUCT:
             product = mapping.product_from_stripe(obj, settings, deleted=inc.deleted)
             version = mapping.product_version(obj, ts, deleted=inc.deleted, event_type=inc.event_type)
-            pending[PRODUCTS].append(_row(product.stripe_product_id, version, product, source, dict(obj)))
+            products.append(_row(product.stripe_product_id, version, product, source, dict(obj)))
         elif inc.kind is Kind.PAID_INVOICE:
             if not mapping.invoice_is_paid(obj):
                 continue
@@ -316,7 +342,7 @@ def decide(incoming: Sequence[Incoming], stored: StoredFacts, fetched: Fetched, 
                 lines = fetched.lists[index] if index in fetched.lists else mapping.invoice_lines(obj)[0]
                 contract = mapping.contract_from_invoice(obj, lines)
                 version = mapping.invoice_contract_version(ts)
-                pending[CONTRACTS].append(_row(contract.contract_id, version, contract, source))
+                contracts.append(_row(contract.contract_id, version, contract, source))
         elif inc.kind is Kind.FAILED_PAYMENT or inc.kind is Kind.PAYMENT_FACTS:
             payment = (
                 mapping.invoice_payment(obj, failed=True)
@@ -332,21 +358,26 @@ def decide(incoming: Sequence[Incoming], stored: StoredFacts, fetched: Fetched, 
             version = mapping.subscription_version(obj, ts, deleted=inc.deleted)
             watched[state.stripe_customer_id] = source
             content = content_hash([state.stripe_customer_id, state.status])
-            pending[SUBSCRIPTIONS].append(Guarded(state.id, version, content, state, source))
+            subscriptions.append(Guarded(state.id, version, content, state, source))
             if SUBSCRIPTION in settings.contract_sources:
                 items = fetched.lists[index] if index in fetched.lists else mapping.subscription_items(obj)[0]
                 contract = mapping.contract_from_subscription({**obj, "status": state.status}, items)
-                pending[CONTRACTS].append(_row(contract.contract_id, version, contract, source))
-    rows: dict[str, list[Guarded]] = {}
-    changed: dict[str, dict[str, int]] = {}
-    for table, candidates in pending.items():
-        rows[table], changed[table] = _applied(candidates, stored.versions.get(table, {}))
-    return BatchChanges(rows, changed, fold_payments(payments), watched)
+                contracts.append(_row(contract.contract_id, version, contract, source))
+    versions = stored.versions
+    return BatchChanges(
+        customers=_applied(customers, versions.get(CUSTOMERS, {})),
+        clients=_applied(clients, versions.get(CLIENTS, {})),
+        products=_applied(products, versions.get(PRODUCTS, {})),
+        contracts=_applied(contracts, versions.get(CONTRACTS, {})),
+        subscriptions=_applied(subscriptions, versions.get(SUBSCRIPTIONS, {})),
+        payments=fold_payments(payments),
+        watched=watched,
+    )
 
 
 def _customer(
     inc: Incoming, kept: KeptCustomer | None, current: Mapping[str, Any] | None, settle_ties: bool
-) -> tuple[Guarded, Mapping[str, Any], bool]:
+) -> tuple[Guarded[StripeCustomer], Mapping[str, Any], bool]:
     """The customer's row after `inc`, the object its client is mapped from, and whether it is deleted."""
     obj, deleted = inc.obj, inc.deleted
     if deleted and "email" not in obj and kept is not None:
@@ -365,14 +396,23 @@ def _customer(
     return Guarded(customer.id, version, content_hash(customer.raw), customer, inc.source), obj, deleted
 
 
-def _row(key: str, version: Version, record: Any, source: int, raw: Mapping[str, Any] | None = None) -> Guarded:
+class _HasContentHash(Protocol):
+    def content_hash(self) -> str: ...
+
+
+Hashed = TypeVar("Hashed", bound=_HasContentHash)
+
+
+def _row(
+    key: str, version: Version, record: Hashed, source: int, raw: Mapping[str, Any] | None = None
+) -> Guarded[Hashed]:
     return Guarded(key, version, record.content_hash(), record, source, raw)
 
 
-def newest(rows: Iterable[Guarded]) -> dict[str, Guarded]:
+def newest(rows: Iterable[Guarded[R]]) -> dict[str, Guarded[R]]:
     """Per key, the row the guard keeps whatever order the rows are written in (the first of
     equals: later equal rows are not newer)."""
-    out: dict[str, Guarded] = {}
+    out: dict[str, Guarded[R]] = {}
     for row in rows:
         kept = out.get(row.key)
         if kept is None or row.order > kept.order:
@@ -380,7 +420,7 @@ def newest(rows: Iterable[Guarded]) -> dict[str, Guarded]:
     return out
 
 
-def _newer(row: Guarded, stored: StoredVersion | None) -> bool:
+def _newer(row: Guarded[Any], stored: StoredVersion | None) -> bool:
     if stored is None:
         return True
     if stored.terminal is None or stored.ts is None or stored.rank is None or stored.content_hash is None:
@@ -388,9 +428,7 @@ def _newer(row: Guarded, stored: StoredVersion | None) -> bool:
     return row.order > (stored.terminal, stored.ts, stored.rank, stored.content_hash)
 
 
-def _applied(
-    candidates: Iterable[Guarded], stored: Mapping[str, StoredVersion]
-) -> tuple[list[Guarded], dict[str, int]]:
+def _applied(candidates: Iterable[Guarded[R]], stored: Mapping[str, StoredVersion]) -> TableChanges[R]:
     """The newest row of each key where it is newer than the stored one, in key order, and the
     keys whose content that changes (with the source announcing each)."""
     wanted = newest(candidates)
@@ -398,7 +436,7 @@ def _applied(
     changed = {
         row.key: row.source for row in applied if row.key not in stored or stored[row.key].content_hash != row.content
     }
-    return applied, changed
+    return TableChanges(applied, changed)
 
 
 def fold_payments(payments: Iterable[InvoicePayment]) -> list[InvoicePayment]:
@@ -415,5 +453,5 @@ def fold_payments(payments: Iterable[InvoicePayment]) -> list[InvoicePayment]:
 
 def announced_products(changes: BatchChanges) -> list[tuple[Product, int]]:
     """Changed products in id order, each with the source announcing it."""
-    products = changes.records(PRODUCTS)
-    return [(products[key], source) for key, source in sorted(changes.changed[PRODUCTS].items())]
+    products = changes.products.records()
+    return [(products[key], source) for key, source in sorted(changes.products.changed.items())]

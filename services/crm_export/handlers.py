@@ -109,7 +109,7 @@ async def _fetch(
 
 async def _announce(conn: Conn, changes: BatchChanges, health_before: dict[str, Health], emits: Sequence[Emit]) -> None:
     """Each changed client, product and contract once, then each changed health, in id order."""
-    changed_clients = changes.changed[decide.CLIENTS]
+    changed_clients = changes.clients.changed
     if changed_clients:
         clients = await store.stripe_clients(conn, sorted(changed_clients))
         for client_id, source in sorted(changed_clients.items()):
@@ -117,7 +117,7 @@ async def _announce(conn: Conn, changes: BatchChanges, health_before: dict[str, 
             await emits[source]("client_upserted", client)
     for record, source in decide.announced_products(changes):
         await emits[source]("product_upserted", events_pb2.ProductUpserted(product=messages.product_pb(record)))
-    changed_contracts = changes.changed[decide.CONTRACTS]
+    changed_contracts = changes.contracts.changed
     if changed_contracts:
         contracts = await store.get_contracts(conn, sorted(changed_contracts))
         for contract_id, source in sorted(changed_contracts.items()):

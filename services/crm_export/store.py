@@ -147,7 +147,7 @@ _GUARD = (
 )
 
 
-def _v(row: Guarded) -> tuple[bool, int, int, str]:
+def _v(row: Guarded[Any]) -> tuple[bool, int, int, str]:
     return (row.version.terminal, row.version.ts, row.version.rank, row.content)
 
 
@@ -161,8 +161,8 @@ _UPSERT_CUSTOMER = f"""
 """
 
 
-def _customer_args(row: Guarded) -> tuple[Any, ...]:
-    customer: StripeCustomer = row.record
+def _customer_args(row: Guarded[StripeCustomer]) -> tuple[Any, ...]:
+    customer = row.record
     return (customer.id, customer.email, customer.deleted, customer.raw, *_v(row))
 
 
@@ -179,8 +179,8 @@ _UPSERT_CLIENT = f"""
 """
 
 
-def _client_args(row: Guarded) -> tuple[Any, ...]:
-    client: Client = row.record
+def _client_args(row: Guarded[Client]) -> tuple[Any, ...]:
+    client = row.record
     a = client.address
     return (
         client.stripe_customer_id,
@@ -210,8 +210,8 @@ _UPSERT_PRODUCT = f"""
 """
 
 
-def _product_args(row: Guarded) -> tuple[Any, ...]:
-    p: Product = row.record
+def _product_args(row: Guarded[Product]) -> tuple[Any, ...]:
+    p = row.record
     return (p.stripe_product_id, p.name, p.description, p.active, p.custom_fields, p.deleted, row.raw, *_v(row))
 
 
@@ -236,8 +236,8 @@ _UPSERT_CONTRACT = f"""
 """
 
 
-def _contract_args(row: Guarded) -> tuple[Any, ...]:
-    c: Contract = row.record
+def _contract_args(row: Guarded[Contract]) -> tuple[Any, ...]:
+    c = row.record
     return (
         c.contract_id,
         c.source,
@@ -288,8 +288,8 @@ _UPSERT_SUBSCRIPTION = f"""
 """
 
 
-def _subscription_args(row: Guarded) -> tuple[Any, ...]:
-    state: SubscriptionState = row.record
+def _subscription_args(row: Guarded[SubscriptionState]) -> tuple[Any, ...]:
+    state = row.record
     return (state.id, state.stripe_customer_id, state.status, *_v(row))
 
 
@@ -302,27 +302,23 @@ _UPSERT_PAYMENT = """
 async def write_changes(conn: Conn, changes: BatchChanges) -> None:
     """The batch's rows, a pipelined statement per table; the WHERE guards still hold against a
     replica that wrote meanwhile. A changed contract's lines are replaced."""
-    rows = changes.rows
-    for table, upsert, args in (
-        (decide.CUSTOMERS, _UPSERT_CUSTOMER, _customer_args),
-        (decide.SUBSCRIPTIONS, _UPSERT_SUBSCRIPTION, _subscription_args),
-    ):
-        if rows[table]:
-            await conn.executemany(upsert, [args(row) for row in rows[table]])
+    if changes.customers.rows:
+        await conn.executemany(_UPSERT_CUSTOMER, [_customer_args(row) for row in changes.customers.rows])
+    if changes.subscriptions.rows:
+        await conn.executemany(_UPSERT_SUBSCRIPTION, [_subscription_args(row) for row in changes.subscriptions.rows])
     if changes.payments:
         await conn.executemany(
             _UPSERT_PAYMENT, [(p.invoice_id, p.stripe_customer_id, p.failed, p.paid) for p in changes.payments]
         )
-    for table, upsert, args in (
-        (decide.CLIENTS, _UPSERT_CLIENT, _client_args),
-        (decide.PRODUCTS, _UPSERT_PRODUCT, _product_args),
-        (decide.CONTRACTS, _UPSERT_CONTRACT, _contract_args),
-    ):
-        if rows[table]:
-            await conn.executemany(upsert, [args(row) for row in rows[table]])
-    changed = sorted(changes.changed[decide.CONTRACTS])
+    if changes.clients.rows:
+        await conn.executemany(_UPSERT_CLIENT, [_client_args(row) for row in changes.clients.rows])
+    if changes.products.rows:
+        await conn.executemany(_UPSERT_PRODUCT, [_product_args(row) for row in changes.products.rows])
+    if changes.contracts.rows:
+        await conn.executemany(_UPSERT_CONTRACT, [_contract_args(row) for row in changes.contracts.rows])
+    changed = sorted(changes.contracts.changed)
     if changed:
-        contracts = changes.records(decide.CONTRACTS)
+        contracts = changes.contracts.records()
         await conn.execute("DELETE FROM contract_lines WHERE contract_id = ANY($1::text[])", changed)
         await conn.executemany(
             _INSERT_CONTRACT_LINE, [_line_args(c, line) for c in changed for line in contracts[c].lines]
