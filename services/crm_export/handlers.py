@@ -8,16 +8,18 @@ Order and duplication do not matter (the rules are in decide.py). A batch, of li
    rows it may replace and the kept Stripe customers in one statement, and the health of the
    customers it may change;
 2. fetch: what the payloads left out (truncated lines and items) and, with a Stripe key, the
-   customers of same-second ties as Stripe holds them now, each in the span of its event;
+   customers of same-second ties as Stripe holds them now, each in the consume span of its
+   event (every event's span is entered once, here, in arrival order);
 3. decide: one pure function over the stored facts and the new objects;
 4. write: a pipelined statement per table, then each changed record is announced once, in its
-   newest state, by the event that brought it.
+   newest state, through the emit of the event that brought it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +41,9 @@ Span = Callable[[], contextlib.AbstractContextManager[Any]]
 @dataclass(frozen=True)
 class Sources:
     """Where a batch's objects came from, by `Incoming.source`: the emit that announces what
-    each changed (so the domain event continues its event's trace), and the span its Stripe
-    calls run in (so a failing call is charged to its event)."""
+    each changed, and the span of each source (a live event's consume span). Every span is
+    entered once, in order, in the fetch step, so each event keeps its span and a failing
+    Stripe call is charged to the event that needed it."""
 
     emits: Sequence[Emit]
     spans: Sequence[Span]
@@ -49,38 +52,54 @@ class Sources:
 async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     """The consumer's applier: a batch of live events, in arrival order."""
     incoming: list[Incoming] = []
+    spans: list[Span] = []
     for source, item in enumerate(items):
-        event, ctx = item.event, item.ctx
+        event = item.event
         created = event.object.get("created")
-        if ctx.before_sync_start(created if isinstance(created, int) else None):
-            ctx.skip("before SYNCMESH_SYNC_START")
-            continue
-        found = decide.from_event(event.type, event.object, event.created, source)
+        if item.ctx.before_sync_start(created if isinstance(created, int) else None):
+            found: Incoming | str = "before SYNCMESH_SYNC_START"
+        else:
+            found = decide.from_event(event.type, event.object, event.created, source)
         if isinstance(found, str):
-            ctx.skip(found)
-            continue
-        incoming.append(found)
-    if not incoming:
-        return
-    client = items[0].ctx.stripe
+            spans.append(functools.partial(_skipping, item, found))
+        else:
+            incoming.append(found)
+            spans.append(item.consuming)
+    client = items[0].ctx.stripe if items else None
     fetcher: Fetcher = StripeFetcher(client) if client is not None else NoFetcher()
-    settings = (await store.current_settings(conn)).settings
-    sources = Sources([item.ctx.emit for item in items], [item.consuming for item in items])
-    await apply_objects(conn, incoming, settings, sources, fetcher, settle_ties=client is not None)
+    sources = Sources([item.ctx.emit for item in items], spans)
+    await apply_objects(conn, incoming, None, sources, fetcher, settle_ties=client is not None)
+
+
+@contextlib.contextmanager
+def _skipping(item: BatchItem, reason: str) -> Iterator[None]:
+    """The consume span of an event that changes nothing, marked with why."""
+    with item.consuming():
+        item.ctx.skip(reason)
+        yield
 
 
 async def apply_objects(
     conn: Conn,
     incoming: Sequence[Incoming],
-    settings: CrmSettings,
+    settings: CrmSettings | None,
     sources: Sources,
     fetcher: Fetcher,
     *,
     settle_ties: bool,
 ) -> None:
-    """Load what the objects touch, fetch what they left out, decide, write, announce."""
+    """Load what the objects touch, fetch what they left out, decide, write, announce.
+
+    `settings`: those the objects are applied under; None reads the current ones (the live
+    path: a change made meanwhile applies from the next batch, as it would from the next event).
+    """
     if not incoming:
+        for span in sources.spans:
+            with span():
+                pass
         return
+    if settings is None:
+        settings = (await store.current_settings(conn)).settings
     keys = decide.keys_of(incoming, settings)
     stored = await store.stored_facts(conn, settings, keys)
     health_before = await store.health_by_customer(conn, keys.health)
@@ -93,17 +112,27 @@ async def apply_objects(
 async def _fetch(
     incoming: Sequence[Incoming], stored: StoredFacts, fetcher: Fetcher, sources: Sources, *, settle_ties: bool
 ) -> Fetched:
+    """Each source's Stripe calls inside its span, in arrival order: the truncated lists its
+    contracts need, and the customer of a same-second tie (the next tie is only known once the
+    ones before it are settled, see decide.unsettled_tie)."""
+    lists_wanted = {wanted.index: wanted for wanted in decide.fetches_needed(incoming, stored.settings)}
+    by_source: dict[int, list[int]] = {}
+    for index, inc in enumerate(incoming):
+        by_source.setdefault(inc.source, []).append(index)
     lists: dict[int, list[dict[str, Any]]] = {}
-    for wanted in decide.fetches_needed(incoming, stored.settings):
-        with sources.spans[incoming[wanted.index].source]():
-            if wanted.what is ListKind.INVOICE_LINES:
-                lists[wanted.index] = await fetcher.invoice_lines(wanted.object_id)
-            else:
-                lists[wanted.index] = await fetcher.subscription_items(wanted.object_id)
     current: dict[int, dict[str, Any]] = {}
-    while settle_ties and (index := decide.unsettled_tie(incoming, stored.customers, current)) is not None:
-        with sources.spans[incoming[index].source]():
-            current[index] = await fetcher.current_customer(incoming[index].id)
+    next_tie = decide.unsettled_tie(incoming, stored.customers, current) if settle_ties else None
+    for source, span in enumerate(sources.spans):
+        with span():
+            for index in by_source.get(source, ()):
+                wanted = lists_wanted.get(index)
+                if wanted is not None and wanted.what is ListKind.INVOICE_LINES:
+                    lists[index] = await fetcher.invoice_lines(wanted.object_id)
+                elif wanted is not None:
+                    lists[index] = await fetcher.subscription_items(wanted.object_id)
+                if index == next_tie:
+                    current[index] = await fetcher.current_customer(incoming[index].id)
+                    next_tie = decide.unsettled_tie(incoming, stored.customers, current)
     return Fetched(lists, current)
 
 
