@@ -4,7 +4,9 @@ Stripe stops retrying an event once it gets a 2xx, so 200 is a promise that the 
 it is sent only after JetStream has acked the publish (stored, and with `sync_interval: always`
 on disk). Every failure before that point answers so that nothing is half-done:
 
-    400  missing/invalid signature, stale timestamp, not JSON, not an event, wrong mode
+    400  missing/invalid/oversized signature header, timestamp too old or too far ahead, not
+         UTF-8, not JSON, not an event, wrong mode; a body cut short by the client
+    408  body not received within SYNCMESH_WEBHOOK_READ_TIMEOUT_SECONDS
     413  body larger than SYNCMESH_MAX_BODY_BYTES
     503  NATS unreachable or no ack in time: Stripe retries, and the retry is deduplicated
     200  published (or already in the stream: the same event twice is one message)
@@ -17,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from syncmesh.events.v1 import envelope_pb2
@@ -53,9 +58,16 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         return _refuse(metrics, "too_large", 413, f"body larger than {settings.max_body_bytes} bytes")
     try:
-        body = await request.read()
+        # A public endpoint bounds how long a body may take: a client trickling one byte every
+        # few seconds would otherwise hold a connection (and its memory) for as long as it likes.
+        body = await asyncio.wait_for(request.read(), settings.webhook_read_timeout_seconds)
     except web.HTTPRequestEntityTooLarge:
         return _refuse(metrics, "too_large", 413, f"body larger than {settings.max_body_bytes} bytes")
+    except TimeoutError:
+        return _refuse(metrics, "timeout", 408, f"body not received within {settings.webhook_read_timeout_seconds:g}s")
+    except (ConnectionError, HttpProcessingError):
+        # The client went away mid-body: nothing to answer, nothing to log beyond the count.
+        return _refuse(metrics, "aborted", 400, "request body incomplete")
     try:
         event = verify_event(
             body,
@@ -100,6 +112,29 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+class ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, with a stranger's malformed HTTP counted instead of dumped.
+
+    aiohttp answers a request it cannot parse (a header line over 8 KB, a broken request line)
+    with a 400 itself, then logs it at ERROR with a full traceback: on a public endpoint anyone
+    can fill the log, and the on-call engineer's alerts, that way. Such a request is the
+    client's error, so it becomes one line at INFO and the `bad_http` outcome in /metrics; any
+    other exception aiohttp reports is still logged whole.
+    """
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__(logging.getLogger("gateway.http"), {})
+        self.metrics = metrics
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            self.metrics.requests.labels("bad_http").inc()
+            self.logger.info("refused malformed HTTP (%s): %s", exc.code, str(exc.message)[:200])
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def create_app(settings: Settings, bus: Bus) -> web.Application:
     # client_max_size makes aiohttp itself refuse larger bodies, also when chunked.
     setup_tracing("syncmesh-gateway")  # before the Application is built: instrumentation patches it
@@ -133,7 +168,12 @@ class Gateway:
         await self.bus.start(wait=2.0)
         if self.sweeper is not None:
             self._sweep_task = asyncio.create_task(self.sweeper.run(), name="gateway-sweeper")
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds)
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown_grace_seconds,
+            logger=ClientErrorLog(self.app[METRICS]),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()

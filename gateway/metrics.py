@@ -17,6 +17,9 @@ class GatewayMetrics:
         "malformed",
         "wrong_mode",
         "too_large",
+        "timeout",
+        "aborted",
+        "bad_http",
         "unavailable",
     )
 

@@ -3,22 +3,24 @@ setting changed, and show what that changed.
 
 The stream keeps every Stripe event for `stream_max_age_days` (400), so a service's records
 can be recomputed from it. Replay reads the stream (from the start, or from `--since`) with an
-ephemeral consumer filtered on the service's subjects, and runs the messages through the
-runtime's own batch logic (`Consumer.process_batch`: one transaction per batch, a savepoint
-per message, the idempotency record) with the service's handler. So a replayed event is
-handled exactly as it was live, by the same code.
+ephemeral consumer filtered on the service's subjects, and applies the messages with the
+runtime's own `BatchRunner` and the service's own applier (one transaction per batch, a
+savepoint per message only when one fails, the idempotency record). So a replayed event is
+applied exactly as it was live, by the same code.
 
-To make the handler run again, the batch's event ids are removed from `processed_events` in
-the same transaction that re-handles them: a crash mid-replay leaves every event either as it
-was or re-applied, never forgotten. An event id that occurs twice in the stream (a redrive, or
-a repeat beyond JetStream's dedup window) is re-applied once per replay.
+To make the applier run again, the batch's event ids are removed from `processed_events` in
+the same transaction that re-applies them (the runner's transaction nests in it as a
+savepoint): a crash mid-replay leaves every event either as it was or re-applied, never
+forgotten. An event id that occurs twice in the stream (a redrive, or a repeat beyond
+JetStream's dedup window) is re-applied once per replay. Under dry run that transaction is
+rolled back: nothing at all is written.
 
-Precondition: handlers are idempotent at the record level (guarded upserts that compare a
+Precondition: appliers are idempotent at the record level (guarded upserts that compare a
 version key, statuses that only move forward), so applying an event the records already
 reflect leaves them unchanged. The mesh's services are written that way; a handler that, say,
 increments a counter per application is not, and replay shows it as changed rows.
 
-Replay does not re-announce history to other teams: domain events the handlers emit are
+Replay does not re-announce history to other teams: domain events the appliers emit are
 dropped unless `emit_events` is set, because the outbox gives each emission a new id and
 subscribers would take them for new facts.
 
@@ -39,22 +41,27 @@ as of its start.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, cast
+from datetime import datetime
 
 import asyncpg
-from google.protobuf.message import Message
-from nats.aio.msg import Msg
 
 from services.common import db
 from services.common.bus import STRIPE_STREAM, Bus
-from services.common.consumer import BatchHandler, BatchItem, Consumer, Handler, HandlerContext
+from services.common.consumer import (
+    DATABASE_ERRORS,
+    Batch,
+    BatchApplier,
+    BatchItem,
+    BatchRunner,
+    Outcome,
+    Received,
+    database_unavailable,
+    receive,
+)
 from services.common.errors import SettingsError
-from services.common.events import StripeEvent, from_envelope
 from services.common.progress import progress
 from services.common.service import ServiceDefinition
 from services.common.settings import Settings
@@ -131,81 +138,16 @@ class ReplayReport:
         return out
 
 
-class _QuietContext(HandlerContext):
-    """A HandlerContext whose `emit` records the emission instead of queuing it in the outbox."""
-
-    async def emit(self, event_name: str, message: Message, *, stripe_event_id: str = "") -> None:
-        self.emitted.append(f"{event_name}:{message.DESCRIPTOR.full_name}")
-
-
-def _without_emits(handler: Handler, counter: list[int]) -> Handler:
-    async def run(ctx: HandlerContext, event: StripeEvent) -> None:
-        quiet = _QuietContext(conn=ctx.conn, service=ctx.service, settings=ctx.settings, envelope=ctx.envelope)
-        await handler(quiet, event)
-        ctx.skipped_reason = quiet.skipped_reason
-        ctx.emitted.extend(quiet.emitted)
-        counter[0] += len(quiet.emitted)
-
-    return run
-
-
-def _batch_without_emits(batch_handler: BatchHandler, counter: list[int]) -> BatchHandler:
-    """The batch handler with each event's domain events collected apart and dropped."""
+def _without_emits(apply: BatchApplier, counter: list[int]) -> BatchApplier:
+    """The applier with each event's domain events collected apart and dropped (counted)."""
 
     async def run(conn: db.Conn, items: Sequence[BatchItem]) -> None:
         for item in items:
             item.ctx.outgoing = []
-        await batch_handler(conn, items)
+        await apply(conn, items)
         counter[0] += sum(len(item.ctx.emitted) for item in items)
 
     return run
-
-
-class _ReplayConsumer(Consumer):
-    """The runtime's consumer, whose give-ups are collected for the report instead of published."""
-
-    failures: list[ReplayFailure]
-
-    async def dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
-        try:
-            event_id = from_envelope(msg.data)[0].id
-        except Exception:
-            event_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-        sequence = int(msg.metadata.sequence.stream)
-        log.error("replay could not apply stream seq %d (%s): %s", sequence, event_id, reason)
-        self.failures.append(ReplayFailure(sequence, event_id, reason))
-
-
-class _ForgetThenHandle:
-    """Stands in for the pool given to `Consumer.process_batch` (which only calls `acquire()`).
-
-    Each connection it hands out is inside an outer transaction that first deletes the batch's
-    event ids from processed_events; process_batch's own transaction then nests as a savepoint,
-    so forgetting and re-handling commit together. Under dry run the outer transaction is
-    rolled back, so nothing at all is written.
-    """
-
-    def __init__(self, pool: asyncpg.Pool, *, rollback: bool) -> None:
-        self.pool = pool
-        self.rollback = rollback
-        self.forget: list[str] = []
-
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        async with self.pool.acquire() as conn:
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                if self.forget:
-                    await conn.execute("DELETE FROM processed_events WHERE event_id = ANY($1::text[])", self.forget)
-                yield conn
-            except BaseException:
-                await tx.rollback()
-                raise
-            if self.rollback:
-                await tx.rollback()
-            else:
-                await tx.commit()
 
 
 async def service_tables(conn: db.Conn, schema: str) -> list[str]:
@@ -321,47 +263,77 @@ async def _run(
     show_progress: bool,
 ) -> None:
     suppressed = [0]
-    handler = definition.handler if emit_events else _without_emits(definition.handler, suppressed)
-    batch_handler = definition.batch_handler
-    if batch_handler is not None and not emit_events:
-        batch_handler = _batch_without_emits(batch_handler, suppressed)
-    forgetting = _ForgetThenHandle(pool, rollback=settings.dry_run)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    consumer = _ReplayConsumer(
-        service=definition.name,
-        bus=bus,
-        pool=cast(asyncpg.Pool, forgetting),
-        handler=handler,
-        batch_handler=batch_handler,
-        subjects=definition.subjects,
-        # One attempt: a failure is reported at once rather than retried against the same data.
-        settings=settings.with_overrides(max_deliver=1),
-        durable=f"{definition.name}-replay-{stamp}",
-    )
-    consumer.failures = report.failures
+    apply = definition.apply if emit_events else _without_emits(definition.apply, suppressed)
+    runner = BatchRunner(service=definition.name, settings=settings, apply=apply)
     reader = StreamReader(bus, STRIPE_STREAM, subjects=definition.subjects, start_time=since, batch=batch_size)
     window = await reader.window()
     bar = progress(total=window.pending, desc=f"replay {definition.name}", unit="msg", enabled=show_progress)
     replayed: set[str] = set()
     try:
         async for msgs in reader.batches():
+            batch = receive(msgs, settings.mode)
             forget: list[str] = []
-            for msg in msgs:
-                try:
-                    event_id = from_envelope(msg.data)[0].id
-                except Exception:
-                    continue  # undecodable: process_batch reports it as a failure
-                if event_id in replayed:
+            for d in batch.deliveries:
+                if d.event.id in replayed:
                     report.repeats += 1
                 else:
-                    replayed.add(event_id)
-                    forget.append(event_id)
-            forgetting.forget = forget
-            before_handled = consumer.handled
-            await consumer.process_batch(msgs)
-            report.applied += consumer.handled - before_handled
+                    replayed.add(d.event.id)
+                    forget.append(d.event.id)
+            await _forget_then_apply(pool, runner, batch, forget, rollback=settings.dry_run)
+            _report(batch, report)
             report.messages += len(msgs)
             bar.update(len(msgs))
     finally:
         bar.close()
     report.suppressed_events = suppressed[0]
+
+
+async def _forget_then_apply(
+    pool: asyncpg.Pool, runner: BatchRunner, batch: Batch, forget: Sequence[str], *, rollback: bool
+) -> None:
+    """Delete the batch's event ids from processed_events, then apply it, in ONE transaction (the
+    runner's own nests in it as a savepoint), so forgetting and re-applying commit together.
+    Under dry run the whole of it is rolled back."""
+    if not batch.deliveries:
+        return
+    try:
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                if forget:
+                    await conn.execute("DELETE FROM processed_events WHERE event_id = ANY($1::text[])", forget)
+                await runner.run(conn, batch.deliveries)
+            except BaseException:
+                await tx.rollback()
+                raise
+            if rollback:
+                await tx.rollback()
+            else:
+                await tx.commit()
+    except DATABASE_ERRORS as exc:
+        database_unavailable(batch.deliveries, exc)
+
+
+#: What replay counts as handled again (a skip is a decision the applier made on this run).
+_APPLIED = (Outcome.APPLIED, Outcome.SKIPPED)
+
+
+def _report(batch: Batch, report: ReplayReport) -> None:
+    """Count what was applied; every other outcome but a repeat is reported as a failure, not
+    dead-lettered (the live service already did that when it mattered)."""
+    for d in batch.deliveries:
+        if d.received.outcome in _APPLIED:
+            report.applied += 1
+        elif d.received.outcome is not Outcome.DUPLICATE:
+            _failed(report, d.received, d.event.id)
+    for r in batch.received:
+        if r.outcome is Outcome.UNDECODABLE:
+            _failed(report, r, (r.msg.headers or {}).get("Nats-Msg-Id", ""))
+
+
+def _failed(report: ReplayReport, r: Received, event_id: str) -> None:
+    sequence = int(r.msg.metadata.sequence.stream)
+    reason = r.detail or f"not applied ({r.outcome.value if r.outcome else 'undecided'})"
+    log.error("replay could not apply stream seq %d (%s): %s", sequence, event_id, reason)
+    report.failures.append(ReplayFailure(sequence, event_id, reason))

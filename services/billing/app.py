@@ -7,7 +7,7 @@ from pathlib import Path
 from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
 
 from services.billing.api import BillingServicer
-from services.billing.batch import make_batch_handler, make_handler
+from services.billing.batch import make_applier
 from services.billing.settings import BillingSettings, load_billing_settings
 from services.common.service import ServiceDefinition
 
@@ -31,8 +31,7 @@ def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition
         schema="billing",
         migrations=Path(__file__).parent / "migrations",
         subjects=SUBJECTS,
-        handler=make_handler(policy),
-        batch_handler=make_batch_handler(policy),
+        apply=make_applier(policy),
         fetch_ahead=True,
         grpc_service_name="syncmesh.billing.v1.BillingService",
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]

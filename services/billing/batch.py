@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from services.billing import handlers, invoices, mapping, store
 from services.billing.handlers import BatchState, batch_state
 from services.billing.settings import BillingSettings
-from services.common.consumer import BatchHandler, BatchItem, Handler, HandlerContext
+from services.common.consumer import BatchApplier, BatchItem
 from services.common.db import Conn
-from services.common.events import StripeEvent
 
 
-def make_batch_handler(billing: BillingSettings) -> BatchHandler:
-    """The consumer's batch handler, bound to the billing policy the process was started with."""
+def make_applier(billing: BillingSettings) -> BatchApplier:
+    """The consumer's batch applier, bound to the billing policy the process was started with."""
 
-    async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+    async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
         state = BatchState()
         token = batch_state.set(state)
         try:
@@ -32,17 +31,7 @@ def make_batch_handler(billing: BillingSettings) -> BatchHandler:
         finally:
             batch_state.reset(token)
 
-    return handle_batch
-
-
-def make_handler(billing: BillingSettings) -> Handler:
-    """One event: a batch of one (the consumer's span is already current)."""
-    handle_batch = make_batch_handler(billing)
-
-    async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
-        await handle_batch(ctx.conn, [BatchItem.alone(ctx, event)])
-
-    return handle
+    return apply
 
 
 async def _apply(conn: Conn, items: Sequence[BatchItem], billing: BillingSettings, state: BatchState) -> None:

@@ -35,6 +35,8 @@ STRIPE_STREAM = "STRIPE"
 EVENTS_STREAM = "SYNCMESH_EVENTS"
 DLQ_STREAM = "SYNCMESH_DLQ"
 DAY = 86400
+#: JetStream's "duplicate message id is in process": another copy is being stored right now.
+DUPLICATE_IN_PROCESS = 10158
 
 
 @dataclass(frozen=True)
@@ -224,16 +226,30 @@ class Bus:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> PubAck:
-        """Publish and wait for JetStream's ack; PublishError when it cannot be confirmed."""
+        """Publish and wait for JetStream's ack; PublishError when it cannot be confirmed.
+
+        On a clustered stream, a second copy of a message whose first copy the stream's leader is
+        still replicating is refused with "duplicate message id is in process" (10158). The event
+        is not lost and the sender (Stripe, retrying the same event) deserves its 2xx once the
+        first copy is stored, so the publish is repeated, within the same timeout, until JetStream
+        answers for the id: a duplicate ack when the first copy made it, a fresh ack if it did not.
+        """
         if not self.is_connected():
             raise PublishError("NATS is not connected")
         all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
-        try:
-            return await self.js.publish(
-                subject,
-                payload,
-                timeout=timeout or self.settings.publish_timeout_seconds,
-                headers=all_headers,
-            )
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc
+        budget = timeout or self.settings.publish_timeout_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        pause = 0.005
+        while True:
+            try:
+                return await self.js.publish(
+                    subject, payload, timeout=max(0.01, deadline - loop.time()), headers=all_headers
+                )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != DUPLICATE_IN_PROCESS or loop.time() + pause >= deadline:
+                    raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.1)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc

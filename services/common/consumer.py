@@ -1,45 +1,71 @@
-"""The one consumer loop every service runs, and its ack policy.
+"""The one consumer loop every service runs, the one way a batch is applied, and the ack policy.
 
-Ack policy (the whole of it):
+A service gives the runtime ONE batch applier (`BatchApplier`): the new events of a batch, in
+arrival order, inside the transaction. Everything else here is the same for every service, and
+for replay (ops/replay.py), which runs the same `BatchRunner` over the stream.
 
-1. Fetch up to `fetch_batch` messages from the service's durable pull consumer. The fetch takes
-   whatever is pending at once; only when nothing is pending does it wait, up to
-   `fetch_timeout_seconds`, and it returns with the first message that arrives (nats-py 2.16:
-   a `no_wait` pull request with `expires`, which the server ends as soon as it has delivered
-   what it had). Batches therefore grow by themselves with the backlog, and a lone event is
-   picked up within a millisecond. A service may ask for the next batch to be fetched and
-   decoded while this one waits on PostgreSQL (`ServiceDefinition.fetch_ahead`); it is applied
-   only after this one is settled, and on stop it is nak'd for immediate redelivery.
-2. Open ONE transaction for the batch: record every event id in `processed_events` with one
-   insert (an id already there is a duplicate: its handler is skipped, that is the idempotency),
-   then hand the new events to the service: to its batch handler when it has one (which writes
-   the whole batch's records in a few set-based statements), else to its handler one event at a
-   time. Domain events are buffered and written to `outbox` in one insert for the batch. If the
-   batch handler declines (BatchUnsupported), the transaction is rolled back and the batch is
-   redone event by event; if a handler fails, it is rolled back whole and redone in a new
-   transaction with a savepoint per message, so only the failing messages are left unwritten
-   (the message that failed is not run again in that pass: its handler may have called Stripe).
-3. COMMIT. Only then ack the messages whose savepoint succeeded (plain ack: the idempotency
-   record makes a lost ack harmless, and `ack_sync` would halve throughput).
-4. A message whose handler failed is nak'd with exponential backoff; once it has been delivered
-   `max_deliver` times, or at once when it cannot be decoded or the handler raises
-   PermanentError, it is published to `dlq.<service>` with the reason, attempts and original
-   headers, then acked. If the dead-letter publish itself fails, it is nak'd: never dropped.
-5. If the transaction cannot commit (database gone), every message of the batch is nak'd with
-   backoff, and the loop goes on fetching once the database is back.
+Applying a batch (`BatchRunner.run`):
+
+1. Optimistic first, the common case: ONE transaction for the batch. Every event id is recorded
+   in `processed_events` with one insert (an id already there, or a second copy in the same
+   batch, is a duplicate: the applier does not see it, that is the idempotency); the new events
+   go to the applier in one call; domain events are buffered and written to `outbox` in one
+   insert. No savepoints.
+2. If the applier fails, that transaction is rolled back whole and the batch is redone in a new
+   one with the SAME applier on a batch of one per message, each under a savepoint, so only the
+   failing messages are left unwritten. The message the applier was on when it failed keeps that
+   failure and is not run again in that pass (its applier may have called Stripe), nor is a
+   second copy of a failed event in the same batch (it shares that failure).
+3. Dry run (SYNCMESH_DRY_RUN) is a rollback policy, not another path: each transaction (or
+   savepoint) is rolled back after logging what it would have written, so batches, isolated
+   messages and replays alike write nothing, and the outcomes are what a real run would have had.
+
+Ack policy: every message ends with one `Outcome`, and `ACK_POLICY` alone maps it to a verb.
+
+    Outcome               Verdict       what the message gets
+    applied               ACK           ack, after COMMIT
+    skipped               ACK           ack, after COMMIT (deliberately not applied, noted in
+                                        processed_events)
+    duplicate             ACK           ack (already applied, by an earlier delivery or batch
+                                        mate)
+    failed-retryable      RETRY         nak with backoff; dead-lettered once delivered
+                                        `max_deliver` times
+    database-unavailable  RETRY         nak with backoff, as above (the batch did not commit)
+    failed-permanent      DEAD_LETTER   published to `dlq.<service>`, then ack
+    undecodable           DEAD_LETTER   published to `dlq.<service>`, then ack
+
+Guarantees the table relies on:
+- COMMIT before ack: a message is acked only once what it wrote is committed (plain ack: the
+  idempotency record makes a lost ack harmless, and `ack_sync` would halve throughput).
+- A failed message is not run twice in one pass (step 2).
+- A dead letter carries the reason, attempts and original headers; if its publish fails the
+  message is nak'd with backoff: never dropped.
+- If the transaction cannot commit (database gone), every message of the batch is nak'd with
+  backoff (a permanent failure among them is still dead-lettered), and the loop goes on
+  fetching once the database is back.
 
 A crash anywhere before COMMIT leaves nothing written and the messages unacked: JetStream
 redelivers them after `ack_wait`. A crash after COMMIT but before the ack redelivers them too,
 and the idempotency record turns the repeat into a no-op.
+
+Fetching: up to `fetch_batch` messages from the service's durable pull consumer. The fetch takes
+whatever is pending at once; only when nothing is pending does it wait, up to
+`fetch_timeout_seconds`, and it returns with the first message that arrives (nats-py 2.16: a
+`no_wait` pull request with `expires`, which the server ends as soon as it has delivered what it
+had). Batches therefore grow by themselves with the backlog, and a lone event is picked up
+within a millisecond. A service may ask for the next batch to be fetched and decoded while this
+one waits on PostgreSQL (`ServiceDefinition.fetch_ahead`); it is applied only after this one is
+settled, and on stop it is nak'd for immediate redelivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,14 +95,19 @@ from services.common.tracing import extract_context, inject_headers
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-
-class DryRunRollback(Exception):
-    """Raised inside a savepoint to undo a dry-run handler's writes after logging them."""
+#: What a batch that could not reach or commit to PostgreSQL raises to its caller: the whole
+#: batch is then database-unavailable (the connection is gone, nothing was written).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+)
 
 
 @dataclass
 class HandlerContext:
-    """What a handler gets: the transaction's connection and a way to emit domain events."""
+    """What an applier gets per event: the transaction's connection and a way to emit domain events."""
 
     conn: Conn
     service: str
@@ -84,8 +115,8 @@ class HandlerContext:
     envelope: envelope_pb2.StripeEventEnvelope
     emitted: list[str] = field(default_factory=list)
     skipped_reason: str | None = None
-    #: When set, domain events are collected here and the consumer writes the batch's in one
-    #: insert; when None they go to the outbox at once (tools and tests that call a handler).
+    #: When set, domain events are collected here and the runner writes the batch's in one
+    #: insert; when None they go to the outbox at once (tools and tests that call an applier).
     outgoing: list[outbox.OutboxRow] | None = None
 
     async def emit(self, event_name: str, message: Message, *, stripe_event_id: str = "") -> None:
@@ -116,49 +147,270 @@ class HandlerContext:
         return start is not None and created is not None and created < int(start.timestamp())
 
 
-Handler = Callable[[HandlerContext, StripeEvent], Awaitable[None]]
-
-
-class BatchUnsupported(Exception):
-    """Raised by a batch handler for a batch it cannot apply set-based (e.g. a tie that needs a
-    Stripe API call): the consumer rolls back and applies that batch event by event instead."""
-
-
 @dataclass
 class BatchItem:
-    """One new event of a batch, for a batch handler: its context (emit, skip) and its span."""
+    """One new event of a batch, for the applier: its context (emit, skip) and its span."""
 
     ctx: HandlerContext
     event: StripeEvent
+    #: Enter while working on this event: its consume span (continuing the trace it was
+    #: published under) and log context; a failure raised inside is charged to this event alone.
     consuming: Callable[[], contextlib.AbstractContextManager[trace.Span]]
 
     @classmethod
     def alone(cls, ctx: HandlerContext, event: StripeEvent) -> BatchItem:
-        """An event handled on its own, whose span (if any) is already current: a batch of one."""
+        """An event applied on its own, whose span (if any) is already current: a batch of one."""
         return cls(ctx, event, lambda: contextlib.nullcontext(trace.get_current_span()))
 
 
-#: Applies a batch's new events (in arrival order) inside the consumer's transaction; must leave
-#: the same records as the Handler run on each event in turn. It may announce each changed record
-#: once, in its newest state, where one event at a time would also announce the states between
-#: (downstream consumers apply newest state, so they end the same).
-BatchHandler = Callable[[Conn, Sequence[BatchItem]], Awaitable[None]]
+#: A service's one way to apply events: the new events of a batch (in arrival order, duplicates
+#: already removed) inside the runner's transaction. It may announce each changed record once, in
+#: its newest state, where one event at a time would also announce the states between
+#: (downstream consumers apply newest state, so they end the same). A batch of one is how a
+#: failing message is isolated, so a batch must leave the same records as its events applied
+#: one batch of one at a time.
+BatchApplier = Callable[[Conn, Sequence[BatchItem]], Awaitable[None]]
 
 
-@dataclass
-class _Batch:
-    """Fetched messages, decoded: what `_apply_batch` commits and settles."""
+class Outcome(enum.Enum):
+    """What became of a message; `ACK_POLICY` says what it gets for it."""
 
-    outcomes: list[_Outcome]
-    work: list[_Work]
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+    FAILED_RETRYABLE = "failed-retryable"
+    FAILED_PERMANENT = "failed-permanent"
+    UNDECODABLE = "undecodable"
+    DATABASE_UNAVAILABLE = "database-unavailable"
 
 
-@dataclass
-class _Outcome:
+class Verdict(enum.Enum):
+    ACK = "ack"
+    #: nak with exponential backoff; dead-lettered once delivered `max_deliver` times.
+    RETRY = "retry"
+    #: published to `dlq.<service>` with the reason, then acked; nak'd if that publish fails.
+    DEAD_LETTER = "dead-letter"
+
+
+#: The ack policy, whole (see the module docstring).
+ACK_POLICY: Mapping[Outcome, Verdict] = {
+    Outcome.APPLIED: Verdict.ACK,
+    Outcome.DUPLICATE: Verdict.ACK,
+    Outcome.SKIPPED: Verdict.ACK,
+    Outcome.FAILED_RETRYABLE: Verdict.RETRY,
+    Outcome.DATABASE_UNAVAILABLE: Verdict.RETRY,
+    Outcome.FAILED_PERMANENT: Verdict.DEAD_LETTER,
+    Outcome.UNDECODABLE: Verdict.DEAD_LETTER,
+}
+
+#: A message whose outcome was never decided (the pass was cut short) is retried.
+_UNDECIDED = Verdict.RETRY
+
+
+@dataclass(slots=True)
+class Received:
+    """A fetched message and what became of it."""
+
     msg: Msg
-    ok: bool = False
-    dead_reason: str | None = None
-    error: str | None = None
+    outcome: Outcome | None = None
+    #: Why, for a failure: the error, or the dead-letter reason.
+    detail: str = ""
+
+
+@dataclass
+class Delivery:
+    """A decoded message of the batch: what the runner applies."""
+
+    received: Received
+    event: StripeEvent
+    envelope: envelope_pb2.StripeEventEnvelope
+    #: The trace context it was published under, read from its headers once (every span of the
+    #: batch starts in it or links to it).
+    parent: otel_context.Context
+    link: trace.Link = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.link = trace.Link(trace.get_current_span(self.parent).get_span_context())
+
+
+@dataclass
+class Batch:
+    """Fetched messages, decoded: every message in `received`, the decodable ones in `deliveries`."""
+
+    received: list[Received]
+    deliveries: list[Delivery]
+
+
+def receive(msgs: Sequence[Msg], mode: str) -> Batch:
+    """Decode fetched messages; one that cannot be decoded (or is of the wrong Stripe mode) is
+    undecodable at once."""
+    received = [Received(m) for m in msgs]
+    deliveries = []
+    for r in received:
+        try:
+            event, envelope = from_envelope(r.msg.data)
+            check_mode(event, mode)
+        except EventError as exc:
+            r.outcome, r.detail = Outcome.UNDECODABLE, f"undecodable: {exc}"
+            continue
+        deliveries.append(Delivery(r, event, envelope, extract_context(r.msg.headers)))
+    return Batch(received, deliveries)
+
+
+def database_unavailable(deliveries: Sequence[Delivery], exc: BaseException) -> None:
+    """The batch did not commit: whatever it decided is void, except a message's own failure."""
+    for d in deliveries:
+        r = d.received
+        if r.outcome is not Outcome.FAILED_PERMANENT and r.outcome is not Outcome.FAILED_RETRYABLE:
+            r.outcome, r.detail = Outcome.DATABASE_UNAVAILABLE, f"database: {exc}"
+
+
+class _DryRunRollback(Exception):
+    """Raised at the end of a dry run's transaction (or savepoint) to undo what it wrote."""
+
+
+@dataclass
+class _Failure:
+    #: The message the applier was on when it raised; None when it raised between messages.
+    delivery: Delivery | None
+    error: Exception
+
+
+class BatchRunner:
+    """Applies decoded deliveries with a service's applier (steps 1-3 of the module docstring),
+    deciding each one's outcome; the caller owns the connection and settles the messages.
+
+    `run` opens its own transaction, or a savepoint when the caller has one open (replay forgets
+    the events' ids first in its own). Database errors (DATABASE_ERRORS) propagate: the caller
+    marks the batch `database_unavailable`.
+    """
+
+    def __init__(self, *, service: str, settings: Settings, apply: BatchApplier) -> None:
+        self.service = service
+        self.settings = settings
+        self.apply = apply
+        self.dry_run = settings.dry_run
+        self.handled = 0
+        self.duplicates = 0
+
+    async def run(self, conn: Conn, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        failed = await self._together(conn, deliveries)
+        if failed is None:
+            return
+        log.info(
+            "a message of the batch failed (%s: %s); applying them one by one",
+            type(failed.error).__name__,
+            failed.error,
+        )
+        # Not run twice in one pass: the message that failed, nor a second copy of a failed event.
+        failures: dict[str, Exception] = {}
+        if failed.delivery is not None:
+            failures[failed.delivery.event.id] = failed.error
+        async with conn.transaction():
+            for d in deliveries:
+                error = failures.get(d.event.id)
+                if error is None:
+                    alone = await self._together(conn, (d,))  # a savepoint: this message only
+                    if alone is None:
+                        continue
+                    error = failures[d.event.id] = alone.error
+                _record_failure(d, error)
+
+    async def _together(self, conn: Conn, work: Sequence[Delivery]) -> _Failure | None:
+        """`work` in one transaction (a savepoint when nested); on a failure nothing is written,
+        and the failing message and its error are returned."""
+        duplicates = 0
+        tracked: list[Delivery | None] = [None]
+        culprit: Delivery | None = None
+        outgoing: list[outbox.OutboxRow] = []
+        fresh_work: list[Delivery] = []
+        items: list[BatchItem] = []
+        try:
+            async with conn.transaction():
+                with self._batch_span(work, "claim"):
+                    fresh = await _claim(conn, work)
+                for d in work:
+                    if d.event.id not in fresh:
+                        d.received.outcome = Outcome.DUPLICATE
+                        duplicates += 1
+                        continue
+                    fresh.discard(d.event.id)  # a second copy in the same batch is a duplicate
+                    ctx = HandlerContext(
+                        conn=conn, service=self.service, settings=self.settings, envelope=d.envelope, outgoing=outgoing
+                    )
+                    fresh_work.append(d)
+                    items.append(BatchItem(ctx, d.event, functools.partial(self._tracked, d, ctx, tracked)))
+                if items:
+                    with self._batch_span(fresh_work, "apply batch"):
+                        try:
+                            await self.apply(conn, items)
+                        finally:
+                            # The message it was on; a lone message is at fault wherever it raised.
+                            culprit = tracked[0] or (fresh_work[0] if len(fresh_work) == 1 else None)
+                skipped = [(i.event.id, f"skipped: {i.ctx.skipped_reason}") for i in items if i.ctx.skipped_reason]
+                if skipped or outgoing:
+                    with self._batch_span(work, "record outcomes"):
+                        await outbox.insert_rows(conn, outgoing)
+                        if skipped:
+                            await conn.executemany(
+                                "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
+                            )
+                if self.dry_run:
+                    log.info(
+                        "dry run: %d events would write their records and emit %s; rolled back",
+                        len(items),
+                        [e for i in items for e in i.ctx.emitted] or "nothing",
+                    )
+                    raise _DryRunRollback
+        except _DryRunRollback:
+            pass
+        except (OSError, asyncpg.InterfaceError):
+            raise  # the connection is gone: the whole batch fails and is redelivered
+        except Exception as exc:
+            return _Failure(culprit, exc)
+        for d, i in zip(fresh_work, items, strict=True):
+            d.received.outcome = Outcome.SKIPPED if i.ctx.skipped_reason else Outcome.APPLIED
+        self.handled += len(items)
+        self.duplicates += duplicates
+        return None
+
+    @contextlib.contextmanager
+    def _tracked(self, d: Delivery, ctx: HandlerContext, tracked: list[Delivery | None]) -> Iterator[trace.Span]:
+        """The message's consume span (continuing the trace it was published under) and log
+        context, noting the message while the applier is on it, so that message alone keeps a
+        failure raised there and is not run a second time."""
+        token = current_event_id.set(d.event.id)
+        try:
+            with _tracer.start_as_current_span(
+                f"{self.service} consume {d.received.msg.subject}",
+                context=d.parent,
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": d.received.msg.subject,
+                    "messaging.message.id": d.event.id,
+                    "stripe.event_type": d.event.type,
+                },
+            ) as span:
+                tracked[0] = d
+                yield span
+                tracked[0] = None
+                if ctx.skipped_reason:
+                    span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
+        finally:
+            current_event_id.reset(token)
+
+    def _batch_span(self, work: Sequence[Delivery], what: str) -> Any:
+        """A span for statements that serve the whole batch: in the trace of the batch's first
+        message (so a lone webhook is one trace end to end) and linked to every message's."""
+        return _tracer.start_as_current_span(
+            f"{self.service} {what}",
+            context=work[0].parent if work else None,
+            links=[d.link for d in work],
+            attributes={"messaging.batch.message_count": len(work)},
+        )
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -167,26 +419,26 @@ def backoff_seconds(attempt: int) -> float:
 
 
 class Consumer:
+    """The fetch loop: fetch, apply with the service's `BatchRunner`, settle by `ACK_POLICY`."""
+
     def __init__(
         self,
         *,
         service: str,
         bus: Bus,
         pool: asyncpg.Pool,
-        handler: Handler,
+        apply: BatchApplier,
         subjects: tuple[str, ...],
         settings: Settings,
         on_commit: Callable[[], None] | None = None,
         durable: str | None = None,
         stream: str = STRIPE_STREAM,
-        batch_handler: BatchHandler | None = None,
         fetch_ahead: bool = False,
     ) -> None:
         self.service = service
         self.bus = bus
         self.pool = pool
-        self.handler = handler
-        self.batch_handler = batch_handler
+        self.runner = BatchRunner(service=service, settings=settings, apply=apply)
         self.fetch_ahead = fetch_ahead
         self.subjects = subjects
         self.settings = settings
@@ -197,10 +449,16 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._psub: Any = None
-        self.handled = 0
-        self.duplicates = 0
         self.dead_lettered = 0
-        self.batches_declined = 0
+
+    @property
+    def handled(self) -> int:
+        """New events applied (or skipped) so far, dry-run ones included."""
+        return self.runner.handled
+
+    @property
+    def duplicates(self) -> int:
+        return self.runner.duplicates
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -215,9 +473,9 @@ class Consumer:
         )
 
     async def run(self) -> None:
-        """Fetch and handle until `stop()`; survives NATS and PostgreSQL outages."""
+        """Fetch and apply until `stop()`; survives NATS and PostgreSQL outages."""
         psub = None
-        ahead: asyncio.Task[_Batch | None] | None = None
+        ahead: asyncio.Task[Batch | None] | None = None
         try:
             while not self._stopping.is_set():
                 if psub is None:
@@ -248,7 +506,7 @@ class Consumer:
             if ahead is not None:
                 await self._give_back(ahead)
 
-    async def _next_batch(self, psub: Any) -> _Batch | None:
+    async def _next_batch(self, psub: Any) -> Batch | None:
         try:
             msgs = await psub.fetch(self.settings.fetch_batch, timeout=self.settings.fetch_timeout_seconds)
         except TimeoutError:
@@ -257,9 +515,9 @@ class Consumer:
             log.warning("fetch failed: %s", exc)
             await asyncio.sleep(0.2)
             return None
-        return self._prepare(msgs) if msgs else None
+        return receive(msgs, self.settings.mode) if msgs else None
 
-    async def _give_back(self, ahead: asyncio.Task[_Batch | None]) -> None:
+    async def _give_back(self, ahead: asyncio.Task[Batch | None]) -> None:
         """A batch fetched ahead but not applied goes back for immediate redelivery; a fetch cut
         short leaves what it had to JetStream's ack_wait, as a crash would."""
         if not ahead.done():
@@ -268,9 +526,9 @@ class Consumer:
         if ahead.cancelled() or ahead.exception() is not None:
             return
         batch = ahead.result()
-        for outcome in batch.outcomes if batch is not None else ():
+        for r in batch.received if batch is not None else ():
             with contextlib.suppress(Exception):
-                await outcome.msg.nak()
+                await r.msg.nak()
 
     async def stop(self, grace: float) -> None:
         """Stop fetching and wait (up to `grace`) for the batch in flight to finish."""
@@ -285,232 +543,41 @@ class Consumer:
                 await self._psub.unsubscribe()
             self._psub = None
 
-    async def process_batch(self, msgs: list[Msg]) -> None:
-        """Handle a fetched batch in one transaction, then settle every message (ack policy above)."""
-        await self._apply_batch(self._prepare(msgs))
-
-    def _prepare(self, msgs: list[Msg]) -> _Batch:
-        outcomes = [_Outcome(m) for m in msgs]
-        return _Batch(outcomes, [item for item in map(self._decode, outcomes) if item is not None])
-
-    async def _apply_batch(self, batch: _Batch) -> None:
-        outcomes, work = batch.outcomes, batch.work
-        try:
-            if work:
+    async def _apply_batch(self, batch: Batch) -> None:
+        if batch.deliveries:
+            try:
                 async with self.pool.acquire() as conn:
-                    # Optimistic first: no savepoints, one idempotency insert for the batch. A
-                    # failure anywhere rolls it all back and the batch is redone one message per
-                    # savepoint, so one bad event costs its batch a retry, never a wrong commit.
-                    failed: _Failure | _AllApplied | None = None
-                    if not self.settings.dry_run:
-                        failed = await self._apply_together(conn, work, batched=self.batch_handler is not None)
-                        if isinstance(failed, _Failure) and failed.batch:
-                            failed = await self._apply_together(conn, work, batched=False)
-                    if not isinstance(failed, _AllApplied):
-                        await self._apply_isolated(conn, work, failed)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("batch of %d not committed (%s); will be redelivered", len(outcomes), exc)
-            for item in work:
-                if item.outcome.dead_reason is None:
-                    item.outcome.ok = False
-                    item.outcome.error = item.outcome.error or f"database: {exc}"
-        else:
-            if work and self.on_commit is not None:
-                self.on_commit()
-        for outcome in outcomes:
-            await self._settle(outcome)
+                    await self.runner.run(conn, batch.deliveries)
+            except DATABASE_ERRORS as exc:
+                log.warning("batch of %d not committed (%s); will be redelivered", len(batch.received), exc)
+                database_unavailable(batch.deliveries, exc)
+            else:
+                if self.on_commit is not None:
+                    self.on_commit()
+        for r in batch.received:
+            await self._settle(r)
 
-    def _decode(self, outcome: _Outcome) -> _Work | None:
-        try:
-            event, envelope = from_envelope(outcome.msg.data)
-            check_mode(event, self.settings.mode)
-        except EventError as exc:
-            outcome.dead_reason = f"undecodable: {exc}"
-            return None
-        return _Work(outcome, event, envelope, extract_context(outcome.msg.headers))
-
-    def _context(self, conn: Conn, item: _Work, outgoing: list[outbox.OutboxRow] | None = None) -> HandlerContext:
-        return HandlerContext(
-            conn=conn, service=self.service, settings=self.settings, envelope=item.envelope, outgoing=outgoing
-        )
-
-    @contextlib.contextmanager
-    def _consuming(self, item: _Work) -> Iterator[trace.Span]:
-        """The message's span (continuing the trace it was published under) and log context."""
-        token = current_event_id.set(item.event.id)
-        try:
-            with _tracer.start_as_current_span(
-                f"{self.service} consume {item.outcome.msg.subject}",
-                context=item.parent,
-                kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": item.outcome.msg.subject,
-                    "messaging.message.id": item.event.id,
-                    "stripe.event_type": item.event.type,
-                },
-            ) as span:
-                yield span
-        finally:
-            current_event_id.reset(token)
-
-    @contextlib.contextmanager
-    def _tracked(self, item: _Work, inside: list[_Work | None]) -> Iterator[trace.Span]:
-        """`_consuming` for a batch handler, noting the message it is on while it raises, so
-        that message alone keeps the failure and is not run a second time."""
-        with self._consuming(item) as span:
-            inside[0] = item
-            yield span
-            inside[0] = None
-
-    def _batch_span(self, work: list[_Work], what: str) -> Any:
-        """A span for statements that serve the whole batch: in the trace of the batch's first
-        message (so a lone webhook is one trace end to end) and linked to every message's."""
-        return _tracer.start_as_current_span(
-            f"{self.service} {what}",
-            context=work[0].parent if work else None,
-            links=[w.link for w in work],
-            attributes={"messaging.batch.message_count": len(work)},
-        )
-
-    async def _apply_together(self, conn: Conn, work: list[_Work], *, batched: bool) -> _Failure | _AllApplied:
-        """All of the batch in one transaction; on a failure nothing is written, and the failing
-        message and its error are returned so it is not run a second time.
-
-        `batched`: the new events go to the service's batch handler in one call. If it declines
-        (BatchUnsupported), the returned failure says so and the caller redoes the batch event
-        by event; if it fails while on one message, that message is the one that failed.
-        """
-        handled = duplicates = 0
-        current: _Work | None = None
-        outgoing: list[outbox.OutboxRow] = []
-        try:
-            async with conn.transaction():
-                with self._batch_span(work, "claim"):
-                    fresh = await _claim(conn, work)
-                new: list[tuple[_Work, HandlerContext]] = []
-                for item in work:
-                    if item.event.id not in fresh:
-                        duplicates += 1
-                        continue
-                    fresh.discard(item.event.id)  # a second copy in the same batch is a duplicate
-                    new.append((item, self._context(conn, item, outgoing)))
-                if batched and new:
-                    assert self.batch_handler is not None
-                    inside: list[_Work | None] = [None]
-                    items = [
-                        BatchItem(ctx, item.event, functools.partial(self._tracked, item, inside)) for item, ctx in new
-                    ]
-                    with self._batch_span([item for item, _ in new], "apply batch"):
-                        try:
-                            await self.batch_handler(conn, items)
-                        finally:
-                            current = inside[0]
-                else:
-                    for item, ctx in new:
-                        current = item
-                        with self._consuming(item) as span:
-                            await self.handler(ctx, item.event)
-                            if ctx.skipped_reason:
-                                span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
-                handled = len(new)
-                skipped = [(item.event.id, f"skipped: {ctx.skipped_reason}") for item, ctx in new if ctx.skipped_reason]
-                if skipped or outgoing:
-                    with self._batch_span(work, "record outcomes"):
-                        await outbox.insert_rows(conn, outgoing)
-                        if skipped:
-                            await conn.executemany(
-                                "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
-                            )
-        except (OSError, asyncpg.InterfaceError):
-            raise  # the connection is gone: the whole batch fails and is redelivered
-        except BatchUnsupported as exc:
-            self.batches_declined += 1
-            log.info("batch handler declined the batch (%s); applying it event by event", exc)
-            return _Failure(None, exc, batch=True)
-        except Exception as exc:
-            log.info("a message of the batch failed (%s: %s); handling them one by one", type(exc).__name__, exc)
-            return _Failure(current, exc)
-        for item in work:
-            item.outcome.ok = True
-        self.handled += handled
-        self.duplicates += duplicates
-        return _ALL_APPLIED
-
-    async def _apply_isolated(self, conn: Conn, work: list[_Work], failed: _Failure | None) -> None:
-        """One transaction, a savepoint per message: the failing ones roll back alone.
-
-        The message that already failed in the optimistic pass keeps that failure rather than
-        running again (its handler may have called Stripe); it is retried on redelivery.
-        """
-        async with conn.transaction():
-            for item in work:
-                if failed is not None and item is failed.item:
-                    _record_failure(item, failed.error)
-                    continue
-                await self._handle_one(conn, item)
-
-    async def _handle_one(self, conn: Conn, item: _Work) -> None:
-        event, outcome = item.event, item.outcome
-        try:
-            with self._consuming(item) as span:
-                try:
-                    async with conn.transaction():  # savepoint: this message only
-                        ctx = self._context(conn, item)
-                        fresh = await conn.fetchval(
-                            "INSERT INTO processed_events (event_id, event_type, stream_sequence) "
-                            "VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING RETURNING true",
-                            event.id,
-                            event.type,
-                            _sequence(outcome.msg),
-                        )
-                        if not fresh:
-                            self.duplicates += 1
-                            span.set_attribute("syncmesh.duplicate", True)
-                        else:
-                            await self.handler(ctx, event)
-                            if ctx.skipped_reason:
-                                span.set_attribute("syncmesh.skipped", ctx.skipped_reason)
-                                await conn.execute(
-                                    "UPDATE processed_events SET outcome = $2 WHERE event_id = $1",
-                                    event.id,
-                                    f"skipped: {ctx.skipped_reason}",
-                                )
-                            if self.settings.dry_run:
-                                log.info(
-                                    "dry run: %s would write its records and emit %s; rolled back",
-                                    event.type,
-                                    ctx.emitted or "nothing",
-                                )
-                                raise DryRunRollback
-                            self.handled += 1
-                except DryRunRollback:
-                    self.handled += 1
-                outcome.ok = True
-        except (OSError, asyncpg.InterfaceError):
-            raise  # the connection is gone: the whole batch fails and is redelivered
-        except Exception as exc:
-            _record_failure(item, exc)
-
-    async def _settle(self, outcome: _Outcome) -> None:
-        msg = outcome.msg
-        attempts = _attempts(msg)
-        if outcome.ok:
+    async def _settle(self, r: Received) -> None:
+        msg = r.msg
+        verdict = _UNDECIDED if r.outcome is None else ACK_POLICY[r.outcome]
+        if verdict is Verdict.ACK:
             await _quietly(msg.ack())
             return
-        if outcome.dead_reason is None and attempts >= self.settings.max_deliver:
-            outcome.dead_reason = f"gave up after {attempts} attempts: {outcome.error}"
-        if outcome.dead_reason is not None:
-            try:
-                await self.dead_letter(msg, outcome.dead_reason, attempts)
-            except PublishError as exc:
-                log.error("could not dead-letter (%s); will retry", exc)
+        attempts = _attempts(msg)
+        reason = r.detail
+        if verdict is Verdict.RETRY:
+            if attempts < self.settings.max_deliver:
                 await _quietly(msg.nak(delay=backoff_seconds(attempts)))
                 return
-            self.dead_lettered += 1
-            await _quietly(msg.ack())
+            reason = f"gave up after {attempts} attempts: {r.detail}"
+        try:
+            await self.dead_letter(msg, reason, attempts)
+        except PublishError as exc:
+            log.error("could not dead-letter (%s); will retry", exc)
+            await _quietly(msg.nak(delay=backoff_seconds(attempts)))
             return
-        await _quietly(msg.nak(delay=backoff_seconds(attempts)))
+        self.dead_lettered += 1
+        await _quietly(msg.ack())
 
     async def dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
         now = Timestamp()
@@ -535,53 +602,23 @@ class Consumer:
         )
 
 
-@dataclass
-class _Work:
-    """A decoded message of the batch."""
-
-    outcome: _Outcome
-    event: StripeEvent
-    envelope: envelope_pb2.StripeEventEnvelope
-    #: The trace context it was published under, read from its headers once (every span of the
-    #: batch starts in it or links to it).
-    parent: otel_context.Context
-    link: trace.Link = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.link = trace.Link(trace.get_current_span(self.parent).get_span_context())
-
-
-@dataclass
-class _Failure:
-    item: _Work | None
-    error: Exception
-    #: The batch handler declined the batch (BatchUnsupported): no message is at fault.
-    batch: bool = False
-
-
-class _AllApplied:
-    pass
-
-
-_ALL_APPLIED = _AllApplied()
-
-
-def _record_failure(item: _Work, exc: Exception) -> None:
+def _record_failure(d: Delivery, exc: Exception) -> None:
     """PermanentError dead-letters at once; anything else is retried until max_deliver."""
+    r = d.received
     if isinstance(exc, PermanentError):
-        item.outcome.dead_reason = f"permanent: {exc}"
+        r.outcome, r.detail = Outcome.FAILED_PERMANENT, f"permanent: {exc}"
         return
-    item.outcome.error = f"{type(exc).__name__}: {exc}"
-    log.warning("handler failed for %s: %s", item.event.type, item.outcome.error)
+    r.outcome, r.detail = Outcome.FAILED_RETRYABLE, f"{type(exc).__name__}: {exc}"
+    log.warning("applier failed for %s: %s", d.event.type, r.detail)
 
 
-async def _claim(conn: Conn, work: list[_Work]) -> set[str]:
+async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:
     """Record the batch's event ids as processed; return those that were not already.
 
     Sorted by id, so two replicas claiming overlapping redeliveries lock rows in the same order
     and cannot deadlock.
     """
-    rows = sorted({(w.event.id, w.event.type, _sequence(w.outcome.msg)) for w in work}, key=lambda r: r[0])
+    rows = sorted({(d.event.id, d.event.type, _sequence(d.received.msg)) for d in work}, key=lambda r: r[0])
     claimed = await conn.fetch(
         "INSERT INTO processed_events (event_id, event_type, stream_sequence) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT (event_id) DO NOTHING "
@@ -616,12 +653,20 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
 
 
 __all__ = [
+    "ACK_POLICY",
+    "DATABASE_ERRORS",
     "DLQ_STREAM",
-    "BatchHandler",
+    "Batch",
+    "BatchApplier",
     "BatchItem",
-    "BatchUnsupported",
+    "BatchRunner",
     "Consumer",
-    "Handler",
+    "Delivery",
     "HandlerContext",
+    "Outcome",
+    "Received",
+    "Verdict",
     "backoff_seconds",
+    "database_unavailable",
+    "receive",
 ]

@@ -115,9 +115,23 @@ class _Process(abc.ABC):
 class NatsServer(_Process):
     name = "nats-server"
 
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        server_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+    ) -> None:
+        """One server; with `cluster_port` and the other nodes' cluster ports in `routes`, one node
+        of a JetStream cluster named `syncmesh` (see `NatsCluster`)."""
         super().__init__(data_dir, port, host)
         self.config_path = self.data_dir / "nats-server.conf"
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = routes
 
     @property
     def url(self) -> str:
@@ -126,11 +140,20 @@ class NatsServer(_Process):
     def _prepare(self) -> None:
         super()._prepare()
         store = self.data_dir / "jetstream"
-        self.config_path.write_text(
+        config = (
             f'listen: "{self.host}:{self.port}"\n'
             "max_payload: 8MB\n"
             f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
         )
+        if self.server_name:
+            config += f'server_name: "{self.server_name}"\n'
+        if self.cluster_port:
+            routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
+            config += (
+                f'cluster {{\n  name: "syncmesh"\n  listen: "{self.host}:{self.cluster_port}"\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
+        self.config_path.write_text(config)
 
     def _command(self) -> list[str]:
         # The pip-installed binary beside this interpreter first: a system nats-server on PATH may
@@ -144,14 +167,55 @@ class NatsServer(_Process):
         return [binary, "-c", str(self.config_path)]
 
 
+class NatsCluster:
+    """A JetStream cluster of `size` nodes on loopback, as Kubernetes runs NATS at scale: every
+    node routes to every other, file storage with `sync_interval: always`, so a stream with
+    three replicas acks a publish once a majority has it on disk. Nodes are reached by name
+    (n1, n2, ...) so a test can kill a stream's leader, restart it, or lose one for good."""
+
+    def __init__(self, data_dir: Path, size: int = 3, host: str = "127.0.0.1") -> None:
+        cluster_ports = [free_port(host) for _ in range(size)]
+        self.nodes = {
+            f"n{i + 1}": NatsServer(
+                Path(data_dir) / f"n{i + 1}",
+                host=host,
+                server_name=f"n{i + 1}",
+                cluster_port=port,
+                routes=tuple(p for p in cluster_ports if p != port),
+            )
+            for i, port in enumerate(cluster_ports)
+        }
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: the seed list a client (and SYNCMESH_NATS_URL) takes."""
+        return ",".join(node.url for node in self.nodes.values())
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes.values():
+            node.start(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
 class PostgresServer(_Process):
     name = "postgres"
     _stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint, exit
 
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(data_dir, port, host)
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
+        self.server_settings = dict(server_settings or {})
         self._user: Any = None
 
     def dsn(self, database: str = "postgres") -> str:
@@ -230,6 +294,7 @@ class PostgresServer(_Process):
             "max_connections=200",
             "-c",
             "synchronous_commit=on",
+            *(arg for key, value in self.server_settings.items() for arg in ("-c", f"{key}={value}")),
         ]
 
     def start(self, timeout: float = 30.0) -> None:
@@ -250,16 +315,88 @@ class PostgresServer(_Process):
                 raise RuntimeError(f"PostgreSQL not accepting connections; see {self.log_path}")
             time.sleep(0.05)
 
-    def ensure_database(self, name: str) -> None:
+    def sql(self, statement: str) -> str:
+        """Run one statement as the superuser through psql; its output, unaligned."""
         psql = [self._bin("psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-qtA"]
-        exists = subprocess.run(
-            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        if not exists:
-            subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], capture_output=True, check=True)
+        return subprocess.run([*psql, "-c", statement], capture_output=True, text=True, check=True).stdout.strip()
+
+    def ensure_database(self, name: str) -> None:
+        if not self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+            self.sql(f'CREATE DATABASE "{name}"')
+
+
+class PostgresStandby(PostgresServer):
+    """A streaming replica of `primary`, made from a base backup (`pg_basebackup -R`: it starts
+    with `standby.signal` and the primary's address), which `promote()` turns into a primary:
+    what CloudNativePG does to a replica when the primary's pod dies."""
+
+    def __init__(self, data_dir: Path, primary: PostgresServer, port: int | None = None) -> None:
+        super().__init__(data_dir, port, primary.host, server_settings=primary.server_settings)
+        self.primary = primary
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self._prepare_for_root()
+        if not (self.pgdata / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    self._bin("pg_basebackup"),
+                    *("-h", self.primary.host, "-p", str(self.primary.port), "-U", "postgres"),
+                    *("-D", str(self.pgdata), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
+                ],
+                check=True,
+                capture_output=True,
+                **self._popen_kwargs(),
+            )
+
+    def start(self, timeout: float = 30.0) -> None:
+        _Process.start(self, timeout)
+        self._wait_accepting(timeout)  # a standby takes read-only connections
+
+    def promote(self) -> None:
+        """Make this replica the primary, waiting until it accepts writes."""
+        self.sql("SELECT pg_promote(true, 30)")
+
+
+class PostgresPair:
+    """A primary and one streaming standby with synchronous replication, as the manifests' CloudNativePG
+    cluster runs (`synchronous_commit` on, a standby named in `synchronous_standby_names`): a commit
+    the primary acknowledged is on the standby too, so a failover loses no acknowledged write.
+
+    `url` names both hosts in libpq's form with `target_session_attrs=read-write`, the way a client
+    follows a promotion without a proxy: it connects to whichever of them accepts writes.
+    """
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1") -> None:
+        self.primary = PostgresServer(
+            Path(data_dir) / "primary", host=host, server_settings={"wal_level": "replica", "max_wal_senders": "5"}
+        )
+        self.standby = PostgresStandby(Path(data_dir) / "standby", self.primary)
+
+    def dsn(self, database: str = "syncmesh") -> str:
+        hosts = ",".join(f"{s.host}:{s.port}" for s in (self.primary, self.standby))
+        return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
+
+    @property
+    def url(self) -> str:
+        return self.dsn()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.primary.start(timeout)
+        self.standby.start(timeout)
+        # Synchronous only once the standby streams: before that every commit would wait for it.
+        self.primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        self.primary.sql("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + timeout
+        while self.primary.sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby never became synchronous; see {self.standby.log_path}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.standby.stop()
+        self.primary.stop()
 
 
 def _postgres_bin_path() -> Path:

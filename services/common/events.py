@@ -27,6 +27,9 @@ _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
 #: the body, 4 us for 3.5 KB; the regular expression [0-9]{20} took 50.)
 _DIGITS_AS_NINES = bytes(b"9"[0] if chr(i) in "0123456789" else b" "[0] for i in range(256))
 _TWENTY_DIGITS = b"9" * 20
+#: The last second a protobuf Timestamp (and a datetime) can hold: 9999-12-31T23:59:59Z. A
+#: `created` beyond it is no date at all, and would fail the envelope or the ledger later.
+MAX_TIMESTAMP = 253_402_300_799
 
 Source = int  # one of envelope_pb2.EventSource values
 
@@ -71,10 +74,15 @@ def load_json(body: bytes) -> Any:
     integer beyond 64 bits into a float, and money must never be a float: a body with 20 digits
     in a row anywhere (even inside a string, which is harmless) is read by the standard library
     instead, so such a number stays the exact integer it was and fails loudly where it is used.
-    Raises ValueError (json.JSONDecodeError or UnicodeDecodeError) when it is not JSON.
+    Raises ValueError (json.JSONDecodeError or UnicodeDecodeError) when it is not JSON, and also
+    when it nests deeper than a parser's stack allows (orjson stops at 1,024 levels; the standard
+    library would raise RecursionError), since no Stripe event nests more than a few levels.
     """
     if _TWENTY_DIGITS in bytes(body).translate(_DIGITS_AS_NINES):
-        return json.loads(bytes(body).decode("utf-8"), parse_constant=_not_json)
+        try:
+            return json.loads(bytes(body).decode("utf-8"), parse_constant=_not_json)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
     return orjson.loads(body)
 
 
@@ -99,7 +107,7 @@ def parse_event(body: bytes) -> StripeEvent:
     if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
         raise MalformedEventError("event type missing or malformed")
     created = data.get("created")
-    if not isinstance(created, int) or isinstance(created, bool) or created <= 0:
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 < created <= MAX_TIMESTAMP:
         raise MalformedEventError("event created missing or not a unix timestamp")
     livemode = data.get("livemode")
     if not isinstance(livemode, bool):

@@ -1,7 +1,7 @@
 """Running a service: the wiring every service shares, so none of them copies it.
 
 A service is described by a `ServiceDefinition` (its schema, migrations, the Stripe event
-subjects it consumes, its handler and its gRPC registration). `ServiceRuntime` turns that into
+subjects it consumes, its batch applier and its gRPC registration). `ServiceRuntime` turns that into
 a process:
 
     start:  gRPC server up at once (health NOT_SERVING), so probes get an answer
@@ -35,7 +35,7 @@ import stripe
 
 from services.common import db
 from services.common.bus import Bus
-from services.common.consumer import BatchHandler, Consumer, Handler
+from services.common.consumer import BatchApplier, Consumer
 from services.common.errors import SettingsError, UpstreamError
 from services.common.grpc_server import GrpcServer, start_grpc_server
 from services.common.logs import setup_logging
@@ -56,14 +56,13 @@ class ServiceDefinition:
     migrations: Path
     #: Stripe subjects consumed, e.g. ("stripe.customer.*",).
     subjects: tuple[str, ...]
-    handler: Handler
+    #: The service's one way to apply events: a batch of new events in the consumer's
+    #: transaction (a failing message is isolated by the same applier on a batch of one).
+    apply: BatchApplier
     #: Full gRPC service name, also the health-check name.
     grpc_service_name: str
     #: Adds the service's servicer(s) to the server; gets the runtime for pool/bus/settings.
     register_grpc: Callable[[grpc.aio.Server, ServiceRuntime], None]
-    #: Applies a whole batch set-based (optional): same records, history and domain events as
-    #: `handler` run on each event in turn, in a few statements instead of several per event.
-    batch_handler: BatchHandler | None = None
     #: Fetch and decode the next batch while the current one waits on PostgreSQL. Measured per
     #: service, not assumed: billing replays 18-30 % faster with it; for customer and CRM export
     #: the runs were no different or inconclusive (bench/README.md), so they keep the plain loop.
@@ -133,8 +132,7 @@ class ServiceRuntime:
             service=self.definition.name,
             bus=self.bus,
             pool=self._pool,
-            handler=self.definition.handler,
-            batch_handler=self.definition.batch_handler,
+            apply=self.definition.apply,
             subjects=self.definition.subjects,
             settings=self.settings,
             on_commit=self.relay.wake,

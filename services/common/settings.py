@@ -65,8 +65,12 @@ class Settings:
     #: Largest webhook body accepted. Stripe events are a few KB; an invoice with ten expanded
     #: lines stays well under 256 KiB, so 1 MiB leaves room without inviting abuse.
     max_body_bytes: int = 1024 * 1024
-    #: Signature timestamp tolerance, as in every official Stripe SDK.
+    #: Signature timestamp tolerance, as in every official Stripe SDK; the gateway applies it to
+    #: timestamps ahead of its clock too.
     webhook_tolerance_seconds: int = 300
+    #: How long a webhook body may take to arrive. Stripe sends a few KB at once; a client that
+    #: trickles it is answered 408 rather than holding a connection open.
+    webhook_read_timeout_seconds: float = 10.0
     #: How long the gateway waits for JetStream's ack before answering 503.
     publish_timeout_seconds: float = 2.0
     #: Attempts before a message is dead-lettered.
@@ -161,14 +165,20 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float,
     return value
 
 
-def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], *, listed: bool = False) -> str | None:
+    """One URL, or with `listed` a comma-separated list of them (NATS's seed servers).
+
+    Only a list is split on commas: a PostgreSQL URL may name several hosts in libpq's form,
+    `postgresql://user@host1:5432,host2:5432/db?target_session_attrs=read-write`, which is how a
+    client follows a failover to the promoted primary without a proxy. A refused value is never
+    echoed back: it may carry a password.
+    """
     raw = _read(env, name)
     if raw is None:
         return None
-    for url in raw.split(","):
+    for url in raw.split(",") if listed else [raw]:
         if not url.strip().startswith(tuple(f"{s}://" for s in schemes)):
-            shown = raw if name != "SYNCMESH_DATABASE_URL" else raw.split("://", 1)[0] + "://…"
-            raise SettingsError(f"{name}={shown!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+            raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
     return raw
 
 
@@ -226,7 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"SYNCMESH_DRY_RUN={dry_run_raw!r} must be true or false")
 
     return Settings(
-        nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls")),
+        nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls"), listed=True),
         database_url=_url(env, "SYNCMESH_DATABASE_URL", ("postgres", "postgresql")),
         webhook_secrets=secrets,
         stripe_api_key=api_key,
@@ -241,6 +251,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         max_body_bytes=_int(env, "SYNCMESH_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=16 * 1024 * 1024),
         webhook_tolerance_seconds=_int(env, "SYNCMESH_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1, maximum=3600),
+        webhook_read_timeout_seconds=_float(
+            env, "SYNCMESH_WEBHOOK_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=300
+        ),
         publish_timeout_seconds=_float(env, "SYNCMESH_PUBLISH_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=30),
         max_deliver=_int(env, "SYNCMESH_MAX_DELIVER", 5, minimum=1, maximum=100),
         ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),

@@ -8,15 +8,14 @@ from syncmesh.customer.v1.customer_service_pb2_grpc import add_CustomerServiceSe
 
 from services.common.service import ServiceDefinition
 from services.customer.api import CustomerServicer
-from services.customer.handlers import handle, handle_batch
+from services.customer.handlers import apply
 
 DEFINITION = ServiceDefinition(
     name="customer",
     schema="customer",
     migrations=Path(__file__).parent / "migrations",
     subjects=("stripe.customer.created", "stripe.customer.updated", "stripe.customer.deleted"),
-    handler=handle,
-    batch_handler=handle_batch,
+    apply=apply,
     grpc_service_name="syncmesh.customer.v1.CustomerService",
     register_grpc=lambda server, runtime: add_CustomerServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CustomerServicer(runtime), server

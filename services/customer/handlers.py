@@ -21,7 +21,7 @@ mapping), since the ERP then wants its changes.
 How a batch is applied: the records it touches are read and locked in one statement, the
 events are folded over them in memory in arrival order (the rules above, in `mapping`), and the
 results are written in a few set-based statements: new records, changed records, audit rows.
-A single event (`handle`) is a batch of one, so both paths are the same code.
+A single event is a batch of one, so every path (live, isolated, replayed) is the same code.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from datetime import UTC, datetime
 
 import stripe
 
-from services.common.consumer import BatchItem, HandlerContext
+from services.common.consumer import BatchItem
 from services.common.db import Conn
 from services.common.errors import PermanentError, RetryableError
-from services.common.events import StripeEvent
 from services.customer import store
 from services.customer.mapping import (
     EVENT_RANKS,
@@ -71,11 +70,6 @@ async def fetch_current(client: stripe.StripeClient, stripe_customer_id: str) ->
     return customer_from_stripe(data)
 
 
-async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
-    """One event: a batch of one (the consumer's span is already current)."""
-    await handle_batch(ctx.conn, [BatchItem.alone(ctx, event)])
-
-
 @dataclass(frozen=True)
 class _Incoming:
     item: BatchItem
@@ -83,7 +77,7 @@ class _Incoming:
     version: Version
 
 
-async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
+async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     incoming = [x for x in map(_parse, items) if x is not None]
     if not incoming:
         return

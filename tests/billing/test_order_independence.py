@@ -251,7 +251,7 @@ async def _apply(
     batch: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
     definition = make_definition(policy)
-    handler = definition.handler
+    apply = definition.apply
     await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
     if batch > 1:
         await _apply_in_batches(conn, settings, definition, evts, events, batch)
@@ -259,7 +259,7 @@ async def _apply(
         async with conn.transaction():
             claimed = await _claim(conn, settings, events, delivery, n)
             if claimed is not None:
-                await handler(claimed.ctx, claimed.event)
+                await apply(conn, [claimed])
     ledger: dict[str, list[dict[str, Any]]] = {}
     for name, query in LEDGER_QUERIES.items():
         rows = await conn.fetch(query)
@@ -275,13 +275,13 @@ async def _apply_in_batches(
     events: list[dict[str, Any]],
     size: int,
 ) -> None:
-    """As the consumer does: claim a batch's ids, then the batch handler on the new ones."""
+    """As the consumer does: claim a batch's ids, then the applier on the new ones."""
     for start in range(0, len(evts), size):
         async with conn.transaction():
             claimed = [
                 await _claim(conn, settings, events, d, n) for n, d in enumerate(evts[start : start + size], start)
             ]
-            await definition.batch_handler(conn, [item for item in claimed if item is not None])
+            await definition.apply(conn, [item for item in claimed if item is not None])
 
 
 async def _claim(

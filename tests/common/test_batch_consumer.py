@@ -1,6 +1,7 @@
-"""The consumer's batch path, through the toy service's batch handler, on real NATS and
-PostgreSQL: a batch applied in one call, a declined batch applied event by event, and a failing
-message that keeps its failure (run once per delivery) while the rest of its batch is written."""
+"""The consumer's batch path, through the toy service's set-based applier, on real NATS and
+PostgreSQL: a batch applied in one call, a failing message that keeps its failure (run once per
+delivery) while the rest of its batch is written, a permanent failure dead-lettered at once, and
+dry run on a whole batch writing nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.common.bus import Bus
-from services.common.service import ServiceRuntime
+from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
 from tests.common.test_service_runtime import _consumer_settled, customer_event, publish, rows
@@ -25,9 +26,9 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
     await bus.close()
 
 
-async def _start(settings: Settings) -> ServiceRuntime:
+async def _start(settings: Settings, definition: ServiceDefinition = toy_service.BATCH_DEFINITION) -> ServiceRuntime:
     """Started after the events are in the stream, so they arrive as one fetched batch."""
-    rt = ServiceRuntime(toy_service.BATCH_DEFINITION, settings, port=0)
+    rt = ServiceRuntime(definition, settings, port=0)
     await rt.start()
     await rt.wait_ready(20)
     return rt
@@ -46,24 +47,9 @@ async def test_a_batch_is_applied_in_one_call(bus: Bus, settings: Settings) -> N
         assert {f"cus_batch{i}" for i in range(20)} <= set(written)
         assert all(written[f"cus_batch{i}"]["times_applied"] == 1 for i in range(20))
         assert sum(toy_service.batches_written) == 20 and len(toy_service.batches_written) < 20
-        assert rt.consumer.duplicates == 1 and rt.consumer.batches_declined == 0
+        assert rt.consumer.duplicates == 1
         outbox = await rt.pool.fetchval("SELECT count(*) FROM toy.outbox")
         assert outbox == 20  # every event's domain event, written with the batch
-    finally:
-        await rt.stop()
-
-
-async def test_a_declined_batch_is_applied_event_by_event(bus: Bus, settings: Settings) -> None:
-    await publish(bus, customer_event("cus_d1"))
-    await publish(bus, customer_event("cus_d2", decline_batch=1))
-    await publish(bus, customer_event("cus_d3"))
-    rt = await _start(settings)
-    try:
-        await eventually(lambda: _consumer_settled(rt))
-        written = await rows(settings)
-        assert {"cus_d1", "cus_d2", "cus_d3"} <= set(written)
-        assert all(written[c]["times_applied"] == 1 for c in ("cus_d1", "cus_d2", "cus_d3"))
-        assert rt.consumer.batches_declined >= 1
     finally:
         await rt.stop()
 
@@ -78,7 +64,47 @@ async def test_a_failing_message_is_run_once_per_delivery_and_the_rest_is_writte
         await eventually(lambda: rt.consumer.dead_lettered == 1, timeout=20)
         written = await rows(settings)
         assert {"cus_b1", "cus_b2"} <= set(written) and "cus_bpoison" not in written
-        # Once by the batch handler per delivery; the event-by-event pass does not run it again.
+        # Once by the applier per delivery; the one-by-one pass does not run it again.
         assert toy_service.attempts[poison["id"]] == settings.max_deliver
+    finally:
+        await rt.stop()
+
+
+async def test_a_permanent_failure_is_dead_lettered_at_once_and_the_rest_is_written(
+    bus: Bus, settings: Settings
+) -> None:
+    bad = customer_event("cus_pbad", permanent=1)
+    await publish(bus, customer_event("cus_p1"))
+    await publish(bus, bad)
+    await publish(bus, customer_event("cus_p2"))
+    rt = await _start(settings, toy_service.DEFINITION)
+    try:
+        await eventually(lambda: rt.consumer.dead_lettered == 1)
+        await eventually(lambda: _consumer_settled(rt))
+        assert toy_service.attempts[bad["id"]] == 1
+        written = await rows(settings)
+        assert {"cus_p1", "cus_p2"} <= set(written) and "cus_pbad" not in written
+    finally:
+        await rt.stop()
+
+
+@pytest.mark.parametrize("one_fails", [False, True], ids=["together", "one-by-one"])
+async def test_dry_run_applies_a_whole_batch_and_writes_nothing(bus: Bus, settings: Settings, one_fails: bool) -> None:
+    """Dry run rolls back the batch's transaction (or, when a message fails, each savepoint of
+    the one-by-one pass): the messages are settled as a real run would, nothing is written."""
+    for i in range(6):
+        await publish(bus, customer_event(f"cus_dry{i}"))
+    if one_fails:
+        await publish(bus, customer_event("cus_drybad", permanent=1))
+    toy_service.batches_written.clear()
+    rt = await _start(settings.with_overrides(dry_run=True))
+    try:
+        await eventually(lambda: rt.consumer.handled == 6 and rt.consumer.dead_lettered == int(one_fails))
+        await eventually(lambda: _consumer_settled(rt))
+        if not one_fails:
+            assert sum(toy_service.batches_written) == 6 and len(toy_service.batches_written) < 6
+        assert await rows(settings) == {}
+        assert await rt.pool.fetchval("SELECT count(*) FROM toy.processed_events") == 0
+        assert await rt.pool.fetchval("SELECT count(*) FROM toy.outbox") == 0
     finally:
         await rt.stop()

@@ -41,10 +41,27 @@ def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
         load_settings({**BASE, **env})
 
 
-def test_database_password_is_not_echoed() -> None:
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SYNCMESH_DATABASE_URL": "mysql://user:hunter2@db/x"},
+        {"SYNCMESH_NATS_URL": "nats://a:4222,http://user:hunter2@b:4222"},
+        {"SYNCMESH_STRIPE_API_BASE": "ftp://user:hunter2@stripe"},
+    ],
+)
+def test_a_refused_url_is_not_echoed(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError) as info:
-        load_settings({"SYNCMESH_DATABASE_URL": "mysql://user:hunter2@db/x"})
-    assert "hunter2" not in str(info.value)
+        load_settings(env)
+    assert "hunter2" not in str(info.value) and next(iter(env)) in str(info.value)
+
+
+def test_a_multi_host_database_url_is_one_url_and_nats_takes_a_list() -> None:
+    """libpq's multi-host form is how a client follows a promoted primary without a proxy: it
+    must reach asyncpg whole, not be split like NATS's list of seed servers."""
+    url = "postgresql://u:p@host1:5432,host2:5433/db?target_session_attrs=read-write"
+    settings = load_settings({"SYNCMESH_DATABASE_URL": url, "SYNCMESH_NATS_URL": "nats://a:1,nats://b:2"})
+    assert settings.database_url == url
+    assert settings.nats_url == "nats://a:1,nats://b:2"
 
 
 def test_secret_from_file_and_ambiguity(tmp_path: Path) -> None:

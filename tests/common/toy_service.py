@@ -1,8 +1,10 @@
 """A minimal service built on the shared runtime, to test the runtime itself.
 
 It records each customer event's object id; its behaviour is steered by the object's metadata
-(`fail`: always raise; `fail_until`: raise until that attempt; `hang_first`: block on the first
-attempt, as a process that dies mid-handler; `sleep`: take that many seconds).
+(`fail`: always raise; `permanent`: raise PermanentError; `fail_until`: raise until that
+attempt; `hang_first`: block on the first attempt, as a process that dies mid-applier; `sleep`:
+take that many seconds). `DEFINITION` applies a batch one event at a time (a statement each, in
+each event's span); `BATCH_DEFINITION` writes a whole batch in one statement.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ from pathlib import Path
 
 from syncmesh.type.v1 import money_pb2
 
-from services.common.consumer import BatchItem, BatchUnsupported, HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
+from services.common.errors import PermanentError
 from services.common.events import StripeEvent
 from services.common.service import ServiceDefinition
 
 attempts: dict[str, int] = {}
 
 
-async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
+    """Each event in turn, in its own span."""
+    for item in items:
+        with item.consuming():
+            await _apply_one(item.ctx, item.event)
+
+
+async def _apply_one(ctx: HandlerContext, event: StripeEvent) -> None:
     metadata = event.object.get("metadata") or {}
     attempts[event.id] = attempts.get(event.id, 0) + 1
     if metadata.get("hang_first") and attempts[event.id] == 1:
@@ -30,6 +40,8 @@ async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
     await asyncio.sleep(float(metadata.get("sleep", 0)))
     if metadata.get("fail"):
         raise RuntimeError("toy failure for " + event.object_id)
+    if metadata.get("permanent"):
+        raise PermanentError("toy cannot ever apply " + event.object_id)
     if attempts[event.id] < int(metadata.get("fail_until", 0)):
         raise RuntimeError("transient toy failure")
     await ctx.conn.execute(
@@ -46,27 +58,27 @@ DEFINITION = ServiceDefinition(
     schema="toy",
     migrations=Path(__file__).parent / "toy_migrations",
     subjects=("stripe.customer.*",),
-    handler=handle,
+    apply=apply,
     grpc_service_name="syncmesh.toy.v1.ToyService",
     register_grpc=lambda server, runtime: None,
 )
 
 
-#: Calls of the batch handler that got as far as writing.
+#: Calls of the set-based applier that got as far as writing.
 batches_written: list[int] = []
 
 
-async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
-    """The toy's rows for a whole batch in one statement; `decline_batch` metadata declines it."""
+async def apply_set_based(conn: Conn, items: Sequence[BatchItem]) -> None:
+    """The toy's rows for a whole batch in one statement."""
     records = []
     for item in items:
         with item.consuming():
             metadata = item.event.object.get("metadata") or {}
             attempts[item.event.id] = attempts.get(item.event.id, 0) + 1
-            if metadata.get("decline_batch"):
-                raise BatchUnsupported("toy: asked to decline")
             if metadata.get("fail"):
                 raise RuntimeError("toy failure for " + item.event.object_id)
+            if metadata.get("permanent"):
+                raise PermanentError("toy cannot ever apply " + item.event.object_id)
             records.append((item.event.object_id, item.event.id))
             await item.ctx.emit("toy_recorded", money_pb2.Money(amount_minor=1, currency="usd"))
     await conn.execute(
@@ -79,4 +91,4 @@ async def handle_batch(conn: Conn, items: Sequence[BatchItem]) -> None:
     batches_written.append(len(records))
 
 
-BATCH_DEFINITION = replace(DEFINITION, batch_handler=handle_batch)
+BATCH_DEFINITION = replace(DEFINITION, apply=apply_set_based)

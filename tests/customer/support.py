@@ -11,10 +11,10 @@ import asyncpg
 from syncmesh.events.v1 import envelope_pb2
 
 from services.common.bus import Bus
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import parse_event, to_envelope
 from services.common.settings import Settings
-from services.customer.handlers import handle
+from services.customer.handlers import apply
 from tests.support.stripe_events import event, fixture
 
 
@@ -88,7 +88,7 @@ async def run_handler(conn: asyncpg.Connection, settings: Settings, evt: dict[st
         envelope=envelope_pb2.StripeEventEnvelope(event_id=parsed.id, event_type=parsed.type),
     )
     async with conn.transaction():
-        await handle(ctx, parsed)
+        await apply(conn, [BatchItem.alone(ctx, parsed)])
     return ctx
 
 

@@ -23,7 +23,7 @@ from syncmesh.events.v1 import envelope_pb2
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import StripeEvent, parse_event
 from services.common.settings import Settings
-from services.customer.handlers import handle, handle_batch
+from services.customer.handlers import apply
 from tests.customer.support import current_customer, customer_event
 
 T0 = 1_700_000_000
@@ -117,10 +117,10 @@ async def _run_through(
             contexts = [_context(conn, settings, e) for e in batch]
             if batched:
                 items = [BatchItem.alone(c, e) for c, e in zip(contexts, batch, strict=True)]
-                await handle_batch(conn, items)
+                await apply(conn, items)
             else:
                 for ctx, event in zip(contexts, batch, strict=True):
-                    await handle(ctx, event)
+                    await apply(conn, [BatchItem.alone(ctx, event)])
             skips += [c.skipped_reason for c in contexts]
         return await _snapshot(conn), skips
     finally:

@@ -1,15 +1,17 @@
-"""A toy service whose handler is idempotent at the record level, as every real service's is:
+"""A toy service whose applier is idempotent at the record level, as every real service's is:
 a guarded upsert keyed on the event's `created`, so re-applying an event the records already
 reflect changes nothing. `NAME_STYLE` plays the part of a mapping that an operator changes
 before replaying."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from syncmesh.type.v1 import money_pb2
 
-from services.common.consumer import HandlerContext
+from services.common.consumer import BatchItem, HandlerContext
+from services.common.db import Conn
 from services.common.events import StripeEvent
 from services.common.service import ServiceDefinition
 
@@ -20,7 +22,13 @@ def display_name(name: str) -> str:
     return name.upper() if NAME_STYLE["upper"] else name
 
 
-async def handle(ctx: HandlerContext, event: StripeEvent) -> None:
+async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
+    for item in items:
+        with item.consuming():
+            await _apply_one(item.ctx, item.event)
+
+
+async def _apply_one(ctx: HandlerContext, event: StripeEvent) -> None:
     if event.object.get("metadata", {}).get("poison"):
         raise RuntimeError("cannot map this customer")
     await ctx.conn.execute(
@@ -40,7 +48,7 @@ DEFINITION = ServiceDefinition(
     schema="record_toy",
     migrations=Path(__file__).parent / "record_toy_migrations",
     subjects=("stripe.customer.*",),
-    handler=handle,
+    apply=apply,
     grpc_service_name="syncmesh.toy.v1.RecordToyService",
     register_grpc=lambda server, runtime: None,
 )

@@ -52,12 +52,12 @@ def env(monkeypatch: pytest.MonkeyPatch, settings: Settings, restore_logging) ->
 
 
 async def dead_letter(bus: Bus, service: str, customer_id: str) -> str:
-    async def never(_ctx, _event) -> None:
+    async def never(_conn, _items) -> None:
         raise AssertionError
 
     evt = customer_event(customer_id)
     ack = await publish(bus, evt)
-    consumer = Consumer(service=service, bus=bus, pool=None, handler=never, subjects=(), settings=bus.settings)
+    consumer = Consumer(service=service, bus=bus, pool=None, apply=never, subjects=(), settings=bus.settings)
     await consumer.dead_letter(await _as_msg(bus, ack.seq), f"permanent: {customer_id} is unmappable", 2)
     return evt["id"]
 

@@ -111,7 +111,7 @@ async def test_undecodable_letter_cannot_be_redriven_and_is_discarded(
 async def test_list_filters_by_service_and_limits(bus: Bus) -> None:
     from services.common.consumer import Consumer
 
-    async def never(_ctx, _event) -> None:
+    async def never(_conn, _items) -> None:
         raise AssertionError("not called")
 
     # Dead letters as two services' consumers write them, without running the services.
@@ -120,7 +120,7 @@ async def test_list_filters_by_service_and_limits(bus: Bus) -> None:
             service=service,
             bus=bus,
             pool=None,
-            handler=never,
+            apply=never,
             subjects=(),
             settings=bus.settings,
         )

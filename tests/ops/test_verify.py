@@ -19,19 +19,13 @@ import pytest
 from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
 
 from launcher.cli import main
-from ops.verify import (
-    REPAIR_ID_PREFIX,
-    Mesh,
-    compare_credit_note,
-    mask_email,
-    parse_verify_types,
-    repair,
-    verify,
-)
+from ops.verify import REPAIR_ID_PREFIX, parse_verify_types, repair, verify
+from services.billing.verify import compare_credit_note
 from services.common.bus import STRIPE_STREAM, Bus
 from services.common.errors import SettingsError
 from services.common.settings import Settings
 from services.common.stream import message_ids
+from services.common.verification import Mesh, mask_email
 from tests.billing.builders import InvoiceSpec, credit_note_object, stripe_event
 from tests.e2e.support import (
     MESH_KEY,
