@@ -52,7 +52,7 @@ async def main(rows: int) -> None:
         nats_server.start()
         pg.start()
         try:
-            settings = Settings(nats_url=nats_server.url, database_url=pg.dsn(), ports={"customer": 0}, mode="test")
+            settings = Settings(nats_url=nats_server.url, database_url=pg.dsn(), mode="test")
             runtime = ServiceRuntime(DEFINITION, settings, port=0)
             await runtime.start()
             await runtime.wait_ready(30)

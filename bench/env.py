@@ -34,13 +34,14 @@ from syncmesh.events.v1 import envelope_pb2
 
 from bench.events import BENCH_SECRET, BenchEvent
 from bench.procs import rss_kib
+from gateway.deployable import GATEWAY
+from services import registry
 from services.common.bus import STRIPE_STREAM, Bus
 from services.common.embedded import NatsServer, PostgresServer, free_port
 from services.common.events import parse_event, to_envelope
 from services.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE_NAMES = ("customer", "billing", "crm-export")
 
 
 class BenchNats(NatsServer):
@@ -177,10 +178,10 @@ class BenchEnv:
     async def start_gateway(self) -> MeshProcess:
         port = free_port()
         proc = MeshProcess(
-            "gateway",
-            [sys.executable, "-m", "bench.serve", "gateway", "--port", str(port)],
-            self.child_env(SYNCMESH_GATEWAY_PORT=str(port)),
-            self.data_dir / "gateway.log",
+            GATEWAY.name,
+            [sys.executable, "-m", "bench.serve", GATEWAY.name, "--port", str(port)],
+            self.child_env(**{GATEWAY.port_variable: str(port)}),
+            self.data_dir / f"{GATEWAY.name}.log",
             port,
         )
         proc.start()
@@ -303,15 +304,13 @@ def definition(spec: str) -> Any:
         # The toy records every event it sees, so it exercises the consumer loop on the whole
         # stream rather than on customer events only.
         return replace(toy_service.DEFINITION, subjects=("stripe.>",))
-    from launcher.cli import service_definition
-
-    return service_definition(spec)
+    return registry.by_name(spec)
 
 
 def available_services() -> dict[str, str]:
     """Services that exist in this checkout, and why the others cannot be run."""
     found: dict[str, str] = {}
-    for name in SERVICE_NAMES:
+    for name in registry.names():
         try:
             definition(name)
             found[name] = "ok"

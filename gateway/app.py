@@ -29,6 +29,7 @@ from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from syncmesh.events.v1 import envelope_pb2
 
+from gateway.deployable import GATEWAY
 from gateway.metrics import GatewayMetrics
 from gateway.sweeper import Sweeper
 from gateway.verify import verify_event
@@ -153,8 +154,8 @@ class Gateway:
     """The gateway process: NATS connection + HTTP server, started and stopped as one."""
 
     def __init__(self, settings: Settings, *, port: int | None = None, host: str = "0.0.0.0") -> None:
-        self.settings = settings.require("gateway")
-        self.port = settings.port("gateway") if port is None else port
+        self.settings = GATEWAY.require(settings)
+        self.port = GATEWAY.port(settings) if port is None else port
         self.host = host
         self.bus = Bus(settings, name="syncmesh-gateway")
         self.app = create_app(self.settings, self.bus)

@@ -258,7 +258,6 @@ class Sweeper:
         self._stopping = asyncio.Event()
         self._current: asyncio.Task[SweepReport | None] | None = None
         self.sweeps = 0
-        self.last_report: SweepReport | None = None
         self.last_error: str | None = None
 
     @classmethod
@@ -323,7 +322,6 @@ class Sweeper:
             log.warning("sweep failed, will try again in %ss: %s", self.interval_seconds, self.last_error)
             return None
         self.sweeps += 1
-        self.last_report = report
         self.last_error = None
         if report.missing:
             log.warning("sweep found %d events the gateway never received; published them", report.missing)

@@ -3,36 +3,32 @@
     syncmesh up [--demo]                   gateway + the three services (embedded NATS/PostgreSQL
                                            when no URLs are set), Ctrl-C stops everything
     syncmesh gateway [--port N]            the webhook gateway alone (Kubernetes)
-    syncmesh serve SERVICE [--port N]      one service alone: customer, billing, crm-export
+    syncmesh serve SERVICE [--port N]      one service alone (services/registry.py lists them)
     syncmesh import ...                    data sheets and imports, added by the services
 
-Services add their own subcommands through `services/<name>/cli.py:register(subparsers)`, so
-this file does not grow with every feature.
+Services add their own subcommands through the module their definition names as `cli`
+(`register(subparsers, groups)`), so this file does not grow with every feature or service.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from services import registry
 from services.common.errors import SettingsError
 from services.common.settings import load_settings
 
-SERVICES = {"customer": "services.customer", "billing": "services.billing", "crm-export": "services.crm_export"}
-
-#: Modules that may add subcommands: `register(subparsers, groups)` where groups maps a
-#: shared command name ("import", ...) to its sub-subparsers.
-EXTENSIONS = ("services.customer.cli", "services.billing.cli", "services.crm_export.cli", "ops")
+#: The operator tools' module; the services' own command modules come from the registry.
+OPS_EXTENSION = "ops"
 
 
-def service_definition(name: str) -> Any:
-    """The ServiceDefinition of a service, from `services.<pkg>.app.DEFINITION`."""
-    if name not in SERVICES:
-        raise SettingsError(f"unknown service {name!r}: choose one of {', '.join(SERVICES)}")
-    return importlib.import_module(f"{SERVICES[name]}.app").DEFINITION
+def extensions() -> list[str]:
+    """Modules that may add subcommands: `register(subparsers, groups)` where groups maps a
+    shared command name ("import", ...) to its sub-subparsers."""
+    return [d.cli for d in registry.definitions() if d.cli is not None] + [OPS_EXTENSION]
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
@@ -45,7 +41,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from services.common.service import serve
 
-    serve(service_definition(args.service), load_settings(), port=args.port)
+    serve(registry.by_name(args.service), load_settings(), port=args.port)
     return 0
 
 
@@ -75,7 +71,7 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
     gw.set_defaults(func=_cmd_gateway)
 
     serve = sub.add_parser("serve", help="run one service")
-    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("service", choices=sorted(registry.names()))
     serve.add_argument("--port", type=int, default=None, help="gRPC port (default from SYNCMESH_<SERVICE>_PORT)")
     serve.set_defaults(func=_cmd_serve)
 
@@ -84,13 +80,10 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
     groups: dict[str, Any] = {}
     imports = sub.add_parser("import", help="import data sheets or run an initial import")
     groups["import"] = imports.add_subparsers(dest="what", required=True, metavar="WHAT")
-    for module_name in EXTENSIONS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that extension is not part of this build
-            raise
+    for module_name in extensions():
+        module = registry.hook(module_name)
+        if module is None:
+            continue  # that extension is not part of this build
         register: Callable[[Any, dict[str, Any]], None] = module.register
         register(sub, groups)
     return parser

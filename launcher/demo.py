@@ -10,7 +10,6 @@ mesh's database except through that path.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ import stripe
 
 from gateway.app import Gateway
 from launcher.localstripe_process import LocalStripe
+from services import registry
 from services.common.grpc_client import aio_channel
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
@@ -67,7 +67,7 @@ async def drive_scenario(client: stripe.StripeClient) -> dict[str, Any]:
         card = await client.v1.payment_methods.create_async(
             {"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
         )
-        customer = await client.v1.customers.create_async(
+        stripe_customer = await client.v1.customers.create_async(
             {
                 "name": name,
                 "email": email,
@@ -77,9 +77,9 @@ async def drive_scenario(client: stripe.StripeClient) -> dict[str, Any]:
             }
         )
         subscription = await client.v1.subscriptions.create_async(
-            {"customer": customer.id, "items": [{"plan": catalogue[plan_name], "quantity": seats}]}
+            {"customer": stripe_customer.id, "items": [{"plan": catalogue[plan_name], "quantity": seats}]}
         )
-        customers.append((customer, subscription))
+        customers.append((stripe_customer, subscription))
     ada, _ = customers[0]
     await client.v1.customers.update_async(ada.id, {"email": "ada@analytical.example", "metadata": {"segment": "ent"}})
     _, grace_subscription = customers[1]
@@ -148,10 +148,8 @@ async def run_demo(settings: Settings, gateway: Gateway, runtimes: list[ServiceR
     await _settle(runtimes)
     print(f"demo: webhook to queryable in every service after {time.monotonic() - started:.1f}s\n", flush=True)
     for rt in runtimes:
-        package = rt.definition.schema
-        try:
-            report_module = importlib.import_module(f"services.{package}.demo")
-        except ModuleNotFoundError:
+        report_module = registry.hook(rt.definition.demo)
+        if report_module is None:
             continue
         async with aio_channel(settings, f"127.0.0.1:{rt.port}") as channel:
             lines: list[str] = await report_module.demo_report(channel)

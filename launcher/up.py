@@ -9,7 +9,6 @@ Ctrl-C (or SIGTERM) stops the parts in reverse order, then the embedded servers.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import secrets
 import signal
@@ -19,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from gateway.app import Gateway
+from services import registry
 from services.common.embedded import NatsServer, PostgresServer, free_port
 from services.common.logs import setup_logging
 from services.common.service import ServiceDefinition, ServiceRuntime
@@ -26,22 +26,11 @@ from services.common.settings import Settings, load_settings
 from services.common.stripe_api import close_stripe_clients
 
 log = logging.getLogger("syncmesh.up")
-SERVICE_MODULES = {
-    "customer": "services.customer.app",
-    "billing": "services.billing.app",
-    "crm-export": "services.crm_export.app",
-}
 
 
 def available_services() -> dict[str, ServiceDefinition]:
-    found = {}
-    for name, module in SERVICE_MODULES.items():
-        try:
-            found[name] = importlib.import_module(module).DEFINITION
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return found
+    """Every service of this build (services/registry.py), by name, in roster order."""
+    return {d.name: d for d in registry.definitions()}
 
 
 def _local_secret(data_dir: Path) -> str:

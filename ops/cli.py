@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ops.common import EXIT_FAILED, run_command
+from ops.common import EXIT_FAILED, run_command, target_option
+from services import registry
 from services.common.errors import ConflictError, NotFoundError, SettingsError
 from services.common.settings import Settings
 
@@ -203,12 +204,11 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from launcher.cli import service_definition
     from ops.common import connected_bus, parse_since
     from ops.replay import replay
 
     async def work(settings: Settings) -> int:
-        definition = service_definition(args.service)
+        definition = registry.by_name(args.service)
         since = parse_since("--since", args.since) if args.since else None
         async with connected_bus(settings) as bus:
             report = await replay(
@@ -231,7 +231,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     ls = dlq_sub.add_parser("list", help="dead letters, oldest first, with reason and attempts")
-    ls.add_argument("--service", choices=("customer", "billing", "crm-export"), help="only this service's")
+    ls.add_argument("--service", choices=registry.names(), help="only this service's")
     ls.add_argument("--limit", type=int, default=None, help="show at most N")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=_cmd_dlq_list)
@@ -247,7 +247,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         action = dlq_sub.add_parser(name, help=text)
         action.add_argument("sequences", type=int, nargs="*", metavar="SEQ", help="sequence numbers")
         action.add_argument("--all", action="store_true", help="every dead letter (of --service, if given)")
-        action.add_argument("--service", choices=("customer", "billing", "crm-export"), help="with --all")
+        action.add_argument("--service", choices=registry.names(), help="with --all")
         if name == "discard":
             action.add_argument("--yes", action="store_true", help="confirm --all")
         action.set_defaults(func=func)
@@ -282,7 +282,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     backfill.set_defaults(func=_cmd_backfill)
 
     replay = sub.add_parser("replay", help="rebuild one service's records from the STRIPE stream; shows what changed")
-    replay.add_argument("service", choices=("customer", "billing", "crm-export"))
+    replay.add_argument("service", choices=registry.names())
     replay.add_argument("--since", default=None, help="only events received since (ISO, unix seconds, or 7d)")
     replay.add_argument(
         "--emit-events",
@@ -303,10 +303,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     verify.add_argument(
         "--settle", type=float, default=60.0, help="--repair: seconds to wait for the mesh (default 60)"
     )
-    for service in ("customer", "billing", "crm"):
-        verify.add_argument(
-            f"--{service}-target", default=None, help=f"{service} gRPC address (default 127.0.0.1:<port>)"
-        )
+    for name in registry.names():
+        flag = "--" + target_option(name).replace("_", "-")
+        verify.add_argument(flag, default=None, help=f"{name} gRPC address (default 127.0.0.1:<port>)")
     verify.set_defaults(func=_cmd_verify)
 
 

@@ -67,3 +67,9 @@ def run_command(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
     except PublishError as exc:
         print(f"syncmesh: {exc}: check NATS (SYNCMESH_NATS_URL) and rerun; completed steps are kept", file=sys.stderr)
         return EXIT_FAILED
+
+
+def target_option(service: str) -> str:
+    """The attribute of `--<word>-target`, the option naming a service's gRPC address: the name's
+    first word, as it always has been (`--crm-target` for crm-export)."""
+    return f"{service.split('-')[0]}_target"

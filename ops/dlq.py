@@ -24,21 +24,20 @@ import nats.js.errors
 from google.protobuf.message import DecodeError
 from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
+from services import registry
 from services.common.bus import DLQ_STREAM, Bus
 from services.common.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
-
-#: Services as named on the command line -> the token in their dead-letter subject.
-SERVICES = ("customer", "billing", "crm-export")
 
 
 def dlq_subject(service: str | None) -> str:
     """`dlq.<service>` as the consumer writes it (dashes become underscores), or all of them."""
     if service is None:
         return "dlq.>"
-    if service not in SERVICES:
-        raise NotFoundError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+    services = registry.names()
+    if service not in services:
+        raise NotFoundError(f"unknown service {service!r}: choose one of {', '.join(services)}")
     return f"dlq.{service.replace('-', '_')}"
 
 

@@ -70,7 +70,7 @@ from services.common.stream import StreamReader
 log = logging.getLogger(__name__)
 
 #: The runtime's own tables, not the service's records.
-RUNTIME_TABLES = ("processed_events", "outbox", "schema_migrations")
+RUNTIME_TABLES = db.RUNTIME_TABLES
 
 
 @dataclass(frozen=True)

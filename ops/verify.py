@@ -48,7 +48,6 @@ from syncmesh.events.v1 import envelope_pb2
 
 from ops.backfill import BACKFILL_ID_PREFIX, KINDS, KindReport, complete_invoice_lines, synthesise_event
 from ops.verify_report import KindSummary, RepairReport, VerifyReport
-from services.billing import verify as billing_verify
 from services.common.bus import Bus
 from services.common.errors import MalformedEventError, NotServedError, SettingsError, UpstreamError
 from services.common.events import StripeEvent, parse_event
@@ -57,15 +56,14 @@ from services.common.progress import progress
 from services.common.settings import Settings
 from services.common.stripe_pages import RateLimiter, list_pages
 from services.common.verification import Check, Companion, Mesh
-from services.crm_export import verify as crm_export_verify
-from services.customer import verify as customer_verify
+from services.registry import by_name, definitions, hook
 
 log = logging.getLogger(__name__)
 
-#: Every service's checks, the one place they are gathered (to be read from the service
-#: registry's `verify` field instead); the engine below takes them as a parameter.
+#: Every service's checks, as each service's definition names them (its `verify` module); the
+#: engine below takes them as a parameter, so tests can run it on a few.
 CHECKS: tuple[Check[Any], ...] = tuple(
-    check for module in (customer_verify, billing_verify, crm_export_verify) for check in module.CHECKS
+    check for definition in definitions() if (module := hook(definition.verify)) for check in module.CHECKS
 )
 REPAIR_ID_PREFIX = "evt_vr_"
 
@@ -408,7 +406,7 @@ async def reverify(
 
 def command(args: Any, checks: Sequence[Check[Any]] = CHECKS) -> int:
     """`syncmesh verify [--repair] [--types ...] [--since DATE]`: 0 when clean, 1 when not."""
-    from ops.common import EXIT_FAILED, connected_bus, parse_since, run_command
+    from ops.common import EXIT_FAILED, connected_bus, parse_since, run_command, target_option
     from services.common.stripe_api import close_stripe_client, make_stripe_client
 
     async def work(settings: Settings) -> int:
@@ -417,9 +415,8 @@ def command(args: Any, checks: Sequence[Check[Any]] = CHECKS) -> int:
         client = make_stripe_client(settings, max_network_retries=0)
         if client is None:
             raise SettingsError("SYNCMESH_STRIPE_API_KEY must be set: verify reads Stripe's objects through its API")
-        overrides = {"customer": args.customer_target, "billing": args.billing_target, "crm-export": args.crm_target}
         services = sorted({c.service for c in checks if c.kind in types})
-        targets = {s: overrides.get(s) or default_target(settings, s) for s in services}
+        targets = {s: getattr(args, target_option(s), None) or default_target(settings, by_name(s)) for s in services}
         channels = {s: aio_channel(settings, t) for s, t in targets.items()}
         try:
             mesh = Mesh(channels, targets)

@@ -20,8 +20,11 @@ import asyncpg
 import nats
 import pytest
 
+from gateway.deployable import GATEWAY
+from services import registry
 from services.common.embedded import NatsServer, PostgresServer
 from services.common.settings import Settings
+from tests.support.kinds import forbid_processes, mark_kinds
 from tests.support.signing import TEST_SECRET
 
 
@@ -61,11 +64,14 @@ def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture(autouse=True)
 async def _close_shared_stripe_clients() -> AsyncIterator[None]:
-    """Stripe clients are shared per event loop; close their sessions after each test."""
+    """Stripe clients are shared per event loop; close their sessions after each test, and those
+    `stripe_client_for` made for it (an unclosed aiohttp session is a ResourceWarning, an error here)."""
     yield
-    from services.common.stripe_api import close_stripe_clients
+    from services.common.stripe_api import close_stripe_client, close_stripe_clients
 
     await close_stripe_clients()
+    while _clients_made_for_the_test:
+        await close_stripe_client(_clients_made_for_the_test.pop())
 
 
 async def _clean_jetstream(url: str) -> None:
@@ -105,7 +111,8 @@ def settings(nats_url: str, database_url: str) -> Settings:
         database_url=database_url,
         webhook_secrets=(TEST_SECRET,),
         mode="test",
-        ports={"gateway": 0, "customer": 0, "billing": 0, "crm-export": 0},
+        # Every deployable on a port the OS picks, so tests never collide with each other.
+        port_overrides={v: 0 for v in (GATEWAY.port_variable, *(d.port_variable for d in registry.definitions()))},
         ack_wait_seconds=2.0,
         max_deliver=3,
         publish_timeout_seconds=1.0,
@@ -140,13 +147,30 @@ def localstripe(tmp_path: Path) -> Iterator[object]:
     server.stop()
 
 
+_clients_made_for_the_test: list[Any] = []
+
+
 def stripe_client_for(localstripe: object):
-    """An official-SDK client pointed at a localstripe fixture."""
+    """An official-SDK client pointed at a localstripe fixture, closed when the test ends."""
     import stripe
 
-    return stripe.StripeClient(
+    client = stripe.StripeClient(
         "sk_test_localstripe",
         base_addresses={"api": localstripe.url},  # type: ignore[attr-defined]
         http_client=stripe.AIOHTTPClient(),
         max_network_retries=0,
     )
+    _clients_made_for_the_test.append(client)
+    return client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test `unit` or `integration` (tests/support/kinds.py), so `-m unit` runs the pure ones."""
+    mark_kinds(items)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `unit` test that starts a process fails: its label would be a lie."""
+    if request.node.get_closest_marker("unit"):
+        forbid_processes(monkeypatch)

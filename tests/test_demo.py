@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.deployable import GATEWAY
+from services import registry
+
 
 def test_demo_flows_through_every_service(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCMESH_")}
-    ports = {
-        "SYNCMESH_GATEWAY_PORT": "0",
-        "SYNCMESH_CUSTOMER_PORT": "0",
-        "SYNCMESH_BILLING_PORT": "0",
-        "SYNCMESH_CRM_EXPORT_PORT": "0",
-    }
+    # Every deployable on a port the OS picks, so the demo runs beside anything else.
+    ports = {v: "0" for v in (GATEWAY.port_variable, *(d.port_variable for d in registry.definitions()))}
     result = subprocess.run(
         [sys.executable, "-m", "launcher.cli", "up", "--demo", "--once", "--data-dir", str(tmp_path / "data")],
         cwd=tmp_path,

@@ -11,20 +11,23 @@ import io
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 import grpc
 from syncmesh.billing.v1 import billing_service_pb2 as pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from syncmesh.type.v1 import money_pb2
 
-from services.billing import mapping, store
+from services.billing import store
+from services.billing.ledger import ledger_as_of
+from services.billing.records import InvoiceLineRecord, InvoiceRecord
 from services.common import paging
 from services.common.errors import NotFoundError, ValidationError
 
 #: The list requests filtered by customer and invoice, which share one paging path.
 _CustomerInvoicePage = pb.ListPaymentsRequest | pb.ListCreditMemosRequest | pb.ListRefundsRequest
+#: A record of one of those lists.
+Row = TypeVar("Row")
 
 if TYPE_CHECKING:
     from services.common.service import ServiceRuntime
@@ -75,49 +78,49 @@ def _stripe_id(field: str, raw: str, *, required: bool = False) -> str | None:
     return value
 
 
-def invoice_message(row: asyncpg.Record, lines: Sequence[asyncpg.Record] = ()) -> pb.Invoice:
-    cur = row["currency"]
+def invoice_message(row: InvoiceRecord, lines: Sequence[InvoiceLineRecord] = ()) -> pb.Invoice:
+    cur = row.currency
     return pb.Invoice(
-        erp_invoice_id=row["erp_invoice_id"],
-        stripe_invoice_id=row["stripe_invoice_id"],
-        stripe_customer_id=row["stripe_customer_id"],
-        erp_customer_id=row["erp_customer_id"] or "",
-        subscription_id=row["subscription_id"] or "",
-        number=row["number"] or "",
-        status=STATUS_TO_PB.get(row["erp_status"], pb.INVOICE_STATUS_UNSPECIFIED),
-        stripe_status=row["stripe_status"],
-        transaction_date=_iso(row["transaction_date"]),
-        due_date=_iso(row["due_date"]),
+        erp_invoice_id=row.erp_invoice_id,
+        stripe_invoice_id=row.stripe_invoice_id,
+        stripe_customer_id=row.stripe_customer_id,
+        erp_customer_id=row.erp_customer_id or "",
+        subscription_id=row.subscription_id or "",
+        number=row.number or "",
+        status=STATUS_TO_PB.get(row.erp_status, pb.INVOICE_STATUS_UNSPECIFIED),
+        stripe_status=row.stripe_status,
+        transaction_date=_iso(row.transaction_date),
+        due_date=_iso(row.due_date),
         currency=cur,
-        subtotal=_money(row["subtotal"], cur),
-        discount=_money(row["discount_total"], cur),
-        tax=_money(row["tax"], cur),
-        total=_money(row["total"], cur),
-        amount_paid=_money(row["amount_paid"], cur),
-        credits_applied=_money(row["credits_applied"], cur),
-        amount_remaining=_money(row["amount_remaining"], cur),
-        lines_complete=row["lines_complete"],
-        api_shape=row["api_shape"],
-        unattributed_paid=_money(row["unattributed_paid"], cur),
+        subtotal=_money(row.subtotal, cur),
+        discount=_money(row.discount_total, cur),
+        tax=_money(row.tax, cur),
+        total=_money(row.total, cur),
+        amount_paid=_money(row.amount_paid, cur),
+        credits_applied=_money(row.credits_applied, cur),
+        amount_remaining=_money(row.amount_remaining, cur),
+        lines_complete=row.lines_complete,
+        api_shape=row.api_shape,
+        unattributed_paid=_money(row.unattributed_paid, cur),
         lines=[
             pb.InvoiceLine(
-                line_no=line["line_no"],
-                kind=pb.LINE_KIND_DISCOUNT if line["kind"] == "discount" else pb.LINE_KIND_ITEM,
-                erp_item_id=line["erp_item_id"],
-                item_mapped=line["item_mapped"],
-                stripe_price_id=line["stripe_price_id"] or "",
-                description=line["description"],
-                quantity=line["quantity"],
-                unit_amount=_money(line["unit_amount"], cur),
-                unit_amount_decimal=line["unit_amount_decimal"] or "",
-                amount=_money(line["amount"], cur),
-                discount_amount=_money(line["discount_amount"], cur),
-                recognized_amount=_money(line["recognized_amount"], cur),
-                period_start=_iso(line["period_start"]),
-                period_end=_iso(line["period_end"]),
-                proration=line["proration"],
-                revenue_account=line["revenue_account"] or "",
-                stripe_line_id=line["stripe_line_id"] or "",
+                line_no=line.line_no,
+                kind=pb.LINE_KIND_DISCOUNT if line.kind == "discount" else pb.LINE_KIND_ITEM,
+                erp_item_id=line.erp_item_id,
+                item_mapped=line.item_mapped,
+                stripe_price_id=line.stripe_price_id or "",
+                description=line.description,
+                quantity=line.quantity,
+                unit_amount=_money(line.unit_amount, cur),
+                unit_amount_decimal=line.unit_amount_decimal or "",
+                amount=_money(line.amount, cur),
+                discount_amount=_money(line.discount_amount, cur),
+                recognized_amount=_money(line.recognized_amount, cur),
+                period_start=_iso(line.period_start),
+                period_end=_iso(line.period_end),
+                proration=line.proration,
+                revenue_account=line.revenue_account or "",
+                stripe_line_id=line.stripe_line_id or "",
             )
             for line in lines
         ],
@@ -196,7 +199,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         row = await store.get_invoice(conn, value)
         if row is None:
             raise NotFoundError(f"no invoice {value} (give an ERP id INV-... or a Stripe id in_...)")
-        return str(row["stripe_invoice_id"])
+        return str(row.stripe_invoice_id)
 
     async def GetInvoice(
         self, request: pb.GetInvoiceRequest, context: grpc.aio.ServicerContext
@@ -207,7 +210,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             row = await store.get_invoice(conn, invoice_id)
             if row is None:
                 raise NotFoundError(f"no invoice {invoice_id} (give an ERP id INV-... or a Stripe id in_...)")
-            lines = await store.invoice_lines(conn, row["stripe_invoice_id"])
+            lines = await store.invoice_lines(conn, row.stripe_invoice_id)
         return pb.GetInvoiceResponse(invoice=invoice_message(row, lines))
 
     async def ListInvoices(
@@ -234,9 +237,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 after=(after[0], after[1]) if after else None,
                 limit=limit + 1,
             )
-        page, token = paging.next_page(
-            rows, limit, lambda r: (r["transaction_date"], r["stripe_invoice_id"]), scope=scope
-        )
+        page, token = paging.next_page(rows, limit, lambda r: (r.transaction_date, r.stripe_invoice_id), scope=scope)
         return pb.ListInvoicesResponse(invoices=[invoice_message(r) for r in page], next_page_token=token)
 
     async def _by_customer_and_invoice(
@@ -244,9 +245,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         request: _CustomerInvoicePage,
         list_name: str,
         kinds: Sequence[paging.KeyKind],
-        fetch: Callable[..., Awaitable[list[asyncpg.Record]]],
-        key: Callable[[asyncpg.Record], Sequence[paging.Key]],
-    ) -> tuple[list[asyncpg.Record], str]:
+        fetch: Callable[..., Awaitable[list[Row]]],
+        key: Callable[[Row], Sequence[paging.Key]],
+    ) -> tuple[list[Row], str]:
         """One page of a ledger list filtered by customer and invoice (payments, memos, refunds)."""
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
         limit = paging.page_size(request.page_size)
@@ -263,21 +264,21 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPaymentsResponse:
         page, token = await self._by_customer_and_invoice(
-            request, "payments", (int, str), store.list_payments, lambda r: (r["paid_at"], r["stripe_payment_id"])
+            request, "payments", (int, str), store.list_payments, lambda r: (r.paid_at, r.stripe_payment_id)
         )
         return pb.ListPaymentsResponse(
             payments=[
                 pb.Payment(
-                    erp_payment_id=r["erp_payment_id"],
-                    stripe_payment_id=r["stripe_payment_id"],
-                    stripe_invoice_id=r["stripe_invoice_id"] or "",
-                    erp_invoice_id=r["erp_invoice_id"] or "",
-                    stripe_customer_id=r["customer"] or "",
-                    amount=_money(r["amount"], r["currency"]),
-                    payment_date=_iso(r["paid_on"]),
-                    method=r["method"],
-                    charge_id=r["charge_id"] or "",
-                    payment_intent_id=r["payment_intent_id"] or "",
+                    erp_payment_id=r.erp_payment_id,
+                    stripe_payment_id=r.stripe_payment_id,
+                    stripe_invoice_id=r.stripe_invoice_id or "",
+                    erp_invoice_id=r.erp_invoice_id or "",
+                    stripe_customer_id=r.customer or "",
+                    amount=_money(r.amount, r.currency),
+                    payment_date=_iso(r.paid_on),
+                    method=r.method,
+                    charge_id=r.charge_id or "",
+                    payment_intent_id=r.payment_intent_id or "",
                 )
                 for r in page
             ],
@@ -288,35 +289,35 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListCreditMemosRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCreditMemosResponse:
         page, token = await self._by_customer_and_invoice(
-            request, "credit_memos", (date, str), store.list_credit_memos, lambda r: (r["memo_date"], r["memo_key"])
+            request, "credit_memos", (date, str), store.list_credit_memos, lambda r: (r.memo_date, r.memo_key)
         )
         async with self.runtime.pool.acquire() as conn:
-            lines = await store.memo_lines(conn, [r["memo_key"] for r in page])
+            lines = await store.memo_lines(conn, [r.memo_key for r in page])
         return pb.ListCreditMemosResponse(
             credit_memos=[
                 pb.CreditMemo(
-                    erp_credit_memo_id=r["erp_credit_memo_id"],
-                    source_id=r["memo_key"],
-                    kind=MEMO_KIND_TO_PB[r["kind"]],
-                    stripe_invoice_id=r["stripe_invoice_id"] or "",
-                    erp_invoice_id=r["erp_invoice_id"] or "",
-                    stripe_customer_id=r["customer"] or "",
-                    amount=_money(r["amount"], r["currency"]),
-                    memo_date=_iso(r["memo_date"]),
-                    status=r["status"],
-                    applied_to=r["applied_to"],
-                    memo=r["memo"] or "",
-                    number=r["number"] or "",
+                    erp_credit_memo_id=r.erp_credit_memo_id,
+                    source_id=r.memo_key,
+                    kind=MEMO_KIND_TO_PB[r.kind],
+                    stripe_invoice_id=r.stripe_invoice_id or "",
+                    erp_invoice_id=r.erp_invoice_id or "",
+                    stripe_customer_id=r.customer or "",
+                    amount=_money(r.amount, r.currency),
+                    memo_date=_iso(r.memo_date),
+                    status=r.status,
+                    applied_to=r.applied_to,
+                    memo=r.memo or "",
+                    number=r.number or "",
                     lines=[
                         pb.CreditMemoLine(
-                            line_no=line["line_no"],
-                            description=line["description"],
-                            quantity=line["quantity"],
-                            unit_amount=_money(line["unit_amount"], r["currency"]),
-                            amount=_money(line["amount"], r["currency"]),
-                            invoice_line_item=line["invoice_line_item"] or "",
+                            line_no=line.line_no,
+                            description=line.description,
+                            quantity=line.quantity,
+                            unit_amount=_money(line.unit_amount, r.currency),
+                            amount=_money(line.amount, r.currency),
+                            invoice_line_item=line.invoice_line_item or "",
                         )
-                        for line in lines.get(r["memo_key"], [])
+                        for line in lines.get(r.memo_key, [])
                     ],
                 )
                 for r in page
@@ -328,21 +329,21 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.ListRefundsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRefundsResponse:
         page, token = await self._by_customer_and_invoice(
-            request, "refunds", (int, str), store.list_refunds, lambda r: (r["stripe_created"], r["stripe_refund_id"])
+            request, "refunds", (int, str), store.list_refunds, lambda r: (r.stripe_created, r.stripe_refund_id)
         )
         return pb.ListRefundsResponse(
             refunds=[
                 pb.Refund(
-                    erp_refund_id=r["erp_refund_id"],
-                    stripe_refund_id=r["stripe_refund_id"],
-                    stripe_invoice_id=r["stripe_invoice_id"] or "",
-                    erp_invoice_id=r["erp_invoice_id"] or "",
-                    stripe_customer_id=r["customer"] or "",
-                    amount=_money(r["amount"], r["currency"]),
-                    refund_date=_iso(r["refunded_on"]),
-                    status=r["status"],
-                    charge_id=r["charge_id"] or "",
-                    erp_credit_memo_id=r["erp_credit_memo_id"] or "",
+                    erp_refund_id=r.erp_refund_id,
+                    stripe_refund_id=r.stripe_refund_id,
+                    stripe_invoice_id=r.stripe_invoice_id or "",
+                    erp_invoice_id=r.erp_invoice_id or "",
+                    stripe_customer_id=r.customer or "",
+                    amount=_money(r.amount, r.currency),
+                    refund_date=_iso(r.refunded_on),
+                    status=r.status,
+                    charge_id=r.charge_id or "",
+                    erp_credit_memo_id=r.erp_credit_memo_id or "",
                 )
                 for r in page
             ],
@@ -359,15 +360,14 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         async with self.runtime.pool.acquire() as conn:
             if as_of >= today:  # the ledger as it stands
                 rows = [
-                    (r["currency"], r["due_date"], r["amount_remaining"])
-                    for r in await store.open_receivables(conn, customer)
+                    (r.currency, r.due_date, r.amount_remaining) for r in await store.open_receivables(conn, customer)
                 ]
             else:  # the ledger as it stood: later payments, credits, voids and write-offs left out
                 rows = []
                 for r in await store.receivable_histories(conn, customer, as_of):
-                    state = mapping.ledger_as_of(store.ledger_history(r), as_of)
+                    state = ledger_as_of(r.history, as_of)
                     if state is not None and state.erp_status == "open" and state.amount_remaining > 0:
-                        rows.append((r["currency"], r["due_date"], state.amount_remaining))
+                        rows.append((r.currency, r.due_date, state.amount_remaining))
             on_hold = await store.customer_on_hold(conn, customer, as_of=None if as_of >= today else as_of)
         buckets: dict[str, list[int]] = {}
         counts: dict[str, int] = {}
@@ -413,18 +413,18 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 limit=limit + 1,
             )
         page, token = paging.next_page(
-            rows, limit, lambda r: (r["placed_at"], r["stripe_customer_id"], r["stripe_invoice_id"]), scope=scope
+            rows, limit, lambda r: (r.placed_at, r.stripe_customer_id, r.stripe_invoice_id), scope=scope
         )
         return pb.ListCreditHoldsResponse(
             holds=[
                 pb.CreditHold(
-                    stripe_customer_id=r["stripe_customer_id"],
-                    stripe_invoice_id=r["stripe_invoice_id"],
-                    reason=r["reason"],
-                    placed_at=_iso(r["placed_at"]),
-                    released_at=_iso(r["released_at"]),
-                    release_reason=r["release_reason"] or "",
-                    active=r["released_at"] is None,
+                    stripe_customer_id=r.stripe_customer_id,
+                    stripe_invoice_id=r.stripe_invoice_id,
+                    reason=r.reason,
+                    placed_at=_iso(r.placed_at),
+                    released_at=_iso(r.released_at),
+                    release_reason=r.release_reason or "",
+                    active=r.released_at is None,
                 )
                 for r in page
             ],
@@ -440,25 +440,25 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             row = await store.get_invoice(conn, invoice_id)
             if row is None:
                 raise NotFoundError(f"no invoice {invoice_id} (give an ERP id INV-... or a Stripe id in_...)")
-            lines = await store.invoice_lines(conn, row["stripe_invoice_id"])
-            entries = await store.revenue_entries(conn, row["stripe_invoice_id"])
-        cur = row["currency"]
+            lines = await store.invoice_lines(conn, row.stripe_invoice_id)
+            entries = await store.revenue_entries(conn, row.stripe_invoice_id)
+        cur = row.currency
         by_line: dict[int, list[pb.RevenueScheduleEntry]] = {}
         for e in entries:
-            by_line.setdefault(e["line_no"], []).append(
-                pb.RevenueScheduleEntry(period=e["period"].isoformat(), amount=_money(e["amount"], cur))
+            by_line.setdefault(e.line_no, []).append(
+                pb.RevenueScheduleEntry(period=e.period.isoformat(), amount=_money(e.amount, cur))
             )
         return pb.GetRevenueScheduleResponse(
-            erp_invoice_id=row["erp_invoice_id"],
-            stripe_invoice_id=row["stripe_invoice_id"],
+            erp_invoice_id=row.erp_invoice_id,
+            stripe_invoice_id=row.stripe_invoice_id,
             lines=[
                 pb.LineSchedule(
-                    line_no=line["line_no"],
-                    erp_item_id=line["erp_item_id"],
-                    line_amount=_money(line["amount"], cur),
-                    recognized_amount=_money(line["recognized_amount"], cur),
-                    revenue_account=line["revenue_account"] or "",
-                    entries=by_line.get(line["line_no"], []),
+                    line_no=line.line_no,
+                    erp_item_id=line.erp_item_id,
+                    line_amount=_money(line.amount, cur),
+                    recognized_amount=_money(line.recognized_amount, cur),
+                    revenue_account=line.revenue_account or "",
+                    entries=by_line.get(line.line_no, []),
                 )
                 for line in lines
             ],
@@ -492,15 +492,15 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         after = paging.decode_token(request.page_token, kinds=(str,), scope=scope)
         async with self.runtime.pool.acquire() as conn:
             rows = await store.list_unmapped(conn, after=after[0] if after else None, limit=limit + 1)
-        page, token = paging.next_page(rows, limit, lambda r: (r["stripe_price_id"],), scope=scope)
+        page, token = paging.next_page(rows, limit, lambda r: (r.stripe_price_id,), scope=scope)
         return pb.ListUnmappedPricesResponse(
             prices=[
                 pb.UnmappedPrice(
-                    stripe_price_id=r["stripe_price_id"],
-                    last_invoice_id=r["last_invoice_id"],
-                    invoices_seen=r["invoices_seen"],
-                    first_seen_at=_iso(r["first_seen_at"]),
-                    last_seen_at=_iso(r["last_seen_at"]),
+                    stripe_price_id=r.stripe_price_id,
+                    last_invoice_id=r.last_invoice_id,
+                    invoices_seen=r.invoices_seen,
+                    first_seen_at=_iso(r.first_seen_at),
+                    last_seen_at=_iso(r.last_seen_at),
                 )
                 for r in page
             ],
@@ -520,12 +520,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         return pb.GetRecordHistoryResponse(
             entries=[
                 pb.HistoryEntry(
-                    stripe_event_id=r["stripe_event_id"],
-                    event_type=r["event_type"],
-                    record_type=r["record_type"],
-                    record_id=r["record_id"],
-                    change=r["change"],
-                    recorded_at=_iso(r["recorded_at"]),
+                    stripe_event_id=r.stripe_event_id,
+                    event_type=r.event_type,
+                    record_type=r.record_type,
+                    record_id=r.record_id,
+                    change=r.change,
+                    recorded_at=_iso(r.recorded_at),
                 )
                 for r in rows
             ]

@@ -37,6 +37,10 @@ def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             BillingServicer(runtime), server
         ),
+        default_port=50052,
+        cli="services.billing.cli",
+        demo="services.billing.demo",
+        verify="services.billing.verify",
     )
 
 

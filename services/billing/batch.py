@@ -1,56 +1,52 @@
-"""The billing consumer's handlers: a batch of events (or one, as a batch of one) -> the ledger.
+"""The billing consumer's applier: a batch of events (or one, as a batch of one) -> the ledger.
 
 Invoice snapshots are folded per invoice and written set-based (`invoices`); every other event
-runs through its handler in turn (`handlers`); every invoice touched is then re-derived once.
-Order does not matter between the three (each stores facts, the derivation reads them all),
-which is what lets a batch be split this way and still leave the ledger one-at-a-time delivery
-would. The shared work is done once: the invoices' locks are taken together up front (in id
-order, so replicas cannot deadlock), item mappings are read once, and the audit rows are
-written in one statement at the end.
+runs through its handler in turn (`handlers`); every invoice touched is then re-derived once
+(`decide.settle`). Order does not matter between the three (each stores facts, the derivation
+reads them all), which is what lets a batch be split this way and still leave the ledger
+one-at-a-time delivery would. The shared work is done once: the invoices' locks are taken
+together up front (in id order, so replicas cannot deadlock), item mappings are read once, and
+the audit rows are written in one statement at the end. What the batch accumulates is one
+explicit `Batch` value, created here and passed to every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.billing import handlers, invoices, mapping, store
-from services.billing.handlers import BatchState, batch_state
+from services.billing import handlers, invoice_mapping, invoices, settlement, store
+from services.billing.batch_state import Batch
 from services.billing.settings import BillingSettings
 from services.common.consumer import BatchApplier, BatchItem
 from services.common.db import Conn
 
 
-def make_applier(billing: BillingSettings) -> BatchApplier:
+def make_applier(policy: BillingSettings) -> BatchApplier:
     """The consumer's batch applier, bound to the billing policy the process was started with."""
 
     async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
-        state = BatchState()
-        token = batch_state.set(state)
-        try:
-            await _apply(conn, items, billing, state)
-        finally:
-            batch_state.reset(token)
+        await _apply(Batch(policy), conn, items)
 
     return apply
 
 
-async def _apply(conn: Conn, items: Sequence[BatchItem], billing: BillingSettings, state: BatchState) -> None:
-    keys = sorted({key for item in items if (key := mapping.invoice_key(item.event.type, item.event.object))})
+async def _apply(batch: Batch, conn: Conn, items: Sequence[BatchItem]) -> None:
+    keys = sorted({key for item in items if (key := invoice_mapping.invoice_key(item.event.type, item.event.object))})
     await store.lock_many(conn, keys)
-    state.locked.update(keys)
-    await handlers.item_map(conn, sorted({p for item in items for p in _price_ids(item)}))
+    batch.locked.update(keys)
+    await handlers.item_map(batch, conn, sorted({p for item in items for p in _price_ids(item)}))
     snapshots = []
     for item in items:
         with item.consuming():
             if invoices.is_snapshot_event(item.event.type):
-                snapshot = await invoices.read_snapshot(item, billing)
+                snapshot = await invoices.read_snapshot(batch, item)
                 if snapshot is not None:
                     snapshots.append(snapshot)
             else:
-                await handlers.dispatch(item.ctx, item.event, billing)
-    await invoices.apply_snapshots(conn, billing, snapshots)
-    await handlers.settle_noted(conn, billing)
-    await store.add_history(conn, state.history)
+                await handlers.dispatch(batch, item.ctx, item.event)
+    await invoices.apply_snapshots(batch, conn, snapshots)
+    await settlement.settle_noted(batch, conn)
+    await store.add_history(conn, batch.history)
 
 
 def _price_ids(item: BatchItem) -> list[str]:
@@ -59,4 +55,4 @@ def _price_ids(item: BatchItem) -> list[str]:
         return []
     lines = item.event.object.get("lines")
     data = lines.get("data") if isinstance(lines, dict) else None
-    return mapping.invoice_price_ids([x for x in data or [] if isinstance(x, dict)])
+    return invoice_mapping.invoice_price_ids([x for x in data or [] if isinstance(x, dict)])

@@ -12,7 +12,7 @@ import grpc
 from syncmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from tqdm import tqdm
 
-from services.common.grpc_client import aio_channel, default_target
+from services.common.grpc_client import Listening, aio_channel, default_target
 from services.common.settings import Settings, load_settings
 
 
@@ -35,7 +35,7 @@ def import_items(args: argparse.Namespace) -> int:
         print(f"syncmesh: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
     settings = load_settings()
-    target = args.target or default_target(settings, "billing")
+    target = args.target or default_target(settings, _definition())
     try:
         reply = asyncio.run(_send(settings, target, data, args.dry_run))
     except grpc.aio.AioRpcError as exc:
@@ -69,3 +69,10 @@ def report_lines(reply: billing_service_pb2.ImportItemMappingsResponse, path: Pa
         f"{path}: {verb} {reply.rows} mapping(s): {reply.created} new, {reply.updated} changed, "
         f"{reply.unchanged} unchanged"
     ]
+
+
+def _definition() -> Listening:
+    """This service's definition, imported only when a command runs (it loads the handlers)."""
+    from services.billing.app import DEFINITION
+
+    return DEFINITION

@@ -1,12 +1,12 @@
 """Invoice snapshots (the `invoice.*` events, which carry the whole invoice) -> the ERP ledger.
 
 Stripe sends the invoice entire with every event, so a batch's snapshots of one invoice are
-folded in memory (`mapping.fold_snapshots`: the decisions one write per event would make, in
+folded in memory (`snapshots.fold_snapshots`: the decisions one write per event would make, in
 arrival order) and only their net effect is written: one read of the stored versions, then one
 statement each for the headers, the lines and the revenue schedules, whatever the batch size.
 What a snapshot says beyond the invoice itself (a payment, an uncollectible mark, a credit
 hold) goes through the per-event handlers, and the ledger is re-derived once per invoice at the
-end of the batch (`handlers.settle_noted`).
+end of the batch (`settlement.settle_noted`). What the batch notes travels in its `Batch`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from typing import Any
 
 import stripe
 
-from services.billing import handlers, mapping, store
-from services.billing.handlers import history, notified_on, settle_invoice
-from services.billing.mapping import ErpInvoice, InvoiceVersion
+from services.billing import handlers, holds, invoice_mapping, payment_mapping, snapshots, store
+from services.billing.batch_state import Batch
+from services.billing.handlers import notified_on
+from services.billing.invoice_mapping import ErpInvoice
 from services.billing.settings import BillingSettings
+from services.billing.snapshots import InvoiceVersion
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
 from services.common.errors import PermanentError, RetryableError
@@ -46,7 +48,7 @@ class Snapshot:
     version: InvoiceVersion
 
 
-async def read_snapshot(item: BatchItem, billing: BillingSettings) -> Snapshot | None:
+async def read_snapshot(batch: Batch, item: BatchItem) -> Snapshot | None:
     """The event's invoice, mapped; None (with the reason recorded) when it changes no invoice."""
     ctx, event = item.ctx, item.event
     obj = event.object
@@ -61,11 +63,13 @@ async def read_snapshot(item: BatchItem, billing: BillingSettings) -> Snapshot |
     if event.type == "invoice.deleted":
         obj = {**obj, "deleted": True}
     raw_lines, complete = await fetch_all_lines(ctx, obj)
-    items = await handlers.item_map(ctx.conn, mapping.invoice_price_ids(raw_lines))
-    inv = mapping.map_invoice(obj, lines=raw_lines, lines_complete=complete, item_map=items, billing=billing)
+    items = await handlers.item_map(batch, ctx.conn, invoice_mapping.invoice_price_ids(raw_lines))
+    inv = invoice_mapping.map_invoice(
+        obj, lines=raw_lines, lines_complete=complete, item_map=items, billing=batch.policy
+    )
     if not inv.stripe_customer_id:
         raise PermanentError(f"invoice {inv.stripe_invoice_id} has no customer")
-    return Snapshot(item, obj, inv, mapping.snapshot_version(inv, event_created=event.created, event_id=event.id))
+    return Snapshot(item, obj, inv, snapshots.snapshot_version(inv, event_created=event.created, event_id=event.id))
 
 
 async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -98,41 +102,41 @@ async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[lis
     return fetched, True
 
 
-async def apply_snapshots(conn: Conn, billing: BillingSettings, snapshots: Sequence[Snapshot]) -> None:
+async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) -> None:
     """Fold each invoice's snapshots, write the net effect, then what each snapshot says besides."""
     by_invoice: dict[str, list[Snapshot]] = {}
-    for snap in snapshots:
+    for snap in read:
         by_invoice.setdefault(snap.inv.stripe_invoice_id, []).append(snap)
     stored = await store.stored_snapshots(conn, sorted(by_invoice))
     folds = []
     unmapped: list[tuple[str, str]] = []
     for invoice_id, snaps in sorted(by_invoice.items()):
-        fold = mapping.fold_snapshots(stored.get(invoice_id), [(s.inv, s.version) for s in snaps])
+        fold = snapshots.fold_snapshots(stored.get(invoice_id), [(s.inv, s.version) for s in snaps])
         folds.append(fold)
         for snap, step in zip(snaps, fold.steps, strict=True):
-            _record_step(snap, step)
+            _record_step(batch, snap, step)
             if step.lines_replaced:
                 unmapped.extend((price_id, invoice_id) for price_id in snap.inv.unmapped_price_ids)
         last = snaps[-1].item
-        settle_invoice(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
+        batch.settle_later(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
     await store.write_snapshots(conn, folds)
     await store.note_unmapped(conn, unmapped)
-    for snap in snapshots:
-        if _says_more(snap, billing):
+    for snap in read:
+        if _says_more(snap, batch.policy):
             with snap.item.consuming():
-                await _beyond_the_invoice(snap, billing)
+                await _beyond_the_invoice(batch, snap)
 
 
-def _record_step(snap: Snapshot, step: mapping.SnapshotStep) -> None:
+def _record_step(batch: Batch, snap: Snapshot, step: snapshots.SnapshotStep) -> None:
     inv, event = snap.inv, snap.item.event
     if step.applied:
         verb = "created" if step.created else "updated"
         change = f"{verb} from Stripe status {inv.stripe_status}, total {inv.total} {inv.currency}"
-        history(event, "invoice", inv.stripe_invoice_id, change)
+        batch.record(event, "invoice", inv.stripe_invoice_id, change)
     if step.lines_replaced:
-        problems = mapping.invoice_problems(inv)
+        problems = invoice_mapping.invoice_problems(inv)
         note = f"; does not balance: {'; '.join(problems)}" if problems else ""
-        history(event, "invoice", inv.stripe_invoice_id, f"{len(inv.lines)} lines written{note}")
+        batch.record(event, "invoice", inv.stripe_invoice_id, f"{len(inv.lines)} lines written{note}")
         if problems:
             log.warning("invoice %s: %s", inv.stripe_invoice_id, "; ".join(problems))
 
@@ -141,22 +145,22 @@ def _says_more(snap: Snapshot, billing: BillingSettings) -> bool:
     inv = snap.inv
     return (
         inv.uncollectible
-        or mapping.payment_from_invoice(inv, snap.obj) is not None
+        or payment_mapping.payment_from_invoice(inv, snap.obj) is not None
         or (snap.item.event.type == "invoice.payment_failed" and billing.credit_hold)
     )
 
 
-async def _beyond_the_invoice(snap: Snapshot, billing: BillingSettings) -> None:
+async def _beyond_the_invoice(batch: Batch, snap: Snapshot) -> None:
     """An uncollectible mark, a (legacy) payment, a credit hold: facts of their own."""
     ctx, event, inv = snap.item.ctx, snap.item.event, snap.inv
     if inv.uncollectible:
         await store.note_uncollectible(
             ctx.conn, inv.stripe_invoice_id, notified_on=notified_on(ctx, event), at=inv.uncollectible_at
         )
-    payment = mapping.payment_from_invoice(inv, snap.obj)
+    payment = payment_mapping.payment_from_invoice(inv, snap.obj)
     if payment is not None:
-        await handlers.apply_payment(ctx, event, payment)
-    if event.type == "invoice.payment_failed" and billing.credit_hold:
-        hold = mapping.hold_from_invoice(inv)
+        await handlers.apply_payment(batch, ctx, event, payment)
+    if event.type == "invoice.payment_failed" and batch.policy.credit_hold:
+        hold = holds.hold_from_invoice(inv)
         if hold is not None:
-            await handlers.place_hold(ctx, event, hold)
+            await handlers.place_hold(batch, ctx, event, hold)

@@ -21,18 +21,6 @@ DiscountPosting = Literal["posting", "non_posting"]
 REVENUE_RULES: tuple[RevenueRule, ...] = ("immediate", "ratable_by_day", "by_period")
 DISCOUNT_POSTINGS: tuple[DiscountPosting, ...] = ("posting", "non_posting")
 
-#: Every variable this module reads, with what it means (for operators and the report).
-VARIABLES: dict[str, str] = {
-    "SYNCMESH_BILLING_WRITE_OFF": "true/false (default false): credit-memo unpaid uncollectible invoices",
-    "SYNCMESH_BILLING_CREDIT_HOLD": "true/false (default false): credit hold on a final payment failure",
-    "SYNCMESH_BILLING_CREDIT_HOLD_RELEASE_ON_PAY": "true/false (default true): release when the invoice is paid",
-    "SYNCMESH_BILLING_DISCOUNT_ITEMS": "posting or non_posting (default non_posting)",
-    "SYNCMESH_BILLING_DISCOUNT_ACCOUNT": "revenue account posting discounts use (default 4900 Sales Discounts)",
-    "SYNCMESH_BILLING_DISCOUNT_ITEM": "ERP item of discount lines (default STRIPE-DISCOUNT)",
-    "SYNCMESH_BILLING_REVENUE_RULE": "immediate, ratable_by_day or by_period (default ratable_by_day)",
-    "SYNCMESH_BILLING_DEFAULT_ITEM": "ERP item for prices without a mapping (default STRIPE-UNMAPPED)",
-}
-
 
 @dataclass(frozen=True)
 class BillingSettings:

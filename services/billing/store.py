@@ -1,11 +1,11 @@
-"""All SQL of the billing service.
+"""All SQL of the billing service: reads that return typed records (`records`), and writes.
 
-Order-independence lives here: every record is keyed by the Stripe id of what it represents,
-and every upsert carries a version in its WHERE so an older fact never overwrites a newer one
-(invoices: status rank, then event time, amount paid, attempts and event id as the last,
-deterministic tie-breaker for events of the same second; refunds and credit notes: status rank
-only moves forward). Derived state (amount paid, remaining, ERP status, write-off) is recomputed
-from the stored facts, so it is the same whatever order the facts came in.
+What an invoice's ledger, write-off memo, refund memo and credit holds become is decided in
+`decide` (pure) from what is read here; the store writes the result. Every record is keyed by the
+Stripe id of what it represents, and the upserts of single facts still carry their version in
+the WHERE (invoice snapshots: `snapshots.InvoiceVersion`; payments: source priority; refunds and
+credit notes: the status ranks in `statuses`; holds: cause rank; customers: event time), so an
+older fact never overwrites a newer one, whichever replica writes it.
 
 Writers of one invoice serialise on a transaction-scoped advisory lock keyed by the invoice id,
 so two replicas never recompute the same invoice from half of each other's facts.
@@ -13,15 +13,42 @@ so two replicas never recompute the same invoice from half of each other's facts
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, TypeVar
 
-import asyncpg
-
-from services.billing import mapping
-from services.billing.mapping import ErpCreditNote, ErpInvoice, ErpPayment, ErpRefund, HoldRequest, LedgerState
+from services.billing.decide import RefundMemo, Settlement, WriteOffMemo
+from services.billing.holds import HoldRequest
+from services.billing.invoice_mapping import ErpInvoice, invoice_problems
+from services.billing.ledger import LedgerFacts, LedgerHistory, PaymentFact
+from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
+from services.billing.records import (
+    CreditMemoLineRecord,
+    CreditMemoRecord,
+    HistoryRecord,
+    HistoryRow,
+    HoldRecord,
+    InvoiceLineRecord,
+    InvoiceRecord,
+    PaymentRecord,
+    PaymentWrite,
+    Receivable,
+    ReceivableHistory,
+    RefundRecord,
+    RefundWrite,
+    RevenueEntryRecord,
+    StoredLedger,
+    StoredRefund,
+    UnmappedPriceRecord,
+    column_list,
+    from_row,
+)
+from services.billing.snapshots import SnapshotFold, StoredSnapshot
+from services.billing.stripe_fields import to_date
 from services.common.db import Conn
+
+R = TypeVar("R")
 
 
 async def lock(conn: Conn, key: str) -> None:
@@ -34,9 +61,6 @@ async def lock_many(conn: Conn, keys: Sequence[str]) -> None:
         await conn.execute(
             "SELECT count(pg_advisory_xact_lock(hashtext('billing:' || k))) FROM unnest($1::text[]) AS k", list(keys)
         )
-
-
-HistoryRow = tuple[str, str, str, str, str]
 
 
 async def add_history(conn: Conn, rows: Sequence[HistoryRow]) -> None:
@@ -126,7 +150,7 @@ async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, w
 # -- invoices -----------------------------------------------------------------------------------
 
 
-async def stored_snapshots(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, mapping.StoredSnapshot]:
+async def stored_snapshots(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, StoredSnapshot]:
     """What decides whether new snapshots apply, for many invoices in one round trip.
 
     The caller holds the invoices' advisory locks, so reading first and writing after is safe;
@@ -137,7 +161,7 @@ async def stored_snapshots(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, 
         list(invoice_ids),
     )
     return {
-        r["stripe_invoice_id"]: mapping.StoredSnapshot(
+        r["stripe_invoice_id"]: StoredSnapshot(
             version=(
                 r["status_rank"],
                 r["version_created"],
@@ -152,12 +176,12 @@ async def stored_snapshots(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, 
     }
 
 
-async def write_snapshots(conn: Conn, folds: Sequence[mapping.SnapshotFold]) -> None:
+async def write_snapshots(conn: Conn, folds: Sequence[SnapshotFold]) -> None:
     """Write the net effect of folded snapshots: headers, then lines, a few statements in all."""
     headers = []
     lines_only = []
     for fold in folds:
-        balanced = not mapping.invoice_problems(fold.lines) if fold.lines is not None else None
+        balanced = not invoice_problems(fold.lines) if fold.lines is not None else None
         if fold.header is not None:
             inv, (_, event_created, _, _, event_id) = fold.header
             headers.append(
@@ -334,33 +358,41 @@ async def note_uncollectible(conn: Conn, invoice_id: str, *, notified_on: date, 
     )
 
 
-async def get_invoice(conn: Conn, invoice_id: str) -> asyncpg.Record | None:
+#: An invoice record's columns: the invoice's own, and its ERP customer from `customers`.
+_INVOICE_COLUMNS = ", ".join(("c." if f.name == "erp_customer_id" else "i.") + f.name for f in fields(InvoiceRecord))
+
+
+async def get_invoice(conn: Conn, invoice_id: str) -> InvoiceRecord | None:
     """By Stripe id (in_...) or ERP id (INV-...)."""
-    return await conn.fetchrow(
-        """
-        SELECT i.*, c.erp_customer_id FROM invoices i
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_INVOICE_COLUMNS} FROM invoices i
           LEFT JOIN customers c ON c.stripe_customer_id = i.stripe_customer_id
          WHERE i.stripe_invoice_id = $1 OR i.erp_invoice_id = $1
         """,
         invoice_id,
     )
+    return None if row is None else from_row(InvoiceRecord, row)
 
 
-async def invoice_lines(conn: Conn, invoice_id: str) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch("SELECT * FROM invoice_lines WHERE stripe_invoice_id = $1 ORDER BY line_no", invoice_id)
+async def invoice_lines(conn: Conn, invoice_id: str) -> list[InvoiceLineRecord]:
+    rows = await conn.fetch(
+        f"SELECT {column_list(InvoiceLineRecord)} FROM invoice_lines WHERE stripe_invoice_id = $1 ORDER BY line_no",
+        invoice_id,
     )
+    return [from_row(InvoiceLineRecord, r) for r in rows]
 
 
-async def revenue_entries(conn: Conn, invoice_id: str) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            "SELECT * FROM revenue_schedule WHERE stripe_invoice_id = $1 ORDER BY line_no, period", invoice_id
-        )
+async def revenue_entries(conn: Conn, invoice_id: str) -> list[RevenueEntryRecord]:
+    rows = await conn.fetch(
+        f"SELECT {column_list(RevenueEntryRecord)} FROM revenue_schedule WHERE stripe_invoice_id = $1 "
+        "ORDER BY line_no, period",
+        invoice_id,
     )
+    return [from_row(RevenueEntryRecord, r) for r in rows]
 
 
-#: The payments of invoice `i`, in one stable order, as two parallel arrays (`ledger_facts`).
+#: The payments of invoice `i`, in one stable order, as two parallel arrays (`_ledger_facts`).
 _PAYMENT_FACTS = """
     ARRAY(SELECT amount FROM payments p WHERE p.stripe_invoice_id = i.stripe_invoice_id
            ORDER BY stripe_payment_id) AS payment_amounts,
@@ -368,8 +400,8 @@ _PAYMENT_FACTS = """
            ORDER BY stripe_payment_id) AS payment_times"""
 
 
-async def invoices_with_facts(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
-    """Each invoice row plus every fact its ledger is derived from, in one round trip."""
+async def stored_ledgers(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, StoredLedger]:
+    """Each invoice's stored ledger plus every fact it is derived from, in one round trip."""
     rows = await conn.fetch(
         f"""
         SELECT i.*, {_PAYMENT_FACTS},
@@ -382,44 +414,62 @@ async def invoices_with_facts(conn: Conn, invoice_ids: Sequence[str]) -> dict[st
         """,
         list(invoice_ids),
     )
-    return {r["stripe_invoice_id"]: r for r in rows}
-
-
-async def receivable_histories(conn: Conn, customer: str, as_of: date) -> list[asyncpg.Record]:
-    """The customer's invoices dated by `as_of` with every dated fact of their ledgers, in one
-    round trip (for `mapping.ledger_as_of`)."""
-    return list(
-        await conn.fetch(
-            f"""
-            SELECT i.*, {_PAYMENT_FACTS},
-                   ARRAY(SELECT memo_date FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
-                            AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
-                          ORDER BY memo_key) AS credit_dates,
-                   ARRAY(SELECT amount FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
-                            AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
-                          ORDER BY memo_key) AS credit_amounts,
-                   ARRAY(SELECT ARRAY[memo_date - DATE '1970-01-01', amount, voided_at] FROM credit_memos m
-                          WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
-                            AND applied_to = 'invoice' AND status = 'void' AND voided_at IS NOT NULL
-                          ORDER BY memo_key) AS voided_credits,
-                   EXISTS (SELECT 1 FROM credit_memos w
-                            WHERE w.stripe_invoice_id = i.stripe_invoice_id AND w.kind = 'write_off') AS written_off
-              FROM invoices i
-             WHERE i.stripe_customer_id = $1 AND i.transaction_date <= $2
-               AND i.stripe_status NOT IN ('draft', 'deleted')
-            """,
-            customer,
-            as_of,
+    return {
+        r["stripe_invoice_id"]: StoredLedger(
+            stripe_invoice_id=r["stripe_invoice_id"],
+            erp_invoice_id=r["erp_invoice_id"],
+            stripe_customer_id=r["stripe_customer_id"],
+            currency=r["currency"],
+            total=r["total"],
+            lines_complete=r["lines_complete"],
+            transaction_date=r["transaction_date"],
+            uncollectible_notified_on=r["uncollectible_notified_on"],
+            erp_status=r["erp_status"],
+            amount_paid=r["amount_paid"],
+            unattributed_paid=r["unattributed_paid"],
+            credits_applied=r["credits_applied"],
+            amount_remaining=r["amount_remaining"],
+            has_active_holds=r["has_active_holds"],
+            facts=_ledger_facts(r, write_off_enabled=False, invoice_credits=int(r["credit_note_total"])),
         )
+        for r in rows
+    }
+
+
+async def receivable_histories(conn: Conn, customer: str, as_of: date) -> list[ReceivableHistory]:
+    """The customer's invoices dated by `as_of` with every dated fact of their ledgers, in one
+    round trip (for `ledger.ledger_as_of`)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT i.*, {_PAYMENT_FACTS},
+               ARRAY(SELECT memo_date FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
+                        AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
+                      ORDER BY memo_key) AS credit_dates,
+               ARRAY(SELECT amount FROM credit_memos m WHERE m.stripe_invoice_id = i.stripe_invoice_id
+                        AND kind = 'credit_note' AND applied_to = 'invoice' AND status = 'issued'
+                      ORDER BY memo_key) AS credit_amounts,
+               ARRAY(SELECT ARRAY[memo_date - DATE '1970-01-01', amount, voided_at] FROM credit_memos m
+                      WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
+                        AND applied_to = 'invoice' AND status = 'void' AND voided_at IS NOT NULL
+                      ORDER BY memo_key) AS voided_credits,
+               EXISTS (SELECT 1 FROM credit_memos w
+                        WHERE w.stripe_invoice_id = i.stripe_invoice_id AND w.kind = 'write_off') AS written_off
+          FROM invoices i
+         WHERE i.stripe_customer_id = $1 AND i.transaction_date <= $2
+           AND i.stripe_status NOT IN ('draft', 'deleted')
+        """,
+        customer,
+        as_of,
     )
+    return [ReceivableHistory(r["currency"], r["due_date"], _ledger_history(r)) for r in rows]
 
 
-def ledger_history(row: asyncpg.Record) -> mapping.LedgerHistory:
-    """A `receivable_histories` row as the mapping sees it; an invoice was written off by this
+def _ledger_history(row: Any) -> LedgerHistory:
+    """A `receivable_histories` row as the ledger sees it; an invoice was written off by this
     deployment exactly when it has a write-off memo (whatever the setting says today)."""
     credits = tuple(zip(row["credit_dates"], row["credit_amounts"], strict=True))
-    facts = ledger_facts(row, write_off_enabled=row["written_off"], invoice_credits=sum(a for _, a in credits))
-    return mapping.LedgerHistory(
+    facts = _ledger_facts(row, write_off_enabled=row["written_off"], invoice_credits=sum(a for _, a in credits))
+    return LedgerHistory(
         facts,
         row["transaction_date"],
         credits,
@@ -433,33 +483,23 @@ def ledger_history(row: asyncpg.Record) -> mapping.LedgerHistory:
     )
 
 
-def ledger_facts(
-    row: asyncpg.Record, *, write_off_enabled: bool, invoice_credits: int | None = None
-) -> mapping.LedgerFacts:
-    return mapping.LedgerFacts(
+def _ledger_facts(row: Any, *, write_off_enabled: bool, invoice_credits: int) -> LedgerFacts:
+    return LedgerFacts(
         total=row["total"],
         stripe_status=row["stripe_status"],
         stripe_amount_paid=row["stripe_amount_paid"],
         balance_applied=row["balance_applied"],
-        payments=tuple(
-            mapping.PaymentFact(a, t) for a, t in zip(row["payment_amounts"], row["payment_times"], strict=True)
-        ),
-        invoice_credits=int(row["credit_note_total"]) if invoice_credits is None else invoice_credits,
+        payments=tuple(PaymentFact(a, t) for a, t in zip(row["payment_amounts"], row["payment_times"], strict=True)),
+        invoice_credits=invoice_credits,
         uncollectible_seen=row["uncollectible_seen"],
         uncollectible_at=row["uncollectible_at"],
         write_off_enabled=write_off_enabled,
     )
 
 
-def ledger_unchanged(row: asyncpg.Record, state: LedgerState, status: str) -> bool:
-    stored = (row["amount_paid"], row["unattributed_paid"], row["credits_applied"], row["amount_remaining"])
-    new = (state.amount_paid, state.unattributed_paid, state.credits_applied, state.amount_remaining)
-    return stored == new and row["erp_status"] == status
-
-
-async def save_ledgers(conn: Conn, ledgers: Sequence[tuple[str, LedgerState, str]]) -> None:
-    """(invoice id, derived state, ERP status) for each invoice whose ledger moved."""
-    if ledgers:
+async def save_ledgers(conn: Conn, moved: Sequence[Settlement]) -> None:
+    """The re-derived ledgers of the invoices whose ledger moved, in one statement."""
+    if moved:
         await conn.executemany(
             """
             UPDATE invoices SET amount_paid = $2, unattributed_paid = $3, credits_applied = $4,
@@ -467,81 +507,65 @@ async def save_ledgers(conn: Conn, ledgers: Sequence[tuple[str, LedgerState, str
              WHERE stripe_invoice_id = $1
             """,
             [
-                (invoice_id, s.amount_paid, s.unattributed_paid, s.credits_applied, s.amount_remaining, status)
-                for invoice_id, s, status in ledgers
+                (
+                    m.invoice.stripe_invoice_id,
+                    m.state.amount_paid,
+                    m.state.unattributed_paid,
+                    m.state.credits_applied,
+                    m.state.amount_remaining,
+                    m.status,
+                )
+                for m in moved
             ],
         )
 
 
-@dataclass(frozen=True)
-class MemoChange:
-    memo_key: str
-    erp_credit_memo_id: str
-    kind: str
-    stripe_invoice_id: str | None
-    amount: int
-    currency: str
-    status: str
-
-
-async def sync_write_off(conn: Conn, row: asyncpg.Record, state: LedgerState) -> MemoChange | None:
-    """Create or move the write-off credit memo to match the ledger; None when nothing changed."""
-    if state.write_off == "none":
-        return None
-    status = {"active": "issued", "reversed": "reversed", "void": "void"}[state.write_off]
-    key = f"wo_{row['stripe_invoice_id']}"
-    notified: date = row["uncollectible_notified_on"] or row["transaction_date"]
-    memo = (
-        f"Bad debt write-off of an uncollectible invoice, dated {notified.isoformat()}: the day the mesh was "
-        "notified (Stripe does not record when an invoice was closed or forgiven)"
-    )
-    result = await conn.fetchrow(
+async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[str, str]:
+    """Create or move the write-off credit memos, set-based; the ERP id of each memo that changed
+    (by memo key). A memo already as asked is left alone."""
+    if not memos:
+        return {}
+    ordered = sorted(memos, key=lambda m: m.memo_key)  # in key order, so concurrent batches cannot deadlock
+    rows = await conn.fetch(
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
                                   memo_date, status, applied_to, reason, memo)
-        VALUES ($1, 'write_off', $2, $3, $4, $5, $6, $7, 'invoice', 'uncollectible', $8)
+        SELECT t.memo_key, 'write_off', t.invoice_id, t.customer_id, t.amount, t.currency, t.memo_date, t.status,
+               'invoice', 'uncollectible', t.memo
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::date[], $7::text[],
+                      $8::text[]) AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, memo)
         ON CONFLICT (memo_key) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status,
                memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, updated_at = now()
          WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date)
                IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date)
-        RETURNING erp_credit_memo_id
+        RETURNING memo_key, erp_credit_memo_id
         """,
-        key,
-        row["stripe_invoice_id"],
-        row["stripe_customer_id"],
-        state.write_off_amount,
-        row["currency"],
-        notified,
-        status,
-        memo,
+        [m.memo_key for m in ordered],
+        [m.stripe_invoice_id for m in ordered],
+        [m.stripe_customer_id for m in ordered],
+        [m.amount for m in ordered],
+        [m.currency for m in ordered],
+        [m.memo_date for m in ordered],
+        [m.status for m in ordered],
+        [m.memo for m in ordered],
     )
-    if result is None:
-        return None
-    await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = $1", key)
-    await conn.execute(
-        "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
-        "VALUES ($1, 1, $2, 1, $3, $3, 'write_off')",
-        key,
-        f"Write-off of invoice {row['stripe_invoice_id']} (receivable and income reversed)",
-        state.write_off_amount,
-    )
-    return MemoChange(
-        key,
-        result["erp_credit_memo_id"],
-        "write_off",
-        row["stripe_invoice_id"],
-        state.write_off_amount,
-        row["currency"],
-        status,
-    )
+    changed = {r["memo_key"]: str(r["erp_credit_memo_id"]) for r in rows}
+    if changed:
+        await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = ANY($1::text[])", sorted(changed))
+        await conn.executemany(
+            "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
+            "VALUES ($1, 1, $2, 1, $3, $3, 'write_off')",
+            [(m.memo_key, m.line_description, m.amount) for m in ordered if m.memo_key in changed],
+        )
+    return changed
 
 
 # -- payments -----------------------------------------------------------------------------------
 
 
-async def upsert_payment(conn: Conn, p: ErpPayment) -> asyncpg.Record | None:
-    """Insert the payment, or improve it from a better source; the row when something changed."""
-    return await conn.fetchrow(
+async def upsert_payment(conn: Conn, p: ErpPayment) -> PaymentWrite | None:
+    """Insert the payment, or improve it from a better source; what changed, None when nothing."""
+    row = await conn.fetchrow(
         """
         INSERT INTO payments (stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
             payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority)
@@ -554,7 +578,7 @@ async def upsert_payment(conn: Conn, p: ErpPayment) -> asyncpg.Record | None:
             amount = EXCLUDED.amount, paid_at = EXCLUDED.paid_at, paid_on = EXCLUDED.paid_on,
             method = EXCLUDED.method, source = EXCLUDED.source, priority = EXCLUDED.priority
         WHERE EXCLUDED.priority > payments.priority
-        RETURNING *, (xmax = 0) AS inserted
+        RETURNING erp_payment_id, (xmax = 0) AS inserted
         """,
         p.stripe_payment_id,
         p.stripe_invoice_id,
@@ -564,11 +588,12 @@ async def upsert_payment(conn: Conn, p: ErpPayment) -> asyncpg.Record | None:
         p.amount,
         p.currency,
         p.paid_at,
-        mapping.to_date(p.paid_at),
+        to_date(p.paid_at),
         p.method,
         p.source,
         p.priority,
     )
+    return None if row is None else from_row(PaymentWrite, row)
 
 
 async def invoice_for_payment(conn: Conn, charge_id: str | None, payment_intent_id: str | None) -> str | None:
@@ -610,8 +635,9 @@ async def link_refunds(conn: Conn, p: ErpPayment) -> list[str]:
 # -- refunds and credit notes -------------------------------------------------------------------
 
 
-async def upsert_refund(conn: Conn, r: ErpRefund) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def upsert_refund(conn: Conn, r: ErpRefund) -> RefundWrite | None:
+    """Insert the refund, or move its status forward and fill what it lacked; None when unchanged."""
+    row = await conn.fetchrow(
         """
         INSERT INTO refunds (stripe_refund_id, charge_id, payment_intent_id, stripe_invoice_id, stripe_customer_id,
             amount, currency, status, status_rank, stripe_created, refunded_on, reason)
@@ -629,7 +655,7 @@ async def upsert_refund(conn: Conn, r: ErpRefund) -> asyncpg.Record | None:
            OR (refunds.stripe_customer_id IS NULL AND EXCLUDED.stripe_customer_id IS NOT NULL)
            OR (refunds.charge_id IS NULL AND EXCLUDED.charge_id IS NOT NULL)
            OR (refunds.payment_intent_id IS NULL AND EXCLUDED.payment_intent_id IS NOT NULL)
-        RETURNING *, (xmax = 0) AS inserted
+        RETURNING erp_refund_id, (xmax = 0) AS inserted, status, stripe_invoice_id
         """,
         r.stripe_refund_id,
         r.charge_id,
@@ -641,29 +667,30 @@ async def upsert_refund(conn: Conn, r: ErpRefund) -> asyncpg.Record | None:
         r.status,
         r.status_rank,
         r.created,
-        mapping.to_date(r.created),
+        to_date(r.created),
         r.reason,
     )
+    return None if row is None else from_row(RefundWrite, row)
 
 
-async def sync_refund_memo(conn: Conn, refund_id: str) -> MemoChange | None:
-    """The refund's credit memo, with the status its facts imply: void when the refund failed,
-    superseded when a credit note already carries it, issued otherwise."""
-    r = await conn.fetchrow("SELECT * FROM refunds WHERE stripe_refund_id = $1", refund_id)
-    if r is None:
-        return None
-    covered = await conn.fetchval("SELECT true FROM credit_note_refunds WHERE refund_id = $1 LIMIT 1", refund_id)
-    if r["status"] in ("failed", "canceled"):
-        status = "void"
-    elif covered:
-        status = "superseded"
-    else:
-        status = "issued"
-    customer = r["stripe_customer_id"]
-    if customer is None and r["stripe_invoice_id"] is not None:
-        customer = await conn.fetchval(
-            "SELECT stripe_customer_id FROM invoices WHERE stripe_invoice_id = $1", r["stripe_invoice_id"]
-        )
+async def stored_refund(conn: Conn, refund_id: str) -> StoredRefund | None:
+    """The refund with what decides its credit memo (`decide.refund_memo`), in one round trip."""
+    row = await conn.fetchrow(
+        """
+        SELECT r.stripe_refund_id, r.stripe_invoice_id, r.amount, r.currency, r.refunded_on, r.status, r.reason,
+               COALESCE(r.stripe_customer_id,
+                        (SELECT i.stripe_customer_id FROM invoices i
+                          WHERE i.stripe_invoice_id = r.stripe_invoice_id)) AS stripe_customer_id,
+               EXISTS (SELECT 1 FROM credit_note_refunds l WHERE l.refund_id = r.stripe_refund_id) AS covered
+          FROM refunds r WHERE r.stripe_refund_id = $1
+        """,
+        refund_id,
+    )
+    return None if row is None else from_row(StoredRefund, row)
+
+
+async def write_refund_memo(conn: Conn, memo: RefundMemo) -> str | None:
+    """Create or move the refund's credit memo; its ERP id when it changed, None when not."""
     row = await conn.fetchrow(
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
@@ -679,15 +706,15 @@ async def sync_refund_memo(conn: Conn, refund_id: str) -> MemoChange | None:
                                  COALESCE(EXCLUDED.stripe_customer_id, credit_memos.stripe_customer_id))
         RETURNING erp_credit_memo_id, (xmax = 0) AS inserted
         """,
-        refund_id,
-        r["stripe_invoice_id"],
-        customer,
-        r["amount"],
-        r["currency"],
-        r["refunded_on"],
-        status,
-        r["reason"],
-        f"Refund {refund_id}, settled by its customer refund",
+        memo.memo_key,
+        memo.stripe_invoice_id,
+        memo.stripe_customer_id,
+        memo.amount,
+        memo.currency,
+        memo.memo_date,
+        memo.status,
+        memo.reason,
+        memo.memo,
     )
     if row is None:
         return None
@@ -695,16 +722,15 @@ async def sync_refund_memo(conn: Conn, refund_id: str) -> MemoChange | None:
         await conn.execute(
             "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
             "VALUES ($1, 1, $2, 1, $3, $3, 'refund')",
-            refund_id,
-            f"Refund {refund_id}",
-            r["amount"],
+            memo.memo_key,
+            memo.line_description,
+            memo.amount,
         )
-    return MemoChange(
-        refund_id, row["erp_credit_memo_id"], "refund", r["stripe_invoice_id"], r["amount"], r["currency"], status
-    )
+    return str(row["erp_credit_memo_id"])
 
 
-async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> MemoChange | None:
+async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> str | None:
+    """Store the credit note as a credit memo (a newer version only); its ERP id when it changed."""
     row = await conn.fetchrow(
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, number, amount, currency,
@@ -763,15 +789,7 @@ async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> MemoChange | None
             for line in cn.lines
         ],
     )
-    return MemoChange(
-        cn.stripe_credit_note_id,
-        row["erp_credit_memo_id"],
-        "credit_note",
-        cn.stripe_invoice_id,
-        cn.amount,
-        cn.currency,
-        cn.status,
-    )
+    return str(row["erp_credit_memo_id"])
 
 
 # -- credit holds -------------------------------------------------------------------------------
@@ -795,15 +813,26 @@ async def place_hold(conn: Conn, hold: HoldRequest) -> bool | None:
     return None if row is None else bool(row["inserted"])
 
 
-async def release_holds(conn: Conn, invoice_id: str, reason: str) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            "UPDATE credit_holds SET released_at = now(), release_reason = $2 "
-            "WHERE stripe_invoice_id = $1 AND released_at IS NULL RETURNING *",
-            invoice_id,
-            reason,
-        )
+async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, list[str]]:
+    """Release the active holds of these invoices (invoice id -> reason), in one statement;
+    returns the customers released, by invoice."""
+    if not reasons:
+        return {}
+    invoice_ids = sorted(reasons)
+    rows = await conn.fetch(
+        """
+        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason
+          FROM unnest($1::text[], $2::text[]) AS t(invoice_id, reason)
+         WHERE h.stripe_invoice_id = t.invoice_id AND h.released_at IS NULL
+        RETURNING h.stripe_invoice_id, h.stripe_customer_id
+        """,
+        invoice_ids,
+        [reasons[i] for i in invoice_ids],
     )
+    released: dict[str, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (r["stripe_invoice_id"], r["stripe_customer_id"])):
+        released.setdefault(r["stripe_invoice_id"], []).append(r["stripe_customer_id"])
+    return released
 
 
 async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
@@ -840,11 +869,12 @@ async def list_invoices(
     to_date: date | None,
     after: tuple[date, str] | None,
     limit: int,
-) -> list[asyncpg.Record]:
-    return list(
+) -> list[InvoiceRecord]:
+    return _all(
+        InvoiceRecord,
         await conn.fetch(
-            """
-            SELECT i.*, c.erp_customer_id FROM invoices i
+            f"""
+            SELECT {_INVOICE_COLUMNS} FROM invoices i
               LEFT JOIN customers c ON c.stripe_customer_id = i.stripe_customer_id
              WHERE ($1::text IS NULL OR i.stripe_customer_id = $1)
                AND ($2::text IS NULL OR i.erp_status = $2)
@@ -861,14 +891,15 @@ async def list_invoices(
             after[0] if after else None,
             after[1] if after else "",
             limit,
-        )
+        ),
     )
 
 
 async def list_payments(
     conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[int, str] | None, limit: int
-) -> list[asyncpg.Record]:
-    return list(
+) -> list[PaymentRecord]:
+    return _all(
+        PaymentRecord,
         await conn.fetch(
             """
             SELECT p.*, i.erp_invoice_id, COALESCE(p.stripe_customer_id, i.stripe_customer_id) AS customer
@@ -884,14 +915,15 @@ async def list_payments(
             after[0] if after else None,
             after[1] if after else "",
             limit,
-        )
+        ),
     )
 
 
 async def list_credit_memos(
     conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[date, str] | None, limit: int
-) -> list[asyncpg.Record]:
-    return list(
+) -> list[CreditMemoRecord]:
+    return _all(
+        CreditMemoRecord,
         await conn.fetch(
             """
             SELECT m.*, i.erp_invoice_id, COALESCE(m.stripe_customer_id, i.stripe_customer_id) AS customer
@@ -907,24 +939,25 @@ async def list_credit_memos(
             after[0] if after else None,
             after[1] if after else "",
             limit,
-        )
+        ),
     )
 
 
-async def memo_lines(conn: Conn, memo_keys: Sequence[str]) -> dict[str, list[asyncpg.Record]]:
+async def memo_lines(conn: Conn, memo_keys: Sequence[str]) -> dict[str, list[CreditMemoLineRecord]]:
     rows = await conn.fetch(
         "SELECT * FROM credit_memo_lines WHERE memo_key = ANY($1::text[]) ORDER BY memo_key, line_no", list(memo_keys)
     )
-    out: dict[str, list[asyncpg.Record]] = {}
+    out: dict[str, list[CreditMemoLineRecord]] = {}
     for row in rows:
-        out.setdefault(row["memo_key"], []).append(row)
+        out.setdefault(row["memo_key"], []).append(from_row(CreditMemoLineRecord, row))
     return out
 
 
 async def list_refunds(
     conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[int, str] | None, limit: int
-) -> list[asyncpg.Record]:
-    return list(
+) -> list[RefundRecord]:
+    return _all(
+        RefundRecord,
         await conn.fetch(
             """
             SELECT r.*, i.erp_invoice_id, COALESCE(r.stripe_customer_id, i.stripe_customer_id) AS customer,
@@ -947,12 +980,13 @@ async def list_refunds(
             after[0] if after else None,
             after[1] if after else "",
             limit,
-        )
+        ),
     )
 
 
-async def open_receivables(conn: Conn, customer: str) -> list[asyncpg.Record]:
-    return list(
+async def open_receivables(conn: Conn, customer: str) -> list[Receivable]:
+    return _all(
+        Receivable,
         await conn.fetch(
             """
             SELECT currency, due_date, amount_remaining FROM invoices
@@ -960,14 +994,15 @@ async def open_receivables(conn: Conn, customer: str) -> list[asyncpg.Record]:
                AND stripe_status NOT IN ('draft', 'void', 'deleted') AND amount_remaining > 0
             """,
             customer,
-        )
+        ),
     )
 
 
 async def list_holds(
     conn: Conn, *, customer: str | None, active_only: bool, after: tuple[datetime, str, str] | None, limit: int
-) -> list[asyncpg.Record]:
-    return list(
+) -> list[HoldRecord]:
+    return _all(
+        HoldRecord,
         await conn.fetch(
             """
             SELECT * FROM credit_holds
@@ -983,18 +1018,19 @@ async def list_holds(
             after[1] if after else "",
             after[2] if after else "",
             limit,
-        )
+        ),
     )
 
 
-async def list_unmapped(conn: Conn, *, after: str | None, limit: int) -> list[asyncpg.Record]:
-    return list(
+async def list_unmapped(conn: Conn, *, after: str | None, limit: int) -> list[UnmappedPriceRecord]:
+    return _all(
+        UnmappedPriceRecord,
         await conn.fetch(
             "SELECT * FROM unmapped_prices WHERE ($1::text IS NULL OR stripe_price_id > $1) "
             "ORDER BY stripe_price_id LIMIT $2",
             after,
             limit,
-        )
+        ),
     )
 
 
@@ -1012,5 +1048,11 @@ async def resolve_record_id(conn: Conn, record_id: str) -> str:
     return record_id
 
 
-async def history(conn: Conn, record_id: str) -> list[asyncpg.Record]:
-    return list(await conn.fetch("SELECT * FROM record_history WHERE record_id = $1 ORDER BY id", record_id))
+async def history(conn: Conn, record_id: str) -> list[HistoryRecord]:
+    return _all(
+        HistoryRecord, await conn.fetch("SELECT * FROM record_history WHERE record_id = $1 ORDER BY id", record_id)
+    )
+
+
+def _all(cls: type[R], rows: Iterable[Any]) -> list[R]:
+    return [from_row(cls, row) for row in rows]

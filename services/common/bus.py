@@ -124,9 +124,6 @@ class Bus:
     async def _on_reconnected(self) -> None:
         log.info("reconnected to NATS")
 
-    async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
-
     async def wait_ready(self, timeout: float) -> None:
         """Wait until connected and the streams exist."""
         loop = asyncio.get_running_loop()

@@ -28,9 +28,11 @@ Ack policy: every message ends with one `Outcome`, and `ACK_POLICY` alone maps i
                                         processed_events)
     duplicate             ACK           ack (already applied, by an earlier delivery or batch
                                         mate)
-    failed-retryable      RETRY         nak with backoff; dead-lettered once delivered
-                                        `max_deliver` times
-    database-unavailable  RETRY         nak with backoff, as above (the batch did not commit)
+    failed-retryable      RETRY         nak with backoff; dead-lettered once its applier has
+                                        failed on it `max_deliver` times
+    database-unavailable  WAIT          nak; the loop fetches nothing more until PostgreSQL
+                                        answers again (the batch did not commit)
+    dependency-unavailable WAIT         nak with backoff (the applier could not reach Stripe)
     failed-permanent      DEAD_LETTER   published to `dlq.<service>`, then ack
     undecodable           DEAD_LETTER   published to `dlq.<service>`, then ack
 
@@ -40,9 +42,17 @@ Guarantees the table relies on:
 - A failed message is not run twice in one pass (step 2).
 - A dead letter carries the reason, attempts and original headers; if its publish fails the
   message is nak'd with backoff: never dropped.
-- If the transaction cannot commit (database gone), every message of the batch is nak'd with
-  backoff (a permanent failure among them is still dead-lettered), and the loop goes on
-  fetching once the database is back.
+- An outage is not a poison message. Attempts are counted in `delivery_failures` (in the
+  service's schema, with the writes of the pass that found the failure), and only when the
+  applier itself failed on the message: JetStream's delivery count also grows while PostgreSQL
+  or Stripe is unreachable, so it decides nothing. A message waits out an outage however long it
+  lasts, and is dead-lettered only for what its applier did.
+- If the transaction cannot commit because PostgreSQL is unreachable (`db.UNREACHABLE`: gone,
+  shutting down, a failover in progress), every message of the batch is nak'd (a permanent
+  failure among them is still dead-lettered), and the loop fetches nothing more until the
+  database answers again, so an outage costs no fetches, no log lines per message and no
+  attempts. Any other error at COMMIT (a deferred constraint, say) is the batch's fault and
+  counts as a failed attempt of its messages.
 
 A crash anywhere before COMMIT leaves nothing written and the messages unacked: JetStream
 redelivers them after `ack_wait`. A crash after COMMIT but before the ack redelivers them too,
@@ -82,10 +92,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
-from services.common import outbox
+from services.common import db, outbox
 from services.common.bus import DLQ_STREAM, STRIPE_STREAM, Bus
 from services.common.db import Conn
-from services.common.errors import EventError, PermanentError, PublishError
+from services.common.errors import EventError, PermanentError, PublishError, UnavailableError
 from services.common.events import StripeEvent, check_mode, from_envelope
 from services.common.logs import current_event_id
 from services.common.settings import Settings
@@ -97,12 +107,7 @@ _tracer = trace.get_tracer(__name__)
 
 #: What a batch that could not reach or commit to PostgreSQL raises to its caller: the whole
 #: batch is then database-unavailable (the connection is gone, nothing was written).
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    TimeoutError,
-)
+DATABASE_ERRORS: tuple[type[Exception], ...] = db.UNAVAILABLE
 
 
 @dataclass
@@ -182,6 +187,7 @@ class Outcome(enum.Enum):
     FAILED_PERMANENT = "failed-permanent"
     UNDECODABLE = "undecodable"
     DATABASE_UNAVAILABLE = "database-unavailable"
+    DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
 
 
 class Verdict(enum.Enum):
@@ -190,6 +196,8 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     #: published to `dlq.<service>` with the reason, then acked; nak'd if that publish fails.
     DEAD_LETTER = "dead-letter"
+    #: nak'd, never dead-lettered: a dependency is down, not the message wrong.
+    WAIT = "wait"
 
 
 #: The ack policy, whole (see the module docstring).
@@ -198,7 +206,8 @@ ACK_POLICY: Mapping[Outcome, Verdict] = {
     Outcome.DUPLICATE: Verdict.ACK,
     Outcome.SKIPPED: Verdict.ACK,
     Outcome.FAILED_RETRYABLE: Verdict.RETRY,
-    Outcome.DATABASE_UNAVAILABLE: Verdict.RETRY,
+    Outcome.DATABASE_UNAVAILABLE: Verdict.WAIT,
+    Outcome.DEPENDENCY_UNAVAILABLE: Verdict.WAIT,
     Outcome.FAILED_PERMANENT: Verdict.DEAD_LETTER,
     Outcome.UNDECODABLE: Verdict.DEAD_LETTER,
 }
@@ -215,6 +224,9 @@ class Received:
     outcome: Outcome | None = None
     #: Why, for a failure: the error, or the dead-letter reason.
     detail: str = ""
+    #: For a failed-retryable message: how many times its applier has failed on it, this time
+    #: included (from `delivery_failures`); 0 where that count could not be kept (dry run).
+    failures: int = 0
 
 
 @dataclass
@@ -285,11 +297,14 @@ class BatchRunner:
     marks the batch `database_unavailable`.
     """
 
-    def __init__(self, *, service: str, settings: Settings, apply: BatchApplier) -> None:
+    def __init__(self, *, service: str, settings: Settings, apply: BatchApplier, count_failures: bool = False) -> None:
         self.service = service
         self.settings = settings
         self.apply = apply
         self.dry_run = settings.dry_run
+        #: Keep each failed message's count in `delivery_failures` (the live consumer does;
+        #: replay reports its failures instead, and a dry run writes nothing).
+        self.count_failures = count_failures and not settings.dry_run
         self.handled = 0
         self.duplicates = 0
 
@@ -309,6 +324,7 @@ class BatchRunner:
         if failed.delivery is not None:
             failures[failed.delivery.event.id] = failed.error
         async with conn.transaction():
+            isolated: list[Delivery] = []
             for d in deliveries:
                 error = failures.get(d.event.id)
                 if error is None:
@@ -317,6 +333,10 @@ class BatchRunner:
                         continue
                     error = failures[d.event.id] = alone.error
                 _record_failure(d, error)
+                isolated.append(d)
+            if self.count_failures:
+                retryable = [d for d in isolated if d.received.outcome is Outcome.FAILED_RETRYABLE]
+                await _count_failures(conn, retryable)
 
     async def _together(self, conn: Conn, work: Sequence[Delivery]) -> _Failure | None:
         """`work` in one transaction (a savepoint when nested); on a failure nothing is written,
@@ -366,9 +386,9 @@ class BatchRunner:
                     raise _DryRunRollback
         except _DryRunRollback:
             pass
-        except (OSError, asyncpg.InterfaceError):
-            raise  # the connection is gone: the whole batch fails and is redelivered
         except Exception as exc:
+            if db.unreachable(exc):
+                raise  # the database is gone, not the message wrong: the whole batch waits for it
             return _Failure(culprit, exc)
         for d, i in zip(fresh_work, items, strict=True):
             d.received.outcome = Outcome.SKIPPED if i.ctx.skipped_reason else Outcome.APPLIED
@@ -438,7 +458,7 @@ class Consumer:
         self.service = service
         self.bus = bus
         self.pool = pool
-        self.runner = BatchRunner(service=service, settings=settings, apply=apply)
+        self.runner = BatchRunner(service=service, settings=settings, apply=apply, count_failures=True)
         self.fetch_ahead = fetch_ahead
         self.subjects = subjects
         self.settings = settings
@@ -502,9 +522,20 @@ class Consumer:
                     await self._apply_batch(batch)
                 finally:
                     self._idle.set()
+                if any(r.outcome is Outcome.DATABASE_UNAVAILABLE for r in batch.received):
+                    await self._until_the_database_answers()
         finally:
             if ahead is not None:
                 await self._give_back(ahead)
+
+    async def _until_the_database_answers(self) -> None:
+        """Fetch nothing while PostgreSQL is unreachable: every message fetched meanwhile could only
+        be nak'd again. Polled with backoff (0.2 s to 2 s), so the loop resumes within about two
+        seconds of the database's return, a failover's promotion included."""
+        delay = 0.2
+        while not self._stopping.is_set() and not await db.ping(self.pool):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _next_batch(self, psub: Any) -> Batch | None:
         try:
@@ -549,8 +580,18 @@ class Consumer:
                 async with self.pool.acquire() as conn:
                     await self.runner.run(conn, batch.deliveries)
             except DATABASE_ERRORS as exc:
-                log.warning("batch of %d not committed (%s); will be redelivered", len(batch.received), exc)
-                database_unavailable(batch.deliveries, exc)
+                if db.unreachable(exc):
+                    log.warning(
+                        "batch of %d not committed, PostgreSQL unreachable (%s); waiting for it",
+                        len(batch.received),
+                        exc,
+                    )
+                    database_unavailable(batch.deliveries, exc)
+                else:
+                    log.warning("batch of %d not committed (%s); will be retried", len(batch.received), exc)
+                    for d in batch.deliveries:
+                        if d.received.outcome not in (Outcome.FAILED_PERMANENT, Outcome.FAILED_RETRYABLE):
+                            _record_failure(d, exc)
             else:
                 if self.on_commit is not None:
                     self.on_commit()
@@ -565,11 +606,18 @@ class Consumer:
             return
         attempts = _attempts(msg)
         reason = r.detail
+        if verdict is Verdict.WAIT:
+            # PostgreSQL down: the loop itself waits for it, so the message may come back at
+            # once; Stripe down: back off as for a failure, without counting one.
+            delay = 0.5 if r.outcome is Outcome.DATABASE_UNAVAILABLE else backoff_seconds(attempts)
+            await _quietly(msg.nak(delay=delay))
+            return
         if verdict is Verdict.RETRY:
-            if attempts < self.settings.max_deliver:
-                await _quietly(msg.nak(delay=backoff_seconds(attempts)))
+            failures = r.failures or attempts
+            if failures < self.settings.max_deliver:
+                await _quietly(msg.nak(delay=backoff_seconds(failures)))
                 return
-            reason = f"gave up after {attempts} attempts: {r.detail}"
+            reason = f"gave up after {failures} failed attempts: {r.detail}"
         try:
             await self.dead_letter(msg, reason, attempts)
         except PublishError as exc:
@@ -578,6 +626,10 @@ class Consumer:
             return
         self.dead_lettered += 1
         await _quietly(msg.ack())
+        if verdict is Verdict.RETRY and r.failures:
+            # A redrive after a fix starts counting afresh; if this is lost, it starts at the limit.
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await self.pool.execute("DELETE FROM delivery_failures WHERE event_id = $1", _event_id(msg))
 
     async def dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
         now = Timestamp()
@@ -608,8 +660,31 @@ def _record_failure(d: Delivery, exc: Exception) -> None:
     if isinstance(exc, PermanentError):
         r.outcome, r.detail = Outcome.FAILED_PERMANENT, f"permanent: {exc}"
         return
+    if isinstance(exc, UnavailableError):
+        r.outcome, r.detail = Outcome.DEPENDENCY_UNAVAILABLE, f"unavailable: {exc}"
+        log.warning("a dependency is unavailable for %s: %s", d.event.type, exc)
+        return
     r.outcome, r.detail = Outcome.FAILED_RETRYABLE, f"{type(exc).__name__}: {exc}"
     log.warning("applier failed for %s: %s", d.event.type, r.detail)
+
+
+async def _count_failures(conn: Conn, failed: Sequence[Delivery]) -> None:
+    """One more failed attempt for each message whose applier failed on it (sorted by id, so
+    replicas lock rows in one order); each message learns its count."""
+    if not failed:
+        return
+    rows = sorted({d.event.id: d.received.detail[:2000] for d in failed}.items())
+    counts = await conn.fetch(
+        "INSERT INTO delivery_failures (event_id, failures, last_error) "
+        "SELECT id, 1, error FROM unnest($1::text[], $2::text[]) AS f(id, error) "
+        "ON CONFLICT (event_id) DO UPDATE SET failures = delivery_failures.failures + 1, "
+        "last_error = EXCLUDED.last_error, last_failed_at = now() RETURNING event_id, failures",
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+    )
+    by_id = {r["event_id"]: int(r["failures"]) for r in counts}
+    for d in failed:
+        d.received.failures = by_id.get(d.event.id, 0)
 
 
 async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:
@@ -628,6 +703,10 @@ async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:
         [r[2] for r in rows],
     )
     return {r["event_id"] for r in claimed}
+
+
+def _event_id(msg: Msg) -> str:
+    return str((msg.headers or {}).get("Nats-Msg-Id", ""))
 
 
 def _attempts(msg: Msg) -> int:

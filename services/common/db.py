@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+#: The runtime's own tables in every service's schema (its migrations above): not the service's
+#: records, so tools that compare a service's records (replay) leave them out.
+RUNTIME_TABLES = ("processed_events", "outbox", "delivery_failures", "schema_migrations")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -145,12 +148,38 @@ async def migrate(pool: asyncpg.Pool, schema: str, sources: Iterable[tuple[str, 
     return applied_now
 
 
+#: What PostgreSQL being unreachable looks like to a client: no connection, a connection lost,
+#: a server shutting down or starting up, only a standby to be found (a failover in progress, with
+#: `target_session_attrs=read-write`), or a standby that refuses writes. An error of this kind
+#: says nothing about the statement or the event, only that the database is not there to take it.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+)
+
+
+#: Unreachable, or refusing: what a loop that waits for the database rides out.
+UNAVAILABLE: tuple[type[Exception], ...] = (*UNREACHABLE, asyncpg.PostgresError)
+
+
+def unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, UNREACHABLE)
+
+
 async def ping(pool: asyncpg.Pool, timeout: float = 1.0) -> bool:
     try:
         async with pool.acquire(timeout=timeout) as conn:
             await conn.fetchval("SELECT 1", timeout=timeout)
         return True
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except UNAVAILABLE:
         return False
 
 

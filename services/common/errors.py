@@ -8,7 +8,10 @@
     │   └── WrongModeError       livemode does not match SYNCMESH_MODE (HTTP 400)
     ├── PublishError             JetStream did not ack in time; the sender must retry (HTTP 503)
     ├── HandlerError             raised by a service while handling an event
-    │   ├── RetryableError       a dependency is briefly unavailable: nak, retry with backoff
+    │   ├── RetryableError       worth another try: nak, retry with backoff, dead-letter after
+    │   │   │                    SYNCMESH_MAX_DELIVER failed attempts
+    │   │   └── UnavailableError a dependency (Stripe) cannot be reached: retried for as long as
+    │   │                        the outage lasts, never dead-lettered for it
     │   └── PermanentError       retrying cannot help: dead-letter at once with the reason
     ├── ValidationError          a request argument is wrong (gRPC INVALID_ARGUMENT naming `field`)
     ├── NotFoundError            the record asked for does not exist (gRPC NOT_FOUND)
@@ -57,6 +60,11 @@ class HandlerError(SyncMeshError):
 
 class RetryableError(HandlerError):
     pass
+
+
+class UnavailableError(RetryableError):
+    """A dependency is down, not the event wrong: an outage must never use up a message's attempts,
+    however long it lasts (PostgreSQL's own outages are recognised by the runtime itself)."""
 
 
 class PermanentError(HandlerError):

@@ -31,8 +31,6 @@ _TWENTY_DIGITS = b"9" * 20
 #: `created` beyond it is no date at all, and would fail the envelope or the ledger later.
 MAX_TIMESTAMP = 253_402_300_799
 
-Source = int  # one of envelope_pb2.EventSource values
-
 
 @dataclass(frozen=True)
 class StripeEvent:

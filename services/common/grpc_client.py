@@ -9,6 +9,7 @@ identity; one helper keeps the tools from each opening plaintext channels of the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -16,8 +17,14 @@ from services.common.errors import SettingsError
 from services.common.settings import Settings
 
 
-def default_target(settings: Settings, deployable: str) -> str:
-    return f"127.0.0.1:{settings.port(deployable)}"
+class Listening(Protocol):
+    """A deployable that knows its own port (a `Deployable` or a `ServiceDefinition`)."""
+
+    def port(self, settings: Settings) -> int: ...
+
+
+def default_target(settings: Settings, deployable: Listening) -> str:
+    return f"127.0.0.1:{deployable.port(settings)}"
 
 
 def client_credentials(settings: Settings) -> grpc.ChannelCredentials | None:

@@ -26,11 +26,14 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.bus import Bus
-from services.common.db import Conn
+from services.common.db import UNAVAILABLE, Conn
 from services.common.errors import PublishError
 from services.common.tracing import inject_headers
 
 log = logging.getLogger(__name__)
+
+#: What pauses the relay rather than stopping it: NATS or PostgreSQL not there for a while.
+_RELAY_PAUSES: tuple[type[Exception], ...] = (PublishError, *UNAVAILABLE)
 
 #: How long published rows are kept (for audits and `syncmesh` debugging) before pruning.
 KEEP_PUBLISHED = timedelta(days=7)
@@ -189,7 +192,7 @@ class OutboxRelay:
                 if loop.time() - last_prune > 3600:
                     await self._prune()
                     last_prune = loop.time()
-            except (PublishError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _RELAY_PAUSES as exc:
                 log.warning("outbox relay paused: %s", exc)
                 await asyncio.sleep(self.poll_seconds)
 

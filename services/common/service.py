@@ -1,8 +1,9 @@
 """Running a service: the wiring every service shares, so none of them copies it.
 
 A service is described by a `ServiceDefinition` (its schema, migrations, the Stripe event
-subjects it consumes, its batch applier and its gRPC registration). `ServiceRuntime` turns that into
-a process:
+subjects it consumes, its batch applier and its gRPC registration, and what the tools around
+it read: its port, required settings, CLI commands, demo report and verify checks; the list of
+services is `services/registry.py`). `ServiceRuntime` turns that into a process:
 
     start:  gRPC server up at once (health NOT_SERVING), so probes get an answer
             -> NATS connection and streams (retried in the background)
@@ -36,6 +37,7 @@ import stripe
 from services.common import db
 from services.common.bus import Bus
 from services.common.consumer import BatchApplier, Consumer
+from services.common.deployable import SERVICE_SETTINGS, Deployable
 from services.common.errors import SettingsError, UpstreamError
 from services.common.grpc_server import GrpcServer, start_grpc_server
 from services.common.logs import setup_logging
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServiceDefinition:
-    #: Deployable name: customer, billing or crm-export (also the port and durable name).
+    #: Deployable name as `syncmesh serve NAME` takes it (also the durable consumer's name and,
+    #: as `SYNCMESH_<NAME>_PORT`, the port variable); its package is `services.<name with _>`.
     name: str
     #: PostgreSQL schema the service owns.
     schema: str
@@ -70,12 +73,37 @@ class ServiceDefinition:
     #: Extra long-running tasks (none by default).
     background: Callable[[ServiceRuntime], list[Coroutine[Any, Any, None]]] = field(default=lambda _rt: [])
 
+    # -- what the launcher, operator tools, Kubernetes checks and benchmark read (the roster) --
+    #: gRPC port unless `SYNCMESH_<NAME>_PORT` says otherwise; 0 lets the OS pick (test toys).
+    default_port: int = 0
+    #: Variables the service cannot start without (checked at start-up and against k8s/).
+    required_settings: tuple[str, ...] = SERVICE_SETTINGS
+    #: Module adding `syncmesh` subcommands: `register(subparsers, groups)`; named, not imported,
+    #: so a service process never loads its operator commands.
+    cli: str | None = None
+    #: Module with `async demo_report(channel) -> list[str]` for `syncmesh up --demo`.
+    demo: str | None = None
+    #: Module with `CHECKS`, the service's part of `syncmesh verify` (optional).
+    verify: str | None = None
+
+    @property
+    def deployable(self) -> Deployable:
+        return Deployable(self.name, self.default_port, self.required_settings)
+
+    @property
+    def port_variable(self) -> str:
+        return self.deployable.port_variable
+
+    def port(self, settings: Settings) -> int:
+        """Its gRPC port under these settings."""
+        return self.deployable.port(settings)
+
 
 class ServiceRuntime:
     def __init__(self, definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
         self.definition = definition
-        self.settings = settings.require(definition.name)
-        self.port = settings.port(definition.name) if port is None else port
+        self.settings = definition.deployable.require(settings)
+        self.port = definition.port(settings) if port is None else port
         self.bus = Bus(settings, name=f"syncmesh-{definition.name}")
         self._pool: asyncpg.Pool | None = None
         self.grpc: GrpcServer | None = None
@@ -123,7 +151,7 @@ class ServiceRuntime:
                     [("runtime", db.RUNTIME_MIGRATIONS), (self.definition.name, self.definition.migrations)],
                 )
                 self._pool = pool
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except db.UNAVAILABLE as exc:
                 log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -1,8 +1,11 @@
 """Settings from the environment, validated once at start-up.
 
-Every process of the mesh reads the same variables; each deployable needs only some of them
-(`REQUIRED_BY`), so the gateway starts without a database and a service without webhook
-secrets. A bad value stops the process with a message that names the variable and says what
+Every process of the mesh reads the same variables; each deployable declares the few it cannot
+run without (`services.common.deployable.Deployable.required_settings`) and checks them with
+`Settings.require`, so the gateway starts without a database and a service without webhook
+secrets. Listening ports are read generically from every `SYNCMESH_<NAME>_PORT` variable
+(`Settings.port_overrides`); each deployable picks its own, with its own default, so this
+module names no deployable. A bad value stops the process with a message that names the variable and says what
 would be accepted, because an operator reading a crash-looping pod has nothing else to go on.
 
 Secrets can come from files (`SYNCMESH_X_FILE=/path`), which is how Kubernetes mounts them;
@@ -12,7 +15,8 @@ setting both the variable and its `_FILE` twin is refused as ambiguous.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,23 +26,8 @@ from services.common.errors import SettingsError
 
 Mode = Literal["live", "test"]
 
-#: The deployables and the variables each cannot run without. Kubernetes manifests are checked
-#: against this table, so a setting added here and forgotten there fails the test suite.
-REQUIRED_BY: dict[str, tuple[str, ...]] = {
-    "gateway": ("SYNCMESH_NATS_URL", "SYNCMESH_WEBHOOK_SECRETS", "SYNCMESH_MODE"),
-    "customer": ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE"),
-    "billing": ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE"),
-    "crm-export": ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE"),
-}
-
-#: Default listening ports: the gateway speaks HTTP, the services gRPC.
-DEFAULT_PORTS: dict[str, int] = {"gateway": 8080, "customer": 50051, "billing": 50052, "crm-export": 50053}
-PORT_VARIABLES: dict[str, str] = {
-    "gateway": "SYNCMESH_GATEWAY_PORT",
-    "customer": "SYNCMESH_CUSTOMER_PORT",
-    "billing": "SYNCMESH_BILLING_PORT",
-    "crm-export": "SYNCMESH_CRM_EXPORT_PORT",
-}
+#: `SYNCMESH_<NAME>_PORT`: a deployable's listening port (`_FILE` twins allowed, as everywhere).
+PORT_VARIABLE = re.compile(r"SYNCMESH_[A-Z0-9_]+_PORT")
 
 #: Variables whose values are secret: readable from `<NAME>_FILE`, never logged.
 SECRET_VARIABLES = ("SYNCMESH_WEBHOOK_SECRETS", "SYNCMESH_STRIPE_API_KEY", "SYNCMESH_DATABASE_URL")
@@ -55,7 +44,9 @@ class Settings:
     stripe_api_base: str | None = None
     mode: Mode = "test"
     sync_start: datetime | None = None
-    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    #: Listening ports set in the environment, by variable (`SYNCMESH_CUSTOMER_PORT` -> 0); a
+    #: deployable not named here listens on its own default (`Deployable.port`).
+    port_overrides: Mapping[str, int] = field(default_factory=dict)
     #: How long the STRIPE stream keeps events: long enough to rebuild a service from history.
     stream_max_age_days: int = 400
     #: JetStream replicas for the mesh's streams: 1 on one machine, 3 on a NATS cluster.
@@ -96,15 +87,17 @@ class Settings:
     grpc_tls_client_cert_file: str | None = None
     grpc_tls_client_key_file: str | None = None
 
-    def port(self, deployable: str) -> int:
-        return int(self.ports[deployable])
+    def port_for(self, variable: str, default: int) -> int:
+        """The port `variable` sets, or `default` when the environment leaves it alone."""
+        return int(self.port_overrides.get(variable, default))
 
-    def require(self, deployable: str) -> Settings:
-        """Fail start-up naming every variable this deployable needs and lacks."""
-        missing = [name for name in REQUIRED_BY[deployable] if not _is_set(self, name)]
+    def require(self, variables: Iterable[str], *, to_run: str) -> Settings:
+        """Fail start-up naming every one of `variables` that is not set (`to_run` names the
+        deployable in the message)."""
+        missing = [name for name in variables if not _is_set(self, name)]
         if missing:
             raise SettingsError(
-                f"{', '.join(missing)} must be set to run {deployable} "
+                f"{', '.join(missing)} must be set to run {to_run} "
                 "(or leave the URLs unset and use `syncmesh up` for the embedded default)"
             )
         return self
@@ -114,13 +107,25 @@ class Settings:
 
 
 def _is_set(settings: Settings, variable: str) -> bool:
-    value = {
-        "SYNCMESH_NATS_URL": settings.nats_url,
-        "SYNCMESH_DATABASE_URL": settings.database_url,
-        "SYNCMESH_WEBHOOK_SECRETS": settings.webhook_secrets,
-        "SYNCMESH_MODE": settings.mode,
-    }[variable]
-    return bool(value)
+    """`SYNCMESH_NATS_URL` is set when `settings.nats_url` holds a value: variable and field
+    share their name, so a deployable can require any setting without a table here."""
+    field_name = variable.removeprefix("SYNCMESH_").lower()
+    if not variable.startswith("SYNCMESH_") or not hasattr(settings, field_name):
+        raise SettingsError(f"{variable} is not a setting of the mesh: it cannot be required")
+    return bool(getattr(settings, field_name))
+
+
+def _port_overrides(env: Mapping[str, str]) -> dict[str, int]:
+    """Every `SYNCMESH_<NAME>_PORT` (or its `_FILE` twin) in `env`, each validated 0..65535.
+
+    0 asks the OS for any free port (tests, several meshes on one machine); the bound port is
+    printed at start-up."""
+    variables = {name.removesuffix("_FILE") for name in env}
+    return {
+        name: _int(env, name, 0, minimum=0, maximum=65535)
+        for name in sorted(variables)
+        if PORT_VARIABLE.fullmatch(name) and _read(env, name) is not None
+    }
 
 
 def _read(env: Mapping[str, str], name: str) -> str | None:
@@ -220,13 +225,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     sync_start_raw = _read(env, "SYNCMESH_SYNC_START")
     sync_start = parse_timestamp("SYNCMESH_SYNC_START", sync_start_raw) if sync_start_raw else None
 
-    ports = {
-        # 0 asks the OS for any free port (tests, several meshes on one machine); the bound
-        # port is printed at start-up.
-        name: _int(env, var, DEFAULT_PORTS[name], minimum=0, maximum=65535)
-        for name, var in PORT_VARIABLES.items()
-    }
-
     log_level = (_read(env, "SYNCMESH_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"SYNCMESH_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
@@ -243,7 +241,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stripe_api_base=_url(env, "SYNCMESH_STRIPE_API_BASE", ("http", "https")),
         mode=mode,
         sync_start=sync_start,
-        ports=ports,
+        port_overrides=_port_overrides(env),
         stream_max_age_days=_int(env, "SYNCMESH_STREAM_MAX_AGE_DAYS", 400, minimum=1, maximum=3650),
         stream_replicas=_int(env, "SYNCMESH_STREAM_REPLICAS", 1, minimum=1, maximum=5),
         stream_duplicate_window_seconds=_int(

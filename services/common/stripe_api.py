@@ -9,7 +9,7 @@ import contextlib
 
 import stripe
 
-from services.common.errors import SettingsError, UpstreamError
+from services.common.errors import UpstreamError
 from services.common.settings import Settings, check_stripe_api_key
 
 
@@ -68,15 +68,6 @@ async def close_stripe_client(client: stripe.StripeClient | None) -> None:
     if close is not None:
         with contextlib.suppress(Exception):
             await close()
-
-
-def require_stripe_client(settings: Settings) -> stripe.StripeClient:
-    client = make_stripe_client(settings)
-    if client is None:
-        raise SettingsError(
-            "SYNCMESH_STRIPE_API_KEY must be set for this operation (a secret sk_ or restricted rk_ key)"
-        )
-    return client
 
 
 def upstream_error(exc: stripe.StripeError, doing: str) -> UpstreamError:

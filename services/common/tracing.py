@@ -57,10 +57,6 @@ def _otlp_configured(env: Mapping[str, str]) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
-
-
 def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
     """Headers for a NATS publish, carrying the current trace context."""
     carrier = dict(headers or {})

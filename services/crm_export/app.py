@@ -27,4 +27,8 @@ DEFINITION = ServiceDefinition(
     register_grpc=lambda server, runtime: add_CrmExportServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CrmExportServicer(runtime), server
     ),
+    default_port=50053,
+    cli="services.crm_export.cli",
+    demo="services.crm_export.demo",
+    verify="services.crm_export.verify",
 )

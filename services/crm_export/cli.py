@@ -16,8 +16,8 @@ from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 from tqdm import tqdm
 
+from services.common.grpc_client import Listening, default_target
 from services.common.grpc_client import channel as client_channel
-from services.common.grpc_client import default_target
 from services.common.settings import load_settings
 
 PHASE_NAMES = {
@@ -51,7 +51,7 @@ def import_crm(args: argparse.Namespace) -> int:
         print("syncmesh: --days-back must be between 1 and 3650", file=sys.stderr)
         return 2
     settings = load_settings()
-    target = args.target or default_target(settings, "crm-export")
+    target = args.target or default_target(settings, _definition())
     last: pb.RunImportResponse | None = None
     with (
         client_channel(settings, target) as channel,
@@ -81,3 +81,10 @@ def import_crm(args: argparse.Namespace) -> int:
         return 1
     print(f"imported {last.total_done} objects ({last.requests} Stripe requests, {last.rate_limited} rate-limited)")
     return 0
+
+
+def _definition() -> Listening:
+    """This service's definition, imported only when a command runs (it loads the handlers)."""
+    from services.crm_export.app import DEFINITION
+
+    return DEFINITION

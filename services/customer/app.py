@@ -20,4 +20,8 @@ DEFINITION = ServiceDefinition(
     register_grpc=lambda server, runtime: add_CustomerServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CustomerServicer(runtime), server
     ),
+    default_port=50051,
+    cli="services.customer.cli",
+    demo="services.customer.demo",
+    verify="services.customer.verify",
 )

@@ -21,8 +21,8 @@ from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
 from tqdm import tqdm
 
+from services.common.grpc_client import Listening, default_target
 from services.common.grpc_client import channel as client_channel
-from services.common.grpc_client import default_target
 from services.common.settings import load_settings
 
 CHUNK_BYTES = 512 * 1024
@@ -64,7 +64,7 @@ def import_customers(args: argparse.Namespace) -> int:
         print(f"syncmesh: {path} is not a file", file=sys.stderr)
         return 2
     settings = load_settings()
-    target = args.target or default_target(settings, "customer")
+    target = args.target or default_target(settings, _definition())
     size = path.stat().st_size
     with client_channel(settings, target) as channel:
         stub = customer_service_pb2_grpc.CustomerServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -97,3 +97,10 @@ def report(response: pb.ImportCustomerMappingsResponse) -> int:
         f"{response.unchanged} already in place" + (" (dry run: nothing written)" if response.dry_run else "")
     )
     return 0
+
+
+def _definition() -> Listening:
+    """This service's definition, imported only when a command runs (it loads the handlers)."""
+    from services.customer.app import DEFINITION
+
+    return DEFINITION

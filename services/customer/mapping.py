@@ -141,9 +141,6 @@ class StripeCustomerState:
     def email_lower(self) -> str | None:
         return normalize_email(self.email)
 
-    def same_content(self, other: StripeCustomerState) -> bool:
-        return self == other
-
 
 class MappingError(ValueError):
     """The Stripe object cannot be mapped at all (not a customer): retrying cannot help."""

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.billing import mapping
-from services.billing.mapping import LedgerFacts, PaymentFact
+from services.billing import invoice_mapping, ledger, payment_mapping, revenue
+from services.billing.ledger import LedgerFacts, PaymentFact
 from services.billing.settings import BillingSettings, load_billing_settings
 from services.common.errors import SettingsError
 from tests.billing.builders import (
@@ -52,7 +52,7 @@ def coupon_spec(**changes: object) -> InvoiceSpec:
 
 def test_published_basil_invoice_maps_its_line_with_proration_from_parent() -> None:
     obj = fixture("invoice")
-    inv = mapping.map_invoice(obj, item_map={}, billing=POLICY)
+    inv = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY)
     assert inv.api_shape == "basil"
     assert inv.subscription_id == "subscription"  # parent.subscription_details.subscription
     assert (inv.subtotal, inv.total, inv.tax, inv.discount_total) == (1000, 1000, 0, 0)
@@ -61,17 +61,17 @@ def test_published_basil_invoice_maps_its_line_with_proration_from_parent() -> N
     assert line.proration is True  # parent.invoice_item_details.proration
     assert line.stripe_price_id is None and line.erp_item_id == POLICY.default_item
     assert line.period_start == line.period_end == date(2024, 7, 26)
-    assert mapping.invoice_problems(inv) == []
+    assert invoice_mapping.invoice_problems(inv) == []
 
 
 def test_published_legacy_invoice_maps_price_and_proration_flag() -> None:
     obj = fixture("invoice", legacy=True)
-    inv = mapping.map_invoice(obj, item_map={"price_1PgafmB7WZ01zgkW02Hf9z6c": "Widget"}, billing=POLICY)
+    inv = invoice_mapping.map_invoice(obj, item_map={"price_1PgafmB7WZ01zgkW02Hf9z6c": "Widget"}, billing=POLICY)
     assert inv.api_shape == "legacy" and inv.subscription_id is None
     [line] = inv.lines
     assert (line.erp_item_id, line.item_mapped, line.unit_amount, line.proration) == ("Widget", True, 1000, False)
     assert inv.unmapped_price_ids == ()
-    assert mapping.invoice_problems(inv) == []
+    assert invoice_mapping.invoice_problems(inv) == []
 
 
 def test_published_line_items_agree_across_shapes() -> None:
@@ -80,10 +80,14 @@ def test_published_line_items_agree_across_shapes() -> None:
     basil["pricing"]["price_details"] = {"price": legacy["price"]["id"], "product": legacy["price"]["product"]}
     basil["pricing"]["unit_amount_decimal"] = "1000"
     basil["parent"]["invoice_item_details"]["proration"] = False
-    assert mapping.line_price_id(basil) == mapping.line_price_id(legacy) == "price_1PgafmB7WZ01zgkW02Hf9z6c"
-    assert mapping.line_proration(basil) is mapping.line_proration(legacy) is False
+    assert (
+        invoice_mapping.line_price_id(basil)
+        == invoice_mapping.line_price_id(legacy)
+        == "price_1PgafmB7WZ01zgkW02Hf9z6c"
+    )
+    assert invoice_mapping.line_proration(basil) is invoice_mapping.line_proration(legacy) is False
     basil["parent"] = {"type": "subscription_item_details", "subscription_item_details": {"proration": True}}
-    assert mapping.line_proration(basil) is True
+    assert invoice_mapping.line_proration(basil) is True
 
 
 # -- a subscription invoice with a coupon, in both shapes ------------------------------------------
@@ -93,7 +97,7 @@ def test_published_line_items_agree_across_shapes() -> None:
 def test_subscription_invoice_with_coupon_and_tax(shape: str) -> None:
     spec = coupon_spec()
     obj = invoice_object(shape, spec)  # type: ignore[arg-type]
-    inv = mapping.map_invoice(obj, item_map=ITEMS, billing=POLICY)
+    inv = invoice_mapping.map_invoice(obj, item_map=ITEMS, billing=POLICY)
     assert inv.subscription_id == SUBSCRIPTION
     items = [line for line in inv.lines if line.kind == "item"]
     discounts = [line for line in inv.lines if line.kind == "discount"]
@@ -109,21 +113,21 @@ def test_subscription_invoice_with_coupon_and_tax(shape: str) -> None:
     assert [x.discount_amount for x in items] == [2940, 300]
     assert inv.tax == 1069  # 8.25% of 12960, as Stripe rounds it
     assert inv.total == 16200 - 3240 + 1069 == 14029
-    assert mapping.invoice_problems(inv) == []
+    assert invoice_mapping.invoice_problems(inv) == []
     assert items[0].period_start == date(2025, 6, 15) and items[0].period_end == date(2025, 7, 14)
 
 
 def test_both_shapes_give_the_same_erp_lines() -> None:
     spec = coupon_spec()
-    basil = mapping.map_invoice(invoice_object("basil", spec), item_map=ITEMS, billing=POLICY)
-    legacy = mapping.map_invoice(invoice_object("legacy", spec), item_map=ITEMS, billing=POLICY)
+    basil = invoice_mapping.map_invoice(invoice_object("basil", spec), item_map=ITEMS, billing=POLICY)
+    legacy = invoice_mapping.map_invoice(invoice_object("legacy", spec), item_map=ITEMS, billing=POLICY)
     strip = [(x.kind, x.erp_item_id, x.amount, x.quantity, x.unit_amount, x.schedule) for x in basil.lines]
     assert strip == [(x.kind, x.erp_item_id, x.amount, x.quantity, x.unit_amount, x.schedule) for x in legacy.lines]
     assert (basil.total, basil.tax, basil.discount_total) == (legacy.total, legacy.tax, legacy.discount_total)
 
 
 def test_non_posting_discount_reduces_recognised_revenue() -> None:
-    inv = mapping.map_invoice(invoice_object("basil", coupon_spec()), item_map=ITEMS, billing=POLICY)
+    inv = invoice_mapping.map_invoice(invoice_object("basil", coupon_spec()), item_map=ITEMS, billing=POLICY)
     pro = inv.lines[0]
     assert pro.recognized_amount == 14700 - 2940
     # 2025-06-15 .. 2025-07-14: 16 days in June, 14 in July.
@@ -134,7 +138,7 @@ def test_non_posting_discount_reduces_recognised_revenue() -> None:
 
 def test_posting_discount_posts_to_its_revenue_account() -> None:
     policy = POLICY.with_overrides(discount_posting="posting", discount_account="4910 Coupons")
-    inv = mapping.map_invoice(invoice_object("basil", coupon_spec()), item_map=ITEMS, billing=policy)
+    inv = invoice_mapping.map_invoice(invoice_object("basil", coupon_spec()), item_map=ITEMS, billing=policy)
     pro, disc = inv.lines[0], inv.lines[-1]
     assert pro.recognized_amount == 14700 and sum(e.amount for e in pro.schedule) == 14700
     assert disc.revenue_account == "4910 Coupons"
@@ -150,7 +154,7 @@ def test_posting_discount_posts_to_its_revenue_account() -> None:
     ],
 )
 def test_revenue_rules(rule: str, expected: list[tuple[date, int]]) -> None:
-    inv = mapping.map_invoice(
+    inv = invoice_mapping.map_invoice(
         invoice_object("basil", coupon_spec()), item_map=ITEMS, billing=POLICY.with_overrides(revenue_rule=rule)
     )
     assert [(e.period, e.amount) for e in inv.lines[0].schedule] == expected
@@ -158,10 +162,10 @@ def test_revenue_rules(rule: str, expected: list[tuple[date, int]]) -> None:
 
 def test_zero_decimal_currency_stays_in_whole_yen() -> None:
     spec = InvoiceSpec(currency="jpy", lines=[LineSpec(unit=9800, quantity=3, description="Team plan")], percent_off=15)
-    inv = mapping.map_invoice(invoice_object("basil", spec), item_map={}, billing=POLICY)
+    inv = invoice_mapping.map_invoice(invoice_object("basil", spec), item_map={}, billing=POLICY)
     assert inv.currency == "jpy"
     assert [x.amount for x in inv.lines] == [29400, -4410]
-    assert inv.total == 24990 and mapping.invoice_problems(inv) == []
+    assert inv.total == 24990 and invoice_mapping.invoice_problems(inv) == []
     assert sum(e.amount for e in inv.lines[0].schedule) == 24990
 
 
@@ -171,21 +175,21 @@ def test_fractional_unit_price_is_kept_as_text_not_float() -> None:
     obj["lines"]["data"][0]["pricing"]["unit_amount_decimal"] = "0.5"
     obj["lines"]["data"][0]["amount"] = 500
     obj.update(subtotal=500, total=500, amount_due=500, amount_remaining=500)
-    [line] = mapping.map_invoice(obj, item_map={}, billing=POLICY).lines
+    [line] = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY).lines
     assert (line.unit_amount, line.unit_amount_decimal, line.amount) == (0, "0.5", 500)
 
 
 def test_truncated_lines_are_flagged_not_complete() -> None:
     spec = InvoiceSpec(lines=[LineSpec(unit=100 + i, quantity=1) for i in range(25)])
-    inv = mapping.map_invoice(invoice_object("basil", spec), item_map={}, billing=POLICY)
+    inv = invoice_mapping.map_invoice(invoice_object("basil", spec), item_map={}, billing=POLICY)
     assert len(inv.lines) == 10 and not inv.lines_complete
-    assert mapping.invoice_problems(inv) == ["lines incomplete: only the first page is known"]
+    assert invoice_mapping.invoice_problems(inv) == ["lines incomplete: only the first page is known"]
 
 
 def test_unbalanced_invoice_is_reported() -> None:
     obj = invoice_object("basil", coupon_spec())
     obj["total"] += 1
-    assert "total" in mapping.invoice_problems(mapping.map_invoice(obj, item_map={}, billing=POLICY))[0]
+    assert "total" in invoice_mapping.invoice_problems(invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY))[0]
 
 
 # -- allocation and schedules ---------------------------------------------------------------------
@@ -194,7 +198,7 @@ def test_unbalanced_invoice_is_reported() -> None:
 @given(st.integers(-(10**9), 10**9), st.lists(st.integers(0, 10**6), min_size=1, max_size=40))
 @settings(max_examples=200)
 def test_allocate_loses_nothing_and_stays_within_a_unit(total: int, weights: list[int]) -> None:
-    parts = mapping.allocate(total, weights)
+    parts = revenue.allocate(total, weights)
     assert sum(parts) == total
     whole = sum(weights) or len(weights)
     effective = weights if sum(weights) else [1] * len(weights)
@@ -212,7 +216,7 @@ def test_allocate_loses_nothing_and_stays_within_a_unit(total: int, weights: lis
 @settings(max_examples=200)
 def test_every_schedule_sums_to_its_line(amount: int, start: date, days: int, rule: str) -> None:
     end = date.fromordinal(start.toordinal() + days)
-    entries = mapping.revenue_schedule(amount, rule=rule, start=start, end=end, transaction_date=start)  # type: ignore[arg-type]
+    entries = revenue.revenue_schedule(amount, rule=rule, start=start, end=end, transaction_date=start)  # type: ignore[arg-type]
     assert sum(e.amount for e in entries) == amount
     assert all(e.period.day == 1 for e in entries)
 
@@ -225,7 +229,7 @@ def test_invoice_payment_from_published_example() -> None:
     obj = invoice_payment_object(
         spec, 13229, payment_id="inpay_1RaQ6", intent="pi_3RaQ6", paid_at=ts("2025-06-15T01:02")
     )
-    p = mapping.payment_from_invoice_payment(obj)
+    p = payment_mapping.payment_from_invoice_payment(obj)
     assert p is not None
     assert (p.stripe_invoice_id, p.amount, p.currency, p.payment_intent_id, p.method) == (
         spec.invoice_id,
@@ -235,13 +239,13 @@ def test_invoice_payment_from_published_example() -> None:
         "payment_intent",
     )
     obj["status"] = "open"
-    assert mapping.payment_from_invoice_payment(obj) is None
+    assert payment_mapping.payment_from_invoice_payment(obj) is None
 
 
 def test_legacy_charge_pays_its_invoice_and_basil_charge_does_not() -> None:
     spec = coupon_spec()
     legacy = charge_object("legacy", spec, 14029, charge_id="ch_3RaQ7", intent="pi_3RaQ7", created=spec.created)
-    p = mapping.payment_from_charge(legacy)
+    p = payment_mapping.payment_from_charge(legacy)
     assert p is not None and (p.stripe_invoice_id, p.amount, p.method, p.priority) == (
         spec.invoice_id,
         14029,
@@ -249,18 +253,18 @@ def test_legacy_charge_pays_its_invoice_and_basil_charge_does_not() -> None:
         2,
     )
     basil = charge_object("basil", spec, 14029, charge_id="ch_3RaQ7", intent="pi_3RaQ7", created=spec.created)
-    assert mapping.payment_from_charge(basil) is None
+    assert payment_mapping.payment_from_charge(basil) is None
 
 
 def test_legacy_paid_invoice_names_its_charge_or_out_of_band() -> None:
     spec = coupon_spec()
     obj = invoice_object("legacy", spec, status="paid", amount_paid=14029, charge="ch_3RaQ8")
-    inv = mapping.map_invoice(obj, item_map={}, billing=POLICY)
-    p = mapping.payment_from_invoice(inv, obj)
+    inv = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY)
+    p = payment_mapping.payment_from_invoice(inv, obj)
     assert p is not None and (p.stripe_payment_id, p.amount) == ("ch_3RaQ8", inv.total)
     obj.update(charge=None, paid_out_of_band=True)
-    inv = mapping.map_invoice(obj, item_map={}, billing=POLICY)
-    p = mapping.payment_from_invoice(inv, obj)
+    inv = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY)
+    p = payment_mapping.payment_from_invoice(inv, obj)
     assert p is not None and (p.stripe_payment_id, p.method) == (f"oob_{spec.invoice_id}", "out_of_band")
 
 
@@ -271,7 +275,7 @@ def test_refunds_listed_on_a_charge() -> None:
         refund_object("re_2", 500, charge="ch_9", intent="pi_9", currency="usd", created=spec.created + 20),
     ]
     obj = charge_object("legacy", spec, 14029, charge_id="ch_9", intent="pi_9", created=spec.created, refunds=refunds)
-    mapped = mapping.refunds_from_charge(obj)
+    mapped = payment_mapping.refunds_from_charge(obj)
     assert [(r.stripe_refund_id, r.amount, r.stripe_invoice_id, r.status_rank) for r in mapped] == [
         ("re_1", 2000, spec.invoice_id, 1),
         ("re_2", 500, spec.invoice_id, 1),
@@ -284,10 +288,10 @@ def test_credit_note_in_both_shapes(shape: str) -> None:
     obj = credit_note_object(
         shape, spec, note_id="cn_1RaQ9", amount=1500, created=spec.created, note_type="post_payment", refund="re_77"
     )  # type: ignore[arg-type]
-    note = mapping.map_credit_note(obj)
+    note = payment_mapping.map_credit_note(obj)
     assert (note.amount, note.refund_ids, note.applied_to, note.status_rank) == (1500, ("re_77",), "refund", 0)
     assert [(x.description, x.amount) for x in note.lines] == [("Service credit for downtime", 1500)]
-    published = mapping.map_credit_note(fixture("credit_note", legacy=shape == "legacy"))
+    published = payment_mapping.map_credit_note(fixture("credit_note", legacy=shape == "legacy"))
     assert published.amount == 1690 and [x.amount for x in published.lines] == [1190, 500]
     assert published.applied_to == "invoice"
 
@@ -311,16 +315,16 @@ def facts(**changes: object) -> LedgerFacts:
 
 
 def test_ledger_open_partial_and_paid() -> None:
-    assert mapping.compute_ledger(facts()).erp_status == "open"
-    partial = mapping.compute_ledger(facts(payments=(PaymentFact(4000, 1),), invoice_credits=1000))
+    assert ledger.compute_ledger(facts()).erp_status == "open"
+    partial = ledger.compute_ledger(facts(payments=(PaymentFact(4000, 1),), invoice_credits=1000))
     assert (partial.amount_remaining, partial.erp_status) == (5000, "open")
-    paid = mapping.compute_ledger(facts(stripe_status="paid", payments=(PaymentFact(10000, 1),)))
+    paid = ledger.compute_ledger(facts(stripe_status="paid", payments=(PaymentFact(10000, 1),)))
     assert (paid.amount_remaining, paid.erp_status, paid.unattributed_paid) == (0, "paid_in_full", 0)
 
 
 def test_paid_invoice_without_its_payment_object_is_not_counted_twice() -> None:
-    early = mapping.compute_ledger(facts(stripe_status="paid", stripe_amount_paid=10000))
-    late = mapping.compute_ledger(
+    early = ledger.compute_ledger(facts(stripe_status="paid", stripe_amount_paid=10000))
+    late = ledger.compute_ledger(
         facts(stripe_status="paid", stripe_amount_paid=10000, payments=(PaymentFact(10000, 5),))
     )
     assert (early.amount_paid, early.unattributed_paid) == (10000, 10000)
@@ -332,13 +336,13 @@ def test_paid_invoice_without_its_payment_object_is_not_counted_twice() -> None:
 JAN_10, FEB_28, MAR_2, MAR_5 = ts("2026-01-10"), ts("2026-02-28"), ts("2026-03-02"), ts("2026-03-05")
 
 
-def history(f: LedgerFacts, **changes: object) -> mapping.LedgerHistory:
-    base = mapping.LedgerHistory(f, date(2026, 1, 10), (), paid_at=None, status_at=JAN_10)
-    return mapping.LedgerHistory(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+def history(f: LedgerFacts, **changes: object) -> ledger.LedgerHistory:
+    base = ledger.LedgerHistory(f, date(2026, 1, 10), (), paid_at=None, status_at=JAN_10)
+    return ledger.LedgerHistory(**{**base.__dict__, **changes})  # type: ignore[arg-type]
 
 
-def owed(h: mapping.LedgerHistory, day: str) -> int | None:
-    state = mapping.ledger_as_of(h, date.fromisoformat(day))
+def owed(h: ledger.LedgerHistory, day: str) -> int | None:
+    state = ledger.ledger_as_of(h, date.fromisoformat(day))
     return None if state is None else (state.amount_remaining if state.erp_status == "open" else 0)
 
 
@@ -430,24 +434,24 @@ def test_as_of_a_day_after_every_fact_is_the_ledger_itself(
     h = history(
         f, credits=dated, paid_at=paid_at, status_at=status_at, voided_at=voided_at, voided_credits=since_voided
     )
-    assert mapping.ledger_as_of(h, date(2027, 12, 31)) == mapping.compute_ledger(f)
+    assert ledger.ledger_as_of(h, date(2027, 12, 31)) == ledger.compute_ledger(f)
     # and on no day does it owe more than the invoice's total less what was applied at finalising
     for day in (date(2026, 1, 10), date(2026, 6, 1), date(2026, 12, 31)):
-        state = mapping.ledger_as_of(h, day)
+        state = ledger.ledger_as_of(h, day)
         assert state is not None and state.amount_remaining <= max(0, total - balance)
 
 
 def test_write_off_setting_off_leaves_uncollectible_open() -> None:
-    state = mapping.compute_ledger(facts(stripe_status="uncollectible", uncollectible_seen=True))
+    state = ledger.compute_ledger(facts(stripe_status="uncollectible", uncollectible_seen=True))
     assert (state.erp_status, state.write_off, state.amount_remaining) == ("open", "none", 10000)
 
 
 def test_write_off_then_collected_is_reversed_once() -> None:
     off = facts(stripe_status="uncollectible", uncollectible_seen=True, uncollectible_at=100, write_off_enabled=True)
-    written = mapping.compute_ledger(off.__class__(**{**off.__dict__, "payments": (PaymentFact(3000, 50),)}))
+    written = ledger.compute_ledger(off.__class__(**{**off.__dict__, "payments": (PaymentFact(3000, 50),)}))
     assert (written.erp_status, written.write_off, written.write_off_amount) == ("written_off", "active", 7000)
     assert (written.amount_remaining, written.credits_applied) == (0, 7000)
-    collected = mapping.compute_ledger(
+    collected = ledger.compute_ledger(
         off.__class__(
             **{
                 **off.__dict__,
@@ -462,9 +466,9 @@ def test_write_off_then_collected_is_reversed_once() -> None:
 
 
 def test_erp_status_only_moves_forward() -> None:
-    assert mapping.forward_status("paid_in_full", "open") == "paid_in_full"
-    assert mapping.forward_status("written_off", "paid_in_full") == "paid_in_full"
-    assert mapping.forward_status(None, "open") == "open"
+    assert ledger.forward_status("paid_in_full", "open") == "paid_in_full"
+    assert ledger.forward_status("written_off", "paid_in_full") == "paid_in_full"
+    assert ledger.forward_status(None, "open") == "open"
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -495,7 +499,7 @@ def test_billing_settings_are_read_and_validated() -> None:
 
 def test_deleted_draft_is_voided_in_the_erp() -> None:
     obj = {**invoice_object("basil", coupon_spec(), status="draft"), "deleted": True}
-    inv = mapping.map_invoice(obj, item_map={}, billing=POLICY)
+    inv = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY)
     assert (inv.stripe_status, inv.status_rank) == ("deleted", 4)
-    state = mapping.compute_ledger(facts(stripe_status=inv.stripe_status, total=inv.total))
+    state = ledger.compute_ledger(facts(stripe_status=inv.stripe_status, total=inv.total))
     assert (state.erp_status, state.amount_remaining) == ("voided", 0)

@@ -108,6 +108,32 @@ async def test_transient_failure_is_retried_with_backoff(runtime: ServiceRuntime
     assert runtime.consumer.dead_lettered == 0
 
 
+async def test_an_unavailable_dependency_never_uses_up_attempts(runtime: ServiceRuntime, settings: Settings) -> None:
+    """Stripe down for more deliveries than SYNCMESH_MAX_DELIVER allows: the event waits it out
+    and is applied once Stripe answers, never dead-lettered for the outage."""
+    evt = customer_event("cus_outage", unavailable_until=settings.max_deliver + 2)
+    await publish(runtime.bus, evt)
+    await eventually(lambda: rows(settings), timeout=30)
+    assert toy_service.attempts[evt["id"]] == settings.max_deliver + 2
+    assert runtime.consumer.dead_lettered == 0
+
+
+async def test_attempts_count_applier_failures_kept_in_the_database(
+    runtime: ServiceRuntime, settings: Settings
+) -> None:
+    """The dead-letter decision reads the failures the runtime recorded, not JetStream's delivery
+    count (which an outage also raises): each failure is one row update, with the error."""
+    evt = customer_event("cus_counted", fail_until=settings.max_deliver)
+    await publish(runtime.bus, evt)
+    await eventually(lambda: rows(settings), timeout=30)
+    recorded = await runtime.pool.fetchrow(
+        "SELECT failures, last_error FROM delivery_failures WHERE event_id = $1", evt["id"]
+    )
+    assert recorded["failures"] == settings.max_deliver - 1
+    assert "transient toy failure" in recorded["last_error"]
+    assert runtime.consumer.dead_lettered == 0
+
+
 async def test_undecodable_message_goes_to_dead_letters_at_once(runtime: ServiceRuntime) -> None:
     await runtime.bus.publish("stripe.customer.updated", b"\xff not an envelope", msg_id="junk-1")
     await eventually(lambda: runtime.consumer.dead_lettered == 1)
@@ -171,10 +197,10 @@ async def test_migrations_twice_and_concurrently(database_url: str) -> None:
     pools = [await db.create_pool(database_url, "toy") for _ in range(3)]
     try:
         applied = await asyncio.gather(*(db.migrate(p, "toy", sources) for p in pools))
-        assert sorted(len(a) for a in applied) == [0, 0, 2]
+        assert sorted(len(a) for a in applied) == [0, 0, 3]
         assert await db.migrate(pools[0], "toy", sources) == []
-        recorded = await pools[0].fetch("SELECT source, version FROM schema_migrations ORDER BY source")
-        assert [(r["source"], r["version"]) for r in recorded] == [("runtime", 1), ("toy", 1)]
+        recorded = await pools[0].fetch("SELECT source, version FROM schema_migrations ORDER BY source, version")
+        assert [(r["source"], r["version"]) for r in recorded] == [("runtime", 1), ("runtime", 2), ("toy", 1)]
     finally:
         for p in pools:
             await p.close()

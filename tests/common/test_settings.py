@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.deployable import GATEWAY
 from services.common.errors import SettingsError
-from services.common.settings import DEFAULT_PORTS, load_settings
+from services.common.settings import load_settings
+from services.registry import by_name
 
 BASE = {"SYNCMESH_NATS_URL": "nats://127.0.0.1:4222", "SYNCMESH_WEBHOOK_SECRETS": "whsec_a, whsec_b"}
 
@@ -15,9 +17,10 @@ BASE = {"SYNCMESH_NATS_URL": "nats://127.0.0.1:4222", "SYNCMESH_WEBHOOK_SECRETS"
 def test_defaults_and_rotation() -> None:
     s = load_settings(BASE)
     assert s.webhook_secrets == ("whsec_a", "whsec_b")
-    assert s.mode == "test" and dict(s.ports) == DEFAULT_PORTS
+    assert s.mode == "test" and dict(s.port_overrides) == {}
+    assert GATEWAY.port(s) == 8080 and by_name("customer").port(s) == 50051
     assert s.stream_max_age_days == 400
-    s.require("gateway")
+    GATEWAY.require(s)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +80,29 @@ def test_secret_from_file_and_ambiguity(tmp_path: Path) -> None:
 
 def test_require_names_missing_variables() -> None:
     with pytest.raises(SettingsError, match="SYNCMESH_DATABASE_URL"):
-        load_settings(BASE).require("billing")
+        by_name("billing").deployable.require(load_settings(BASE))
+
+
+def test_ports_come_from_any_port_variable_and_zero_lets_the_os_pick() -> None:
+    s = load_settings({"SYNCMESH_CUSTOMER_PORT": "0", "SYNCMESH_SOMETHING_NEW_PORT": "6000", "SYNCMESH_MODE": "test"})
+    assert s.port_overrides == {"SYNCMESH_CUSTOMER_PORT": 0, "SYNCMESH_SOMETHING_NEW_PORT": 6000}
+    assert by_name("customer").port(s) == 0 and by_name("billing").port(s) == 50052
+    assert s.port_for("SYNCMESH_SOMETHING_NEW_PORT", 1) == 6000
+    with pytest.raises(SettingsError, match="SYNCMESH_SOMETHING_NEW_PORT"):
+        load_settings({"SYNCMESH_SOMETHING_NEW_PORT": "-1"})
+
+
+def test_port_from_file(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    port_file.write_text("50100\n")
+    assert load_settings({"SYNCMESH_BILLING_PORT_FILE": str(port_file)}).port_overrides == {
+        "SYNCMESH_BILLING_PORT": 50100
+    }
+
+
+def test_require_refuses_a_variable_that_is_no_setting() -> None:
+    with pytest.raises(SettingsError, match="SYNCMESH_NO_SUCH_THING"):
+        load_settings(BASE).require(("SYNCMESH_NO_SUCH_THING",), to_run="a toy")
 
 
 def test_sync_start_formats() -> None:

@@ -2,6 +2,7 @@
 
 It records each customer event's object id; its behaviour is steered by the object's metadata
 (`fail`: always raise; `permanent`: raise PermanentError; `fail_until`: raise until that
+attempt; `unavailable_until`: raise UnavailableError, as when Stripe is down, until that
 attempt; `hang_first`: block on the first attempt, as a process that dies mid-applier; `sleep`:
 take that many seconds). `DEFINITION` applies a batch one event at a time (a statement each, in
 each event's span); `BATCH_DEFINITION` writes a whole batch in one statement.
@@ -18,7 +19,7 @@ from syncmesh.type.v1 import money_pb2
 
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
-from services.common.errors import PermanentError
+from services.common.errors import PermanentError, UnavailableError
 from services.common.events import StripeEvent
 from services.common.service import ServiceDefinition
 
@@ -44,6 +45,8 @@ async def _apply_one(ctx: HandlerContext, event: StripeEvent) -> None:
         raise PermanentError("toy cannot ever apply " + event.object_id)
     if attempts[event.id] < int(metadata.get("fail_until", 0)):
         raise RuntimeError("transient toy failure")
+    if attempts[event.id] < int(metadata.get("unavailable_until", 0)):
+        raise UnavailableError("toy's Stripe is down")
     await ctx.conn.execute(
         "INSERT INTO toy_records (object_id, last_event_id) VALUES ($1, $2) "
         "ON CONFLICT (object_id) DO UPDATE SET last_event_id = $2, times_applied = toy_records.times_applied + 1",

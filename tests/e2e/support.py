@@ -31,11 +31,10 @@ WEBHOOK_ID = "syncmesh-e2e"
 
 
 def definitions() -> dict[str, Any]:
-    from services.billing.app import DEFINITION as BILLING
-    from services.crm_export.app import DEFINITION as CRM
-    from services.customer.app import DEFINITION as CUSTOMER
+    """Every service of the roster (services/registry.py), by name."""
+    from services import registry
 
-    return {"customer": CUSTOMER, "billing": BILLING, "crm-export": CRM}
+    return {d.name: d for d in registry.definitions()}
 
 
 @dataclass

@@ -23,6 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.deployable import GATEWAY
+from services import registry
+from services.common.deployable import Deployable
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "prod")
@@ -33,6 +37,16 @@ OLDEST_KUBERNETES = "1.32.0"
 MIN_KUSTOMIZE = (5, 0)
 
 Obj = dict[str, Any]
+
+# -- the code's contract, from the deployables' own declarations (services/registry.py) --------
+#: Every deployable the code knows: the gateway and each registered service, by name.
+DEPLOYABLES: dict[str, Deployable] = {d.name: d for d in (GATEWAY, *(s.deployable for s in registry.definitions()))}
+#: The registered services (every deployable but the gateway).
+SERVICES = registry.names()
+DEFAULT_PORTS = {name: d.default_port for name, d in DEPLOYABLES.items()}
+REQUIRED_BY = {name: d.required_settings for name, d in DEPLOYABLES.items()}
+#: The gRPC health name each service reports SERVING on once PostgreSQL and NATS are ready.
+HEALTH_NAMES = {d.name: d.grpc_service_name for d in registry.definitions()}
 
 
 def _tool(name: str, dependency: str) -> str:

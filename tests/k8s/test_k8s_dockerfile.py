@@ -13,9 +13,7 @@ import subprocess
 import tomllib
 from dataclasses import dataclass, field
 
-from services.common.settings import DEFAULT_PORTS
-
-from .k8s_support import REPO, by_name, hadolint, pod_spec, render
+from .k8s_support import DEFAULT_PORTS, REPO, by_name, hadolint, pod_spec, render
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

@@ -14,11 +14,11 @@ import kubernetes_validate
 import pytest
 
 from services.common.db import create_pool
-from services.common.settings import REQUIRED_BY
 
 from .k8s_support import (
     K8S,
     OLDEST_KUBERNETES,
+    REQUIRED_BY,
     Obj,
     by_name,
     container_env,

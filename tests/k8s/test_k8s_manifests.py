@@ -5,7 +5,8 @@ objects are read for the things a reviewer would check by hand: every container 
 probed and bounded; every setting the code requires present, with secrets only by reference;
 ports and health names as the code serves them; scaling and network policy as documented.
 
-The code's contract (deployables, ports, required and secret variables) is imported from
+The code's contract (deployables, ports, required and secret variables, health names) comes
+from the deployables' own declarations (gateway/deployable.py, services/registry.py) and
 `services.common.settings`, so a change there that the manifests miss fails here.
 """
 
@@ -18,12 +19,16 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 
-from services.common.settings import DEFAULT_PORTS, REQUIRED_BY, SECRET_VARIABLES, Settings, load_settings
+from services.common.settings import SECRET_VARIABLES, Settings, load_settings
 
 from .k8s_support import (
+    DEFAULT_PORTS,
+    HEALTH_NAMES,
     K8S,
     OLDEST_KUBERNETES,
     OVERLAYS,
+    REQUIRED_BY,
+    SERVICES,
     Obj,
     Secretish,
     by_name,
@@ -38,15 +43,9 @@ from .k8s_support import (
     render_text,
     selector_matches,
 )
+from .k8s_support import DEPLOYABLES as FACTS
 
-DEPLOYABLES = tuple(REQUIRED_BY)
-SERVICES = tuple(d for d in DEPLOYABLES if d != "gateway")
-#: The gRPC health name each service reports SERVING on once PostgreSQL and NATS are ready.
-HEALTH_NAMES = {
-    "customer": "syncmesh.customer.v1.CustomerService",
-    "billing": "syncmesh.billing.v1.BillingService",
-    "crm-export": "syncmesh.crm_export.v1.CrmExportService",
-}
+DEPLOYABLES = tuple(FACTS)
 POSTGRES_KUSTOMIZATION = "infra/postgres"
 #: What a secret's value looks like, should one ever be pasted into a manifest.
 SECRET_VALUE = re.compile(r"whsec_[A-Za-z0-9]|\b[sr]k_(live|test)_[A-Za-z0-9]|postgres(ql)?://[^/\s:@]+:[^@\s]+@")
@@ -195,7 +194,7 @@ def test_ports_match_the_codes_defaults(objs: list[Obj]) -> None:
     for deployable in DEPLOYABLES:
         settings, _ = _settings_for(objs, deployable)
         port = DEFAULT_PORTS[deployable]
-        assert settings.port(deployable) == port, f"{deployable}: the manifests override the default port"
+        assert FACTS[deployable].port(settings) == port, f"{deployable}: the manifests override the default port"
         container = main_container(deployment(objs, deployable))
         declared = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert list(declared.values()) == [port], f"{deployable}: containerPort {declared} != {port}"
@@ -244,7 +243,7 @@ def test_every_required_setting_is_provided(objs: list[Obj]) -> None:
             )
         # And the whole environment passes the code's own validation.
         settings, _ = _settings_for(objs, deployable)
-        settings.require(deployable)
+        FACTS[deployable].require(settings)
 
 
 def test_secrets_are_references_never_values(objs: list[Obj]) -> None:

@@ -121,7 +121,7 @@ async def test_sweep_and_backfill_commands(env, localstripe, ls_client, bus: Bus
 
 
 async def test_replay_command(env, bus: Bus, capsys) -> None:
-    env.setattr("launcher.cli.service_definition", lambda name: record_toy.DEFINITION)
+    env.setattr("services.registry.by_name", lambda name: record_toy.DEFINITION)
     await publish(bus, customer_event("cus_r", name="Replayed", created=10))
     assert await run(["replay", "customer"]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,143 @@
+"""The billing rules that judge stored facts: what an invoice's ledger becomes, whether its
+write-off memo and credit holds move, and what a refund's credit memo says.
+
+Pure: no I/O, no clock. The store loads the facts (`records.StoredLedger`, `records.StoredRefund`)
+and writes what these functions return, so the rules are here once and can be tested without a
+database. Order-independence follows from them: the decisions read every stored fact, never the
+order the facts arrived in, and an ERP status only moves forward (`ledger.forward_status`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date
+from typing import Literal
+
+from services.billing.ledger import ErpStatus, LedgerState, compute_ledger, forward_status
+from services.billing.records import StoredLedger, StoredRefund
+from services.billing.settings import BillingSettings
+
+MemoStatus = Literal["issued", "reversed", "void", "superseded"]
+
+#: The write-off memo's status for each write-off state the ledger derives.
+_WRITE_OFF_MEMO_STATUS: dict[str, MemoStatus] = {"active": "issued", "reversed": "reversed", "void": "void"}
+
+
+@dataclass(frozen=True)
+class WriteOffMemo:
+    """The write-off credit memo an invoice's ledger calls for (written when it differs)."""
+
+    memo_key: str
+    stripe_invoice_id: str
+    stripe_customer_id: str
+    amount: int
+    currency: str
+    memo_date: date
+    status: MemoStatus
+    memo: str
+    line_description: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """An invoice's ledger re-derived from its stored facts, and what follows from it."""
+
+    invoice: StoredLedger
+    state: LedgerState
+    status: ErpStatus
+    #: The stored ledger differs: save it, record it, announce it.
+    moved: bool
+    write_off: WriteOffMemo | None
+    #: Why the invoice's active credit holds are released, when they are.
+    release_reason: str | None
+
+    @property
+    def history(self) -> str:
+        s = self.state
+        return (
+            f"ledger: {self.status}, paid {s.amount_paid}, credits {s.credits_applied}, remaining {s.amount_remaining}"
+        )
+
+
+def settle(invoice: StoredLedger, policy: BillingSettings) -> Settlement:
+    """The invoice's ledger under the running policy; a stored status never moves back."""
+    state = compute_ledger(replace(invoice.facts, write_off_enabled=policy.write_off_uncollectible))
+    status = forward_status(invoice.erp_status, state.erp_status)
+    stored = (invoice.amount_paid, invoice.unattributed_paid, invoice.credits_applied, invoice.amount_remaining)
+    new = (state.amount_paid, state.unattributed_paid, state.credits_applied, state.amount_remaining)
+    release = None
+    if policy.release_hold_on_pay and status in ("paid_in_full", "voided") and invoice.has_active_holds:
+        release = f"invoice {invoice.stripe_invoice_id} {status.replace('_', ' ')}"
+    return Settlement(
+        invoice,
+        state,
+        status,
+        moved=stored != new or invoice.erp_status != status,
+        write_off=write_off_memo(invoice, state),
+        release_reason=release,
+    )
+
+
+def write_off_memo(invoice: StoredLedger, state: LedgerState) -> WriteOffMemo | None:
+    """The write-off memo matching the ledger: dated the day the mesh was told the invoice was
+    uncollectible, because Stripe does not record when it was closed or forgiven."""
+    if state.write_off == "none":
+        return None
+    notified = invoice.uncollectible_notified_on or invoice.transaction_date
+    invoice_id = invoice.stripe_invoice_id
+    return WriteOffMemo(
+        memo_key=f"wo_{invoice_id}",
+        stripe_invoice_id=invoice_id,
+        stripe_customer_id=invoice.stripe_customer_id,
+        amount=state.write_off_amount,
+        currency=invoice.currency,
+        memo_date=notified,
+        status=_WRITE_OFF_MEMO_STATUS[state.write_off],
+        memo=(
+            f"Bad debt write-off of an uncollectible invoice, dated {notified.isoformat()}: the day the mesh was "
+            "notified (Stripe does not record when an invoice was closed or forgiven)"
+        ),
+        line_description=f"Write-off of invoice {invoice_id} (receivable and income reversed)",
+    )
+
+
+@dataclass(frozen=True)
+class RefundMemo:
+    """The credit memo a refund calls for (the refund's customer refund settles it)."""
+
+    memo_key: str
+    stripe_invoice_id: str | None
+    stripe_customer_id: str | None
+    amount: int
+    currency: str
+    memo_date: date
+    status: MemoStatus
+    reason: str | None
+    memo: str
+    line_description: str
+
+
+def refund_memo_status(refund_status: str, covered: bool) -> MemoStatus:
+    """Void when the refund failed or was cancelled; superseded when a credit note already
+    carries it (its amount must not be credited twice); issued otherwise."""
+    if refund_status in ("failed", "canceled"):
+        return "void"
+    if covered:
+        return "superseded"
+    return "issued"
+
+
+def refund_memo(refund: StoredRefund) -> RefundMemo:
+    refund_id = refund.stripe_refund_id
+    return RefundMemo(
+        memo_key=refund_id,
+        stripe_invoice_id=refund.stripe_invoice_id,
+        stripe_customer_id=refund.stripe_customer_id,
+        amount=refund.amount,
+        currency=refund.currency,
+        memo_date=refund.refunded_on,
+        status=refund_memo_status(refund.status, refund.covered),
+        reason=refund.reason,
+        memo=f"Refund {refund_id}, settled by its customer refund",
+        line_description=f"Refund {refund_id}",
+    )

@@ -1,0 +1,46 @@
+"""When a customer goes on credit hold: Stripe has given up collecting one of their invoices.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.billing.invoice_mapping import ErpInvoice
+from services.billing.stripe_fields import Json, as_dict, ref_id
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    stripe_customer_id: str
+    stripe_invoice_id: str
+    reason: str
+    #: 1 for the invoice's own final failure, 2 for a subscription state: the lower names the hold.
+    cause_rank: int = 1
+
+
+def hold_from_invoice(inv: ErpInvoice) -> HoldRequest | None:
+    """`invoice.payment_failed` with no next attempt: Stripe has given up retrying."""
+    if not inv.final_payment_failure or not inv.stripe_customer_id:
+        return None
+    return HoldRequest(
+        inv.stripe_customer_id,
+        inv.stripe_invoice_id,
+        f"final payment attempt failed (attempt {inv.attempt_count}); Stripe will not retry",
+    )
+
+
+def hold_from_subscription(obj: Json, event_type: str) -> HoldRequest | None:
+    """A subscription that ended up unpaid, paused or cancelled because payment failed."""
+    customer = ref_id(obj.get("customer"))
+    invoice = ref_id(obj.get("latest_invoice"))
+    status = obj.get("status")
+    if not customer or not invoice:
+        return None
+    cancel_reason = as_dict(obj.get("cancellation_details")).get("reason")
+    if status in ("unpaid", "paused") or (event_type.endswith(".deleted") and cancel_reason == "payment_failed"):
+        return HoldRequest(
+            customer, invoice, f"subscription {obj.get('id')} {status} after final payment failure", cause_rank=2
+        )
+    return None

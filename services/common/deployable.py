@@ -1,0 +1,42 @@
+"""What every deployable (the gateway, each service) says about itself to the tools around it.
+
+The runtime names no deployable: each one declares its own name, listening port and the
+settings it cannot start without, and everything else (the launcher, `syncmesh up`, the
+operator tools, the Kubernetes checks, the benchmark) reads those declarations. A fourth
+service then changes its own folder and one registry entry, not a dozen hand-kept lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.settings import Settings
+
+#: What a service needs by default: its stream, its database, and to know test from live.
+SERVICE_SETTINGS = ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE")
+
+
+def port_variable(name: str) -> str:
+    """`crm-export` -> `SYNCMESH_CRM_EXPORT_PORT`: the variable that moves a deployable's port."""
+    return f"SYNCMESH_{name.upper().replace('-', '_')}_PORT"
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """A process the mesh runs: its name, its default listening port, the variables it requires."""
+
+    name: str
+    default_port: int
+    required_settings: tuple[str, ...]
+
+    @property
+    def port_variable(self) -> str:
+        return port_variable(self.name)
+
+    def port(self, settings: Settings) -> int:
+        """The port from `SYNCMESH_<NAME>_PORT` (0: the OS picks), else the declared default."""
+        return settings.port_for(self.port_variable, self.default_port)
+
+    def require(self, settings: Settings) -> Settings:
+        """Fail start-up naming every variable this deployable needs and lacks."""
+        return settings.require(self.required_settings, to_run=self.name)

@@ -1,0 +1,88 @@
+"""The billing rules over stored facts (`decide`), without a database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import pytest
+
+from services.billing import decide
+from services.billing.ledger import LedgerFacts, PaymentFact
+from services.billing.records import StoredLedger, StoredRefund
+from services.billing.settings import BillingSettings
+
+
+def stored(**changes: object) -> StoredLedger:
+    facts = LedgerFacts(
+        total=1000,
+        stripe_status="open",
+        stripe_amount_paid=0,
+        balance_applied=0,
+        payments=(),
+        invoice_credits=0,
+        uncollectible_seen=False,
+        uncollectible_at=None,
+        write_off_enabled=False,
+    )
+    base = StoredLedger(
+        stripe_invoice_id="in_1",
+        erp_invoice_id="INV-0000001",
+        stripe_customer_id="cus_1",
+        currency="usd",
+        total=1000,
+        lines_complete=True,
+        transaction_date=date(2025, 1, 1),
+        uncollectible_notified_on=None,
+        erp_status="open",
+        amount_paid=0,
+        unattributed_paid=0,
+        credits_applied=0,
+        amount_remaining=1000,
+        has_active_holds=False,
+        facts=facts,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_an_unchanged_ledger_does_not_move() -> None:
+    settled = decide.settle(stored(), BillingSettings())
+    assert not settled.moved and settled.status == "open" and settled.write_off is None
+
+
+def test_a_payment_moves_the_ledger_and_releases_holds() -> None:
+    invoice = stored(has_active_holds=True)
+    invoice = replace(invoice, facts=replace(invoice.facts, stripe_status="paid", payments=(PaymentFact(1000, 5),)))
+    settled = decide.settle(invoice, BillingSettings())
+    assert settled.moved and settled.status == "paid_in_full" and settled.state.amount_remaining == 0
+    assert settled.release_reason == "invoice in_1 paid in full"
+    assert decide.settle(invoice, BillingSettings(release_hold_on_pay=False)).release_reason is None
+
+
+def test_a_stored_status_never_moves_back() -> None:
+    settled = decide.settle(stored(erp_status="paid_in_full"), BillingSettings())
+    assert settled.status == "paid_in_full"
+
+
+def test_write_off_follows_the_policy() -> None:
+    invoice = stored(uncollectible_notified_on=date(2025, 2, 3))
+    invoice = replace(invoice, facts=replace(invoice.facts, stripe_status="uncollectible", uncollectible_seen=True))
+    assert decide.settle(invoice, BillingSettings()).write_off is None
+    memo = decide.settle(invoice, BillingSettings(write_off_uncollectible=True)).write_off
+    assert memo is not None
+    assert (memo.memo_key, memo.status, memo.amount, memo.memo_date) == ("wo_in_1", "issued", 1000, date(2025, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("status", "covered", "memo"),
+    [
+        ("succeeded", False, "issued"),
+        ("pending", False, "issued"),
+        ("succeeded", True, "superseded"),
+        ("failed", True, "void"),
+        ("canceled", False, "void"),
+    ],
+)
+def test_refund_memo_status(status: str, covered: bool, memo: str) -> None:
+    refund = StoredRefund("re_1", "in_1", "cus_1", 500, "usd", date(2025, 1, 2), status, None, covered)
+    assert decide.refund_memo(refund).status == memo
