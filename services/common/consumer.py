@@ -100,6 +100,7 @@ from services.common.events import StripeEvent, check_mode, from_envelope
 from services.common.logs import current_event_id
 from services.common.settings import Settings
 from services.common.stripe_api import stripe_client_for
+from services.common.stripe_shapes import check_body, check_object
 from services.common.tracing import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -254,14 +255,16 @@ class Batch:
 
 
 def receive(msgs: Sequence[Msg], mode: str) -> Batch:
-    """Decode fetched messages; one that cannot be decoded (or is of the wrong Stripe mode) is
-    undecodable at once."""
+    """Decode fetched messages; one that cannot be decoded, is of the wrong Stripe mode, or whose
+    object does not have the types Stripe documents (`stripe_shapes`) is undecodable at once."""
     received = [Received(m) for m in msgs]
     deliveries = []
     for r in received:
         try:
             event, envelope = from_envelope(r.msg.data)
             check_mode(event, mode)
+            check_body(event.raw)
+            check_object(event.object)
         except EventError as exc:
             r.outcome, r.detail = Outcome.UNDECODABLE, f"undecodable: {exc}"
             continue
