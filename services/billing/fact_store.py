@@ -25,10 +25,11 @@ from services.common.db import Conn
 
 @dataclass(frozen=True)
 class FactKeys:
-    """What a batch's events name, for `load`."""
+    """What a batch's events name, for `load`: the records themselves, and the charges and
+    payment intents whose payments give a refund its invoice (those with one) or whose refunds
+    learn it from a payment (those without)."""
 
     payment_ids: Collection[str] = ()
-    #: Charges and payment intents whose payments or refunds the batch links.
     charge_ids: Collection[str] = ()
     payment_intent_ids: Collection[str] = ()
     refund_ids: Collection[str] = ()
@@ -47,11 +48,13 @@ class Loaded:
 
 _LOAD = """
 WITH p AS (SELECT * FROM payments
-            WHERE stripe_payment_id = ANY($1::text[]) OR charge_id = ANY($2::text[])
-               OR payment_intent_id = ANY($3::text[])),
+            WHERE stripe_payment_id = ANY($1::text[])
+               OR (stripe_invoice_id IS NOT NULL
+                   AND (charge_id = ANY($2::text[]) OR payment_intent_id = ANY($3::text[])))),
      r AS (SELECT * FROM refunds
-            WHERE stripe_refund_id = ANY($4::text[]) OR charge_id = ANY($2::text[])
-               OR payment_intent_id = ANY($3::text[])),
+            WHERE stripe_refund_id = ANY($4::text[])
+               OR (stripe_invoice_id IS NULL
+                   AND (charge_id = ANY($2::text[]) OR payment_intent_id = ANY($3::text[])))),
      inv AS (SELECT stripe_invoice_id FROM p UNION SELECT stripe_invoice_id FROM r
              UNION SELECT unnest($6::text[]))
 SELECT
