@@ -13,7 +13,7 @@ out of what is recorded and announced, as the one-event-at-a-time upserts did.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,28 +140,57 @@ class Written:
     customers: set[str] = field(default_factory=set)
 
 
-async def write(conn: Conn, fold: FactsFold) -> Written:
-    """The fold's net effect: each changed record written once."""
+async def write(conn: Conn, fold: FactsFold, known: Mapping[tuple[str, str], str]) -> Written:
+    """The fold's net effect: each changed record written once; `known` are the ERP ids of the
+    stored records (`Loaded.erp_ids`)."""
     written = Written()
-    await _write_payments(conn, fold, written)
-    await _write_refunds(conn, fold, written)
-    await _write_notes(conn, fold, written)
-    await _write_refund_memos(conn, fold, written)
+    await _write_payments(conn, fold, written, known)
+    await _write_refunds(conn, fold, written, known)
+    await _write_notes(conn, fold, written, known)
+    await _write_refund_memos(conn, fold, written, known)
     await _write_holds(conn, fold, written)
     await _write_customers(conn, fold, written)
     return written
 
 
-async def _write_payments(conn: Conn, fold: FactsFold, written: Written) -> None:
+def _numbered(key: str, prefix: str, sequence: str) -> str:
+    """A CTE `ids` giving each new row of `t` its ERP id, drawn in the order the batch created
+    them (`new_order`), so ids are numbered as one event at a time would number them while the
+    rows are written in key order (so concurrent batches cannot deadlock). The format is the
+    column default's."""
+    return f"""ids AS (
+            SELECT {key}, '{prefix}-' || lpad(nextval('{sequence}')::text, 7, '0') AS erp_id
+              FROM (SELECT {key} FROM t WHERE new_order IS NOT NULL ORDER BY new_order) AS o)"""
+
+
+def _numbering(
+    keys: Sequence[str], created: Sequence[str], table: str, known: Mapping[tuple[str, str], str]
+) -> tuple[list[int | None], list[str | None]]:
+    """The `new_order` and `known_erp_id` columns of `_numbered`: a new row's place in the
+    batch's creation order, a stored row's ERP id (its insert loses to the stored row)."""
+    order = {key: n for n, key in enumerate(created)}
+    return [order.get(k) for k in keys], [known.get((table, k)) for k in keys]
+
+
+async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
     ps = [fold.payments[k] for k in sorted(fold.payments_changed)]
     if not ps:
         return
     rows = await conn.fetch(
-        """
-        INSERT INTO payments (stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
+        f"""
+        WITH t AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                 $7::text[], $8::bigint[], $9::date[], $10::text[], $11::text[], $12::integer[],
+                                 $13::integer[], $14::text[])
+                AS t(stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id, payment_intent_id, amount,
+                     currency, paid_at, paid_on, method, source, priority, new_order, known_erp_id)),
+        {_numbered("stripe_payment_id", "PMT", "erp_payment_seq")}
+        INSERT INTO payments (erp_payment_id, stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
             payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-                             $8::bigint[], $9::date[], $10::text[], $11::text[], $12::integer[])
+        SELECT COALESCE(ids.erp_id, t.known_erp_id), t.stripe_payment_id, t.stripe_invoice_id, t.stripe_customer_id,
+               t.charge_id, t.payment_intent_id, t.amount, t.currency, t.paid_at, t.paid_on, t.method, t.source,
+               t.priority
+          FROM t LEFT JOIN ids USING (stripe_payment_id) ORDER BY t.stripe_payment_id
         ON CONFLICT (stripe_payment_id) DO UPDATE SET
             stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, payments.stripe_invoice_id),
             stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, payments.stripe_customer_id),
@@ -184,20 +213,30 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written) -> None
         [p.method for p in ps],
         [p.source for p in ps],
         [p.priority for p in ps],
+        *_numbering([p.stripe_payment_id for p in ps], fold.payments_created, "payment", known),
     )
     written.erp_ids.update((("payment", r["stripe_payment_id"]), r["erp_payment_id"]) for r in rows)
 
 
-async def _write_refunds(conn: Conn, fold: FactsFold, written: Written) -> None:
+async def _write_refunds(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
     rs = [fold.refunds[k] for k in sorted(fold.refunds_changed)]
     if not rs:
         return
     rows = await conn.fetch(
-        """
-        INSERT INTO refunds (stripe_refund_id, charge_id, payment_intent_id, stripe_invoice_id, stripe_customer_id,
-            amount, currency, status, status_rank, stripe_created, refunded_on, reason)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-                             $8::text[], $9::integer[], $10::bigint[], $11::date[], $12::text[])
+        f"""
+        WITH t AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                 $7::text[], $8::text[], $9::integer[], $10::bigint[], $11::date[], $12::text[],
+                                 $13::integer[], $14::text[])
+                AS t(stripe_refund_id, charge_id, payment_intent_id, stripe_invoice_id, stripe_customer_id, amount,
+                     currency, status, status_rank, stripe_created, refunded_on, reason, new_order, known_erp_id)),
+        {_numbered("stripe_refund_id", "RFD", "erp_refund_seq")}
+        INSERT INTO refunds (erp_refund_id, stripe_refund_id, charge_id, payment_intent_id, stripe_invoice_id,
+            stripe_customer_id, amount, currency, status, status_rank, stripe_created, refunded_on, reason)
+        SELECT COALESCE(ids.erp_id, t.known_erp_id), t.stripe_refund_id, t.charge_id, t.payment_intent_id,
+               t.stripe_invoice_id, t.stripe_customer_id, t.amount, t.currency, t.status, t.status_rank,
+               t.stripe_created, t.refunded_on, t.reason
+          FROM t LEFT JOIN ids USING (stripe_refund_id) ORDER BY t.stripe_refund_id
         ON CONFLICT (stripe_refund_id) DO UPDATE SET
             charge_id = COALESCE(refunds.charge_id, EXCLUDED.charge_id),
             payment_intent_id = COALESCE(refunds.payment_intent_id, EXCLUDED.payment_intent_id),
@@ -225,11 +264,12 @@ async def _write_refunds(conn: Conn, fold: FactsFold, written: Written) -> None:
         [r.created for r in rs],
         [to_date(r.created) for r in rs],
         [r.reason for r in rs],
+        *_numbering([r.stripe_refund_id for r in rs], fold.refunds_created, "refund", known),
     )
     written.erp_ids.update((("refund", r["stripe_refund_id"]), r["erp_refund_id"]) for r in rows)
 
 
-async def _write_notes(conn: Conn, fold: FactsFold, written: Written) -> None:
+async def _write_notes(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
     links = sorted(fold.links)
     if links:
         await conn.execute(
@@ -245,17 +285,21 @@ async def _write_notes(conn: Conn, fold: FactsFold, written: Written) -> None:
     #: A note created in this batch keeps its first version's currency and memo text.
     first = [fold.notes_created.get(k, n) for k, n in zip(keys, notes, strict=True)]
     rows = await conn.fetch(
-        """
-        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, number, amount, currency,
-                                  memo_date, status, status_rank, applied_to, note_type, reason, memo,
-                                  version_created, voided_at)
-        SELECT t.memo_key, 'credit_note', t.invoice_id, t.customer_id, t.number, t.amount, t.currency, t.memo_date,
-               t.status, t.status_rank, t.applied_to, t.note_type, t.reason, t.memo, t.version_created, t.voided_at
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::date[],
-                      $8::text[], $9::integer[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[],
-                      $15::bigint[])
-            AS t(memo_key, invoice_id, customer_id, number, amount, currency, memo_date, status, status_rank,
-                 applied_to, note_type, reason, memo, version_created, voided_at)
+        f"""
+        WITH t AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                                 $7::date[], $8::text[], $9::integer[], $10::text[], $11::text[], $12::text[],
+                                 $13::text[], $14::bigint[], $15::bigint[], $16::integer[], $17::text[])
+                AS t(memo_key, invoice_id, customer_id, number, amount, currency, memo_date, status, status_rank,
+                     applied_to, note_type, reason, memo, version_created, voided_at, new_order, known_erp_id)),
+        {_numbered("memo_key", "CM", "erp_credit_memo_seq")}
+        INSERT INTO credit_memos (erp_credit_memo_id, memo_key, kind, stripe_invoice_id, stripe_customer_id, number,
+                                  amount, currency, memo_date, status, status_rank, applied_to, note_type, reason,
+                                  memo, version_created, voided_at)
+        SELECT COALESCE(ids.erp_id, t.known_erp_id), t.memo_key, 'credit_note', t.invoice_id, t.customer_id,
+               t.number, t.amount, t.currency, t.memo_date, t.status, t.status_rank, t.applied_to, t.note_type,
+               t.reason, t.memo, t.version_created, t.voided_at
+          FROM t LEFT JOIN ids USING (memo_key) ORDER BY t.memo_key
         ON CONFLICT (memo_key) DO UPDATE SET
             stripe_invoice_id = EXCLUDED.stripe_invoice_id, stripe_customer_id = EXCLUDED.stripe_customer_id,
             number = EXCLUDED.number, amount = EXCLUDED.amount, memo_date = EXCLUDED.memo_date,
@@ -281,6 +325,7 @@ async def _write_notes(conn: Conn, fold: FactsFold, written: Written) -> None:
         [f"Stripe credit note {f.number or f.stripe_credit_note_id}" for f in first],
         [n.created for n in notes],
         [n.voided_at for n in notes],
+        *_numbering(keys, list(fold.notes_created), "memo", known),
     )
     changed = sorted(r["memo_key"] for r in rows)
     written.erp_ids.update((("memo", r["memo_key"]), r["erp_credit_memo_id"]) for r in rows)
@@ -304,7 +349,9 @@ async def _write_notes(conn: Conn, fold: FactsFold, written: Written) -> None:
         )
 
 
-async def _write_refund_memos(conn: Conn, fold: FactsFold, written: Written) -> None:
+async def _write_refund_memos(
+    conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]
+) -> None:
     keys = sorted(fold.memos_changed)
     if not keys:
         return
@@ -313,14 +360,18 @@ async def _write_refund_memos(conn: Conn, fold: FactsFold, written: Written) -> 
     # row's other values are what it would be created with now, for the insert's constraints).
     created = [fold.memos_created.get(k) or fold.refund_memo(k) for k in keys]
     rows = await conn.fetch(
-        """
-        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
-                                  memo_date, status, applied_to, reason, memo)
-        SELECT t.memo_key, 'refund', t.invoice_id, t.customer_id, t.amount, t.currency, t.memo_date, t.status,
-               'refund', t.reason, t.memo
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::date[], $7::text[],
-                      $8::text[], $9::text[])
-            AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, reason, memo)
+        f"""
+        WITH t AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::date[],
+                                 $7::text[], $8::text[], $9::text[], $10::integer[], $11::text[])
+                AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, reason, memo,
+                     new_order, known_erp_id)),
+        {_numbered("memo_key", "CM", "erp_credit_memo_seq")}
+        INSERT INTO credit_memos (erp_credit_memo_id, memo_key, kind, stripe_invoice_id, stripe_customer_id, amount,
+                                  currency, memo_date, status, applied_to, reason, memo)
+        SELECT COALESCE(ids.erp_id, t.known_erp_id), t.memo_key, 'refund', t.invoice_id, t.customer_id, t.amount,
+               t.currency, t.memo_date, t.status, 'refund', t.reason, t.memo
+          FROM t LEFT JOIN ids USING (memo_key) ORDER BY t.memo_key
         ON CONFLICT (memo_key) DO UPDATE SET status = EXCLUDED.status,
                stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, credit_memos.stripe_invoice_id),
                stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, credit_memos.stripe_customer_id),
@@ -340,6 +391,7 @@ async def _write_refund_memos(conn: Conn, fold: FactsFold, written: Written) -> 
         [s.status for s in states],
         [m.reason for m in created],
         [m.memo for m in created],
+        *_numbering(keys, list(fold.memos_created), "memo", known),
     )
     written.erp_ids.update((("memo", r["memo_key"]), r["erp_credit_memo_id"]) for r in rows)
     new = [fold.memos_created[r["memo_key"]] for r in rows if r["inserted"] and r["memo_key"] in fold.memos_created]

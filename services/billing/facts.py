@@ -209,6 +209,9 @@ class FactsFold:
         self.holds = dict(stored.holds)
         self.customers = dict(stored.customers)
         self.payments_changed: set[str] = set()
+        #: Payments and refunds new in this batch, in the order they arrived (their ERP ids follow it).
+        self.payments_created: list[str] = []
+        self.refunds_created: list[str] = []
         self.refunds_changed: set[str] = set()
         self.memos_changed: set[str] = set()
         #: Memos new in this batch: what they were created with (later steps move only the state).
@@ -228,6 +231,8 @@ class FactsFold:
         stored = self.payments.get(payment.stripe_payment_id)
         merged = merge_payment(stored, payment)
         if merged is not None:
+            if stored is None:
+                self.payments_created.append(payment.stripe_payment_id)
             self.payments[payment.stripe_payment_id] = merged
             self.payments_changed.add(payment.stripe_payment_id)
             effects.append(PaymentStored(payment, inserted=stored is None))
@@ -285,6 +290,8 @@ class FactsFold:
         stored = self.refunds.get(refund.stripe_refund_id)
         merged = merge_refund(stored, refund)
         if merged is not None:
+            if stored is None:
+                self.refunds_created.append(refund.stripe_refund_id)
             self.refunds[refund.stripe_refund_id] = merged
             self.refunds_changed.add(refund.stripe_refund_id)
             effects.append(RefundStored(refund, stored is None, merged.status, merged.stripe_invoice_id))

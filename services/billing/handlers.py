@@ -231,7 +231,7 @@ async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> N
     to_lock = sorted({i for _, invoices in decided for i in invoices} - batch.locked)
     await store.lock_many(conn, to_lock)
     batch.locked.update(to_lock)
-    written = await fact_store.write(conn, fold)
+    written = await fact_store.write(conn, fold, loaded.erp_ids)
     erp_ids = {**loaded.erp_ids, **written.erp_ids}
     for ef, (effects, _) in zip(read, decided, strict=True):
         with ef.item.consuming():
