@@ -222,7 +222,7 @@ def _fold(fold: FactsFold, ef: EventFacts) -> tuple[list[Effect], list[str]]:
 async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> None:
     """Store the events' facts (load, fold, write), then record and announce each event's changes
     in arrival order and note the invoices they touched for settlement."""
-    if not read:
+    if not any(ef.facts for ef in read):  # e.g. snapshots that only marked their invoice uncollectible
         return
     loaded = await fact_store.load(conn, _keys(read))
     fold = FactsFold(loaded.facts)

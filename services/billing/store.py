@@ -559,7 +559,7 @@ async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, lis
 async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
     """Whether a hold stands now, or stood at the end of `as_of` (UTC). A hold is the mesh's own
     act, so it is dated by when the mesh placed and released it; a released hold is never placed
-    again (`place_hold`), so each row is one interval."""
+    again (`facts.hold_change`), so each row is one interval."""
     if as_of is None:
         return bool(
             await conn.fetchval(
