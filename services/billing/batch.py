@@ -1,7 +1,8 @@
 """The billing consumer's applier: a batch of events (or one, as a batch of one) -> the ledger.
 
 Invoice snapshots are folded per invoice and written set-based (`invoices`); every other event
-runs through its handler in turn (`handlers`); every invoice touched is then re-derived once
+is read into the facts it carries, and those are loaded, folded and written set-based together
+(`handlers`, `facts`, `fact_store`); every invoice touched is then re-derived once
 (`decide.settle`). Order does not matter between the three (each stores facts, the derivation
 reads them all), which is what lets a batch be split this way and still leave the ledger
 one-at-a-time delivery would. The shared work is done once: the invoices' locks are taken
@@ -41,14 +42,16 @@ async def _apply(batch: Batch, conn: Conn, items: Sequence[BatchItem]) -> None:
     batch.locked.update(keys)
     await handlers.item_map(batch, conn, sorted({p for item in items for p in _price_ids(item)}))
     snapshots = []
+    facts = []
     for item in items:
         with item.consuming():
             if invoices.is_snapshot_event(item.event.type):
                 snapshot = await invoices.read_snapshot(batch, item)
                 if snapshot is not None:
                     snapshots.append(snapshot)
-            else:
-                await handlers.dispatch(batch, item.ctx, item.event)
+            elif (read := handlers.read_event(batch, item)) is not None:
+                facts.append(read)
+    await handlers.store_facts(batch, conn, facts)
     await invoices.apply_snapshots(batch, conn, snapshots)
     await settlement.settle_noted(batch, conn)
     await store.add_history(conn, batch.history)

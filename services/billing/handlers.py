@@ -1,36 +1,72 @@
-"""Stripe billing events other than invoice snapshots -> the ERP ledger, inside a batch.
+"""Stripe billing events other than invoice snapshots -> the ERP ledger, a batch at a time.
 
-Each handler stores the Stripe facts the event carries (keyed by Stripe id, version-guarded)
-and notes the invoice in the batch (`Batch.settle_later`) for its ledger to be re-derived from
-all of its stored facts at the end of the batch (`settlement`). That split is what makes the
-result independent of order and duplication: a late or repeated event can only add a fact the
-store already has or ignore an older one; the derivation (`decide.settle`, pure) does the rest.
-What the batch has noted travels in an explicit `Batch` value. Invoice snapshots themselves are
-folded set-based in `invoices`; `batch` runs the two together.
+Three steps, like the customer service's: each event is read into the facts it carries
+(`read_event`: payments, refunds, credit notes, credit holds, customer links; no I/O); the
+stored facts they touch are loaded in one statement and the batch's facts folded over them in
+arrival order by pure rules (`facts.FactsFold`); then what changed is written set-based
+(`fact_store.write`), and the audit rows and domain events follow in event order, with the ERP
+ids the write assigned. Each invoice an event touches is noted in the batch (`Batch.settle_later`)
+for its ledger to be re-derived from all of its stored facts at the end of the batch
+(`settlement`). That split is what makes the ledger independent of order and duplication: a late
+or repeated event can only add a fact the store already has or lose to a newer one; the
+derivation (`decide.settle`, pure) does the rest. Invoice snapshots themselves are folded
+set-based in `invoices`; `batch` runs the two together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from services.billing import announce, decide, holds, payment_mapping, store
+from services.billing import announce, fact_store, holds, payment_mapping, store
 from services.billing.batch_state import Batch
+from services.billing.facts import (
+    CustomerLinked,
+    Effect,
+    FactsFold,
+    HoldPlaced,
+    MemoSynced,
+    NoteStored,
+    PaymentStored,
+    RefundStored,
+)
 from services.billing.holds import HoldRequest
 from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
-from services.common.consumer import HandlerContext
+from services.billing.records import PaymentWrite, RefundWrite
+from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
 from services.common.errors import PermanentError
 from services.common.events import StripeEvent
 
 _PAYMENT_CHARGE_EVENTS = ("charge.succeeded", "charge.captured", "charge.updated", "charge.refunded")
 
+#: Metadata keys under which the customer service (or finance) records the ERP customer.
+ERP_CUSTOMER_KEYS = ("erp_customer_id", "netsuite_customer_id", "netsuite_id")
 
-async def _lock(batch: Batch, ctx: HandlerContext, invoice_id: str) -> None:
-    if invoice_id not in batch.locked:
-        await store.lock(ctx.conn, invoice_id)
-        batch.locked.add(invoice_id)
+
+@dataclass(frozen=True)
+class CustomerLink:
+    """A customer event's link to its ERP customer, as of the event."""
+
+    stripe_customer_id: str
+    erp_customer_id: str
+    created: int
+
+
+Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | CustomerLink
+
+
+@dataclass
+class EventFacts:
+    """The facts one event carries, in the order it carries them, and the invoices it touches."""
+
+    item: BatchItem
+    facts: list[Fact] = field(default_factory=list)
+    #: Invoices to re-derive at the end of the batch (None: this event notes none itself).
+    settles: list[str] | None = None
+    #: Filled by `store_facts`: the invoices the event's refunds were resolved to.
+    refund_invoices: list[str] = field(default_factory=list)
 
 
 async def item_map(batch: Batch, conn: Conn, price_ids: Sequence[str]) -> dict[str, str]:
@@ -42,25 +78,6 @@ async def item_map(batch: Batch, conn: Conn, price_ids: Sequence[str]) -> dict[s
     return {p: batch.item_map[p] for p in price_ids if p in batch.item_map}
 
 
-async def dispatch(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    """Every billing event but an invoice snapshot (see `invoices.is_snapshot_event`)."""
-    kind = event.type
-    if kind.startswith("invoice_payment."):
-        await on_invoice_payment(batch, ctx, event)
-    elif kind.startswith("charge."):
-        await on_charge(batch, ctx, event)
-    elif kind.startswith("refund."):
-        await on_refund(batch, ctx, event)
-    elif kind.startswith("credit_note."):
-        await on_credit_note(batch, ctx, event)
-    elif kind.startswith("customer.subscription."):
-        await on_subscription(batch, ctx, event)
-    elif kind in ("customer.created", "customer.updated"):
-        await on_customer(batch, ctx, event)
-    else:
-        ctx.skip(f"{kind} is not a billing event")
-
-
 def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
     """The day the mesh was told (the gateway's receipt time), the write-off's transaction date."""
     received = ctx.envelope.received_at
@@ -69,143 +86,211 @@ def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
     return event.created_at.date()
 
 
-async def place_hold(batch: Batch, ctx: HandlerContext, event: StripeEvent, hold: HoldRequest) -> None:
-    placed = await store.place_hold(ctx.conn, hold)
-    if placed is False:
-        batch.record(event, "credit_hold", hold.stripe_customer_id, f"reason now: {hold.reason}")
-    if placed:
-        change = f"placed for {hold.stripe_invoice_id}: {hold.reason}"
-        batch.record(event, "credit_hold", hold.stripe_customer_id, change)
+# -- reading: an event -> the facts it carries (no I/O) ---------------------------------------------
+
+
+def read_event(batch: Batch, item: BatchItem) -> EventFacts | None:
+    """Every billing event but an invoice snapshot (see `invoices.is_snapshot_event`); None when
+    the event carries nothing to store (the reason is recorded with `ctx.skip`)."""
+    ctx, event = item.ctx, item.event
+    kind, obj = event.type, event.object
+    if kind.startswith(("invoice_payment.", "charge.", "refund.", "credit_note.")):
+        if kind.startswith("refund.") and (obj.get("object") not in (None, "refund") or not obj.get("id")):
+            raise PermanentError(f"{kind} does not carry a refund")
+        if ctx.before_sync_start(obj.get("created")):
+            ctx.skip("before SYNCMESH_SYNC_START")
+            return None
+    if kind.startswith("invoice_payment."):
+        payment = payment_mapping.payment_from_invoice_payment(obj)
+        if payment is None:
+            ctx.skip(f"invoice payment {obj.get('status')}: nothing paid")
+            return None
+        invoice = payment.stripe_invoice_id
+        return EventFacts(item, [payment], [invoice] if invoice else [])
+    if kind.startswith("charge."):
+        return _read_charge(item)
+    if kind.startswith("refund."):
+        return EventFacts(item, [payment_mapping.refund_from_object(obj)], [])
+    if kind.startswith("credit_note."):
+        note = payment_mapping.map_credit_note(obj)
+        return EventFacts(item, [note], [note.stripe_invoice_id] if note.stripe_invoice_id else [])
+    if kind.startswith("customer.subscription."):
+        if not batch.policy.credit_hold:
+            ctx.skip("credit hold is off (SYNCMESH_BILLING_CREDIT_HOLD)")
+            return None
+        hold = holds.hold_from_subscription(obj, kind)
+        if hold is None:
+            ctx.skip("subscription change does not put the customer on hold")
+            return None
+        return EventFacts(item, [hold], [hold.stripe_invoice_id])
+    if kind in ("customer.created", "customer.updated"):
+        return _read_customer(item)
+    ctx.skip(f"{kind} is not a billing event")
+    return None
+
+
+def _read_charge(item: BatchItem) -> EventFacts | None:
+    event = item.event
+    facts: list[Fact] = []
+    settles: list[str] = []
+    if event.type in _PAYMENT_CHARGE_EVENTS:
+        payment = payment_mapping.payment_from_charge(event.object)
+        if payment is not None and payment.stripe_invoice_id:
+            facts.append(payment)
+            settles.append(payment.stripe_invoice_id)
+    if event.type == "charge.refunded":
+        facts.extend(payment_mapping.refunds_from_charge(event.object))
+    elif not facts:
+        item.ctx.skip("charge not linked to an invoice (basil charges are paid through invoice_payment)")
+        return None
+    return EventFacts(item, facts, settles)
+
+
+def _read_customer(item: BatchItem) -> EventFacts | None:
+    event = item.event
+    obj = event.object
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    assert isinstance(metadata, dict)
+    erp_id = next((str(metadata[k]) for k in ERP_CUSTOMER_KEYS if metadata.get(k)), None)
+    if not obj.get("id"):
+        raise PermanentError(f"{event.type} carries no customer id")
+    if erp_id is None:
+        item.ctx.skip("customer has no ERP link yet")
+        return None
+    return EventFacts(item, [CustomerLink(str(obj["id"]), erp_id, event.created)])
+
+
+# -- storing: load, fold, write, then record and announce --------------------------------------------
+
+
+def _keys(read: Sequence[EventFacts]) -> fact_store.FactKeys:
+    payments, charges, intents, refunds, notes, invoices = set(), set(), set(), set(), set(), set()
+    hold_keys: set[tuple[str, str]] = set()
+    customers: set[str] = set()
+    for ef in read:
+        for fact in ef.facts:
+            if isinstance(fact, ErpPayment | ErpRefund):
+                if isinstance(fact, ErpPayment):
+                    payments.add(fact.stripe_payment_id)
+                else:
+                    refunds.add(fact.stripe_refund_id)
+                if fact.charge_id:
+                    charges.add(fact.charge_id)
+                if fact.payment_intent_id:
+                    intents.add(fact.payment_intent_id)
+                if fact.stripe_invoice_id:
+                    invoices.add(fact.stripe_invoice_id)
+            elif isinstance(fact, ErpCreditNote):
+                notes.add(fact.stripe_credit_note_id)
+                refunds.update(fact.refund_ids)
+                if fact.stripe_invoice_id:
+                    invoices.add(fact.stripe_invoice_id)
+            elif isinstance(fact, HoldRequest):
+                hold_keys.add((fact.stripe_customer_id, fact.stripe_invoice_id))
+            else:
+                customers.add(fact.stripe_customer_id)
+    return fact_store.FactKeys(payments, charges, intents, refunds, notes, invoices, hold_keys, customers)
+
+
+def _fold(fold: FactsFold, ef: EventFacts) -> tuple[list[Effect], list[str]]:
+    """One event's facts applied to the fold; what they changed and the invoices to lock."""
+    effects: list[Effect] = []
+    invoices: list[str] = []
+    for fact in ef.facts:
+        if isinstance(fact, ErpPayment):
+            if fact.stripe_invoice_id:
+                invoices.append(fact.stripe_invoice_id)
+            effects.extend(fold.apply_payment(fact))
+        elif isinstance(fact, ErpRefund):
+            refund = fold.resolve_refund(fact)
+            if refund.stripe_invoice_id:
+                invoices.append(refund.stripe_invoice_id)
+                ef.refund_invoices.append(refund.stripe_invoice_id)
+            effects.extend(fold.apply_refund(refund))
+        elif isinstance(fact, ErpCreditNote):
+            if fact.stripe_invoice_id:
+                invoices.append(fact.stripe_invoice_id)
+            effects.extend(fold.apply_credit_note(fact))
+        elif isinstance(fact, HoldRequest):
+            invoices.append(fact.stripe_invoice_id)
+            effects.extend(fold.place_hold(fact))
+        else:
+            effects.extend(fold.link_customer(fact.stripe_customer_id, fact.erp_customer_id, fact.created))
+    return effects, invoices
+
+
+async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> None:
+    """Store the events' facts (load, fold, write), then record and announce each event's changes
+    in arrival order and note the invoices they touched for settlement."""
+    if not any(ef.facts for ef in read):  # e.g. snapshots that only marked their invoice uncollectible
+        return
+    loaded = await fact_store.load(conn, _keys(read))
+    fold = FactsFold(loaded.facts)
+    decided = [_fold(fold, ef) for ef in read]
+    # Invoices learnt only now (a refund's, from its payment) are locked before anything is written.
+    to_lock = sorted({i for _, invoices in decided for i in invoices} - batch.locked)
+    await store.lock_many(conn, to_lock)
+    batch.locked.update(to_lock)
+    written = await fact_store.write(conn, fold, loaded.erp_ids)
+    erp_ids = {**loaded.erp_ids, **written.erp_ids}
+    for ef, (effects, _) in zip(read, decided, strict=True):
+        with ef.item.consuming():
+            for effect in effects:
+                await _announce(batch, ef.item, effect, written, erp_ids)
+        if ef.settles is not None:
+            for invoice_id in sorted({*ef.settles, *ef.refund_invoices}):
+                batch.settle_later(ef.item.ctx, ef.item.event, invoice_id)
+
+
+async def _announce(
+    batch: Batch, item: BatchItem, effect: Effect, written: fact_store.Written, erp_ids: dict[tuple[str, str], str]
+) -> None:
+    """The audit rows and domain events of one change, when the write made it."""
+    ctx, event = item.ctx, item.event
+    if isinstance(effect, PaymentStored):
+        p = effect.payment
+        if ("payment", p.stripe_payment_id) not in written.erp_ids:
+            return
+        erp_id = erp_ids["payment", p.stripe_payment_id]
+        verb = "applied" if effect.inserted else f"updated from {p.source}"
+        batch.record(
+            event,
+            "payment",
+            p.stripe_payment_id,
+            f"{verb}: {p.amount} {p.currency} to {p.stripe_invoice_id} ({p.method})",
+        )
+        if p.stripe_invoice_id:
+            batch.record(event, "invoice", p.stripe_invoice_id, f"payment {erp_id} {verb}")
+        await ctx.emit("payment_applied", announce.payment_applied(PaymentWrite(erp_id, effect.inserted), p))
+    elif isinstance(effect, RefundStored):
+        r = effect.refund
+        if ("refund", r.stripe_refund_id) not in written.erp_ids:
+            return
+        erp_id = erp_ids["refund", r.stripe_refund_id]
+        verb = "recorded" if effect.inserted else f"now {effect.status}"
+        batch.record(event, "refund", r.stripe_refund_id, f"{verb}: {r.amount} {r.currency}")
+        if r.stripe_invoice_id:
+            batch.record(event, "invoice", r.stripe_invoice_id, f"refund {erp_id} {verb}")
+        write = RefundWrite(erp_id, effect.inserted, effect.status, effect.stripe_invoice_id)
+        await ctx.emit("refund_recorded", announce.refund_recorded(write, r))
+    elif isinstance(effect, MemoSynced):
+        memo = effect.memo
+        if ("memo", memo.memo_key) not in written.erp_ids:
+            return
+        erp_id = erp_ids["memo", memo.memo_key]
         await ctx.emit(
-            "credit_hold_changed",
-            announce.credit_hold_changed(
-                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason
+            "credit_memo_changed",
+            announce.credit_memo_changed(
+                erp_id, memo.memo_key, "refund", memo.stripe_invoice_id, memo.amount, memo.currency, memo.status
             ),
         )
-
-
-# -- payments -----------------------------------------------------------------------------------
-
-
-async def apply_payment(batch: Batch, ctx: HandlerContext, event: StripeEvent, payment: ErpPayment) -> list[str]:
-    """Store the payment (once per Stripe id); returns refunds that learnt their invoice from it."""
-    written = await store.upsert_payment(ctx.conn, payment)
-    if written is not None:
-        verb = "applied" if written.inserted else f"updated from {payment.source}"
-        change = f"{verb}: {payment.amount} {payment.currency} to {payment.stripe_invoice_id} ({payment.method})"
-        batch.record(event, "payment", payment.stripe_payment_id, change)
-        if payment.stripe_invoice_id:
-            batch.record(event, "invoice", payment.stripe_invoice_id, f"payment {written.erp_payment_id} {verb}")
-        await ctx.emit("payment_applied", announce.payment_applied(written, payment))
-    linked = await store.link_refunds(ctx.conn, payment)
-    for refund_id in linked:
-        await _sync_refund_memo(ctx, refund_id)
-    return linked
-
-
-async def _sync_refund_memo(ctx: HandlerContext, refund_id: str) -> decide.RefundMemo | None:
-    """Bring the refund's credit memo in line with its stored facts; the memo when it changed."""
-    refund = await store.stored_refund(ctx.conn, refund_id)
-    if refund is None:
-        return None
-    memo = decide.refund_memo(refund)
-    erp_id = await store.write_refund_memo(ctx.conn, memo)
-    if erp_id is None:
-        return None
-    await ctx.emit(
-        "credit_memo_changed",
-        announce.credit_memo_changed(
-            erp_id, refund_id, "refund", memo.stripe_invoice_id, memo.amount, memo.currency, memo.status
-        ),
-    )
-    return memo
-
-
-async def on_invoice_payment(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    obj = event.object
-    if ctx.before_sync_start(obj.get("created")):
-        ctx.skip("before SYNCMESH_SYNC_START")
-        return
-    payment = payment_mapping.payment_from_invoice_payment(obj)
-    if payment is None:
-        ctx.skip(f"invoice payment {obj.get('status')}: nothing paid")
-        return
-    if payment.stripe_invoice_id:
-        await _lock(batch, ctx, payment.stripe_invoice_id)
-    await apply_payment(batch, ctx, event, payment)
-    if payment.stripe_invoice_id:
-        batch.settle_later(ctx, event, payment.stripe_invoice_id)
-
-
-async def on_charge(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    obj = event.object
-    if ctx.before_sync_start(obj.get("created")):
-        ctx.skip("before SYNCMESH_SYNC_START")
-        return
-    touched: set[str] = set()
-    if event.type in _PAYMENT_CHARGE_EVENTS:
-        payment = payment_mapping.payment_from_charge(obj)
-        if payment is not None and payment.stripe_invoice_id:
-            await _lock(batch, ctx, payment.stripe_invoice_id)
-            await apply_payment(batch, ctx, event, payment)
-            touched.add(payment.stripe_invoice_id)
-    if event.type == "charge.refunded":
-        for refund in payment_mapping.refunds_from_charge(obj):
-            invoice = await apply_refund(batch, ctx, event, refund)
-            if invoice:
-                touched.add(invoice)
-    if not touched and event.type != "charge.refunded":
-        ctx.skip("charge not linked to an invoice (basil charges are paid through invoice_payment)")
-    for invoice_id in sorted(touched):
-        batch.settle_later(ctx, event, invoice_id)
-
-
-# -- refunds and credit notes -------------------------------------------------------------------
-
-
-async def apply_refund(batch: Batch, ctx: HandlerContext, event: StripeEvent, refund: ErpRefund) -> str | None:
-    """Customer refund + its credit memo, once per refund id; returns the invoice it belongs to."""
-    invoice = refund.stripe_invoice_id or await store.invoice_for_payment(
-        ctx.conn, refund.charge_id, refund.payment_intent_id
-    )
-    refund = replace(refund, stripe_invoice_id=invoice)
-    if invoice:
-        await _lock(batch, ctx, invoice)
-    written = await store.upsert_refund(ctx.conn, refund)
-    if written is not None:
-        verb = "recorded" if written.inserted else f"now {written.status}"
-        batch.record(event, "refund", refund.stripe_refund_id, f"{verb}: {refund.amount} {refund.currency}")
-        if invoice:
-            batch.record(event, "invoice", invoice, f"refund {written.erp_refund_id} {verb}")
-        await ctx.emit("refund_recorded", announce.refund_recorded(written, refund))
-    memo = await _sync_refund_memo(ctx, refund.stripe_refund_id)
-    if memo is not None:
-        batch.record(event, "credit_memo", memo.memo_key, f"refund credit memo {memo.status}: {memo.amount}")
-    return invoice
-
-
-async def on_refund(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    obj = event.object
-    if obj.get("object") not in (None, "refund") or not obj.get("id"):
-        raise PermanentError(f"{event.type} does not carry a refund")
-    if ctx.before_sync_start(obj.get("created")):
-        ctx.skip("before SYNCMESH_SYNC_START")
-        return
-    invoice = await apply_refund(batch, ctx, event, payment_mapping.refund_from_object(obj))
-    if invoice:
-        batch.settle_later(ctx, event, invoice)
-
-
-async def on_credit_note(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    obj = event.object
-    if ctx.before_sync_start(obj.get("created")):
-        ctx.skip("before SYNCMESH_SYNC_START")
-        return
-    note: ErpCreditNote = payment_mapping.map_credit_note(obj)
-    if note.stripe_invoice_id:
-        await _lock(batch, ctx, note.stripe_invoice_id)
-    erp_id = await store.upsert_credit_note(ctx.conn, note)
-    if erp_id is not None:
+        if effect.change is not None:
+            batch.record(event, "credit_memo", memo.memo_key, effect.change)
+    elif isinstance(effect, NoteStored):
+        note = effect.note
+        if ("memo", note.stripe_credit_note_id) not in written.erp_ids:
+            return
+        erp_id = erp_ids["memo", note.stripe_credit_note_id]
         change = f"credit note {note.number or note.stripe_credit_note_id} {note.status}: {note.amount}"
         batch.record(event, "credit_memo", note.stripe_credit_note_id, change)
         if note.stripe_invoice_id:
@@ -222,42 +307,20 @@ async def on_credit_note(batch: Batch, ctx: HandlerContext, event: StripeEvent) 
                 note.status,
             ),
         )
-    for refund_id in note.refund_ids:
-        refund_memo = await _sync_refund_memo(ctx, refund_id)
-        if refund_memo is not None:
-            batch.record(event, "credit_memo", refund_id, f"refund credit memo {refund_memo.status}")
-    if note.stripe_invoice_id:
-        batch.settle_later(ctx, event, note.stripe_invoice_id)
-
-
-# -- customers and subscriptions ----------------------------------------------------------------
-
-#: Metadata keys under which the customer service (or finance) records the ERP customer.
-ERP_CUSTOMER_KEYS = ("erp_customer_id", "netsuite_customer_id", "netsuite_id")
-
-
-async def on_customer(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    obj = event.object
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    assert isinstance(metadata, dict)
-    erp_id = next((str(metadata[k]) for k in ERP_CUSTOMER_KEYS if metadata.get(k)), None)
-    if not obj.get("id"):
-        raise PermanentError(f"{event.type} carries no customer id")
-    if erp_id is None:
-        ctx.skip("customer has no ERP link yet")
-        return
-    if await store.upsert_customer(ctx.conn, str(obj["id"]), erp_id, event.created):
-        batch.record(event, "customer", str(obj["id"]), f"linked to ERP customer {erp_id}")
-
-
-async def on_subscription(batch: Batch, ctx: HandlerContext, event: StripeEvent) -> None:
-    if not batch.policy.credit_hold:
-        ctx.skip("credit hold is off (SYNCMESH_BILLING_CREDIT_HOLD)")
-        return
-    hold = holds.hold_from_subscription(event.object, event.type)
-    if hold is None:
-        ctx.skip("subscription change does not put the customer on hold")
-        return
-    await _lock(batch, ctx, hold.stripe_invoice_id)
-    await place_hold(batch, ctx, event, hold)
-    batch.settle_later(ctx, event, hold.stripe_invoice_id)
+    elif isinstance(effect, HoldPlaced):
+        hold = effect.hold
+        if (hold.stripe_customer_id, hold.stripe_invoice_id) not in written.holds:
+            return
+        if not effect.inserted:
+            batch.record(event, "credit_hold", hold.stripe_customer_id, f"reason now: {hold.reason}")
+            return
+        change = f"placed for {hold.stripe_invoice_id}: {hold.reason}"
+        batch.record(event, "credit_hold", hold.stripe_customer_id, change)
+        await ctx.emit(
+            "credit_hold_changed",
+            announce.credit_hold_changed(
+                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason
+            ),
+        )
+    elif isinstance(effect, CustomerLinked) and effect.stripe_customer_id in written.customers:
+        batch.record(event, "customer", effect.stripe_customer_id, f"linked to ERP customer {effect.erp_customer_id}")

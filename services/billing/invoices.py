@@ -4,9 +4,10 @@ Stripe sends the invoice entire with every event, so a batch's snapshots of one 
 folded in memory (`snapshots.fold_snapshots`: the decisions one write per event would make, in
 arrival order) and only their net effect is written: one read of the stored versions, then one
 statement each for the headers, the lines and the revenue schedules, whatever the batch size.
-What a snapshot says beyond the invoice itself (a payment, an uncollectible mark, a credit
-hold) goes through the per-event handlers, and the ledger is re-derived once per invoice at the
-end of the batch (`settlement.settle_noted`). What the batch notes travels in its `Batch`.
+What a snapshot says beyond the invoice itself (a payment, a credit hold) is stored with the
+other snapshots' (`handlers.store_facts`: load, fold, write), an uncollectible mark at once, and
+the ledger is re-derived once per invoice at the end of the batch (`settlement.settle_noted`).
+What the batch notes travels in its `Batch`.
 """
 
 from __future__ import annotations
@@ -121,10 +122,12 @@ async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) ->
         batch.settle_later(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
     await store.write_snapshots(conn, folds)
     await store.note_unmapped(conn, unmapped)
+    beyond = []
     for snap in read:
         if _says_more(snap, batch.policy):
             with snap.item.consuming():
-                await _beyond_the_invoice(batch, snap)
+                beyond.append(await _beyond_the_invoice(batch, snap))
+    await handlers.store_facts(batch, conn, beyond)
 
 
 def _record_step(batch: Batch, snap: Snapshot, step: snapshots.SnapshotStep) -> None:
@@ -150,17 +153,20 @@ def _says_more(snap: Snapshot, billing: BillingSettings) -> bool:
     )
 
 
-async def _beyond_the_invoice(batch: Batch, snap: Snapshot) -> None:
-    """An uncollectible mark, a (legacy) payment, a credit hold: facts of their own."""
+async def _beyond_the_invoice(batch: Batch, snap: Snapshot) -> handlers.EventFacts:
+    """An uncollectible mark (stored at once), a (legacy) payment, a credit hold: the last two are
+    facts of their own, stored with the other snapshots' (`handlers.store_facts`)."""
     ctx, event, inv = snap.item.ctx, snap.item.event, snap.inv
     if inv.uncollectible:
         await store.note_uncollectible(
             ctx.conn, inv.stripe_invoice_id, notified_on=notified_on(ctx, event), at=inv.uncollectible_at
         )
+    facts = handlers.EventFacts(snap.item)
     payment = payment_mapping.payment_from_invoice(inv, snap.obj)
     if payment is not None:
-        await handlers.apply_payment(batch, ctx, event, payment)
+        facts.facts.append(payment)
     if event.type == "invoice.payment_failed" and batch.policy.credit_hold:
         hold = holds.hold_from_invoice(inv)
         if hold is not None:
-            await handlers.place_hold(batch, ctx, event, hold)
+            facts.facts.append(hold)
+    return facts

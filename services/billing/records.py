@@ -223,7 +223,7 @@ class StoredLedger:
 
 @dataclass(frozen=True)
 class StoredRefund:
-    """A refund as stored, with what decides its credit memo (`payment_mapping.refund_memo`)."""
+    """A refund as stored, with what decides its credit memo (`decide.refund_memo`)."""
 
     stripe_refund_id: str
     stripe_invoice_id: str | None
@@ -240,7 +240,7 @@ class StoredRefund:
 
 @dataclass(frozen=True)
 class PaymentWrite:
-    """What storing a payment changed (None from the store when nothing did)."""
+    """What storing a payment changed, for its domain event."""
 
     erp_payment_id: str
     inserted: bool
@@ -248,7 +248,7 @@ class PaymentWrite:
 
 @dataclass(frozen=True)
 class RefundWrite:
-    """What storing a refund changed (None from the store when nothing did)."""
+    """What storing a refund changed, for its domain event."""
 
     erp_refund_id: str
     inserted: bool

@@ -1,11 +1,11 @@
-"""All SQL of the billing service: reads that return typed records (`records`), and writes.
+"""The billing service's SQL for invoices, their ledgers and the API's reads; typed records out.
 
-What an invoice's ledger, write-off memo, refund memo and credit holds become is decided in
-`decide` (pure) from what is read here; the store writes the result. Every record is keyed by the
-Stripe id of what it represents, and the upserts of single facts still carry their version in
-the WHERE (invoice snapshots: `snapshots.InvoiceVersion`; payments: source priority; refunds and
-credit notes: the status ranks in `statuses`; holds: cause rank; customers: event time), so an
-older fact never overwrites a newer one, whichever replica writes it.
+What an invoice's ledger, write-off memo and credit hold releases become is decided in `decide`
+(pure) from what is read here, and the store writes the result. The single facts of the event
+path (payments, refunds, credit notes, holds, customer links) are read and written set-based by
+`fact_store`, after `facts` decided them. Every record is keyed by the Stripe id of what it
+represents; invoice snapshots carry their version (`snapshots.InvoiceVersion`) in the WHERE of
+their upsert, so an older snapshot never overwrites a newer one, whichever replica writes it.
 
 Writers of one invoice serialise on a transaction-scoped advisory lock keyed by the invoice id,
 so two replicas never recompute the same invoice from half of each other's facts.
@@ -18,11 +18,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
-from services.billing.decide import RefundMemo, Settlement, WriteOffMemo
-from services.billing.holds import HoldRequest
+from services.billing.decide import Settlement, WriteOffMemo
 from services.billing.invoice_mapping import ErpInvoice, invoice_problems
 from services.billing.ledger import LedgerFacts, LedgerHistory, PaymentFact
-from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
 from services.billing.records import (
     CreditMemoLineRecord,
     CreditMemoRecord,
@@ -32,31 +30,23 @@ from services.billing.records import (
     InvoiceLineRecord,
     InvoiceRecord,
     PaymentRecord,
-    PaymentWrite,
     Receivable,
     ReceivableHistory,
     RefundRecord,
-    RefundWrite,
     RevenueEntryRecord,
     StoredLedger,
-    StoredRefund,
     UnmappedPriceRecord,
     column_list,
     from_row,
 )
 from services.billing.snapshots import SnapshotFold, StoredSnapshot
-from services.billing.stripe_fields import to_date
 from services.common.db import Conn
 
 R = TypeVar("R")
 
 
-async def lock(conn: Conn, key: str) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"billing:{key}")
-
-
 async def lock_many(conn: Conn, keys: Sequence[str]) -> None:
-    """`lock` for many keys in one statement, taken in the order given (callers sort them)."""
+    """The invoices' advisory locks, in one statement, taken in the order given (callers sort them)."""
     if keys:
         await conn.execute(
             "SELECT count(pg_advisory_xact_lock(hashtext('billing:' || k))) FROM unnest($1::text[]) AS k", list(keys)
@@ -74,25 +64,6 @@ async def add_history(conn: Conn, rows: Sequence[HistoryRow]) -> None:
 
 
 # -- customers and items ------------------------------------------------------------------------
-
-
-async def upsert_customer(conn: Conn, customer_id: str, erp_customer_id: str | None, created: int) -> bool:
-    row = await conn.fetchrow(
-        """
-        INSERT INTO customers (stripe_customer_id, erp_customer_id, version_created)
-        VALUES ($1, $2, $3)
-        ON CONFLICT (stripe_customer_id) DO UPDATE
-           SET erp_customer_id = COALESCE(EXCLUDED.erp_customer_id, customers.erp_customer_id),
-               version_created = EXCLUDED.version_created, updated_at = now()
-         WHERE EXCLUDED.version_created >= customers.version_created
-           AND EXCLUDED.erp_customer_id IS DISTINCT FROM customers.erp_customer_id
-        RETURNING true
-        """,
-        customer_id,
-        erp_customer_id,
-        created,
-    )
-    return row is not None
 
 
 async def load_item_map(conn: Conn, price_ids: Sequence[str]) -> dict[str, str]:
@@ -560,257 +531,7 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
     return changed
 
 
-# -- payments -----------------------------------------------------------------------------------
-
-
-async def upsert_payment(conn: Conn, p: ErpPayment) -> PaymentWrite | None:
-    """Insert the payment, or improve it from a better source; what changed, None when nothing."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO payments (stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
-            payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-        ON CONFLICT (stripe_payment_id) DO UPDATE SET
-            stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, payments.stripe_invoice_id),
-            stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, payments.stripe_customer_id),
-            charge_id = COALESCE(EXCLUDED.charge_id, payments.charge_id),
-            payment_intent_id = COALESCE(EXCLUDED.payment_intent_id, payments.payment_intent_id),
-            amount = EXCLUDED.amount, paid_at = EXCLUDED.paid_at, paid_on = EXCLUDED.paid_on,
-            method = EXCLUDED.method, source = EXCLUDED.source, priority = EXCLUDED.priority
-        WHERE EXCLUDED.priority > payments.priority
-        RETURNING erp_payment_id, (xmax = 0) AS inserted
-        """,
-        p.stripe_payment_id,
-        p.stripe_invoice_id,
-        p.stripe_customer_id,
-        p.charge_id,
-        p.payment_intent_id,
-        p.amount,
-        p.currency,
-        p.paid_at,
-        to_date(p.paid_at),
-        p.method,
-        p.source,
-        p.priority,
-    )
-    return None if row is None else from_row(PaymentWrite, row)
-
-
-async def invoice_for_payment(conn: Conn, charge_id: str | None, payment_intent_id: str | None) -> str | None:
-    if not charge_id and not payment_intent_id:
-        return None
-    value = await conn.fetchval(
-        "SELECT stripe_invoice_id FROM payments WHERE stripe_invoice_id IS NOT NULL "
-        "AND (charge_id = $1 OR payment_intent_id = $2) ORDER BY stripe_payment_id LIMIT 1",
-        charge_id,
-        payment_intent_id,
-    )
-    return str(value) if value is not None else None
-
-
-async def link_refunds(conn: Conn, p: ErpPayment) -> list[str]:
-    """Refunds that arrived before their payment learn their invoice now; returns their ids."""
-    if not p.stripe_invoice_id or (not p.charge_id and not p.payment_intent_id):
-        return []
-    rows = await conn.fetch(
-        """
-        UPDATE refunds SET stripe_invoice_id = $1
-         WHERE stripe_invoice_id IS NULL AND (charge_id = $2 OR payment_intent_id = $3)
-        RETURNING stripe_refund_id
-        """,
-        p.stripe_invoice_id,
-        p.charge_id,
-        p.payment_intent_id,
-    )
-    ids = sorted(r["stripe_refund_id"] for r in rows)
-    if ids:
-        await conn.execute(
-            "UPDATE credit_memos SET stripe_invoice_id = $1 WHERE memo_key = ANY($2::text[])",
-            p.stripe_invoice_id,
-            ids,
-        )
-    return ids
-
-
-# -- refunds and credit notes -------------------------------------------------------------------
-
-
-async def upsert_refund(conn: Conn, r: ErpRefund) -> RefundWrite | None:
-    """Insert the refund, or move its status forward and fill what it lacked; None when unchanged."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO refunds (stripe_refund_id, charge_id, payment_intent_id, stripe_invoice_id, stripe_customer_id,
-            amount, currency, status, status_rank, stripe_created, refunded_on, reason)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-        ON CONFLICT (stripe_refund_id) DO UPDATE SET
-            charge_id = COALESCE(refunds.charge_id, EXCLUDED.charge_id),
-            payment_intent_id = COALESCE(refunds.payment_intent_id, EXCLUDED.payment_intent_id),
-            stripe_invoice_id = COALESCE(refunds.stripe_invoice_id, EXCLUDED.stripe_invoice_id),
-            stripe_customer_id = COALESCE(refunds.stripe_customer_id, EXCLUDED.stripe_customer_id),
-            status = CASE WHEN EXCLUDED.status_rank > refunds.status_rank THEN EXCLUDED.status ELSE refunds.status END,
-            status_rank = GREATEST(EXCLUDED.status_rank, refunds.status_rank),
-            reason = COALESCE(EXCLUDED.reason, refunds.reason)
-        WHERE EXCLUDED.status_rank > refunds.status_rank
-           OR (refunds.stripe_invoice_id IS NULL AND EXCLUDED.stripe_invoice_id IS NOT NULL)
-           OR (refunds.stripe_customer_id IS NULL AND EXCLUDED.stripe_customer_id IS NOT NULL)
-           OR (refunds.charge_id IS NULL AND EXCLUDED.charge_id IS NOT NULL)
-           OR (refunds.payment_intent_id IS NULL AND EXCLUDED.payment_intent_id IS NOT NULL)
-        RETURNING erp_refund_id, (xmax = 0) AS inserted, status, stripe_invoice_id
-        """,
-        r.stripe_refund_id,
-        r.charge_id,
-        r.payment_intent_id,
-        r.stripe_invoice_id,
-        r.stripe_customer_id,
-        r.amount,
-        r.currency,
-        r.status,
-        r.status_rank,
-        r.created,
-        to_date(r.created),
-        r.reason,
-    )
-    return None if row is None else from_row(RefundWrite, row)
-
-
-async def stored_refund(conn: Conn, refund_id: str) -> StoredRefund | None:
-    """The refund with what decides its credit memo (`decide.refund_memo`), in one round trip."""
-    row = await conn.fetchrow(
-        """
-        SELECT r.stripe_refund_id, r.stripe_invoice_id, r.amount, r.currency, r.refunded_on, r.status, r.reason,
-               COALESCE(r.stripe_customer_id,
-                        (SELECT i.stripe_customer_id FROM invoices i
-                          WHERE i.stripe_invoice_id = r.stripe_invoice_id)) AS stripe_customer_id,
-               EXISTS (SELECT 1 FROM credit_note_refunds l WHERE l.refund_id = r.stripe_refund_id) AS covered
-          FROM refunds r WHERE r.stripe_refund_id = $1
-        """,
-        refund_id,
-    )
-    return None if row is None else from_row(StoredRefund, row)
-
-
-async def write_refund_memo(conn: Conn, memo: RefundMemo) -> str | None:
-    """Create or move the refund's credit memo; its ERP id when it changed, None when not."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
-                                  memo_date, status, applied_to, reason, memo)
-        VALUES ($1, 'refund', $2, $3, $4, $5, $6, $7, 'refund', $8, $9)
-        ON CONFLICT (memo_key) DO UPDATE SET status = EXCLUDED.status,
-               stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, credit_memos.stripe_invoice_id),
-               stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, credit_memos.stripe_customer_id),
-               updated_at = now()
-         WHERE (credit_memos.status, credit_memos.stripe_invoice_id, credit_memos.stripe_customer_id)
-               IS DISTINCT FROM (EXCLUDED.status,
-                                 COALESCE(EXCLUDED.stripe_invoice_id, credit_memos.stripe_invoice_id),
-                                 COALESCE(EXCLUDED.stripe_customer_id, credit_memos.stripe_customer_id))
-        RETURNING erp_credit_memo_id, (xmax = 0) AS inserted
-        """,
-        memo.memo_key,
-        memo.stripe_invoice_id,
-        memo.stripe_customer_id,
-        memo.amount,
-        memo.currency,
-        memo.memo_date,
-        memo.status,
-        memo.reason,
-        memo.memo,
-    )
-    if row is None:
-        return None
-    if row["inserted"]:
-        await conn.execute(
-            "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
-            "VALUES ($1, 1, $2, 1, $3, $3, 'refund')",
-            memo.memo_key,
-            memo.line_description,
-            memo.amount,
-        )
-    return str(row["erp_credit_memo_id"])
-
-
-async def upsert_credit_note(conn: Conn, cn: ErpCreditNote) -> str | None:
-    """Store the credit note as a credit memo (a newer version only); its ERP id when it changed."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, number, amount, currency,
-                                  memo_date, status, status_rank, applied_to, note_type, reason, memo,
-                                  version_created, voided_at)
-        VALUES ($1, 'credit_note', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-        ON CONFLICT (memo_key) DO UPDATE SET
-            stripe_invoice_id = EXCLUDED.stripe_invoice_id, stripe_customer_id = EXCLUDED.stripe_customer_id,
-            number = EXCLUDED.number, amount = EXCLUDED.amount, memo_date = EXCLUDED.memo_date,
-            status = EXCLUDED.status, status_rank = EXCLUDED.status_rank, applied_to = EXCLUDED.applied_to,
-            note_type = EXCLUDED.note_type, reason = EXCLUDED.reason, version_created = EXCLUDED.version_created,
-            voided_at = EXCLUDED.voided_at, updated_at = now()
-        WHERE (EXCLUDED.status_rank, EXCLUDED.version_created)
-            > (credit_memos.status_rank, credit_memos.version_created)
-        RETURNING erp_credit_memo_id
-        """,
-        cn.stripe_credit_note_id,
-        cn.stripe_invoice_id,
-        cn.stripe_customer_id,
-        cn.number,
-        cn.amount,
-        cn.currency,
-        cn.memo_date,
-        cn.status,
-        cn.status_rank,
-        cn.applied_to,
-        cn.note_type,
-        cn.reason,
-        f"Stripe credit note {cn.number or cn.stripe_credit_note_id}",
-        cn.created,
-        cn.voided_at,
-    )
-    for refund_id in cn.refund_ids:
-        await conn.execute(
-            "INSERT INTO credit_note_refunds (credit_note_id, refund_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            cn.stripe_credit_note_id,
-            refund_id,
-        )
-    if row is None:
-        return None
-    await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = $1", cn.stripe_credit_note_id)
-    await conn.executemany(
-        "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, "
-        "invoice_line_item, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        [
-            (
-                cn.stripe_credit_note_id,
-                line.line_no,
-                line.description,
-                line.quantity,
-                line.unit_amount,
-                line.amount,
-                line.invoice_line_item,
-                line.kind,
-            )
-            for line in cn.lines
-        ],
-    )
-    return str(row["erp_credit_memo_id"])
-
-
 # -- credit holds -------------------------------------------------------------------------------
-
-
-async def place_hold(conn: Conn, hold: HoldRequest) -> bool | None:
-    """True when the hold is new, False when a stronger cause renamed it, None when unchanged."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (stripe_customer_id, stripe_invoice_id) DO UPDATE
-           SET reason = EXCLUDED.reason, cause_rank = EXCLUDED.cause_rank
-         WHERE (EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)
-        RETURNING (xmax = 0) AS inserted
-        """,
-        hold.stripe_customer_id,
-        hold.stripe_invoice_id,
-        hold.reason,
-        hold.cause_rank,
-    )
-    return None if row is None else bool(row["inserted"])
 
 
 async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, list[str]]:
@@ -838,7 +559,7 @@ async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, lis
 async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
     """Whether a hold stands now, or stood at the end of `as_of` (UTC). A hold is the mesh's own
     act, so it is dated by when the mesh placed and released it; a released hold is never placed
-    again (`place_hold`), so each row is one interval."""
+    again (`facts.hold_change`), so each row is one interval."""
     if as_of is None:
         return bool(
             await conn.fetchval(

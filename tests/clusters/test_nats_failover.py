@@ -88,6 +88,8 @@ async def _run_failover(
     for service in SERVICES:
         mesh.add(service)
     await eventually(lambda: _busy(db), timeout=60, interval=0.05)
+    # Billing can be busy before a slower service has created its consumer: wait for every one.
+    await eventually(lambda: _all_consuming(nats_cluster), timeout=30, interval=0.05)
     leaders_before = await consumer_leaders(nats_cluster)
     victim = await stream_leader(nats_cluster, STRIPE_STREAM) if pick == "stream" else leaders_before["billing"]
     killed_at = time.monotonic()
@@ -133,6 +135,14 @@ async def _run_failover(
 
 def mesh_schema(service: str) -> str:
     return service.replace("-", "_")
+
+
+async def _all_consuming(cluster: NatsCluster) -> bool:
+    try:
+        await consumer_leaders(cluster)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
 
 
 async def _busy(db: asyncpg.Connection) -> bool:
