@@ -69,30 +69,40 @@ def bearer_token(settings: Settings) -> str | None:
         return None
 
 
-class BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds `authorization: Bearer <token>` to every call of an aio channel."""
-
+class _BearerBase:
     def __init__(self, token: str) -> None:
         self.header = ("authorization", f"Bearer {token}")
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    async def _call(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         metadata = grpc.aio.Metadata(*(details.metadata or ()), self.header)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        return await continuation(
+            grpc.aio.ClientCallDetails(
+                details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            ),
+            request,
         )
 
-    async def _call(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await continuation(self._details(details), request)
 
-    intercept_unary_unary = _call
-    intercept_unary_stream = _call
-    intercept_stream_unary = _call
-    intercept_stream_stream = _call
+# grpc.aio files an interceptor under the first kind it implements, so one class per kind.
+class _BearerUU(_BearerBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _BearerBase._call
+
+
+class _BearerUS(_BearerBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _BearerBase._call
+
+
+class _BearerSU(_BearerBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_stream_unary = _BearerBase._call
+
+
+class _BearerSS(_BearerBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    intercept_stream_stream = _BearerBase._call
+
+
+def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding `authorization: Bearer <token>` to every call of an aio channel."""
+    return [kind(token) for kind in (_BearerUU, _BearerUS, _BearerSU, _BearerSS)]
 
 
 class _SyncBearer(
@@ -127,7 +137,7 @@ def channel(settings: Settings, target: str) -> grpc.Channel:
 def aio_channel(settings: Settings, target: str) -> grpc.aio.Channel:
     credentials = client_credentials(settings)
     token = bearer_token(settings)
-    interceptors = [BearerToken(token)] if token else None
+    interceptors = bearer_interceptors(token) if token else None
     if credentials:
         return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, interceptors=interceptors)

@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services import registry
-from services.common.grpc_client import BearerToken
+from services.common.grpc_client import bearer_interceptors
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 
@@ -50,7 +50,7 @@ async def running_mesh(settings: Settings, *, token: str | None = None) -> Async
             await rt.start()
         for rt in runtimes.values():
             await rt.wait_ready(30)
-        interceptors = [BearerToken(token)] if token else None
+        interceptors = bearer_interceptors(token) if token else None
         channels = {
             name: grpc.aio.insecure_channel(f"127.0.0.1:{rt.port}", interceptors=interceptors)
             for name, rt in runtimes.items()
