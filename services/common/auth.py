@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -225,3 +226,16 @@ def authenticator_for(settings: Settings, policy: Policy, *, service: str) -> Au
         )
         return None
     return Authenticator(settings.grpc_tokens_file, policy, service=service)
+
+
+def local_tokens(data_dir: Path) -> tuple[Path, str]:
+    """The tokens file and admin token of a local mesh (`syncmesh up`), made on first use under
+    `data_dir` readable by its owner only, so the tools run from there are let in and others not."""
+    tokens_file, token_file = data_dir / "grpc-tokens", data_dir / "grpc-token"
+    if not tokens_file.exists() or not token_file.exists():
+        token = secrets.token_urlsafe(32)
+        for path, text in ((token_file, f"{token}\n"), (tokens_file, f"{token} local-admin admin\n")):
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(text, encoding="utf-8")
+    return tokens_file, token_file.read_text(encoding="utf-8").strip()

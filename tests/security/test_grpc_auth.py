@@ -30,6 +30,10 @@ def test_every_rpc_of_every_service_has_an_access_policy() -> None:
         assert all(isinstance(role, Role) for role in definition.grpc_policy.values())
 
 
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 @pytest.fixture
 def tokens_file(tmp_path: Path) -> Path:
     path = tmp_path / "grpc-tokens"
@@ -155,6 +159,6 @@ async def test_a_rotated_token_is_accepted_and_the_old_one_refused_without_a_res
             return await _code(channel, path, False, False)
 
     assert await code(TOKENS["reader"]) == grpc.StatusCode.OK
-    tokens_file.write_text("rotated-reader-token-0123456789 test-reader reader\n")
+    _write(tokens_file, "rotated-reader-token-0123456789 test-reader reader\n")
     assert await code(TOKENS["reader"]) == grpc.StatusCode.UNAUTHENTICATED
     assert await code("rotated-reader-token-0123456789") == grpc.StatusCode.OK

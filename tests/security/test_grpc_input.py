@@ -142,3 +142,14 @@ async def test_portal_return_urls_must_be_https_to_a_configured_host(mesh: Mesh)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await allowed
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # past the URL check
+
+
+async def test_a_timestamp_out_of_range_names_the_field(mesh: Mesh) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    customer = customer_grpc.CustomerServiceStub(mesh.channels["customer"])
+    for stamp in (Timestamp(seconds=2**62), Timestamp(nanos=-5), Timestamp(seconds=-(2**40))):
+        error = await _refused(customer.ListCustomers(customer_pb.ListCustomersRequest(updated_since=stamp)))
+        assert field_violations(error)[0][0] == "updated_since"
+    listed = await customer.ListCustomers(customer_pb.ListCustomersRequest(updated_since=Timestamp(seconds=0)))
+    assert listed is not None

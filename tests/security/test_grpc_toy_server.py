@@ -20,13 +20,14 @@ from tests.common.test_grpc_tls import pki  # noqa: F401  (the test CA, server a
 TOY = "syncmesh.toy.v1.Toy"
 Request = health_pb2.HealthCheckRequest
 Response = health_pb2.HealthCheckResponse
+ResponseType = Any
 
 
-async def _explode(request: Any, context: grpc.aio.ServicerContext) -> Response:
+async def _explode(request: Any, context: grpc.aio.ServicerContext) -> ResponseType:
     raise RuntimeError("a bug with a secret in it: hunter2")
 
 
-async def _echo(request: Any, context: grpc.aio.ServicerContext) -> Response:
+async def _echo(request: Any, context: grpc.aio.ServicerContext) -> ResponseType:
     from services.common.auth import caller_name
 
     return Response(status=Response.SERVING if caller_name() == "reporting" else Response.UNKNOWN)
