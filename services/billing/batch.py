@@ -6,7 +6,9 @@ runs through its handler in turn (`handlers`); every invoice touched is then re-
 reads them all), which is what lets a batch be split this way and still leave the ledger
 one-at-a-time delivery would. The shared work is done once: the invoices' locks are taken
 together up front (in id order, so replicas cannot deadlock), item mappings are read once, and
-the audit rows are written in one statement at the end. What the batch accumulates is one
+the audit rows are written in one statement at the end. The payments the batch concerns are
+locked with them (`payment_keys`): a charge, its refund and its invoice payment applied by two
+replicas at once would otherwise each miss the other's link to the invoice. What the batch accumulates is one
 explicit `Batch` value, created here and passed to every step.
 """
 
@@ -31,7 +33,10 @@ def make_applier(policy: BillingSettings) -> BatchApplier:
 
 
 async def _apply(batch: Batch, conn: Conn, items: Sequence[BatchItem]) -> None:
-    keys = sorted({key for item in items if (key := invoice_mapping.invoice_key(item.event.type, item.event.object))})
+    keys = sorted(
+        {key for item in items if (key := invoice_mapping.invoice_key(item.event.type, item.event.object))}
+        | {key for item in items for key in invoice_mapping.payment_keys(item.event.type, item.event.object)}
+    )
     await store.lock_many(conn, keys)
     batch.locked.update(keys)
     await handlers.item_map(batch, conn, sorted({p for item in items for p in _price_ids(item)}))

@@ -144,6 +144,33 @@ def invoice_key(event_type: str, obj: Json) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def payment_keys(event_type: str, obj: Json) -> set[str]:
+    """The payment an event concerns, as lock keys: its charge and payment intent.
+
+    A refund names only its charge and intent, and a current-API charge names no invoice: the
+    link to the invoice comes from whichever of charge, refund and invoice_payment is stored
+    first. Two replicas applying two of them at once, each unable to see the other's uncommitted
+    row, would each store its own fact unlinked; locking the payment's keys makes them take turns,
+    so the second sees the first (READ COMMITTED reads what committed before each statement).
+    """
+    if event_type.startswith("refund.") or event_type == "charge.refund.updated":  # a refund object
+        charge, intent = obj.get("charge"), obj.get("payment_intent")
+    elif event_type.startswith("charge."):
+        charge, intent = obj.get("id"), obj.get("payment_intent")
+    elif event_type.startswith("invoice_payment."):
+        payment = obj.get("payment")
+        paid_by: Json = payment if isinstance(payment, dict) else {}
+        charge, intent = paid_by.get("charge"), paid_by.get("payment_intent")
+    else:
+        return set()
+    keys = set()
+    for prefix, value in (("charge", charge), ("intent", intent)):
+        ident = value.get("id") if isinstance(value, dict) else value
+        if isinstance(ident, str) and ident:
+            keys.add(f"{prefix}:{ident}")
+    return keys
+
+
 def invoice_price_ids(lines: Iterable[Json]) -> list[str]:
     return sorted({p for p in (line_price_id(line) for line in lines) if p})
 

@@ -89,10 +89,10 @@ class Bus:
                 nc = await nats.connect(
                     servers=self.settings.nats_url.split(","),
                     name=self.name,
-                    connect_timeout=2,
+                    connect_timeout=self.settings.nats_connect_timeout_seconds,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=self.settings.nats_reconnect_wait_seconds,
                     ping_interval=5,
                     max_outstanding_pings=2,
                     error_cb=self._on_error,
@@ -108,12 +108,18 @@ class Bus:
             self._js = nc.jetstream(timeout=self.settings.publish_timeout_seconds)
             self._connected.set()
             log.info("connected to NATS")
+        # A cluster that has just started answers no JetStream request until it has elected its
+        # meta leader (about 5 s): expected, so quiet and quick retries first, a warning later.
+        waiting_since = asyncio.get_running_loop().time()
         while not self._streams_ready:
             try:
                 await self.ensure_streams()
             except (nats.errors.Error, TimeoutError, nats.js.errors.Error) as exc:
-                log.warning("JetStream streams not ready (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                waited = asyncio.get_running_loop().time() - waiting_since
+                level = logging.WARNING if waited > 15 else logging.INFO
+                reason = str(exc) or type(exc).__name__
+                log.log(level, "JetStream streams not ready after %.0fs (%s); retrying", waited, reason)
+                await asyncio.sleep(0.25)
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("NATS error: %s", exc)

@@ -100,6 +100,7 @@ from services.common.events import StripeEvent, check_mode, from_envelope
 from services.common.logs import current_event_id
 from services.common.settings import Settings
 from services.common.stripe_api import stripe_client_for
+from services.common.stripe_shapes import check_body, check_object
 from services.common.tracing import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -254,14 +255,16 @@ class Batch:
 
 
 def receive(msgs: Sequence[Msg], mode: str) -> Batch:
-    """Decode fetched messages; one that cannot be decoded (or is of the wrong Stripe mode) is
-    undecodable at once."""
+    """Decode fetched messages; one that cannot be decoded, is of the wrong Stripe mode, or whose
+    object does not have the types Stripe documents (`stripe_shapes`) is undecodable at once."""
     received = [Received(m) for m in msgs]
     deliveries = []
     for r in received:
         try:
             event, envelope = from_envelope(r.msg.data)
             check_mode(event, mode)
+            check_body(event.raw)
+            check_object(event.object)
         except EventError as exc:
             r.outcome, r.detail = Outcome.UNDECODABLE, f"undecodable: {exc}"
             continue
@@ -530,12 +533,12 @@ class Consumer:
 
     async def _until_the_database_answers(self) -> None:
         """Fetch nothing while PostgreSQL is unreachable: every message fetched meanwhile could only
-        be nak'd again. Polled with backoff (0.2 s to 2 s), so the loop resumes within about two
-        seconds of the database's return, a failover's promotion included."""
+        be nak'd again. Polled with backoff (0.2 s up to SYNCMESH_DATABASE_RETRY_MAX_SECONDS, 2 s),
+        so the loop resumes within about that long of the database's return, a promotion included."""
         delay = 0.2
         while not self._stopping.is_set() and not await db.ping(self.pool):
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, self.settings.database_retry_max_seconds)
 
     async def _next_batch(self, psub: Any) -> Batch | None:
         try:

@@ -81,11 +81,13 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 5.0
+) -> asyncpg.Pool:
     """A pool whose connections see only `schema` (and pg_catalog) by default."""
     if not _SCHEMA.match(schema):
         raise ValueError(f"bad schema name {schema!r}")
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     try:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     except asyncpg.UniqueViolationError:
@@ -100,6 +102,7 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
         reset=_no_session_reset,
         server_settings={"search_path": schema, "application_name": f"syncmesh-{schema}"},
         command_timeout=30,
+        timeout=connect_timeout,
     )
     assert pool is not None
     return pool

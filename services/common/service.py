@@ -151,7 +151,11 @@ class ServiceRuntime:
         delay = 0.2
         while self._pool is None:
             try:
-                pool = await db.create_pool(self.settings.database_url, self.definition.schema)
+                pool = await db.create_pool(
+                    self.settings.database_url,
+                    self.definition.schema,
+                    connect_timeout=self.settings.database_connect_timeout_seconds,
+                )
                 await db.migrate(
                     pool,
                     self.definition.schema,
@@ -161,7 +165,7 @@ class ServiceRuntime:
             except db.UNAVAILABLE as exc:
                 log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, self.settings.database_retry_max_seconds)
         self.relay = OutboxRelay(self._pool, self.bus)
         self.consumer = Consumer(
             service=self.definition.name,

@@ -54,8 +54,22 @@ class Settings:
     port_overrides: Mapping[str, int] = field(default_factory=dict)
     #: How long the STRIPE stream keeps events: long enough to rebuild a service from history.
     stream_max_age_days: int = 400
-    #: JetStream replicas for the mesh's streams: 1 on one machine, 3 on a NATS cluster.
+    #: JetStream replicas for the mesh's streams: 1 on one machine, 3 (or 5) on a NATS cluster.
     stream_replicas: int = 1
+    #: How long one attempt to reach a NATS server may take, and the pause before trying the next
+    #: server after a connection is lost. On a cluster a client moves to another node within
+    #: about `nats_reconnect_wait_seconds` of losing its own; the stream's new leader is elected
+    #: meanwhile (about 5 s measured for a killed leader, docs/scaling.md).
+    nats_connect_timeout_seconds: float = 2.0
+    nats_reconnect_wait_seconds: float = 0.5
+    #: How long one attempt to connect to PostgreSQL may take. A dead primary behind a network
+    #: that drops packets (rather than refusing them) holds each attempt this long before the
+    #: next host of a multi-host URL is tried.
+    database_connect_timeout_seconds: float = 5.0
+    #: The longest pause between attempts to reach PostgreSQL again once it is gone: bounds how
+    #: soon after a failover's promotion the services are consuming again (measured: SERVING
+    #: within about a second of the promotion with the default).
+    database_retry_max_seconds: float = 2.0
     #: JetStream's publish dedup window; the database's idempotency record is the real guarantee.
     stream_duplicate_window_seconds: int = 120
     #: Largest webhook body accepted. Stripe events are a few KB; an invoice with ten expanded
@@ -199,6 +213,18 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], *, listed:
     return raw
 
 
+def _replicas(env: Mapping[str, str]) -> int:
+    """1, 3 or 5: JetStream keeps a stream while a majority of its replicas is up, so an even count
+    survives no more lost nodes than the odd count below it, and costs a copy more per message."""
+    replicas = _int(env, "SYNCMESH_STREAM_REPLICAS", 1, minimum=1, maximum=5)
+    if replicas % 2 == 0:
+        raise SettingsError(
+            f"SYNCMESH_STREAM_REPLICAS={replicas} is even: use {replicas - 1} or {replicas + 1} "
+            "(a majority of an even count tolerates no more lost nodes than one replica fewer)"
+        )
+    return replicas
+
+
 def parse_timestamp(name: str, raw: str) -> datetime:
     """An ISO-8601 date or date-time (UTC when no zone is given), or unix seconds."""
     try:
@@ -255,7 +281,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sync_start=sync_start,
         port_overrides=_port_overrides(env),
         stream_max_age_days=_int(env, "SYNCMESH_STREAM_MAX_AGE_DAYS", 400, minimum=1, maximum=3650),
-        stream_replicas=_int(env, "SYNCMESH_STREAM_REPLICAS", 1, minimum=1, maximum=5),
+        stream_replicas=_replicas(env),
+        nats_connect_timeout_seconds=_float(env, "SYNCMESH_NATS_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.1, maximum=60),
+        nats_reconnect_wait_seconds=_float(env, "SYNCMESH_NATS_RECONNECT_WAIT_SECONDS", 0.5, minimum=0.05, maximum=30),
+        database_connect_timeout_seconds=_float(
+            env, "SYNCMESH_DATABASE_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120
+        ),
+        database_retry_max_seconds=_float(env, "SYNCMESH_DATABASE_RETRY_MAX_SECONDS", 2.0, minimum=0.1, maximum=60),
         stream_duplicate_window_seconds=_int(
             env, "SYNCMESH_STREAM_DUPLICATE_WINDOW_SECONDS", 120, minimum=1, maximum=86400
         ),

@@ -19,7 +19,7 @@ from services.common import outbox, paging
 from services.common.db import Conn
 from services.common.errors import ConflictError, NotFoundError, SettingsError, ValidationError
 from services.common.service import ServiceRuntime
-from services.crm_export import mapping, messages, store
+from services.crm_export import crm_settings, messages, store
 from services.crm_export.importer import SERVICE, Importer, ImportOptions
 
 DEFAULT_PAGE = 100
@@ -75,7 +75,7 @@ class CrmExportServicer(pb_grpc.CrmExportServiceServicer):
             raise ValidationError("expected_version", "must be 0 (no check) or a version from GetSettings")
         if len(request.changed_by) > 200:
             raise ValidationError("changed_by", "at most 200 characters")
-        wanted = mapping.validate_settings(messages.settings_from_pb(request.settings))
+        wanted = crm_settings.validate_settings(messages.settings_from_pb(request.settings))
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             before = await store.current_settings(conn)
             saved = await store.save_settings(

@@ -1,205 +1,165 @@
-"""Live Stripe events -> the customer-success view.
+"""Stripe objects -> the customer-success view, a whole batch at a time: load, decide, write.
 
-The `apply_*` functions are the one path into the store: the consumer calls them with the
-event's `created` as the version time, the initial import with the moment it read the object,
-so an import and the live stream write the same records the same way. They map; the rows go
-to a `Changes`, which writes them and announces what changed when the batch (of events, or of
-imported objects) ends.
+Order and duplication do not matter (the rules are in decide.py). A batch, of live events
+(`apply`) or of objects the initial import listed (`apply_objects`), is applied in four steps:
+
+1. load: the settings (versioned; a change made meanwhile applies from the next batch, as it
+   would from the next event), then in bulk what the batch touches: the stored versions of the
+   rows it may replace and the kept Stripe customers in one statement, and the health of the
+   customers it may change;
+2. fetch: what the payloads left out (truncated lines and items) and, with a Stripe key, the
+   customers of same-second ties as Stripe holds them now, each in the consume span of its
+   event (every event's span is entered once, here, in arrival order);
+3. decide: one pure function over the stored facts and the new objects;
+4. write: a pipelined statement per table, then each changed record is announced once, in its
+   newest state, through the emit of the event that brought it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from stripe import StripeClient, StripeError
+from google.protobuf.message import Message
+from syncmesh.crm_export.v1 import events_pb2
 
-from services.common.consumer import BatchItem, HandlerContext
+from services.common.consumer import BatchItem
 from services.common.db import Conn
-from services.common.events import StripeEvent
-from services.common.stripe_api import upstream_error
-from services.crm_export import mapping, store
-from services.crm_export.changes import Changes, Emit
+from services.crm_export import decide, messages, store
+from services.crm_export.crm_settings import CrmSettings
+from services.crm_export.decide import BatchChanges, Fetched, Incoming, ListKind, StoredFacts
 from services.crm_export.fetch import Fetcher, NoFetcher, StripeFetcher
-from services.crm_export.mapping import CrmSettings
+from services.crm_export.health import Health, changed_health
 
-CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.deleted"})
-PRODUCT_EVENTS = frozenset({"product.created", "product.updated", "product.deleted"})
-PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
-SUBSCRIPTION_PREFIX = "customer.subscription."
+Emit = Callable[[str, Message], Awaitable[None]]
+Span = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a batch's objects came from, by `Incoming.source`: the emit that announces what
+    each changed, and the span of each source (a live event's consume span). Every span is
+    entered once, in order, in the fetch step, so each event keeps its span and a failing
+    Stripe call is charged to the event that needed it."""
+
+    emits: Sequence[Emit]
+    spans: Sequence[Span]
 
 
 async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
-    """The events in turn under the settings read once for the batch (they are versioned, and a
-    change made meanwhile applies from the next batch, as it would from the next event); what
-    they read one at a time is read up front in bulk, and what they changed is announced once."""
-    settings = (await store.current_settings(conn)).settings
-    changes = Changes()
-    await changes.prefetch(
-        conn,
-        customers=[str(i.event.object.get("id") or "") for i in items if i.event.type in CUSTOMER_EVENTS],
-        health=[_health_subject(i.event) for i in items],
-    )
-    for item in items:
-        with item.consuming():
-            await _apply(item.ctx, item.event, settings, changes)
-    await changes.commit(conn)
+    """The consumer's applier: a batch of live events, in arrival order."""
+    incoming: list[Incoming] = []
+    spans: list[Span] = []
+    for source, item in enumerate(items):
+        event = item.event
+        created = event.object.get("created")
+        if item.ctx.before_sync_start(created if isinstance(created, int) else None):
+            found: Incoming | str = "before SYNCMESH_SYNC_START"
+        else:
+            found = decide.from_event(event.type, event.object, event.created, source)
+        if isinstance(found, str):
+            spans.append(functools.partial(_skipping, item, found))
+        else:
+            incoming.append(found)
+            spans.append(item.consuming)
+    client = items[0].ctx.stripe if items else None
+    fetcher: Fetcher = StripeFetcher(client) if client is not None else NoFetcher()
+    sources = Sources([item.ctx.emit for item in items], spans)
+    await apply_objects(conn, incoming, None, sources, fetcher, settle_ties=client is not None)
 
 
-def _health_subject(event: StripeEvent) -> str:
-    """The customer whose health the event may change ("" when none)."""
-    kind = event.type
-    if kind in PAID_EVENTS or kind == "invoice.payment_failed" or kind.startswith(SUBSCRIPTION_PREFIX):
-        return mapping.customer_id_of(event.object)
-    return ""
+@contextlib.contextmanager
+def _skipping(item: BatchItem, reason: str) -> Iterator[None]:
+    """The consume span of an event that changes nothing, marked with why."""
+    with item.consuming():
+        item.ctx.skip(reason)
+        yield
 
 
-async def _apply(ctx: HandlerContext, event: StripeEvent, settings: CrmSettings, changes: Changes) -> None:
-    obj = event.object
-    created = obj.get("created")
-    if ctx.before_sync_start(created if isinstance(created, int) else None):
-        ctx.skip("before SYNCMESH_SYNC_START")
-        return
-    kind = event.type
-    if kind.startswith(SUBSCRIPTION_PREFIX):
-        if kind == "customer.subscription.trial_will_end":
-            ctx.skip("trial reminders change no record")
-            return
-        await apply_subscription(
-            ctx.conn, obj, event.created, settings, changes, ctx.emit, _fetcher(ctx), deleted=kind.endswith(".deleted")
-        )
-    elif kind in CUSTOMER_EVENTS:
-        await apply_customer(
-            ctx.conn,
-            obj,
-            event.created,
-            settings,
-            changes,
-            ctx.emit,
-            deleted=kind == "customer.deleted",
-            event_type=kind,
-            stripe=ctx.stripe,
-        )
-    elif kind in PRODUCT_EVENTS:
-        apply_product(
-            obj, event.created, settings, changes, ctx.emit, deleted=kind == "product.deleted", event_type=kind
-        )
-    elif kind in PAID_EVENTS:
-        await apply_paid_invoice(ctx.conn, obj, event.created, settings, changes, ctx.emit, _fetcher(ctx))
-    elif kind == "invoice.payment_failed":
-        await apply_failed_payment(ctx.conn, obj, changes, ctx.emit)
-    else:
-        ctx.skip(f"{kind} changes no customer-success record")
-
-
-def _fetcher(ctx: HandlerContext) -> Fetcher:
-    client = ctx.stripe
-    return StripeFetcher(client) if client is not None else NoFetcher()
-
-
-async def apply_customer(
+async def apply_objects(
     conn: Conn,
-    obj: dict[str, Any],
-    ts: int,
-    settings: CrmSettings,
-    changes: Changes,
-    emit: Emit,
-    *,
-    deleted: bool = False,
-    event_type: str | None = None,
-    stripe: StripeClient | None = None,
-) -> None:
-    kept = await changes.kept_customer(conn, str(obj.get("id", "")))
-    if deleted and "email" not in obj and kept is not None:
-        # A bare deletion stub: keep what is known about the customer, flip it to deleted.
-        obj = {**kept[0], **obj}
-    version = mapping.customer_version(obj, ts, deleted=deleted, event_type=event_type)
-    if stripe is not None and kept is not None and kept[1] == version and not version.terminal:
-        # Two events of one kind in one Stripe second: which is newer cannot be told from them,
-        # so take the customer as Stripe holds it now (the same whatever the arrival order).
-        obj = await _current_customer(stripe, obj)
-        if obj.get("deleted"):  # deleted in Stripe meanwhile: keep what is known, mark it deleted
-            deleted = True
-            obj = {**kept[0], **obj}
-            version = mapping.customer_version(obj, ts, deleted=True, event_type=event_type)
-    changes.keep_customer(mapping.stripe_customer(obj, deleted=deleted), version)
-    if not settings.pulls_customers:
-        return  # customer sync DISABLED: clients come from the CRM only
-    changes.client(mapping.client_from_customer(obj, settings, deleted=deleted), version, emit)
-
-
-async def _current_customer(stripe: StripeClient, obj: dict[str, Any]) -> dict[str, Any]:
-    try:
-        current = await stripe.v1.customers.retrieve_async(str(obj["id"]))
-    except StripeError as exc:
-        raise upstream_error(exc, "fetch a customer to settle a same-second tie") from exc
-    return dict(current.to_dict())
-
-
-def apply_product(
-    obj: dict[str, Any],
-    ts: int,
-    settings: CrmSettings,
-    changes: Changes,
-    emit: Emit,
-    *,
-    deleted: bool = False,
-    event_type: str | None = None,
-) -> None:
-    product = mapping.product_from_stripe(obj, settings, deleted=deleted)
-    version = mapping.product_version(obj, ts, deleted=deleted, event_type=event_type)
-    changes.product(product, dict(obj), version, emit)
-
-
-async def apply_paid_invoice(
-    conn: Conn, invoice: dict[str, Any], ts: int, settings: CrmSettings, changes: Changes, emit: Emit, fetcher: Fetcher
-) -> None:
-    if not mapping.invoice_is_paid(invoice):
-        return
-    await changes.health_may_change(conn, mapping.customer_id_of(invoice), emit)
-    changes.payment(mapping.invoice_payment(invoice, failed=False))
-    if mapping.INVOICE in settings.contract_sources:
-        lines, truncated = mapping.invoice_lines(invoice)
-        if truncated:
-            lines = await fetcher.invoice_lines(str(invoice["id"]))
-        contract = mapping.contract_from_invoice(invoice, lines)
-        changes.contract(contract, mapping.invoice_contract_version(ts), emit)
-
-
-async def apply_failed_payment(conn: Conn, invoice: dict[str, Any], changes: Changes, emit: Emit) -> None:
-    payment = mapping.invoice_payment(invoice, failed=True)
-    await changes.health_may_change(conn, payment.stripe_customer_id, emit)
-    changes.payment(payment)
-
-
-async def apply_invoice_payment_facts(conn: Conn, invoice: dict[str, Any], changes: Changes, emit: Emit) -> None:
-    """For the import: what a listed invoice says about payment health (see mapping)."""
-    payment = mapping.imported_invoice_payment(invoice)
-    if payment is None:
-        return
-    await changes.health_may_change(conn, payment.stripe_customer_id, emit)
-    changes.payment(payment)
-
-
-async def apply_subscription(
-    conn: Conn,
-    subscription: dict[str, Any],
-    ts: int,
-    settings: CrmSettings,
-    changes: Changes,
-    emit: Emit,
+    incoming: Sequence[Incoming],
+    settings: CrmSettings | None,
+    sources: Sources,
     fetcher: Fetcher,
     *,
-    deleted: bool = False,
+    settle_ties: bool,
 ) -> None:
-    state = mapping.subscription_state(subscription, deleted=deleted)
-    version = mapping.subscription_version(subscription, ts, deleted=deleted)
-    await changes.health_may_change(conn, state.stripe_customer_id, emit)
-    changes.subscription(state, version)
-    if mapping.SUBSCRIPTION in settings.contract_sources:
-        items, truncated = mapping.subscription_items(subscription)
-        if truncated:
-            items = await fetcher.subscription_items(state.id)
-        source = {**subscription, "status": state.status}
-        contract = mapping.contract_from_subscription(source, items)
-        changes.contract(contract, version, emit)
+    """Load what the objects touch, fetch what they left out, decide, write, announce.
+
+    `settings`: those the objects are applied under; None reads the current ones (the live
+    path: a change made meanwhile applies from the next batch, as it would from the next event).
+    """
+    if not incoming:
+        for span in sources.spans:
+            with span():
+                pass
+        return
+    if settings is None:
+        settings = (await store.current_settings(conn)).settings
+    keys = decide.keys_of(incoming, settings)
+    stored = await store.stored_facts(conn, settings, keys)
+    health_before = await store.health_by_customer(conn, keys.health)
+    fetched = await _fetch(incoming, stored, fetcher, sources, settle_ties=settle_ties)
+    changes = decide.decide(incoming, stored, fetched, settle_ties=settle_ties)
+    await store.write_changes(conn, changes)
+    await _announce(conn, changes, health_before, sources.emits)
+
+
+async def _fetch(
+    incoming: Sequence[Incoming], stored: StoredFacts, fetcher: Fetcher, sources: Sources, *, settle_ties: bool
+) -> Fetched:
+    """Each source's Stripe calls inside its span, in arrival order: the truncated lists its
+    contracts need, and the customer of a same-second tie (the next tie is only known once the
+    ones before it are settled, see decide.unsettled_tie)."""
+    lists_wanted = {wanted.index: wanted for wanted in decide.fetches_needed(incoming, stored.settings)}
+    by_source: dict[int, list[int]] = {}
+    for index, inc in enumerate(incoming):
+        by_source.setdefault(inc.source, []).append(index)
+    lists: dict[int, list[dict[str, Any]]] = {}
+    current: dict[int, dict[str, Any]] = {}
+    next_tie = decide.unsettled_tie(incoming, stored.customers, current) if settle_ties else None
+    for source, span in enumerate(sources.spans):
+        with span():
+            for index in by_source.get(source, ()):
+                wanted = lists_wanted.get(index)
+                if wanted is not None and wanted.what is ListKind.INVOICE_LINES:
+                    lists[index] = await fetcher.invoice_lines(wanted.object_id)
+                elif wanted is not None:
+                    lists[index] = await fetcher.subscription_items(wanted.object_id)
+                if index == next_tie:
+                    current[index] = await fetcher.current_customer(incoming[index].id)
+                    next_tie = decide.unsettled_tie(incoming, stored.customers, current)
+    return Fetched(lists, current)
+
+
+async def _announce(conn: Conn, changes: BatchChanges, health_before: dict[str, Health], emits: Sequence[Emit]) -> None:
+    """Each changed client, product and contract once, then each changed health, in id order."""
+    changed_clients = changes.clients.changed
+    if changed_clients:
+        clients = await store.stripe_clients(conn, sorted(changed_clients))
+        for client_id, source in sorted(changed_clients.items()):
+            client = events_pb2.ClientUpserted(client=messages.client_pb(clients[client_id]))
+            await emits[source]("client_upserted", client)
+    for record, source in decide.announced_products(changes):
+        await emits[source]("product_upserted", events_pb2.ProductUpserted(product=messages.product_pb(record)))
+    changed_contracts = changes.contracts.changed
+    if changed_contracts:
+        contracts = await store.get_contracts(conn, sorted(changed_contracts))
+        for contract_id, source in sorted(changed_contracts.items()):
+            contract = events_pb2.ContractUpserted(contract=messages.contract_pb(contracts[contract_id]))
+            await emits[source]("contract_upserted", contract)
+    if changes.watched:
+        after = await store.health_by_customer(conn, changes.watched)
+        for customer_id, source, health in changed_health(health_before, after, changes.watched):
+            await emits[source](
+                "client_health_changed",
+                events_pb2.ClientHealthChanged(
+                    stripe_customer_id=customer_id,
+                    health_signals=messages.health_signals_pb(health),
+                    failing_invoice_ids=list(health.failing_invoice_ids),
+                ),
+            )

@@ -7,9 +7,9 @@
   object id, Stripe's `starting_after`), so a crash or Ctrl-C loses at most the batch in
   flight, and resuming continues after the last committed object: nothing is skipped and
   nothing doubles (the upserts are idempotent besides).
-- Objects go through the same `apply_*` functions as live events, versioned by the moment they
-  were read, so re-running changes nothing already right and a replayed older event cannot
-  undo what the import saw.
+- Objects go through the same load, decision and write as live events
+  (`handlers.apply_objects`), versioned by the moment they were read, so re-running changes
+  nothing already right and a replayed older event cannot undo what the import saw.
 - Days back limits invoices (`created[gte]`, fixed when the run starts so a resumed run pulls the
   same window) and ended subscriptions; customers and products are pulled whole, since a
   recent contract may belong to an old customer.
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import time
@@ -37,9 +38,10 @@ from services.common.errors import ConflictError, UpstreamError
 from services.common.settings import Mode, check_stripe_api_key
 from services.common.stripe_api import upstream_error
 from services.crm_export import handlers, mapping, store
-from services.crm_export.changes import Changes, Emit
+from services.crm_export.crm_settings import CrmSettings
+from services.crm_export.decide import Incoming, Kind
 from services.crm_export.fetch import StripeFetcher
-from services.crm_export.mapping import CrmSettings
+from services.crm_export.handlers import Emit
 from services.crm_export.statuses import TERMINAL_SUBSCRIPTION_STATUSES
 
 log = logging.getLogger(__name__)
@@ -314,48 +316,34 @@ class Importer:
         settings: CrmSettings,
         observed: int,
     ) -> store.Checkpoint:
+        incoming = [x for x in (imported(cp.phase, obj, observed, run.cutoff) for obj in batch) if x is not None]
         async with self.pool.acquire() as conn, conn.transaction():
-            emit = _outbox_emitter(conn)
-            changes = Changes()
-            for obj in batch:
-                await self._apply(conn, fetcher, cp.phase, obj, run, settings, observed, changes, emit)
-            await changes.commit(conn)
+            sources = handlers.Sources(emits=[_outbox_emitter(conn)], spans=[contextlib.nullcontext])
+            # An imported object is Stripe's present state: there are no same-second ties to settle.
+            await handlers.apply_objects(conn, incoming, settings, sources, fetcher, settle_ties=False)
             cp = store.Checkpoint(cp.phase, str(batch[-1]["id"]), cp.done + len(batch), False)
             await store.save_checkpoint(conn, run.run_id, cp)
         if self.on_commit is not None:
             self.on_commit()
         return cp
 
-    async def _apply(
-        self,
-        conn: Conn,
-        fetcher: StripeFetcher,
-        phase: str,
-        obj: dict[str, Any],
-        run: store.ImportRun,
-        settings: CrmSettings,
-        observed: int,
-        changes: Changes,
-        emit: Emit,
-    ) -> None:
-        if phase == CUSTOMERS:
-            await handlers.apply_customer(
-                conn, obj, observed, settings, changes, emit, deleted=bool(obj.get("deleted"))
-            )
-        elif phase == PRODUCTS:
-            handlers.apply_product(obj, observed, settings, changes, emit, deleted=bool(obj.get("deleted")))
-        elif phase == INVOICES:
-            created = obj.get("created")
-            if isinstance(created, int) and created < run.cutoff:
-                return
-            if mapping.invoice_is_paid(obj):
-                await handlers.apply_paid_invoice(conn, obj, observed, settings, changes, emit, fetcher)
-            else:
-                await handlers.apply_invoice_payment_facts(conn, obj, changes, emit)
-        elif phase == SUBSCRIPTIONS:
-            if subscription_ended_before(obj, run.cutoff):
-                return
-            await handlers.apply_subscription(conn, obj, observed, settings, changes, emit, fetcher)
+
+def imported(phase: str, obj: dict[str, Any], observed: int, cutoff: int) -> Incoming | None:
+    """A listed object as an object to apply, versioned by the moment it was read; None when it
+    is outside the days-back window."""
+    deleted = bool(obj.get("deleted"))
+    if phase == CUSTOMERS:
+        return Incoming(Kind.CUSTOMER, obj, observed, deleted=deleted)
+    if phase == PRODUCTS:
+        return Incoming(Kind.PRODUCT, obj, observed, deleted=deleted)
+    if phase == INVOICES:
+        created = obj.get("created")
+        if isinstance(created, int) and created < cutoff:
+            return None
+        return Incoming(Kind.PAID_INVOICE if mapping.invoice_is_paid(obj) else Kind.PAYMENT_FACTS, obj, observed)
+    if subscription_ended_before(obj, cutoff):
+        return None
+    return Incoming(Kind.SUBSCRIPTION, obj, observed)
 
 
 def phase_is_dated(phase: str) -> bool:

@@ -1,4 +1,4 @@
-"""Stripe objects -> the ClientSuccess model (clients, products, contracts, health signals).
+"""Stripe objects -> the ClientSuccess records (clients, products, contracts, payment facts).
 
 Pure: plain dicts in, frozen dataclasses out, no I/O and no clock. Both payload shapes are
 read: the pre-2025-03 ("legacy", and localstripe's 2017-era) shape and the current ("basil")
@@ -15,300 +15,24 @@ events arrive in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.common.errors import ValidationError
+from services.crm_export.crm_settings import INVOICE, SUBSCRIPTION, CrmSettings, FieldMapping
+from services.crm_export.records import (
+    Address,
+    Client,
+    Contract,
+    ContractLine,
+    InvoicePayment,
+    Product,
+    StripeCustomer,
+    SubscriptionState,
+    Version,
+)
 from services.crm_export.statuses import SUBSCRIPTION_RANK, TERMINAL_SUBSCRIPTION_STATUSES
-
-INVOICE = "INVOICE"
-SUBSCRIPTION = "SUBSCRIPTION"
-CONTRACT_SOURCES = (INVOICE, SUBSCRIPTION)
-PULL = "PULL"
-DISABLED = "DISABLED"
-SYNC_DIRECTIONS = (PULL, DISABLED)
-
-PAYMENT_FAILED = "PAYMENT_FAILED"
-SUBSCRIPTION_PAST_DUE = "SUBSCRIPTION_PAST_DUE"
-SUBSCRIPTION_CANCELED = "SUBSCRIPTION_CANCELED"
-
-PAST_DUE_STATUSES = frozenset({"past_due", "unpaid"})
-LIVE_SUBSCRIPTION_STATUSES = frozenset({"incomplete", "trialing", "active", "paused", "past_due", "unpaid"})
-
-# Known Stripe fields a mapping may point at: a leaf (scalar) path, or `metadata.<key>`.
-# Union of the current and the legacy customer/product shapes (localstripe's `account_balance`,
-# `business_vat_id` included), so a mapping written for either is accepted.
-_ADDRESS_LEAVES = frozenset({"city", "country", "line1", "line2", "postal_code", "state"})
-CUSTOMER_FIELDS: Mapping[str, frozenset[str] | None] = {
-    "id": None,
-    "name": None,
-    "email": None,
-    "phone": None,
-    "description": None,
-    "balance": None,
-    "account_balance": None,
-    "business_vat_id": None,
-    "created": None,
-    "currency": None,
-    "delinquent": None,
-    "default_source": None,
-    "invoice_prefix": None,
-    "next_invoice_sequence": None,
-    "livemode": None,
-    "tax_exempt": None,
-    "test_clock": None,
-    "address": _ADDRESS_LEAVES,
-    "shipping": frozenset({"name", "phone"} | {f"address.{leaf}" for leaf in _ADDRESS_LEAVES}),
-    "invoice_settings": frozenset({"default_payment_method", "footer"}),
-}
-PRODUCT_FIELDS: Mapping[str, frozenset[str] | None] = {
-    "id": None,
-    "name": None,
-    "description": None,
-    "active": None,
-    "created": None,
-    "updated": None,
-    "default_price": None,
-    "livemode": None,
-    "shippable": None,
-    "statement_descriptor": None,
-    "tax_code": None,
-    "type": None,
-    "unit_label": None,
-    "url": None,
-    "caption": None,
-    "package_dimensions": frozenset({"height", "length", "weight", "width"}),
-}
-MAX_MAPPINGS = 50
-MAX_FIELD_NAME = 100
-
-
-# ---------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class FieldMapping:
-    stripe_path: str
-    crm_field: str
-
-
-@dataclass(frozen=True)
-class CrmSettings:
-    contract_sources: tuple[str, ...] = (INVOICE,)
-    days_back: int = 365
-    customer_sync_direction: str = PULL
-    customer_field_mappings: tuple[FieldMapping, ...] = (FieldMapping("balance", "Stripe Balance"),)
-    product_field_mappings: tuple[FieldMapping, ...] = ()
-    import_requests_per_second: int = 20
-
-    @property
-    def pulls_customers(self) -> bool:
-        return self.customer_sync_direction == PULL
-
-
-def validate_settings(settings: CrmSettings) -> CrmSettings:
-    """Check every field; return the settings normalised (sources deduplicated and sorted).
-
-    Raises ValidationError naming the field, so a bad update changes nothing.
-    """
-    if not settings.contract_sources:
-        raise ValidationError("contract_sources", "choose INVOICE, SUBSCRIPTION or both")
-    for source in settings.contract_sources:
-        if source not in CONTRACT_SOURCES:
-            raise ValidationError("contract_sources", f"{source!r} is not INVOICE or SUBSCRIPTION")
-    if not 1 <= settings.days_back <= 3650:
-        raise ValidationError("days_back", f"{settings.days_back} is out of range: use 1 to 3650 days")
-    if settings.customer_sync_direction not in SYNC_DIRECTIONS:
-        raise ValidationError("customer_sync_direction", "must be PULL or DISABLED")
-    if not 1 <= settings.import_requests_per_second <= 100:
-        raise ValidationError(
-            "import_requests_per_second",
-            f"{settings.import_requests_per_second} is out of range: Stripe allows 25/s in test mode and 100/s live",
-        )
-    _validate_mappings("customer_field_mappings", settings.customer_field_mappings, CUSTOMER_FIELDS, "customer")
-    _validate_mappings("product_field_mappings", settings.product_field_mappings, PRODUCT_FIELDS, "product")
-    sources = tuple(s for s in CONTRACT_SOURCES if s in settings.contract_sources)
-    return CrmSettings(
-        contract_sources=sources,
-        days_back=settings.days_back,
-        customer_sync_direction=settings.customer_sync_direction,
-        customer_field_mappings=settings.customer_field_mappings,
-        product_field_mappings=settings.product_field_mappings,
-        import_requests_per_second=settings.import_requests_per_second,
-    )
-
-
-def _validate_mappings(
-    name: str, mappings: Sequence[FieldMapping], known: Mapping[str, frozenset[str] | None], kind: str
-) -> None:
-    if len(mappings) > MAX_MAPPINGS:
-        raise ValidationError(name, f"at most {MAX_MAPPINGS} mappings")
-    seen: set[str] = set()
-    for i, mapping in enumerate(mappings):
-        where = f"{name}[{i}]"
-        crm_field = mapping.crm_field.strip()
-        if not crm_field or len(crm_field) > MAX_FIELD_NAME or crm_field != mapping.crm_field:
-            raise ValidationError(
-                f"{where}.crm_field", f"give a custom field name of 1 to {MAX_FIELD_NAME} characters, no outer spaces"
-            )
-        if crm_field.lower() in seen:
-            raise ValidationError(f"{where}.crm_field", f"{crm_field!r} is mapped twice: keep one mapping per field")
-        seen.add(crm_field.lower())
-        problem = path_problem(mapping.stripe_path, known, kind)
-        if problem:
-            raise ValidationError(f"{where}.stripe_path", problem)
-
-
-def path_problem(path: str, known: Mapping[str, frozenset[str] | None], kind: str) -> str | None:
-    """Why `path` cannot be mapped on a Stripe `kind`, or None when it can."""
-    head, _, rest = path.partition(".")
-    if not path or any(not part for part in path.split(".")):
-        return f"{path!r} is not a dotted path such as 'balance' or 'metadata.segment'"
-    if head == "metadata":
-        if not rest or "." in rest:
-            return f"{path!r}: name one metadata key, as in 'metadata.segment'"
-        return None
-    if head not in known:
-        return f"{path!r}: the Stripe {kind} has no field {head!r} (known: metadata.<key>, {', '.join(sorted(known))})"
-    leaves = known[head]
-    if leaves is None:
-        return f"{path!r}: {head!r} has no sub-fields" if rest else None
-    if not rest:
-        return f"{path!r} is an object: map one of its fields, e.g. {head}.{sorted(leaves)[0]}"
-    if rest not in leaves:
-        return f"{path!r}: {head!r} has no field {rest!r} (known: {', '.join(sorted(leaves))})"
-    return None
-
-
-# ---------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Version:
-    terminal: bool
-    ts: int
-    rank: int = 0
-
-
-@dataclass(frozen=True)
-class Address:
-    line1: str = ""
-    line2: str = ""
-    city: str = ""
-    state: str = ""
-    postal_code: str = ""
-    country: str = ""
-
-
-@dataclass(frozen=True)
-class StripeCustomer:
-    """What the service keeps of every Stripe customer, whatever the sync direction."""
-
-    id: str
-    email: str
-    deleted: bool
-    raw: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Client:
-    stripe_customer_id: str
-    name: str
-    email: str
-    address: Address
-    custom_fields: dict[str, str]
-    deleted: bool
-
-    def content_hash(self) -> str:
-        return content_hash(plain(self))
-
-
-@dataclass(frozen=True)
-class Product:
-    stripe_product_id: str
-    name: str
-    description: str
-    active: bool
-    custom_fields: dict[str, str]
-    deleted: bool
-
-    def content_hash(self) -> str:
-        return content_hash(plain(self))
-
-
-@dataclass(frozen=True)
-class ContractLine:
-    stripe_line_id: str
-    stripe_product_id: str
-    description: str
-    quantity: int
-    start_date: str
-    end_date: str
-    amount_minor: int
-    discount_minor: int
-    currency: str
-
-
-@dataclass(frozen=True)
-class Contract:
-    contract_id: str
-    source: str
-    stripe_customer_id: str
-    customer_email: str
-    status: str
-    currency: str
-    total_minor: int
-    discount_minor: int
-    start_date: str
-    end_date: str
-    created: int
-    canceled_at: int | None
-    stripe_subscription_id: str
-    lines: tuple[ContractLine, ...] = field(default=())
-
-    def content_hash(self) -> str:
-        return content_hash(plain(self))
-
-
-@dataclass(frozen=True)
-class SubscriptionState:
-    """A subscription's status, kept for health signals whatever the contract source."""
-
-    id: str
-    stripe_customer_id: str
-    status: str
-
-
-@dataclass(frozen=True)
-class InvoicePayment:
-    """Payment facts about one invoice; both flags only ever turn on, so any order agrees."""
-
-    invoice_id: str
-    stripe_customer_id: str
-    failed: bool
-    paid: bool
-
-
-def content_hash(data: object) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def plain(value: Any) -> Any:
-    """`dataclasses.asdict` for these frozen records, less the deep copy and the field lookups it
-    makes on every value (7.6 % of the service's CPU per event before): the same dicts, lists and
-    values, so content hashes, which order versions in the store, are unchanged."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {name: plain(item) for name, item in vars(value).items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(item) for item in value)
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
-
 
 # ---------------------------------------------------------------- helpers
 
@@ -662,20 +386,3 @@ def subscription_state(subscription: Mapping[str, Any], *, deleted: bool = False
         stripe_customer_id=_id(subscription.get("customer")),
         status="canceled" if deleted else _str(subscription.get("status")),
     )
-
-
-# ---------------------------------------------------------------- health
-
-
-def health_signals(subscription_statuses: Iterable[str], payments: Iterable[InvoicePayment]) -> list[str]:
-    """The client's signals: payment failed (an invoice failed and is still unpaid), a
-    subscription past due, or every subscription cancelled (a churned client)."""
-    statuses = list(subscription_statuses)
-    signals = []
-    if any(p.failed and not p.paid for p in payments):
-        signals.append(PAYMENT_FAILED)
-    if any(s in PAST_DUE_STATUSES for s in statuses):
-        signals.append(SUBSCRIPTION_PAST_DUE)
-    if statuses and not any(s in LIVE_SUBSCRIPTION_STATUSES for s in statuses):
-        signals.append(SUBSCRIPTION_CANCELED)
-    return signals

@@ -9,18 +9,25 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.type.v1 import money_pb2
 
-from services.crm_export import mapping
-from services.crm_export.mapping import CrmSettings, FieldMapping, Product
-from services.crm_export.store import ClientRecord, ContractRecord, Health, SettingsVersion
+from services.crm_export.crm_settings import DISABLED, INVOICE, PULL, SUBSCRIPTION, CrmSettings, FieldMapping
+from services.crm_export.health import PAYMENT_FAILED, SUBSCRIPTION_CANCELED, SUBSCRIPTION_PAST_DUE, Health
+from services.crm_export.records import Product
+from services.crm_export.store import ClientRecord, ContractRecord, SettingsVersion
 
-SOURCE_TO_PB = {mapping.INVOICE: pb.CONTRACT_SOURCE_INVOICE, mapping.SUBSCRIPTION: pb.CONTRACT_SOURCE_SUBSCRIPTION}
+SOURCE_TO_PB = {
+    INVOICE: pb.CONTRACT_SOURCE_INVOICE,
+    SUBSCRIPTION: pb.CONTRACT_SOURCE_SUBSCRIPTION,
+}
 SOURCE_FROM_PB = {v: k for k, v in SOURCE_TO_PB.items()}
-DIRECTION_TO_PB = {mapping.PULL: pb.CUSTOMER_SYNC_DIRECTION_PULL, mapping.DISABLED: pb.CUSTOMER_SYNC_DIRECTION_DISABLED}
+DIRECTION_TO_PB = {
+    PULL: pb.CUSTOMER_SYNC_DIRECTION_PULL,
+    DISABLED: pb.CUSTOMER_SYNC_DIRECTION_DISABLED,
+}
 DIRECTION_FROM_PB = {v: k for k, v in DIRECTION_TO_PB.items()}
 SIGNAL_TO_PB = {
-    mapping.PAYMENT_FAILED: pb.HEALTH_SIGNAL_PAYMENT_FAILED,
-    mapping.SUBSCRIPTION_PAST_DUE: pb.HEALTH_SIGNAL_SUBSCRIPTION_PAST_DUE,
-    mapping.SUBSCRIPTION_CANCELED: pb.HEALTH_SIGNAL_SUBSCRIPTION_CANCELED,
+    PAYMENT_FAILED: pb.HEALTH_SIGNAL_PAYMENT_FAILED,
+    SUBSCRIPTION_PAST_DUE: pb.HEALTH_SIGNAL_SUBSCRIPTION_PAST_DUE,
+    SUBSCRIPTION_CANCELED: pb.HEALTH_SIGNAL_SUBSCRIPTION_CANCELED,
 }
 ORIGIN_TO_PB = {"STRIPE": pb.CLIENT_ORIGIN_STRIPE, "CRM": pb.CLIENT_ORIGIN_CRM}
 
@@ -131,7 +138,7 @@ def contract_pb(record: ContractRecord) -> pb.Contract:
         end_date=c.end_date,
         created=_ts(c.created),
         canceled_at=_ts(c.canceled_at),
-        stripe_subscription_id=c.stripe_subscription_id if c.source == mapping.INVOICE else "",
+        stripe_subscription_id=c.stripe_subscription_id if c.source == INVOICE else "",
     )
 
 

@@ -1,29 +1,32 @@
-"""All SQL of the CRM-export service.
+"""All SQL of the CRM-export service; reads return typed records, never rows.
 
-Order-independence lives here: every upsert of a Stripe-derived row carries a version
-`(v_terminal, v_ts, v_rank, content_hash)` and replaces the stored row only when the new
-version is strictly greater (see mapping.py), so any order and any repetition of events, and
-any interleaving of import and live events, ends in the same rows. Writes report which rows'
-content really changed, so domain events are emitted for changes only.
+For a batch it reads, in bulk, what the decision needs (`stored_facts`, `health_by_customer`)
+and writes what it decided (`write_changes`). Which rows win is decided in decide.py; every
+upsert of a Stripe-derived row still carries its version `(v_terminal, v_ts, v_rank,
+content_hash)` and replaces the stored row only when the new version is strictly greater, so a
+replica that wrote between the read and the write is never overwritten with older state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import asyncpg
+
 from services.common.db import Conn
 from services.common.errors import ConflictError
-from services.crm_export import mapping
-from services.crm_export.mapping import (
+from services.crm_export import decide, mapping
+from services.crm_export.crm_settings import CrmSettings, FieldMapping
+from services.crm_export.decide import BatchChanges, BatchKeys, Guarded, KeptCustomer, StoredFacts, StoredVersion
+from services.crm_export.health import Health, health_from
+from services.crm_export.records import (
     Address,
     Client,
     Contract,
     ContractLine,
-    CrmSettings,
-    FieldMapping,
     InvoicePayment,
     Product,
     StripeCustomer,
@@ -46,7 +49,7 @@ def _mappings(raw: Any) -> tuple[FieldMapping, ...]:
     return tuple(FieldMapping(m["stripe_path"], m["crm_field"]) for m in raw or [])
 
 
-def _settings_row(row: Any) -> SettingsVersion:
+def _settings_row(row: asyncpg.Record) -> SettingsVersion:
     return SettingsVersion(
         version=row["version"],
         settings=CrmSettings(
@@ -64,6 +67,7 @@ def _settings_row(row: Any) -> SettingsVersion:
 
 async def current_settings(conn: Conn) -> SettingsVersion:
     row = await conn.fetchrow("SELECT * FROM settings_versions ORDER BY version DESC LIMIT 1")
+    assert row is not None  # the migration inserts version 1
     return _settings_row(row)
 
 
@@ -97,10 +101,45 @@ async def save_settings(
         settings.import_requests_per_second,
         changed_by,
     )
+    assert row is not None  # RETURNING gives the inserted row
     return _settings_row(row)
 
 
-# ---------------------------------------------------------------- guarded upserts
+# ---------------------------------------------------------------- the batch: load and write
+
+_KEY_COLUMNS = {
+    decide.CUSTOMERS: "id",
+    decide.CLIENTS: "client_id",
+    decide.PRODUCTS: "stripe_product_id",
+    decide.CONTRACTS: "contract_id",
+    decide.SUBSCRIPTIONS: "id",
+}
+
+
+async def stored_facts(conn: Conn, settings: CrmSettings, keys: BatchKeys) -> StoredFacts:
+    """The stored versions of every row the batch may replace, and the kept Stripe customers, in
+    one statement (whatever the number of tables and rows)."""
+    selects: list[str] = []
+    args: list[list[str]] = []
+    for table in decide.GUARDED_TABLES:
+        wanted = keys.rows.get(table)
+        if not wanted:
+            continue
+        args.append(sorted(wanted))
+        raw = "raw" if table == decide.CUSTOMERS else "NULL::jsonb"
+        selects.append(
+            f"SELECT '{table}' AS t, {_KEY_COLUMNS[table]} AS k, v_terminal, v_ts, v_rank, content_hash, {raw} AS raw "
+            f"FROM {table} WHERE {_KEY_COLUMNS[table]} = ANY(${len(args)}::text[])"
+        )
+    versions: dict[str, dict[str, StoredVersion]] = {table: {} for table in decide.GUARDED_TABLES}
+    customers: dict[str, KeptCustomer] = {}
+    if selects:
+        for r in await conn.fetch(" UNION ALL ".join(selects), *args):
+            versions[r["t"]][r["k"]] = StoredVersion(r["v_terminal"], r["v_ts"], r["v_rank"], r["content_hash"])
+            if r["t"] == decide.CUSTOMERS:
+                customers[r["k"]] = KeptCustomer(r["raw"], Version(r["v_terminal"], r["v_ts"], r["v_rank"]))
+    return StoredFacts(settings, versions, customers)
+
 
 _GUARD = (
     "(EXCLUDED.v_terminal, EXCLUDED.v_ts, EXCLUDED.v_rank, EXCLUDED.content_hash)"
@@ -108,62 +147,8 @@ _GUARD = (
 )
 
 
-@dataclass(frozen=True)
-class Guarded:
-    """One row for a version-guarded upsert: its key, version and content, the statement's
-    arguments, and the mapped record it came from."""
-
-    key: str
-    version: Version
-    content: str
-    args: tuple[Any, ...]
-    record: Any = None
-
-    @property
-    def order(self) -> tuple[bool, int, int, str]:
-        return (self.version.terminal, self.version.ts, self.version.rank, self.content)
-
-
-def newest(rows: Iterable[Guarded]) -> dict[str, Guarded]:
-    """Per key, the row the guard keeps whatever order the rows are written in."""
-    out: dict[str, Guarded] = {}
-    for row in rows:
-        kept = out.get(row.key)
-        if kept is None or row.order > kept.order:
-            out[row.key] = row
-    return out
-
-
-def _newer(row: Guarded, stored: tuple[Any, ...] | None) -> bool:
-    if stored is None:
-        return True
-    if any(v is None for v in stored):
-        return False  # SQL compares a NULL version as unknown: the guard never passes
-    return row.order > stored
-
-
-async def _write_guarded(conn: Conn, table: str, key: str, upsert: str, rows: Iterable[Guarded]) -> set[str]:
-    """Write the newest row of each key where it is newer than the stored one; the keys whose
-    content changed.
-
-    One read of the stored versions and one pipelined executemany, whatever the number of rows,
-    instead of a statement (and a read-back) per row; the WHERE guard still holds against a
-    replica that wrote meanwhile.
-    """
-    wanted = newest(rows)
-    if not wanted:
-        return set()
-    stored = {
-        r[0]: tuple(r[1:])
-        for r in await conn.fetch(
-            f"SELECT {key}, v_terminal, v_ts, v_rank, content_hash FROM {table} WHERE {key} = ANY($1::text[])",
-            sorted(wanted),
-        )
-    }
-    applied = [row for k, row in sorted(wanted.items()) if _newer(row, stored.get(k))]
-    if applied:
-        await conn.executemany(upsert, [row.args for row in applied])
-    return {row.key for row in applied if row.key not in stored or stored[row.key][3] != row.content}
+def _v(row: Guarded[Any]) -> tuple[bool, int, int, str]:
+    return (row.version.terminal, row.version.ts, row.version.rank, row.content)
 
 
 _UPSERT_CUSTOMER = f"""
@@ -176,29 +161,9 @@ _UPSERT_CUSTOMER = f"""
 """
 
 
-def customer_row(customer: StripeCustomer, version: Version) -> Guarded:
-    content = mapping.content_hash(customer.raw)
-    args = (customer.id, customer.email, customer.deleted, customer.raw, *_v(version), content)
-    return Guarded(customer.id, version, content, args, customer)
-
-
-async def write_customers(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
-    return await _write_guarded(conn, "stripe_customers", "id", _UPSERT_CUSTOMER, rows)
-
-
-async def stripe_customer_version(conn: Conn, customer_id: str) -> tuple[dict[str, Any], Version] | None:
-    return (await stripe_customer_versions(conn, [customer_id])).get(customer_id)
-
-
-async def stripe_customer_versions(
-    conn: Conn, customer_ids: Sequence[str]
-) -> dict[str, tuple[dict[str, Any], Version]]:
-    """The kept customers (as Stripe last sent them) and their versions, by id."""
-    rows = await conn.fetch(
-        "SELECT id, raw, v_terminal, v_ts, v_rank FROM stripe_customers WHERE id = ANY($1::text[])",
-        sorted(customer_ids),
-    )
-    return {r["id"]: (r["raw"], Version(r["v_terminal"], r["v_ts"], r["v_rank"])) for r in rows}
+def _customer_args(row: Guarded[StripeCustomer]) -> tuple[Any, ...]:
+    customer = row.record
+    return (customer.id, customer.email, customer.deleted, customer.raw, *_v(row))
 
 
 _UPSERT_CLIENT = f"""
@@ -214,10 +179,10 @@ _UPSERT_CLIENT = f"""
 """
 
 
-def client_row(client: Client, version: Version) -> Guarded:
-    content = client.content_hash()
+def _client_args(row: Guarded[Client]) -> tuple[Any, ...]:
+    client = row.record
     a = client.address
-    args = (
+    return (
         client.stripe_customer_id,
         client.name,
         client.email,
@@ -229,38 +194,8 @@ def client_row(client: Client, version: Version) -> Guarded:
         a.country,
         client.custom_fields,
         client.deleted,
-        *_v(version),
-        content,
+        *_v(row),
     )
-    return Guarded(client.stripe_customer_id, version, content, args, client)
-
-
-async def write_clients(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
-    return await _write_guarded(conn, "clients", "client_id", _UPSERT_CLIENT, rows)
-
-
-async def upsert_stripe_client(conn: Conn, client: Client, version: Version) -> bool:
-    return bool(await write_clients(conn, [client_row(client, version)]))
-
-
-async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]:
-    """Bring Stripe clients in line with new settings (mappings, direction) from the kept
-    customers; return the ids of clients whose content changed."""
-    if not settings.pulls_customers:
-        return []
-    changed = []
-    rows = await conn.fetch("SELECT raw, v_terminal, v_ts, v_rank FROM stripe_customers ORDER BY id")
-    for row in rows:
-        client = mapping.client_from_customer(row["raw"], settings, deleted=row["v_terminal"])
-        existing = await conn.fetchval(
-            "SELECT content_hash FROM clients WHERE client_id = $1", client.stripe_customer_id
-        )
-        if existing == client.content_hash():
-            continue
-        await conn.execute("DELETE FROM clients WHERE client_id = $1 AND origin = 'STRIPE'", client.stripe_customer_id)
-        await upsert_stripe_client(conn, client, Version(row["v_terminal"], row["v_ts"], row["v_rank"]))
-        changed.append(client.stripe_customer_id)
-    return changed
 
 
 _UPSERT_PRODUCT = f"""
@@ -275,44 +210,13 @@ _UPSERT_PRODUCT = f"""
 """
 
 
-def product_row(product: Product, raw: dict[str, Any], version: Version) -> Guarded:
-    content = product.content_hash()
-    p = product
-    args = (p.stripe_product_id, p.name, p.description, p.active, p.custom_fields, p.deleted, raw, *_v(version))
-    return Guarded(product.stripe_product_id, version, content, (*args, content), product)
-
-
-async def write_products(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
-    return await _write_guarded(conn, "products", "stripe_product_id", _UPSERT_PRODUCT, rows)
-
-
-async def upsert_product(conn: Conn, product: Product, raw: dict[str, Any], version: Version) -> bool:
-    return bool(await write_products(conn, [product_row(product, raw, version)]))
-
-
-async def rebuild_products(conn: Conn, settings: CrmSettings) -> list[str]:
-    """Recompute product custom fields after the product mappings changed."""
-    changed = []
-    for row in await conn.fetch("SELECT stripe_product_id, raw, deleted, content_hash FROM products ORDER BY 1"):
-        product = mapping.product_from_stripe(row["raw"], settings, deleted=row["deleted"])
-        if product.content_hash() != row["content_hash"]:
-            await conn.execute(
-                "UPDATE products SET custom_fields = $2, content_hash = $3, updated_at = now() "
-                "WHERE stripe_product_id = $1",
-                product.stripe_product_id,
-                product.custom_fields,
-                product.content_hash(),
-            )
-            changed.append(product.stripe_product_id)
-    return changed
+def _product_args(row: Guarded[Product]) -> tuple[Any, ...]:
+    p = row.record
+    return (p.stripe_product_id, p.name, p.description, p.active, p.custom_fields, p.deleted, row.raw, *_v(row))
 
 
 def _date(iso: str) -> date | None:
     return date.fromisoformat(iso) if iso else None
-
-
-def _v(version: Version) -> tuple[bool, int, int]:
-    return (version.terminal, version.ts, version.rank)
 
 
 _UPSERT_CONTRACT = f"""
@@ -332,10 +236,9 @@ _UPSERT_CONTRACT = f"""
 """
 
 
-def contract_row(contract: Contract, version: Version) -> Guarded:
-    content = contract.content_hash()
-    c = contract
-    args = (
+def _contract_args(row: Guarded[Contract]) -> tuple[Any, ...]:
+    c = row.record
+    return (
         c.contract_id,
         c.source,
         c.stripe_customer_id,
@@ -349,46 +252,30 @@ def contract_row(contract: Contract, version: Version) -> Guarded:
         c.created,
         c.canceled_at,
         c.stripe_subscription_id,
-        *_v(version),
-        content,
+        *_v(row),
     )
-    return Guarded(contract.contract_id, version, content, args, contract)
 
 
-async def write_contracts(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
-    """Contracts and, for those whose content changed, their lines."""
-    wanted = newest(rows)
-    changed = await _write_guarded(conn, "contracts", "contract_id", _UPSERT_CONTRACT, wanted.values())
-    if changed:
-        await conn.execute("DELETE FROM contract_lines WHERE contract_id = ANY($1::text[])", sorted(changed))
-        await conn.executemany(
-            """
-            INSERT INTO contract_lines (contract_id, stripe_line_id, stripe_product_id, description, quantity,
-                start_date, end_date, amount_minor, discount_minor, currency)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-            """,
-            [
-                (
-                    contract_id,
-                    line.stripe_line_id,
-                    line.stripe_product_id,
-                    line.description,
-                    line.quantity,
-                    _date(line.start_date),
-                    _date(line.end_date),
-                    line.amount_minor,
-                    line.discount_minor,
-                    line.currency,
-                )
-                for contract_id in sorted(changed)
-                for line in wanted[contract_id].record.lines
-            ],
-        )
-    return changed
+_INSERT_CONTRACT_LINE = """
+    INSERT INTO contract_lines (contract_id, stripe_line_id, stripe_product_id, description, quantity,
+        start_date, end_date, amount_minor, discount_minor, currency)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
 
 
-async def upsert_contract(conn: Conn, contract: Contract, version: Version) -> bool:
-    return bool(await write_contracts(conn, [contract_row(contract, version)]))
+def _line_args(contract_id: str, line: ContractLine) -> tuple[Any, ...]:
+    return (
+        contract_id,
+        line.stripe_line_id,
+        line.stripe_product_id,
+        line.description,
+        line.quantity,
+        _date(line.start_date),
+        _date(line.end_date),
+        line.amount_minor,
+        line.discount_minor,
+        line.currency,
+    )
 
 
 _UPSERT_SUBSCRIPTION = f"""
@@ -401,42 +288,86 @@ _UPSERT_SUBSCRIPTION = f"""
 """
 
 
-def subscription_row(state: SubscriptionState, version: Version) -> Guarded:
-    content = mapping.content_hash([state.stripe_customer_id, state.status])
-    args = (state.id, state.stripe_customer_id, state.status, *_v(version), content)
-    return Guarded(state.id, version, content, args, state)
+def _subscription_args(row: Guarded[SubscriptionState]) -> tuple[Any, ...]:
+    state = row.record
+    return (state.id, state.stripe_customer_id, state.status, *_v(row))
 
 
-async def write_subscriptions(conn: Conn, rows: Iterable[Guarded]) -> set[str]:
-    return await _write_guarded(conn, "subscriptions", "id", _UPSERT_SUBSCRIPTION, rows)
+_UPSERT_PAYMENT = """
+    INSERT INTO invoice_payments AS t (invoice_id, stripe_customer_id, failed, paid) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (invoice_id) DO UPDATE SET failed = t.failed OR EXCLUDED.failed, paid = t.paid OR EXCLUDED.paid
+"""
 
 
-async def record_invoice_payments(conn: Conn, payments: Iterable[InvoicePayment]) -> None:
-    """Payment facts only accumulate (failed once, paid once), so they fold by OR before writing."""
-    folded: dict[str, InvoicePayment] = {}
-    for p in payments:
-        kept = folded.get(p.invoice_id)
-        if kept is not None:
-            p = replace(kept, failed=kept.failed or p.failed, paid=kept.paid or p.paid)
-        folded[p.invoice_id] = p
-    if folded:
+async def write_changes(conn: Conn, changes: BatchChanges) -> None:
+    """The batch's rows, a pipelined statement per table; the WHERE guards still hold against a
+    replica that wrote meanwhile. A changed contract's lines are replaced."""
+    if changes.customers.rows:
+        await conn.executemany(_UPSERT_CUSTOMER, [_customer_args(row) for row in changes.customers.rows])
+    if changes.subscriptions.rows:
+        await conn.executemany(_UPSERT_SUBSCRIPTION, [_subscription_args(row) for row in changes.subscriptions.rows])
+    if changes.payments:
         await conn.executemany(
-            """
-            INSERT INTO invoice_payments AS t (invoice_id, stripe_customer_id, failed, paid) VALUES ($1, $2, $3, $4)
-            ON CONFLICT (invoice_id) DO UPDATE SET failed = t.failed OR EXCLUDED.failed,
-                paid = t.paid OR EXCLUDED.paid
-            """,
-            [(p.invoice_id, p.stripe_customer_id, p.failed, p.paid) for _, p in sorted(folded.items())],
+            _UPSERT_PAYMENT, [(p.invoice_id, p.stripe_customer_id, p.failed, p.paid) for p in changes.payments]
+        )
+    if changes.clients.rows:
+        await conn.executemany(_UPSERT_CLIENT, [_client_args(row) for row in changes.clients.rows])
+    if changes.products.rows:
+        await conn.executemany(_UPSERT_PRODUCT, [_product_args(row) for row in changes.products.rows])
+    if changes.contracts.rows:
+        await conn.executemany(_UPSERT_CONTRACT, [_contract_args(row) for row in changes.contracts.rows])
+    changed = sorted(changes.contracts.changed)
+    if changed:
+        contracts = changes.contracts.records()
+        await conn.execute("DELETE FROM contract_lines WHERE contract_id = ANY($1::text[])", changed)
+        await conn.executemany(
+            _INSERT_CONTRACT_LINE, [_line_args(c, line) for c in changed for line in contracts[c].lines]
         )
 
 
+# ---------------------------------------------------------------- settings changes
+
+
+async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]:
+    """Bring Stripe clients in line with new settings (mappings, direction) from the kept
+    customers; return the ids of clients whose content changed."""
+    if not settings.pulls_customers:
+        return []
+    changed = []
+    rows = await conn.fetch("SELECT raw, v_terminal, v_ts, v_rank FROM stripe_customers ORDER BY id")
+    for row in rows:
+        client = mapping.client_from_customer(row["raw"], settings, deleted=row["v_terminal"])
+        existing = await conn.fetchval(
+            "SELECT content_hash FROM clients WHERE client_id = $1", client.stripe_customer_id
+        )
+        if existing == client.content_hash():
+            continue
+        await conn.execute("DELETE FROM clients WHERE client_id = $1 AND origin = 'STRIPE'", client.stripe_customer_id)
+        version = Version(row["v_terminal"], row["v_ts"], row["v_rank"])
+        guarded = Guarded(client.stripe_customer_id, version, client.content_hash(), client, source=0)
+        await conn.execute(_UPSERT_CLIENT, *_client_args(guarded))
+        changed.append(client.stripe_customer_id)
+    return changed
+
+
+async def rebuild_products(conn: Conn, settings: CrmSettings) -> list[str]:
+    """Recompute product custom fields after the product mappings changed."""
+    changed = []
+    for row in await conn.fetch("SELECT stripe_product_id, raw, deleted, content_hash FROM products ORDER BY 1"):
+        product = mapping.product_from_stripe(row["raw"], settings, deleted=row["deleted"])
+        if product.content_hash() != row["content_hash"]:
+            await conn.execute(
+                "UPDATE products SET custom_fields = $2, content_hash = $3, updated_at = now() "
+                "WHERE stripe_product_id = $1",
+                product.stripe_product_id,
+                product.custom_fields,
+                product.content_hash(),
+            )
+            changed.append(product.stripe_product_id)
+    return changed
+
+
 # ---------------------------------------------------------------- health
-
-
-@dataclass(frozen=True)
-class Health:
-    signals: tuple[str, ...]
-    failing_invoice_ids: tuple[str, ...]
 
 
 async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
@@ -445,10 +376,10 @@ async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
     if not ids:
         return Health((), ())
     statuses, payments = await _health_facts(conn, ids)
-    return _health([s for _, s in statuses], payments)
+    return health_from([s for _, s in statuses], payments)
 
 
-async def health_by_customer(conn: Conn, stripe_customer_ids: Sequence[str]) -> dict[str, Health]:
+async def health_by_customer(conn: Conn, stripe_customer_ids: Iterable[str]) -> dict[str, Health]:
     """Each Stripe customer's own health, for many customers in two round trips."""
     ids = sorted(set(stripe_customer_ids))
     if not ids:
@@ -460,7 +391,7 @@ async def health_by_customer(conn: Conn, stripe_customer_ids: Sequence[str]) -> 
         by_status[customer].append(status)
     for payment in payments:
         by_payment[payment.stripe_customer_id].append(payment)
-    return {i: _health(by_status[i], by_payment[i]) for i in ids}
+    return {i: health_from(by_status[i], by_payment[i]) for i in ids}
 
 
 async def _health_facts(conn: Conn, ids: list[str]) -> tuple[list[tuple[str, str]], list[InvoicePayment]]:
@@ -477,13 +408,6 @@ async def _health_facts(conn: Conn, ids: list[str]) -> tuple[list[tuple[str, str
         )
     ]
     return statuses, payments
-
-
-def _health(statuses: list[str], payments: list[InvoicePayment]) -> Health:
-    return Health(
-        signals=tuple(mapping.health_signals(statuses, payments)),
-        failing_invoice_ids=tuple(p.invoice_id for p in payments if p.failed and not p.paid),
-    )
 
 
 # ---------------------------------------------------------------- CRM clients
@@ -536,7 +460,7 @@ class ContractRecord:
     product_names: dict[str, str] = field(default_factory=dict)
 
 
-async def _stripe_ids_of(conn: Conn, row: Any) -> list[str]:
+async def _stripe_ids_of(conn: Conn, row: asyncpg.Record) -> list[str]:
     ids = [row["stripe_customer_id"]] if row["stripe_customer_id"] else []
     if row["origin"] == "CRM" and row["email"]:
         ids += [
@@ -546,11 +470,11 @@ async def _stripe_ids_of(conn: Conn, row: Any) -> list[str]:
     return sorted(set(ids))
 
 
-async def _client_record(conn: Conn, row: Any) -> ClientRecord:
+async def _client_record(conn: Conn, row: asyncpg.Record) -> ClientRecord:
     return _record(row, await health_for(conn, await _stripe_ids_of(conn, row)))
 
 
-def _record(row: Any, health: Health) -> ClientRecord:
+def _record(row: asyncpg.Record, health: Health) -> ClientRecord:
     return ClientRecord(
         client_id=row["client_id"],
         origin=row["origin"],
@@ -588,7 +512,7 @@ async def stripe_clients(conn: Conn, stripe_customer_ids: Sequence[str]) -> dict
     return {r["client_id"]: _record(r, health[r["client_id"]]) for r in rows}
 
 
-def _product(row: Any) -> Product:
+def _product(row: asyncpg.Record) -> Product:
     return Product(
         stripe_product_id=row["stripe_product_id"],
         name=row["name"],
@@ -615,7 +539,7 @@ def _iso(value: date | None) -> str:
     return value.isoformat() if value else ""
 
 
-async def _contract_records(conn: Conn, rows: Sequence[Any]) -> list[ContractRecord]:
+async def _contract_records(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[ContractRecord]:
     ids = [r["contract_id"] for r in rows]
     lines: dict[str, list[ContractLine]] = {i: [] for i in ids}
     names: dict[str, dict[str, str]] = {i: {} for i in ids}
@@ -723,7 +647,7 @@ class ImportRun:
     resumed: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Checkpoint:
     phase: str
     starting_after: str | None

@@ -86,3 +86,27 @@ def test_write_off_follows_the_policy() -> None:
 def test_refund_memo_status(status: str, covered: bool, memo: str) -> None:
     refund = StoredRefund("re_1", "in_1", "cus_1", 500, "usd", date(2025, 1, 2), status, None, covered)
     assert decide.refund_memo(refund).status == memo
+
+
+def test_the_events_of_one_payment_share_a_lock_whatever_shape_they_come_in() -> None:
+    """A charge, its refund and its invoice payment each carry part of the link to the invoice;
+    applied at once by two replicas they must take turns, so they share a lock key."""
+    from services.billing.invoice_mapping import payment_keys
+
+    charge = {"id": "ch_1", "payment_intent": "pi_1"}
+    refund = {"id": "re_1", "charge": "ch_1", "payment_intent": {"id": "pi_1"}}
+    invoice_payment = {
+        "id": "inpay_1",
+        "invoice": "in_1",
+        "payment": {"type": "payment_intent", "payment_intent": "pi_1"},
+    }
+    related = [
+        payment_keys("charge.succeeded", charge),
+        payment_keys("charge.refunded", charge),
+        payment_keys("refund.created", refund),
+        payment_keys("charge.refund.updated", refund),
+        payment_keys("invoice_payment.paid", invoice_payment),
+    ]
+    assert all(keys & related[0] for keys in related), related
+    assert payment_keys("refund.created", {"id": "re_2", "charge": "ch_2"}).isdisjoint(related[0])
+    assert payment_keys("customer.updated", {"id": "cus_1"}) == set()

@@ -1,20 +1,22 @@
 """Clustered engines for failure tests, from the same pip-installed binaries as the rest.
 
 `nats_cluster` is a 3-node JetStream cluster on loopback (what k8s/infra/nats-values.yaml asks
-for); each test gets its own, since the tests kill, restart and lose nodes. Settings built on it
+for); `pg_pair` a PostgreSQL primary with a synchronous streaming standby (what the CloudNativePG
+cluster runs), its `url` naming both hosts with `target_session_attrs=read-write`. Each test gets
+its own, since the tests kill, restart, promote and lose them. Settings built on it
 ask for three stream replicas, as a cluster deployment sets SYNCMESH_STREAM_REPLICAS=3.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import nats
 import pytest
 
-from services.common.embedded import NatsCluster
+from services.common.embedded import NatsCluster, PostgresPair
 from services.common.settings import Settings
 
 pytestmark = pytest.mark.cluster
@@ -28,6 +30,16 @@ async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def pg_pair(tmp_path: Path) -> Iterator[PostgresPair]:
+    pair = PostgresPair(tmp_path / "pg")
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
 
 
 @pytest.fixture

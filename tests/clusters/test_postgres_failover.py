@@ -40,14 +40,6 @@ SERVICES = tuple(PER_LIFECYCLE)
 RECONNECT_BOUND_SECONDS = 10.0
 
 
-@pytest.fixture
-def pg_pair(tmp_path: Path):
-    pair = PostgresPair(tmp_path / "pg")
-    pair.start()
-    yield pair
-    pair.stop()
-
-
 async def _all_processed(pair: PostgresPair, total: int) -> bool:
     try:
         conn = await asyncpg.connect(pair.url, timeout=2)
@@ -65,7 +57,7 @@ async def _all_processed(pair: PostgresPair, total: int) -> bool:
         await conn.close()
 
 
-@pytest.mark.parametrize("promote_after", [1.0], ids=["promoted-after-1s"])
+@pytest.mark.parametrize("promote_after", [1.0, 60.0], ids=["promoted-after-1s", "promoted-after-60s"])
 async def test_standby_promoted_while_services_write(
     pg_pair: PostgresPair, nats_url: str, tmp_path: Path, promote_after: float
 ) -> None:

@@ -108,3 +108,27 @@ def test_require_refuses_a_variable_that_is_no_setting() -> None:
 def test_sync_start_formats() -> None:
     assert load_settings({"SYNCMESH_SYNC_START": "2025-01-31"}).sync_start.isoformat() == "2025-01-31T00:00:00+00:00"
     assert load_settings({"SYNCMESH_SYNC_START": "1700000000"}).sync_start.year == 2023
+
+
+@pytest.mark.parametrize("replicas", ["2", "4"])
+def test_an_even_number_of_stream_replicas_is_refused(replicas: str) -> None:
+    with pytest.raises(SettingsError, match=r"SYNCMESH_STREAM_REPLICAS=\d is even"):
+        load_settings({"SYNCMESH_STREAM_REPLICAS": replicas})
+
+
+def test_the_cluster_timings_are_read_and_bounded() -> None:
+    settings = load_settings(
+        {
+            "SYNCMESH_STREAM_REPLICAS": "3",
+            "SYNCMESH_NATS_CONNECT_TIMEOUT_SECONDS": "1.5",
+            "SYNCMESH_NATS_RECONNECT_WAIT_SECONDS": "0.25",
+            "SYNCMESH_DATABASE_CONNECT_TIMEOUT_SECONDS": "3",
+            "SYNCMESH_DATABASE_RETRY_MAX_SECONDS": "1",
+        }
+    )
+    assert (settings.stream_replicas, settings.nats_connect_timeout_seconds) == (3, 1.5)
+    assert (settings.nats_reconnect_wait_seconds, settings.database_connect_timeout_seconds) == (0.25, 3.0)
+    assert settings.database_retry_max_seconds == 1.0
+    for name in ("SYNCMESH_NATS_RECONNECT_WAIT_SECONDS", "SYNCMESH_DATABASE_RETRY_MAX_SECONDS"):
+        with pytest.raises(SettingsError, match=name):
+            load_settings({name: "0"})

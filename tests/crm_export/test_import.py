@@ -24,15 +24,16 @@ from services.common.embedded import PostgresServer
 from services.common.errors import SettingsError
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
-from services.crm_export import mapping, store
+from services.crm_export import crm_settings, store
 from services.crm_export.api import CrmExportServicer
 from services.crm_export.app import DEFINITION
+from services.crm_export.health import SUBSCRIPTION_CANCELED
 from services.crm_export.importer import Importer, ImportOptions, TokenBucket
 from tests.conftest import eventually, stripe_client_for
 from tests.crm_export.support import stub
 from tests.support.signing import TEST_SECRET
 
-BOTH = (mapping.INVOICE, mapping.SUBSCRIPTION)
+BOTH = (crm_settings.INVOICE, crm_settings.SUBSCRIPTION)
 MIGRATIONS = [("runtime", db.RUNTIME_MIGRATIONS), ("crm-export", DEFINITION.migrations)]
 
 
@@ -195,14 +196,14 @@ async def test_import_crash_half_way_then_resume_equals_a_clean_import(
     assert after_resume == clean
     assert len(clean["clients"]) == made["customers"] and len(clean["products"]) == made["products"]
     sources = [r.contract.source for r in clean["contracts"]]
-    assert sources.count(mapping.SUBSCRIPTION) == made["subscriptions"]
-    assert sources.count(mapping.INVOICE) == made["subscriptions"] + 1  # each subscription's + the one-off
+    assert sources.count(crm_settings.SUBSCRIPTION) == made["subscriptions"]
+    assert sources.count(crm_settings.INVOICE) == made["subscriptions"] + 1  # each subscription's + the one-off
     contracts = {r.contract.contract_id: r for r in clean["contracts"]}
     one_off = next(r for r in clean["contracts"] if any(line.description == "Onboarding" for line in r.contract.lines))
-    assert one_off.contract.source == mapping.INVOICE and one_off.client_id
+    assert one_off.contract.source == crm_settings.INVOICE and one_off.client_id
     canceled = [c for c in contracts.values() if c.contract.status == "canceled"]
     assert len(canceled) == 1
-    [churned] = [c for c in clean["clients"] if mapping.SUBSCRIPTION_CANCELED in c.health.signals]
+    [churned] = [c for c in clean["clients"] if SUBSCRIPTION_CANCELED in c.health.signals]
     assert churned.stripe_customer_id == canceled[0].contract.stripe_customer_id
 
 

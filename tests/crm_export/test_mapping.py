@@ -8,8 +8,9 @@ import pytest
 
 from services.common.errors import ValidationError
 from services.common.events import api_shape
-from services.crm_export import mapping
-from services.crm_export.mapping import CrmSettings, FieldMapping
+from services.crm_export import crm_settings, health, mapping
+from services.crm_export.crm_settings import CrmSettings, FieldMapping
+from services.crm_export.records import Address, Client, Contract, InvoicePayment, Product, content_hash, plain
 from tests.crm_export.support import T0, customer, invoice, product, subscription
 
 MAPPED = CrmSettings(
@@ -26,7 +27,7 @@ MAPPED = CrmSettings(
 def test_customer_becomes_client_with_custom_fields_and_empty_missing_paths() -> None:
     client = mapping.client_from_customer(customer(), MAPPED)
     assert (client.stripe_customer_id, client.name, client.email) == ("cus_A", "Ada Lovelace", "ada@example.com")
-    assert client.address == mapping.Address(line1="1 Main St", city="Paris", postal_code="75001", country="FR")
+    assert client.address == Address(line1="1 Main St", city="Paris", postal_code="75001", country="FR")
     assert client.custom_fields == {"Stripe Balance": "-500", "Segment": "smb", "City": "Paris", "Missing": ""}
 
 
@@ -136,22 +137,22 @@ def test_versions_order_terminal_states_last() -> None:
 
 
 def test_health_signals() -> None:
-    failed = mapping.InvoicePayment("in_1", "cus_A", failed=True, paid=False)
-    recovered = mapping.InvoicePayment("in_2", "cus_A", failed=True, paid=True)
-    assert mapping.health_signals(["active"], [failed]) == ["PAYMENT_FAILED"]
-    assert mapping.health_signals(["active"], [recovered]) == []
-    assert mapping.health_signals(["past_due", "active"], []) == ["SUBSCRIPTION_PAST_DUE"]
-    assert mapping.health_signals(["canceled", "incomplete_expired"], []) == ["SUBSCRIPTION_CANCELED"]
-    assert mapping.health_signals(["canceled", "active"], []) == []  # an upgrade, not a churn
-    assert mapping.health_signals([], []) == []
+    failed = InvoicePayment("in_1", "cus_A", failed=True, paid=False)
+    recovered = InvoicePayment("in_2", "cus_A", failed=True, paid=True)
+    assert health.health_signals(["active"], [failed]) == ["PAYMENT_FAILED"]
+    assert health.health_signals(["active"], [recovered]) == []
+    assert health.health_signals(["past_due", "active"], []) == ["SUBSCRIPTION_PAST_DUE"]
+    assert health.health_signals(["canceled", "incomplete_expired"], []) == ["SUBSCRIPTION_CANCELED"]
+    assert health.health_signals(["canceled", "active"], []) == []  # an upgrade, not a churn
+    assert health.health_signals([], []) == []
 
 
 def test_imported_invoice_gives_the_payment_facts_events_would() -> None:
-    assert mapping.imported_invoice_payment(invoice(status="open", attempt_count=2)) == mapping.InvoicePayment(
+    assert mapping.imported_invoice_payment(invoice(status="open", attempt_count=2)) == InvoicePayment(
         "in_A", "cus_A", failed=True, paid=False
     )
     assert mapping.imported_invoice_payment(invoice(status="open", attempt_count=0)) is None
-    assert mapping.imported_invoice_payment(invoice()) == mapping.InvoicePayment("in_A", "cus_A", False, True)
+    assert mapping.imported_invoice_payment(invoice()) == InvoicePayment("in_A", "cus_A", False, True)
 
 
 @pytest.mark.parametrize(
@@ -175,10 +176,10 @@ def test_imported_invoice_gives_the_payment_facts_events_would() -> None:
 def test_customer_mapping_paths_are_validated_against_known_fields(path: str, ok: bool) -> None:
     settings = CrmSettings(customer_field_mappings=(FieldMapping(path, "Field"),))
     if ok:
-        mapping.validate_settings(settings)
+        crm_settings.validate_settings(settings)
     else:
         with pytest.raises(ValidationError) as err:
-            mapping.validate_settings(settings)
+            crm_settings.validate_settings(settings)
         assert err.value.field == "customer_field_mappings[0].stripe_path"
 
 
@@ -195,9 +196,9 @@ def test_settings_validation_names_the_field() -> None:
     }
     for field, bad in cases.items():
         with pytest.raises(ValidationError) as err:
-            mapping.validate_settings(bad)
+            crm_settings.validate_settings(bad)
         assert err.value.field == field
-    ok = mapping.validate_settings(CrmSettings(contract_sources=("SUBSCRIPTION", "INVOICE", "INVOICE")))
+    ok = crm_settings.validate_settings(CrmSettings(contract_sources=("SUBSCRIPTION", "INVOICE", "INVOICE")))
     assert ok.contract_sources == ("INVOICE", "SUBSCRIPTION")
 
 
@@ -206,7 +207,7 @@ def test_content_hashes_are_those_of_dataclasses_asdict() -> None:
     must give exactly what `asdict` gave, or rows written before would compare differently."""
     raw = customer()
     raw["name"] = "Zoë Ünïcode"  # json.dumps escapes non-ASCII: the bytes hashed must not change
-    records: list[mapping.Client | mapping.Product | mapping.Contract] = [
+    records: list[Client | Product | Contract] = [
         mapping.client_from_customer(raw, MAPPED),
         mapping.product_from_stripe(product(), MAPPED),
         mapping.contract_from_invoice(invoice(subscription="sub_9")),
@@ -214,8 +215,8 @@ def test_content_hashes_are_those_of_dataclasses_asdict() -> None:
         mapping.contract_from_subscription(subscription(quantity=3)),
     ]
     for record in records:
-        assert mapping.plain(record) == dataclasses.asdict(record)
-        assert record.content_hash() == mapping.content_hash(dataclasses.asdict(record))
+        assert plain(record) == dataclasses.asdict(record)
+        assert record.content_hash() == content_hash(dataclasses.asdict(record))
     contract = records[2]
-    assert isinstance(contract, mapping.Contract) and contract.lines
-    assert isinstance(mapping.plain(contract)["lines"][0], dict)
+    assert isinstance(contract, Contract) and contract.lines
+    assert isinstance(plain(contract)["lines"][0], dict)

@@ -19,7 +19,7 @@ from services.common import db
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.events import StripeEvent, parse_event
 from services.common.settings import Settings
-from services.crm_export import mapping, messages, store
+from services.crm_export import crm_settings, health, messages, store
 from services.crm_export.app import DEFINITION
 from services.crm_export.handlers import apply
 from tests.crm_export.support import T0, customer, event, invoice, product, subscription
@@ -34,10 +34,10 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await db.migrate(pool, DEFINITION.schema, MIGRATIONS)
     async with pool.acquire() as conn, conn.transaction():
         current = (await store.current_settings(conn)).settings
-        both = mapping.CrmSettings(
-            contract_sources=(mapping.INVOICE, mapping.SUBSCRIPTION),
+        both = crm_settings.CrmSettings(
+            contract_sources=(crm_settings.INVOICE, crm_settings.SUBSCRIPTION),
             days_back=current.days_back,
-            customer_field_mappings=(mapping.FieldMapping("metadata.segment", "Segment"),),
+            customer_field_mappings=(crm_settings.FieldMapping("metadata.segment", "Segment"),),
         )
         await store.save_settings(conn, both, changed_by="test")
     yield pool
@@ -139,7 +139,7 @@ async def test_any_order_and_duplication_gives_the_same_view(
     expected = await apply_all(pool, EVENTS)
     [client] = expected["clients"]
     assert (client.name, client.custom_fields) == ("Ada Queen", {"Segment": "ent"})
-    assert client.health.signals == (mapping.PAYMENT_FAILED, mapping.SUBSCRIPTION_CANCELED)
+    assert client.health.signals == (health.PAYMENT_FAILED, health.SUBSCRIPTION_CANCELED)
     assert client.health.failing_invoice_ids == ("in_2",)
     [prod] = expected["products"]
     assert (prod.name, prod.active) == ("Pro 2", False)

@@ -155,7 +155,10 @@ async def test_a_malformed_event_in_a_batch_is_dead_lettered_and_the_rest_applie
     from tests.customer.support import new_customer_id, publish
 
     good = [new_customer_id(), new_customer_id()]
-    bad = customer_event("customer.updated", {"id": "not-a-customer-id", "object": "customer"}, created=T0)
+    # Shaped as Stripe documents (so the runtime's shape check lets it through) but no customer id.
+    bad = customer_event(
+        "customer.updated", {"id": "not-a-customer-id", "object": "customer", "created": T0}, created=T0
+    )
     bus = Bus(settings, name="test-malformed")
     await bus.start(wait=10)
     await bus.wait_ready(20)
