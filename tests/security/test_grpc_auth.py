@@ -162,3 +162,23 @@ async def test_a_rotated_token_is_accepted_and_the_old_one_refused_without_a_res
     _write(tokens_file, "rotated-reader-token-0123456789 test-reader reader\n")
     assert await code(TOKENS["reader"]) == grpc.StatusCode.UNAUTHENTICATED
     assert await code("rotated-reader-token-0123456789") == grpc.StatusCode.OK
+
+
+async def test_who_changed_the_settings_is_the_caller_whatever_the_request_claims(mesh: Mesh) -> None:
+    from syncmesh.crm_export.v1 import crm_export_service_pb2 as crm_pb
+    from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc as crm_grpc
+
+    address = f"127.0.0.1:{mesh.runtimes['crm-export'].port}"
+    async with grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(TOKENS["admin"])) as channel:
+        stub = crm_grpc.CrmExportServiceStub(channel)
+        current = (await stub.GetSettings(crm_pb.GetSettingsRequest())).settings
+        saved = await stub.UpdateSettings(
+            crm_pb.UpdateSettingsRequest(settings=current, expected_version=current.version, changed_by="CFO")
+        )
+    assert saved.settings.changed_by == "test-admin"
+    async with grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(TOKENS["operator"])) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await crm_grpc.CrmExportServiceStub(channel).UpdateSettings(
+                crm_pb.UpdateSettingsRequest(settings=current, changed_by="CFO")
+            )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
