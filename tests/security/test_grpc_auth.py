@@ -182,3 +182,26 @@ async def test_who_changed_the_settings_is_the_caller_whatever_the_request_claim
                 crm_pb.UpdateSettingsRequest(settings=current, changed_by="CFO")
             )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_mesh_clients_present_the_configured_token_blocking_and_async(mesh: Mesh) -> None:
+    import asyncio
+
+    from services.common.grpc_client import aio_channel, channel
+
+    address = f"127.0.0.1:{mesh.runtimes['customer'].port}"
+    operator = Settings(grpc_token=TOKENS["operator"])
+
+    def dry_run_import() -> bool:  # as `syncmesh import customers --dry-run` calls it (client streaming)
+        with channel(operator, address) as blocking:
+            requests = iter(
+                [customer_pb.ImportCustomerMappingsRequest(csv_chunk=b"cus_Cli1,CUST-CLI1\n", dry_run=True)]
+            )
+            return bool(customer_grpc.CustomerServiceStub(blocking).ImportCustomerMappings(requests).dry_run)
+
+    assert await asyncio.to_thread(dry_run_import)
+    async with aio_channel(operator, address) as async_channel:
+        listed = await customer_grpc.CustomerServiceStub(async_channel).ListCustomers(
+            customer_pb.ListCustomersRequest()
+        )
+    assert listed is not None
