@@ -88,10 +88,12 @@ class Settings:
     #: Bounds recovery after a consumer crash: an unacked message is redelivered after this.
     ack_wait_seconds: float = 5.0
     fetch_batch: int = 256
-    #: How long an idle fetch waits for a first message before the loop goes round again (it
-    #: returns with the first message, never waiting for a full batch); bounds how soon a
-    #: stopping consumer notices, not latency.
-    fetch_timeout_seconds: float = 0.02
+    #: How long an idle fetch waits for a first message before the loop asks again. It returns
+    #: with the first message that arrives, so this is not latency (measured: first event after a
+    #: quiet spell in 3-5 ms p50 with 0.02, 1 and 5 s alike); it is what an idle mesh costs: at
+    #: 0.02 s each service asked 50 times a second and an idle `syncmesh up` used 0.137 of a core,
+    #: at 1 s 0.013 (the rest is health checks and NATS pings).
+    fetch_timeout_seconds: float = 1.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
     #: Under dry run the services compute every record they would write, log it, and roll back.
@@ -300,7 +302,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_deliver=_int(env, "SYNCMESH_MAX_DELIVER", 5, minimum=1, maximum=100),
         ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),
         fetch_batch=_int(env, "SYNCMESH_FETCH_BATCH", 256, minimum=1, maximum=10000),
-        fetch_timeout_seconds=_float(env, "SYNCMESH_FETCH_TIMEOUT_SECONDS", 0.02, minimum=0.001, maximum=5),
+        fetch_timeout_seconds=_float(env, "SYNCMESH_FETCH_TIMEOUT_SECONDS", 1.0, minimum=0.001, maximum=30),
         shutdown_grace_seconds=_float(env, "SYNCMESH_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0, maximum=300),
         log_level=log_level,
         dry_run=dry_run_raw in ("true", "1", "yes"),

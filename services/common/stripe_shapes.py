@@ -89,7 +89,8 @@ def check_object(obj: Mapping[str, Any], path: str = "data.object") -> None:
     if kind in _DATED:
         if not isinstance(obj.get("id"), str) or not obj["id"]:
             _refuse(f"{path}.id", "a non-empty string", obj.get("id"))
-        _integer(obj, "created", path, required=True)
+        # A deleted object arrives as a stub, {id, object, deleted: true}, with nothing else.
+        _integer(obj, "created", path, required=obj.get("deleted") is not True)
     for name in _INTEGERS.get(str(kind), ()):
         _integer(obj, name, path)
     for name in _STRINGS.get(str(kind), ()):

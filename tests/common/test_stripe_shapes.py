@@ -57,6 +57,13 @@ def test_null_where_stripe_sends_null_is_fine_and_unknown_fields_are_ignored() -
     check_object(invoice)
 
 
+def test_a_deletion_stub_needs_no_created() -> None:
+    """Stripe sends a deleted customer (or product) as {id, object, deleted: true} and nothing else."""
+    check_object({"id": "cus_1", "object": "customer", "deleted": True})
+    with pytest.raises(MalformedEventError, match="created"):
+        check_object({"id": "cus_1", "object": "customer", "deleted": False})
+
+
 def test_a_nul_byte_anywhere_is_refused() -> None:
     customer = fixture("customer")
     customer["name"] = "Acme\x00Corp"

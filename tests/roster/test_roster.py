@@ -198,10 +198,15 @@ SERVICE_MODULE = re.compile(r"\bservices\.(customer|billing|crm_export)\b")
 SCANNED = ("gateway", "services/common", "launcher", "ops", "bench/env.py", "bench/serve.py")
 
 
+#: Modules whose strings are Stripe's vocabulary, where "customer" is Stripe's object type.
+STRIPE_VOCABULARY = ("services/common/stripe_shapes.py",)
+
+
 def _python_files() -> Iterator[Path]:
     for entry in SCANNED:
         path = REPO / entry
-        yield from [path] if path.is_file() else sorted(path.rglob("*.py"))
+        found = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        yield from (f for f in found if f.relative_to(REPO).as_posix() not in STRIPE_VOCABULARY)
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
