@@ -99,7 +99,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
-def _trace_id() -> str:
+def current_trace_id() -> str:
     """The current trace's id, as in the logs; a fresh random id when no trace is recording."""
     span_context = trace.get_current_span().get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else secrets.token_hex(16)
@@ -129,7 +129,7 @@ async def abort_for(context: grpc.aio.ServicerContext, exc: BaseException, metho
         raise exc
     mapped = status_for(exc)
     if mapped is None:
-        trace_id = _trace_id()
+        trace_id = current_trace_id()
         log.error("unexpected error in %s (trace id %s)", method, trace_id, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: see the service log for trace id {trace_id}")
     elif isinstance(exc, ValidationError):

@@ -19,7 +19,7 @@ from services.common import outbox, paging
 from services.common.auth import Policy, Role, caller
 from services.common.errors import ConflictError, NotFoundError, SyncMeshError, ValidationError
 from services.common.grpc_input import quote
-from services.common.grpc_server import status_for
+from services.common.grpc_server import current_trace_id, status_for
 from services.customer import store, stripe_sync
 from services.customer.mapping import (
     ERP_CUSTOMER_ID,
@@ -346,12 +346,13 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 )
                 continue
             except Exception:
-                log.exception("mass sync failed for %s", erp_id)
+                trace_id = current_trace_id()
+                log.exception("mass sync failed for %s (trace id %s)", erp_id, trace_id)
                 yield pb.MassSyncCustomersToStripeResponse(
                     erp_customer_id=erp_id,
                     ok=False,
                     error_code=grpc.StatusCode.INTERNAL.name,
-                    error_message="internal error: see the service log",
+                    error_message=f"internal error: see the service log for trace id {trace_id}",
                 )
                 continue
             self._wake_relay()
