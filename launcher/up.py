@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from services import registry
+from services.common.auth import local_tokens
 from services.common.embedded import NatsServer, PostgresServer, free_port
 from services.common.logs import setup_logging
 from services.common.service import ServiceDefinition, ServiceRuntime
@@ -64,6 +65,9 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
             overrides["database_url"] = pg.url
         if not settings.webhook_secrets:
             overrides["webhook_secrets"] = (_local_secret(root),)
+        if not settings.grpc_tokens_file:  # gRPC authentication on; the tools read root/grpc-token
+            tokens_file, token = local_tokens(root)
+            overrides.update(grpc_tokens_file=str(tokens_file), grpc_token=settings.grpc_token or token)
         if overrides:
             settings = settings.with_overrides(**overrides)
         try:

@@ -22,7 +22,9 @@ from services.billing import store
 from services.billing.ledger import ledger_as_of
 from services.billing.records import InvoiceLineRecord, InvoiceRecord
 from services.common import paging
+from services.common.auth import Policy, Role
 from services.common.errors import NotFoundError, ValidationError
+from services.common.grpc_input import quote, string_problem
 
 #: The list requests filtered by customer and invoice, which share one paging path.
 _CustomerInvoicePage = pb.ListPaymentsRequest | pb.ListCreditMemosRequest | pb.ListRefundsRequest
@@ -31,6 +33,22 @@ Row = TypeVar("Row")
 
 if TYPE_CHECKING:
     from services.common.service import ServiceRuntime
+
+#: The least role each method needs (services.common.auth): the ledger is read by readers; the
+#: price -> item sheet, which changes how every later invoice is booked, by operators.
+POLICY: Policy = {
+    "GetInvoice": Role.READER,
+    "ListInvoices": Role.READER,
+    "ListPayments": Role.READER,
+    "ListCreditMemos": Role.READER,
+    "ListRefunds": Role.READER,
+    "GetCustomerBalance": Role.READER,
+    "ListCreditHolds": Role.READER,
+    "GetRevenueSchedule": Role.READER,
+    "ImportItemMappings": Role.OPERATOR,
+    "ListUnmappedPrices": Role.READER,
+    "GetRecordHistory": Role.READER,
+}
 
 MAX_IMPORT_ROWS = 100_000
 CSV_HEADER = ["stripe_price_id", "erp_item_id"]
@@ -64,7 +82,7 @@ def _date_arg(field: str, raw: str) -> date | None:
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise ValidationError(field, f"{raw!r} is not an ISO date: send e.g. 2025-01-31") from None
+        raise ValidationError(field, f"{quote(raw)} is not an ISO date: send e.g. 2025-01-31") from None
 
 
 def _stripe_id(field: str, raw: str, *, required: bool = False) -> str | None:
@@ -74,7 +92,7 @@ def _stripe_id(field: str, raw: str, *, required: bool = False) -> str | None:
             raise ValidationError(field, "is required")
         return None
     if not _PRICE_ID.match(value):
-        raise ValidationError(field, f"{value[:40]!r} is not an id (letters, digits, _ - . only)")
+        raise ValidationError(field, f"{quote(value)} is not an id (letters, digits, _ - . only)")
     return value
 
 
@@ -138,11 +156,25 @@ def parse_item_csv(data: bytes) -> tuple[list[tuple[str, str]], list[pb.ImportPr
     rows: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     header_done = False
-    for record in reader:
+    records = iter(reader)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+            problems.append(pb.ImportProblem(line=reader.line_num, field="csv", message=f"not readable as CSV: {exc}"))
+            break
         line = reader.line_num
         if not record or all(not cell.strip() for cell in record):
             continue
         cells = [cell.strip() for cell in record]
+        unstorable = next(((i, p) for i, c in enumerate(cells) if (p := string_problem(c))), None)
+        if unstorable is not None:
+            column = CSV_HEADER[unstorable[0]] if unstorable[0] < len(CSV_HEADER) else "row"
+            problems.append(pb.ImportProblem(line=line, field=column, message=unstorable[1]))
+            header_done = True
+            continue
         if not header_done:
             header_done = True
             if [c.lower() for c in cells] != CSV_HEADER:
@@ -150,7 +182,7 @@ def parse_item_csv(data: bytes) -> tuple[list[tuple[str, str]], list[pb.ImportPr
                     pb.ImportProblem(
                         line=line,
                         field="header",
-                        message=f"must be exactly {','.join(CSV_HEADER)} (got {','.join(cells)[:80]})",
+                        message=f"must be exactly {','.join(CSV_HEADER)} (got {quote(','.join(cells))})",
                     )
                 )
             continue
@@ -161,7 +193,7 @@ def parse_item_csv(data: bytes) -> tuple[list[tuple[str, str]], list[pb.ImportPr
         if not _PRICE_ID.match(price):
             problems.append(
                 pb.ImportProblem(
-                    line=line, field="stripe_price_id", message=f"{price[:40]!r} is not a Stripe price or plan id"
+                    line=line, field="stripe_price_id", message=f"{quote(price)} is not a Stripe price or plan id"
                 )
             )
         elif price in seen:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from syncmesh.billing.v1.billing_service_pb2_grpc import add_BillingServiceServicer_to_server
 
-from services.billing.api import BillingServicer
+from services.billing.api import POLICY, BillingServicer
 from services.billing.batch import make_applier
 from services.billing.settings import BillingSettings, load_billing_settings
 from services.common.service import ServiceDefinition
@@ -37,6 +37,7 @@ def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             BillingServicer(runtime), server
         ),
+        grpc_policy=POLICY,
         default_port=50052,
         cli="services.billing.cli",
         demo="services.billing.demo",

@@ -16,8 +16,10 @@
     ├── ValidationError          a request argument is wrong (gRPC INVALID_ARGUMENT naming `field`)
     ├── NotFoundError            the record asked for does not exist (gRPC NOT_FOUND)
     ├── ConflictError            the request contradicts existing state (gRPC FAILED_PRECONDITION)
-    └── UpstreamError            Stripe could not be reached or refused (gRPC UNAVAILABLE)
-        └── NotServedError       this Stripe API has no such listing (404: a stand-in, not Stripe)
+    ├── UpstreamError            Stripe could not be reached or refused (gRPC UNAVAILABLE)
+    │   └── NotServedError       this Stripe API has no such listing (404: a stand-in, not Stripe)
+    ├── AuthenticationError      a gRPC caller without a known identity (UNAUTHENTICATED)
+    └── PermissionDeniedError    a known caller whose role may not call the method (PERMISSION_DENIED)
 
 Anything else escaping a handler is treated as retryable: after `max_deliver` attempts the
 message is dead-lettered with the exception's text, so nothing is ever dropped silently.
@@ -94,3 +96,11 @@ class UpstreamError(SyncMeshError):
 
 class NotServedError(UpstreamError):
     """The Stripe API answered 404 for a whole listing: a stand-in that lacks that resource."""
+
+
+class AuthenticationError(SyncMeshError):
+    """The caller presented no identity, or one the mesh does not know (gRPC UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(SyncMeshError):
+    """The caller is known but its role may not do this (gRPC PERMISSION_DENIED)."""

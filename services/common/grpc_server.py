@@ -4,32 +4,51 @@ Health tells the truth: the service's own name is NOT_SERVING until its database
 ready, and goes back to NOT_SERVING when either is lost, so Kubernetes stops routing reads to a
 replica that cannot answer them. The empty name ("") reports the process itself (liveness).
 
-Servicers raise the mesh's errors and never touch status codes themselves; one interceptor maps
-them (ValidationError -> INVALID_ARGUMENT naming the field, NotFoundError -> NOT_FOUND,
-ConflictError and SettingsError -> FAILED_PRECONDITION, UpstreamError -> UNAVAILABLE). Anything unexpected is
-INTERNAL with a generic message, logged with its trace id, never leaked to the caller.
+Servicers raise the mesh's errors and never touch status codes themselves; one interceptor, for
+every method of the mesh's services (health and reflection excepted):
+- runs the guard: authentication and the service's access policy (services.common.auth),
+  refusing with UNAUTHENTICATED or PERMISSION_DENIED before the request is looked at;
+- refuses input no RPC could accept (bytes that are not a message of the method's type, NUL
+  bytes, absurdly long strings: services.common.grpc_input) with INVALID_ARGUMENT;
+- maps the mesh's errors (ValidationError -> INVALID_ARGUMENT naming the field, with a
+  `google.rpc.BadRequest` field violation in the status details; NotFoundError -> NOT_FOUND;
+  ConflictError and SettingsError -> FAILED_PRECONDITION; UpstreamError -> UNAVAILABLE;
+  AuthenticationError -> UNAUTHENTICATED; PermissionDeniedError -> PERMISSION_DENIED), every
+  message bounded so a caller's large value never comes back (it would overflow gRPC's
+  metadata limit). Anything unexpected is INTERNAL with a generic message and the trace id,
+  logged with the same trace id, never leaked to the caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.common.errors import (
+    AuthenticationError,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     SettingsError,
     UpstreamError,
     ValidationError,
 )
+from services.common.grpc_input import bounded, request_problem
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,18 +59,131 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
     (SettingsError, grpc.StatusCode.FAILED_PRECONDITION),  # e.g. an operation needs a Stripe key
     (UpstreamError, grpc.StatusCode.UNAVAILABLE),
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
+
+audit_log = logging.getLogger("syncmesh.audit")
+
+
+class Guard(Protocol):
+    """Admits or refuses each call before its servicer runs (services.common.auth)."""
+
+    async def admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """Raise the mesh's errors (AuthenticationError, PermissionDeniedError) to refuse."""
+
+    def audited(self, method: str) -> bool:
+        """Whether calls of `method` (a change, or a bulk read of personal data) are recorded."""
+
+    def who(self) -> str:
+        """The identity of the call being served, for the audit record."""
+
+
+def _audit(guard: Guard | None, method: str, outcome: str) -> None:
+    """One record per audited call, allowed or refused: who, what, when (the log's time), outcome."""
+    if guard is not None and guard.audited(method):
+        audit_log.info(
+            "audit %s by %s: %s",
+            method,
+            guard.who(),
+            outcome,
+            extra={"audit": {"method": method, "identity": guard.who(), "outcome": outcome}},
+        )
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status and the (bounded) message a caller gets for one of the mesh's errors."""
     for kind, code in _CODES:
         if isinstance(exc, kind):
-            return code, str(exc)
+            return code, bounded(str(exc))
     return None
 
 
+def current_trace_id() -> str:
+    """The current trace's id, as in the logs; a fresh random id when no trace is recording."""
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else secrets.token_hex(16)
+
+
+def _bad_request(exc: ValidationError) -> tuple[tuple[str, bytes], ...]:
+    """`google.rpc.BadRequest` in the status details: the field violation, machine-readable."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=bounded(exc.field, 200), description=bounded(exc.message)
+                )
+            ]
+        )
+    )
+    status = status_pb2.Status(
+        code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=bounded(str(exc)), details=[detail]
+    )
+    return rpc_status.to_status(status).trailing_metadata  # type: ignore[no-any-return]
+
+
+async def abort_for(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+    """End the call with the status `exc` maps to; anything unmapped is INTERNAL with a trace id."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    mapped = status_for(exc)
+    if mapped is None:
+        trace_id = current_trace_id()
+        log.error("unexpected error in %s (trace id %s)", method, trace_id, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: see the service log for trace id {trace_id}")
+    elif isinstance(exc, ValidationError):
+        await context.abort(mapped[0], mapped[1], trailing_metadata=_bad_request(exc))
+    else:
+        await context.abort(mapped[0], mapped[1])
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+@dataclasses.dataclass(frozen=True)
+class _Undecodable:
+    """What a request's bytes decoded to when they are not a message of the method's type."""
+
+    type_name: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises: bytes that are not a valid message become `_Undecodable`,
+    refused with INVALID_ARGUMENT by the handler (gRPC itself would answer INTERNAL)."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            owner = getattr(deserializer, "__self__", None)
+            return _Undecodable(getattr(owner, "__name__", "request"))
+
+    return decode
+
+
+def _check_request(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise ValidationError("request", f"the bytes sent are not a valid {request.type_name} message")
+    if isinstance(request, Message):
+        problem = request_problem(request)
+        if problem is not None:
+            raise problem
+
+
+async def _checked(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in request_iterator:
+        _check_request(request)
+        yield request
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Turns the mesh's exceptions into gRPC statuses, for all four kinds of method."""
+    """For all four kinds of method: runs the guard (authentication), refuses input no RPC could
+    accept (undecodable bytes, NUL bytes, absurd strings), and turns the mesh's exceptions into
+    gRPC statuses. Health and reflection are left alone: they are not the mesh's services."""
+
+    def __init__(self, guard: Guard | None = None) -> None:
+        self.guard = guard
 
     async def intercept_service(
         self,
@@ -59,79 +191,88 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
+        if handler is None or method.startswith(UNGUARDED_PREFIXES):
+            return handler
+        guard = self.guard
+
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            if guard is not None:
+                await guard.admit(method, context)
+
+        async def refuse(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+            mapped = status_for(exc)
+            _audit(guard, method, mapped[0].name if mapped else grpc.StatusCode.INTERNAL.name)
+            await abort_for(context, exc, method)
+
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await inner_uu(request, context)
+                    await admit(context)
+                    _check_request(request)
+                    response = await inner_uu(request, context)
                 except Exception as exc:
-                    await _abort(context, exc, method)
+                    await refuse(context, exc)
+                _audit(guard, method, "OK")
+                return response
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                unary_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
+                    await admit(context)
+                    _check_request(request)
                     async for item in inner_us(request, context):
                         yield item
                 except Exception as exc:
-                    await _abort(context, exc, method)
+                    await refuse(context, exc)
+                _audit(guard, method, "OK")
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                unary_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await inner_su(request_iterator, context)
+                    await admit(context)
+                    response = await inner_su(_checked(request_iterator), context)
                 except Exception as exc:
-                    await _abort(context, exc, method)
+                    await refuse(context, exc)
+                _audit(guard, method, "OK")
+                return response
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                stream_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         if handler.stream_stream is not None:
             inner_ss = handler.stream_stream
 
             async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
-                    async for item in inner_ss(request_iterator, context):
+                    await admit(context)
+                    async for item in inner_ss(_checked(request_iterator), context):
                         yield item
                 except Exception as exc:
-                    await _abort(context, exc, method)
+                    await refuse(context, exc)
+                _audit(guard, method, "OK")
 
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                stream_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         return handler
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
-    if isinstance(exc, grpc.aio.AbortError):
-        raise exc
-    mapped = status_for(exc)
-    if mapped is None:
-        log.exception("unexpected error in %s", method)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error: see the service log for this trace id")
-    else:
-        await context.abort(mapped[0], mapped[1])
+#: Methods every caller may use without an identity: health (Kubernetes probes) and reflection.
+UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class GrpcServer:
@@ -191,11 +332,12 @@ async def start_grpc_server(
     service_name: str,
     register: Callable[[grpc.aio.Server], None],
     host: str = "[::]",
+    guard: Guard | None = None,
 ) -> GrpcServer:
     """Start serving `service_name` (registered by `register`) with health and reflection."""
     tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[tracing_interceptor, ErrorMappingInterceptor()],
+        interceptors=[tracing_interceptor, ErrorMappingInterceptor(guard)],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     register(server)

@@ -30,7 +30,12 @@ Mode = Literal["live", "test"]
 PORT_VARIABLE = re.compile(r"SYNCMESH_[A-Z0-9_]+_PORT")
 
 #: Variables whose values are secret: readable from `<NAME>_FILE`, never logged.
-SECRET_VARIABLES = ("SYNCMESH_WEBHOOK_SECRETS", "SYNCMESH_STRIPE_API_KEY", "SYNCMESH_DATABASE_URL")
+SECRET_VARIABLES = (
+    "SYNCMESH_WEBHOOK_SECRETS",
+    "SYNCMESH_STRIPE_API_KEY",
+    "SYNCMESH_DATABASE_URL",
+    "SYNCMESH_GRPC_TOKEN",
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,13 @@ class Settings:
     grpc_tls_ca_file: str | None = None
     grpc_tls_client_cert_file: str | None = None
     grpc_tls_client_key_file: str | None = None
+    #: gRPC callers the services accept: a file of `token identity role` lines (and `cert:CN
+    #: identity role` for client certificates); set, or a client CA set, turns authentication on.
+    grpc_tokens_file: str | None = None
+    #: The bearer token the mesh's own gRPC clients present (`syncmesh up` writes a local one).
+    grpc_token: str | None = None
+    #: Hosts a billing-portal return URL may point at (empty: any https host).
+    portal_return_hosts: tuple[str, ...] = ()
 
     def port_for(self, variable: str, default: int) -> int:
         """The port `variable` sets, or `default` when the environment leaves it alone."""
@@ -300,6 +312,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         grpc_tls_ca_file=_read(env, "SYNCMESH_GRPC_TLS_CA_FILE"),
         grpc_tls_client_cert_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_CERT_FILE"),
         grpc_tls_client_key_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_KEY_FILE"),
+        grpc_tokens_file=_read(env, "SYNCMESH_GRPC_TOKENS_FILE"),
+        grpc_token=_read(env, "SYNCMESH_GRPC_TOKEN"),
+        portal_return_hosts=tuple(
+            h.strip().lower() for h in (_read(env, "SYNCMESH_PORTAL_RETURN_HOSTS") or "").split(",") if h.strip()
+        ),
     )
 
 

@@ -16,11 +16,30 @@ from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc as pb_grpc
 from syncmesh.crm_export.v1 import events_pb2
 
 from services.common import outbox, paging
+from services.common.auth import Policy, Role, caller
 from services.common.db import Conn
 from services.common.errors import ConflictError, NotFoundError, SettingsError, ValidationError
+from services.common.grpc_input import quote
 from services.common.service import ServiceRuntime
 from services.crm_export import crm_settings, messages, store
 from services.crm_export.importer import SERVICE, Importer, ImportOptions
+
+#: The least role each method needs (services.common.auth): reads for readers; the import, CRM
+#: clients and the bulk export of every client's personal data for operators; the settings,
+#: which change how everything is exported, for admins.
+POLICY: Policy = {
+    "GetSettings": Role.READER,
+    "UpdateSettings": Role.ADMIN,
+    "ListSettingsVersions": Role.READER,
+    "RunImport": Role.OPERATOR,
+    "ListClients": Role.READER,
+    "GetClient": Role.READER,
+    "ImportCrmClients": Role.OPERATOR,
+    "ListProducts": Role.READER,
+    "ListContracts": Role.READER,
+    "GetContract": Role.READER,
+    "ExportSnapshot": Role.OPERATOR,
+}
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -42,7 +61,7 @@ def _iso(field: str, raw: str) -> date | None:
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise ValidationError(field, f"{raw!r} is not an ISO date such as 2025-01-31") from None
+        raise ValidationError(field, f"{quote(raw)} is not an ISO date such as 2025-01-31") from None
 
 
 class CrmExportServicer(pb_grpc.CrmExportServiceServicer):
@@ -75,11 +94,18 @@ class CrmExportServicer(pb_grpc.CrmExportServiceServicer):
             raise ValidationError("expected_version", "must be 0 (no check) or a version from GetSettings")
         if len(request.changed_by) > 200:
             raise ValidationError("changed_by", "at most 200 characters")
+        # Who changed the settings is the authenticated caller, never what the request claims;
+        # with authentication off there is no one to name, and the claim is kept as such.
+        identity = caller()
+        if identity is not None:
+            changed_by = identity.name
+        else:
+            changed_by = f"unverified: {request.changed_by}" if request.changed_by else "unverified"
         wanted = crm_settings.validate_settings(messages.settings_from_pb(request.settings))
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             before = await store.current_settings(conn)
             saved = await store.save_settings(
-                conn, wanted, changed_by=request.changed_by, expected_version=request.expected_version
+                conn, wanted, changed_by=changed_by, expected_version=request.expected_version
             )
 
             async def emit(name: str, message: Message) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from syncmesh.crm_export.v1.crm_export_service_pb2_grpc import add_CrmExportServiceServicer_to_server
 
 from services.common.service import ServiceDefinition
-from services.crm_export.api import CrmExportServicer
+from services.crm_export.api import POLICY, CrmExportServicer
 from services.crm_export.handlers import apply
 
 DEFINITION = ServiceDefinition(
@@ -27,6 +27,7 @@ DEFINITION = ServiceDefinition(
     register_grpc=lambda server, runtime: add_CrmExportServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CrmExportServicer(runtime), server
     ),
+    grpc_policy=POLICY,
     default_port=50053,
     cli="services.crm_export.cli",
     demo="services.crm_export.demo",

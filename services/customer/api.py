@@ -16,8 +16,10 @@ from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 
 from services.common import outbox, paging
+from services.common.auth import Policy, Role, caller
 from services.common.errors import ConflictError, NotFoundError, SyncMeshError, ValidationError
-from services.common.grpc_server import status_for
+from services.common.grpc_input import quote
+from services.common.grpc_server import current_trace_id, status_for
 from services.customer import store, stripe_sync
 from services.customer.mapping import (
     ERP_CUSTOMER_ID,
@@ -33,6 +35,20 @@ if TYPE_CHECKING:
     from services.common.service import ServiceRuntime
 
 log = logging.getLogger(__name__)
+
+#: The least role each method needs (services.common.auth): reads for readers; changes to links,
+#: writes to Stripe and billing-portal links (a bearer link into a customer's billing) for operators.
+POLICY: Policy = {
+    "GetCustomer": Role.READER,
+    "FindCustomer": Role.READER,
+    "ListCustomers": Role.READER,
+    "GetCustomerHistory": Role.READER,
+    "UnlinkCustomer": Role.OPERATOR,
+    "ImportCustomerMappings": Role.OPERATOR,
+    "SyncCustomerToStripe": Role.OPERATOR,
+    "MassSyncCustomersToStripe": Role.OPERATOR,
+    "CreatePortalSession": Role.OPERATOR,
+}
 
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
 MAX_PROBLEMS_REPORTED = 1000
@@ -64,6 +80,28 @@ def _one_id(erp_customer_id: str, stripe_customer_id: str) -> tuple[str | None, 
     if erp_customer_id:
         return _check_erp_id("erp_customer_id", erp_customer_id), None
     return None, _check_stripe_id("stripe_customer_id", stripe_customer_id)
+
+
+def _check_return_url(url: str, allowed_hosts: tuple[str, ...]) -> None:
+    """A portal return URL must be https (the portal session is a bearer link to a customer's
+    billing) and, when `SYNCMESH_PORTAL_RETURN_HOSTS` is set, point at one of those hosts."""
+    try:
+        parsed = urlparse(url)
+        host = parsed.hostname
+    except ValueError:
+        raise ValidationError("return_url", "is not a URL: send an absolute https:// URL") from None
+    if parsed.scheme != "https" or not host:
+        raise ValidationError("return_url", "must be an absolute https:// URL")
+    if allowed_hosts and host.lower() not in allowed_hosts:
+        raise ValidationError("return_url", f"host {quote(host)} is not allowed (SYNCMESH_PORTAL_RETURN_HOSTS)")
+
+
+def _unlink_outcome(reason: str) -> str:
+    """The history's outcome of an unlink: who did it (the authenticated caller, when there is
+    one; never the request) and why."""
+    identity = caller()
+    applied = f"applied by {identity.name}" if identity is not None else "applied"
+    return f"{applied}: {reason}" if reason else applied
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
@@ -171,7 +209,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 erp_customer_id=erp_id,
                 stripe_customer_id=previous,
                 action="unlink",
-                outcome=f"applied: {request.reason}" if request.reason else "applied",
+                outcome=_unlink_outcome(request.reason),
             )
             await outbox.add_event(
                 conn,
@@ -187,19 +225,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def ImportCustomerMappings(
         self, request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest], context: grpc.aio.ServicerContext
     ) -> pb.ImportCustomerMappingsResponse:
-        # Client streaming is not covered by the shared error-mapping interceptor: map here.
-        try:
-            return await self._import(request_iterator)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            mapped = status_for(exc)
-            if mapped is None:
-                log.exception("unexpected error in ImportCustomerMappings")
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error: see the service log for this trace id")
-            else:
-                await context.abort(mapped[0], mapped[1])
-            raise  # unreachable: abort raises
+        return await self._import(request_iterator)
 
     async def _import(
         self, request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest]
@@ -235,14 +261,14 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             await transaction.start()
             try:
                 outcome = await store.import_mappings(conn, sheet.rows, apply=apply)
+                if outcome.problems:  # all or nothing: a refused file created and linked nothing
+                    await transaction.rollback()
+                    return _with_problems(response, outcome.problems)
                 response.created, response.linked, response.unchanged = (
                     outcome.created,
                     outcome.linked,
                     outcome.unchanged,
                 )
-                if outcome.problems:
-                    await transaction.rollback()
-                    return _with_problems(response, outcome.problems)
                 if not apply:
                     await transaction.rollback()
                     return response
@@ -320,12 +346,13 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 )
                 continue
             except Exception:
-                log.exception("mass sync failed for %s", erp_id)
+                trace_id = current_trace_id()
+                log.exception("mass sync failed for %s (trace id %s)", erp_id, trace_id)
                 yield pb.MassSyncCustomersToStripeResponse(
                     erp_customer_id=erp_id,
                     ok=False,
                     error_code=grpc.StatusCode.INTERNAL.name,
-                    error_message="internal error: see the service log",
+                    error_message=f"internal error: see the service log for trace id {trace_id}",
                 )
                 continue
             self._wake_relay()
@@ -340,9 +367,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.CreatePortalSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreatePortalSessionResponse:
         if request.return_url:
-            parsed = urlparse(request.return_url)
-            if parsed.scheme not in ("https", "http") or not parsed.netloc:
-                raise ValidationError("return_url", "must be an absolute http(s) URL")
+            _check_return_url(request.return_url, self.runtime.settings.portal_return_hosts)
         record = await self._resolve(request.erp_customer_id, request.stripe_customer_id)
         if record.stripe_customer_id is None:
             raise ConflictError(f"{record.erp_customer_id} is not linked to a Stripe customer: sync it to Stripe first")

@@ -7,7 +7,7 @@ from pathlib import Path
 from syncmesh.customer.v1.customer_service_pb2_grpc import add_CustomerServiceServicer_to_server
 
 from services.common.service import ServiceDefinition
-from services.customer.api import CustomerServicer
+from services.customer.api import POLICY, CustomerServicer
 from services.customer.handlers import apply
 
 DEFINITION = ServiceDefinition(
@@ -20,6 +20,7 @@ DEFINITION = ServiceDefinition(
     register_grpc=lambda server, runtime: add_CustomerServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CustomerServicer(runtime), server
     ),
+    grpc_policy=POLICY,
     default_port=50051,
     cli="services.customer.cli",
     demo="services.customer.demo",

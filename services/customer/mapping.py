@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common.grpc_input import quote, string_problem
+
 #: Event types this service consumes, ranked so that at one Stripe second a later step of the
 #: lifecycle beats an earlier one: created < updated < deleted (a deleted state always wins).
 EVENT_RANKS: dict[str, int] = {"customer.created": 0, "customer.updated": 1, "customer.deleted": 2}
@@ -360,11 +362,25 @@ def parse_mapping_csv(text: str) -> ParsedSheet:
     seen_stripe: dict[str, int] = {}
     seen_erp: dict[str, int] = {}
     reader = csv.reader(io.StringIO(text, newline=""))
-    for record in reader:
+    records = iter(reader)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+            sheet.problems.append(ImportProblem(reader.line_num, "row", f"not readable as CSV: {exc}"))
+            break
         line = reader.line_num
         if not record or all(not cell.strip() for cell in record):
             continue
         cells = [cell.strip() for cell in record]
+        unstorable = next(((i, p) for i, c in enumerate(cells) if (p := string_problem(c))), None)
+        if unstorable is not None:
+            sheet.data_rows += 1
+            column = HEADER[unstorable[0]] if unstorable[0] < len(HEADER) else "row"
+            sheet.problems.append(ImportProblem(line, column, unstorable[1]))
+            continue
         if line == 1 and cells[0].lower() == HEADER[0]:
             if [c.lower() for c in cells] not in (list(HEADER[:2]), list(HEADER)):
                 sheet.problems.append(
@@ -386,7 +402,7 @@ def parse_mapping_csv(text: str) -> ParsedSheet:
         problems_before = len(sheet.problems)
         if not STRIPE_CUSTOMER_ID.match(stripe_id):
             sheet.problems.append(
-                ImportProblem(line, "stripe_customer_id", f"{stripe_id!r} is not a Stripe customer id (cus_…)")
+                ImportProblem(line, "stripe_customer_id", f"{quote(stripe_id)} is not a Stripe customer id (cus_…)")
             )
         elif stripe_id in seen_stripe:
             sheet.problems.append(
@@ -399,7 +415,7 @@ def parse_mapping_csv(text: str) -> ParsedSheet:
                 ImportProblem(
                     line,
                     "erp_customer_id",
-                    f"{erp_id[:70]!r} is not an ERP customer id (1-64 letters, digits, - _ . /)",
+                    f"{quote(erp_id)} is not an ERP customer id (1-64 letters, digits, - _ . /)",
                 )
             )
         elif erp_id in seen_erp:
