@@ -40,7 +40,7 @@ from services.common.consumer import BatchApplier, Consumer
 from services.common.deployable import SERVICE_SETTINGS, Deployable
 from services.common.errors import SettingsError, UpstreamError
 from services.common.grpc_server import GrpcServer, start_grpc_server
-from services.common.logs import setup_logging
+from services.common.logs import current_service, setup_logging
 from services.common.outbox import OutboxRelay
 from services.common.settings import Settings, load_settings
 from services.common.stripe_api import close_stripe_clients, stripe_client_for
@@ -125,6 +125,15 @@ class ServiceRuntime:
         return self._pool
 
     async def start(self) -> None:
+        # Every task started from here (gRPC, NATS, consumer, relay) inherits the name, so each
+        # log line says which service wrote it, also when `syncmesh up` runs them all at once.
+        token = current_service.set(self.definition.name)
+        try:
+            await self._start()
+        finally:
+            current_service.reset(token)
+
+    async def _start(self) -> None:
         setup_tracing(f"syncmesh-{self.definition.name}")
         self.grpc = await start_grpc_server(
             settings=self.settings,
@@ -135,6 +144,11 @@ class ServiceRuntime:
         self.port = self.grpc.port
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has been SERVING at least once (its database migrated, its consumer up)."""
+        return self._ready.is_set()
 
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
@@ -184,6 +198,13 @@ class ServiceRuntime:
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        token = current_service.set(self.definition.name)
+        try:
+            await self._stop()
+        finally:
+            current_service.reset(token)
+
+    async def _stop(self) -> None:
         grace = self.settings.shutdown_grace_seconds
         if self.grpc is not None:
             await self.grpc.set_serving(False)
@@ -236,7 +257,7 @@ def tune_gc() -> None:
 
 def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
     """Entry point for `syncmesh serve <service>` and `python -m services.<service>`."""
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, service=definition.name)
     tune_gc()
     runtime = ServiceRuntime(definition, settings, port=port)
     asyncio.run(run_until_signalled(runtime.start, runtime.stop))
@@ -250,7 +271,7 @@ def main_for(deployable: str, run: Callable[[Settings, int | None], None], argv:
     parser.add_argument("--port", type=int, default=None, help="listening port (default from the settings)")
     args = parser.parse_args(argv)
     try:
-        run(load_settings(), args.port)
+        run(load_settings(local_mesh=False), args.port)
     except SettingsError as exc:
         print(f"{deployable}: configuration error: {exc}", file=sys.stderr)
         return 2
