@@ -11,6 +11,9 @@ What it started is written to `./.syncmesh/mesh.json` (0600): the variables a to
 and the embedded servers' process ids, so an `up` killed with SIGKILL leaves the next one
 enough to stop its orphans.
 
+The demo keeps its data apart, in `<data-dir>/demo`, and starts it afresh every run (it says
+so), so it can run any number of times in one folder.
+
 Ctrl-C or SIGTERM stops everything at any moment, also while starting: the parts in reverse
 order, then the embedded servers; a second signal during that is ignored so the stop finishes.
 A port in use or a bad setting is one line and exit code 2 before anything starts.
@@ -24,6 +27,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -131,6 +135,17 @@ def _stop_orphans(state_file: Path) -> None:
     state_file.unlink(missing_ok=True)
 
 
+def _fresh_demo_root(data_dir: Path) -> Path:
+    """The demo's own data, under `<data-dir>/demo`, emptied at every start: localstripe forgets
+    its customers when it stops, so a second run would add the same people under new Stripe ids
+    (8 customers, two per e-mail). A plain `syncmesh up` in the same folder keeps its data."""
+    root = data_dir / "demo"
+    if root.exists():
+        print(f"demo: starting from a clean slate (removed the previous demo's data in {_relative(root)})")
+        shutil.rmtree(root)
+    return root
+
+
 def _stop_stray_children(root: Path) -> None:
     """Stop our own children that run on `root` but no server object knows of: a signal that
     lands between fork and `Popen` returning leaves such a child (found by the test that sends
@@ -229,6 +244,8 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
     _refuse_second_up(state.path)
     _stop_orphans(state.path)
     root = Path(data_dir).resolve()
+    if demo:
+        root = _fresh_demo_root(root)
     root.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     servers = ExitStack()
