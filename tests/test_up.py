@@ -176,3 +176,31 @@ def test_a_bad_value_is_one_line(tmp_path: Path) -> None:
         "use ISO-8601 like 2025-01-31 or 2025-01-31T00:00:00Z"
     ]
     assert _processes_under(tmp_path) == []
+
+
+def test_the_next_up_recovers_from_a_killed_one(tmp_path: Path) -> None:
+    """SIGKILL leaves nats-server and PostgreSQL running (their own sessions) and a postmaster.pid
+    behind; the next `up` in the folder stops those orphans, as recorded in mesh.json, and starts."""
+
+    def start(name: str) -> tuple[subprocess.Popen[str], Path]:
+        out = tmp_path / name
+        with open(out, "w") as stdout:
+            process = subprocess.Popen(
+                UP, cwd=tmp_path, env={**_clean_env(), **_any_port_env()}, stdout=stdout, stderr=subprocess.DEVNULL
+            )
+        return process, out
+
+    first, out = start("first.out")
+    _wait_for(out, "Ctrl-C stops everything", first, timeout=90)
+    first.kill()
+    first.wait(10)
+    assert _processes_under(tmp_path), "the embedded servers outlive a SIGKILLed up"
+    second, out = start("second.out")
+    try:
+        printed = _wait_for(out, "Ctrl-C stops everything", second, timeout=90)
+        assert "stripe-sync-mesh is up" in printed
+        assert _tool(tmp_path, "dlq", "list").returncode == 0
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    assert _processes_under(tmp_path) == []
