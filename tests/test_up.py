@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def _processes_under(folder: Path) -> list[str]:
     return found
 
 
-def _wait_for(path: Path, text: str, process: subprocess.Popen[str], timeout: float) -> str:
+def _wait_for(path: Path, text: str, process: subprocess.Popen[Any], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         content = path.read_text() if path.exists() else ""
@@ -182,7 +183,7 @@ def test_the_next_up_recovers_from_a_killed_one(tmp_path: Path) -> None:
     """SIGKILL leaves nats-server and PostgreSQL running (their own sessions) and a postmaster.pid
     behind; the next `up` in the folder stops those orphans, as recorded in mesh.json, and starts."""
 
-    def start(name: str) -> tuple[subprocess.Popen[str], Path]:
+    def start(name: str) -> tuple[subprocess.Popen[bytes], Path]:
         out = tmp_path / name
         with open(out, "w") as stdout:
             process = subprocess.Popen(
