@@ -202,6 +202,7 @@ class ServiceRuntime:
             metrics=self.metrics,
         )
         consumer = self.consumer
+        # The gauges are sampled only when someone can read them: no extra queries otherwise.
         sampler = MetricsSampler(
             self.metrics,
             [
@@ -211,7 +212,7 @@ class ServiceRuntime:
             ],
         )
         for name, coro in [
-            ("metrics", sampler.run()),
+            *([("metrics", sampler.run())] if self.metrics_server is not None else []),
             ("consumer", self.consumer.run()),
             ("outbox", self.relay.run()),
             ("health", self._watch_health()),
