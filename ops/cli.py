@@ -209,6 +209,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     async def work(settings: Settings) -> int:
         definition = registry.by_name(args.service)
+        if args.dry_run:
+            settings = settings.with_overrides(dry_run=True)
         since = parse_since("--since", args.since) if args.since else None
         async with connected_bus(settings) as bus:
             report = await replay(
@@ -288,6 +290,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "--emit-events",
         action="store_true",
         help="also publish the domain events the handlers emit (off: subscribers would see history as new)",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="compute and report what would change, write nothing (SYNCMESH_DRY_RUN)"
     )
     replay.set_defaults(func=_cmd_replay)
 

@@ -33,7 +33,10 @@ def parse_since(option: str, raw: str, *, now: datetime | None = None) -> dateti
 async def connected_bus(settings: Settings, *, name: str = "syncmesh-ops", timeout: float = 10.0) -> AsyncIterator[Bus]:
     """A Bus that is connected with its streams present, or a SettingsError saying what to check."""
     if not settings.nats_url:
-        raise SettingsError("SYNCMESH_NATS_URL must be set to reach the mesh's NATS (e.g. nats://127.0.0.1:4222)")
+        raise SettingsError(
+            "SYNCMESH_NATS_URL must be set to reach the mesh's NATS (e.g. nats://127.0.0.1:4222), "
+            "or run this in the folder where `syncmesh up` runs"
+        )
     bus = Bus(settings, name=name)
     await bus.start()
     try:

@@ -66,6 +66,7 @@ class Bus:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._streams_ready = False
+        self._closing = False
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -125,6 +126,9 @@ class Bus:
         log.debug("NATS error: %s", exc)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:  # our own drain/close: a deliberate stop, not an outage
+            log.debug("disconnected from NATS (closing)")
+            return
         log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
@@ -159,6 +163,7 @@ class Bus:
 
     async def close(self) -> None:
         """Drain (finish in-flight work, flush publishes) and close."""
+        self._closing = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

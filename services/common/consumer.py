@@ -75,6 +75,7 @@ import contextlib
 import enum
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +99,7 @@ from services.common.db import Conn
 from services.common.errors import EventError, PermanentError, PublishError, UnavailableError
 from services.common.events import StripeEvent, check_mode, from_envelope
 from services.common.logs import current_event_id
+from services.common.metrics import ServiceMetrics
 from services.common.settings import Settings
 from services.common.stripe_api import stripe_client_for
 from services.common.stripe_shapes import check_body, check_object
@@ -457,8 +459,10 @@ class Consumer:
         durable: str | None = None,
         stream: str = STRIPE_STREAM,
         fetch_ahead: bool = False,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.bus = bus
         self.pool = pool
         self.runner = BatchRunner(service=service, settings=settings, apply=apply, count_failures=True)
@@ -578,6 +582,28 @@ class Consumer:
             self._psub = None
 
     async def _apply_batch(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        await self._apply_and_settle(batch)
+        types = {id(d.received): d.event.type for d in batch.deliveries}
+        ids = {id(d.received): d.event.id for d in batch.deliveries}
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(batch.received))
+            self.metrics.apply_seconds.observe(time.perf_counter() - started)
+            for r in batch.received:
+                self.metrics.event(types.get(id(r), ""), _METRIC_OUTCOMES.get(r.outcome, "waiting"))
+        if log.isEnabledFor(logging.DEBUG):  # one line per event: what became of it
+            for r in batch.received:
+                outcome = r.outcome.value if r.outcome is not None else "undecided"
+                log.debug(
+                    "%s %s %s%s",
+                    outcome,
+                    types.get(id(r), r.msg.subject),
+                    ids.get(id(r), "-"),
+                    f": {r.detail}" if r.detail else "",
+                    extra={"outcome": outcome, "subject": r.msg.subject},
+                )
+
+    async def _apply_and_settle(self, batch: Batch) -> None:
         if batch.deliveries:
             try:
                 async with self.pool.acquire() as conn:
@@ -628,6 +654,8 @@ class Consumer:
             await _quietly(msg.nak(delay=backoff_seconds(attempts)))
             return
         self.dead_lettered += 1
+        if self.metrics is not None:
+            self.metrics.event(_event_type(msg), "dead_lettered")
         await _quietly(msg.ack())
         if verdict is Verdict.RETRY and r.failures:
             # A redrive after a fix starts counting afresh; if this is lost, it starts at the limit.
@@ -706,6 +734,24 @@ async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:
         [r[2] for r in rows],
     )
     return {r["event_id"] for r in claimed}
+
+
+#: How the metrics name each outcome (`syncmesh_events_total{outcome=...}`).
+_METRIC_OUTCOMES: dict[Outcome | None, str] = {
+    Outcome.APPLIED: "applied",
+    Outcome.SKIPPED: "skipped",
+    Outcome.DUPLICATE: "duplicate",
+    Outcome.FAILED_RETRYABLE: "failed",
+    Outcome.FAILED_PERMANENT: "failed",
+    Outcome.UNDECODABLE: "undecodable",
+    Outcome.DATABASE_UNAVAILABLE: "waiting",
+    Outcome.DEPENDENCY_UNAVAILABLE: "waiting",
+}
+
+
+def _event_type(msg: Msg) -> str:
+    """`stripe.invoice.paid` -> `invoice.paid`: the type, from the subject the gateway chose."""
+    return msg.subject.removeprefix("stripe.")
 
 
 def _event_id(msg: Msg) -> str:

@@ -21,6 +21,11 @@ def port_variable(name: str) -> str:
     return f"SYNCMESH_{name.upper().replace('-', '_')}_PORT"
 
 
+def metrics_port_variable(name: str) -> str:
+    """`crm-export` -> `SYNCMESH_CRM_EXPORT_METRICS_PORT`: where its Prometheus metrics listen."""
+    return f"SYNCMESH_{name.upper().replace('-', '_')}_METRICS_PORT"
+
+
 @dataclass(frozen=True)
 class Deployable:
     """A process the mesh runs: its name, its default listening port, the variables it requires."""
@@ -36,6 +41,16 @@ class Deployable:
     def port(self, settings: Settings) -> int:
         """The port from `SYNCMESH_<NAME>_PORT` (0: the OS picks), else the declared default."""
         return settings.port_for(self.port_variable, self.default_port)
+
+    @property
+    def metrics_port_variable(self) -> str:
+        return metrics_port_variable(self.name)
+
+    def metrics_port(self, settings: Settings) -> int | None:
+        """The metrics port from `SYNCMESH_<NAME>_METRICS_PORT` (0: the OS picks); None when it
+        is unset: no metrics server (tests run many services in one process)."""
+        port = settings.port_overrides.get(self.metrics_port_variable)
+        return None if port is None else int(port)
 
     def require(self, settings: Settings) -> Settings:
         """Fail start-up naming every variable this deployable needs and lacks."""

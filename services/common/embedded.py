@@ -252,7 +252,9 @@ class PostgresServer(_Process):
         stale_pid = self.pgdata / "postmaster.pid"
         if stale_pid.exists() and not self.running:
             pid = int(stale_pid.read_text().split("\n", 1)[0] or 0)
-            if pid and not _alive(pid):
+            # A pid that is gone, or reused by something that is not a postgres (after a reboot
+            # or a killed `up`): the lock is stale and postgres would refuse to start on it.
+            if pid and (not _alive(pid) or not _is_postgres(pid)):
                 stale_pid.unlink()
 
     def _prepare_for_root(self) -> None:
@@ -411,6 +413,14 @@ def _postgres_bin_path() -> Path:
                 "or set SYNCMESH_DATABASE_URL to a PostgreSQL server"
             ) from None
     return Path(POSTGRES_BIN_PATH)
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # cannot tell (no /proc): assume it is, as postgres itself would
+    return b"postgres" in command
 
 
 def _alive(pid: int) -> bool:

@@ -34,6 +34,10 @@ def redact(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, *, service: str | None = None) -> None:
+        super().__init__()
+        self.service = service
+
     def format(self, record: logging.LogRecord) -> str:
         message = redact(record.getMessage())
         entry: dict[str, Any] = {
@@ -49,7 +53,10 @@ class JsonFormatter(logging.Formatter):
         event_id = current_event_id.get()
         if event_id:
             entry["event_id"] = event_id
-        for key in ("service", "subject", "outcome", "attempt", "count"):
+        service = getattr(record, "service", None) or current_service.get() or self.service
+        if service:
+            entry["service"] = service
+        for key in ("subject", "outcome", "attempt", "count"):
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = value
@@ -58,17 +65,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str = "INFO", *, stream: Any = None) -> None:
-    """Route every logger through one JSON handler on stderr (idempotent)."""
+#: The deployable (or part of `syncmesh up`) doing the work in this task: each log line names it.
+current_service: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_service", default=None)
+
+
+#: The least severe level any line is shown at. The command-line tools raise it to WARNING
+#: (unless `--verbose`) so their human output is not interleaved with JSON log lines.
+_floor = logging.NOTSET
+
+
+def set_level_floor(level: str) -> None:
+    """Show nothing below `level`, whatever `setup_logging` is later asked for."""
+    global _floor
+    _floor = logging.getLevelNamesMapping()[level]
+
+
+def setup_logging(level: str = "INFO", *, stream: Any = None, service: str | None = None) -> None:
+    """Route every logger through one JSON handler on stderr (idempotent). `service` names the
+    process in every line that no task has named more precisely (`current_service`)."""
+    level = logging.getLevelName(max(logging.getLevelNamesMapping()[level], _floor))
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
         if getattr(handler, "_syncmesh", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(service=service))
     handler._syncmesh = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     # Third-party chatter that would drown the mesh's own lines at INFO.
-    for noisy in ("aiohttp.access", "nats", "asyncio", "stripe"):
+    for noisy in ("aiohttp.access", "nats", "asyncio", "stripe", "grpc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

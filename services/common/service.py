@@ -41,7 +41,16 @@ from services.common.consumer import BatchApplier, Consumer
 from services.common.deployable import SERVICE_SETTINGS, Deployable
 from services.common.errors import SettingsError, UpstreamError
 from services.common.grpc_server import GrpcServer, start_grpc_server
-from services.common.logs import setup_logging
+from services.common.logs import current_service, setup_logging
+from services.common.metrics import (
+    MetricsSampler,
+    MetricsServer,
+    ServiceMetrics,
+    consumer_sample,
+    outbox_sample,
+    pool_sample,
+    serve_metrics,
+)
 from services.common.outbox import OutboxRelay
 from services.common.settings import Settings, load_settings
 from services.common.stripe_api import close_stripe_clients, stripe_client_for
@@ -115,6 +124,8 @@ class ServiceRuntime:
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self.metrics = ServiceMetrics(definition.name)
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def stripe(self) -> stripe.StripeClient | None:
@@ -129,6 +140,15 @@ class ServiceRuntime:
         return self._pool
 
     async def start(self) -> None:
+        # Every task started from here (gRPC, NATS, consumer, relay) inherits the name, so each
+        # log line says which service wrote it, also when `syncmesh up` runs them all at once.
+        token = current_service.set(self.definition.name)
+        try:
+            await self._start()
+        finally:
+            current_service.reset(token)
+
+    async def _start(self) -> None:
         setup_tracing(f"syncmesh-{self.definition.name}")
         self.grpc = await start_grpc_server(
             settings=self.settings,
@@ -140,8 +160,22 @@ class ServiceRuntime:
             ),
         )
         self.port = self.grpc.port
+        metrics_port = self.definition.deployable.metrics_port(self.settings)
+        if metrics_port is not None:
+            try:
+                self.metrics_server = serve_metrics(self.metrics.registry, metrics_port)
+            except OSError as exc:
+                raise SettingsError(
+                    f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
+                    f"({self.definition.deployable.metrics_port_variable}): {exc.strerror}"
+                ) from None
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has been SERVING at least once (its database migrated, its consumer up)."""
+        return self._ready.is_set()
 
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
@@ -176,8 +210,20 @@ class ServiceRuntime:
             settings=self.settings,
             on_commit=self.relay.wake,
             fetch_ahead=self.definition.fetch_ahead,
+            metrics=self.metrics,
+        )
+        consumer = self.consumer
+        # The gauges are sampled only when someone can read them: no extra queries otherwise.
+        sampler = MetricsSampler(
+            self.metrics,
+            [
+                pool_sample(self._pool),
+                outbox_sample(self._pool),
+                consumer_sample(lambda: self.bus.js.consumer_info(consumer.stream, consumer.durable)),
+            ],
         )
         for name, coro in [
+            *([("metrics", sampler.run())] if self.metrics_server is not None else []),
             ("consumer", self.consumer.run()),
             ("outbox", self.relay.run()),
             ("health", self._watch_health()),
@@ -195,6 +241,13 @@ class ServiceRuntime:
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        token = current_service.set(self.definition.name)
+        try:
+            await self._stop()
+        finally:
+            current_service.reset(token)
+
+    async def _stop(self) -> None:
         grace = self.settings.shutdown_grace_seconds
         if self.grpc is not None:
             await self.grpc.set_serving(False)
@@ -212,6 +265,9 @@ class ServiceRuntime:
             await self.grpc.stop(min(grace, 5.0))
         if self._pool is not None:
             await self._pool.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+            self.metrics_server = None
 
 
 async def run_until_signalled(
@@ -247,7 +303,7 @@ def tune_gc() -> None:
 
 def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
     """Entry point for `syncmesh serve <service>` and `python -m services.<service>`."""
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, service=definition.name)
     tune_gc()
     runtime = ServiceRuntime(definition, settings, port=port)
     asyncio.run(run_until_signalled(runtime.start, runtime.stop))
@@ -261,7 +317,7 @@ def main_for(deployable: str, run: Callable[[Settings, int | None], None], argv:
     parser.add_argument("--port", type=int, default=None, help="listening port (default from the settings)")
     args = parser.parse_args(argv)
     try:
-        run(load_settings(), args.port)
+        run(load_settings(local_mesh=False), args.port)
     except SettingsError as exc:
         print(f"{deployable}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -10,10 +10,18 @@ would be accepted, because an operator reading a crash-looping pod has nothing e
 
 Secrets can come from files (`SYNCMESH_X_FILE=/path`), which is how Kubernetes mounts them;
 setting both the variable and its `_FILE` twin is refused as ambiguous.
+
+The local mesh: `syncmesh up` writes what it started (NATS and database URLs, ports, the webhook
+secret's file) to `./.syncmesh/mesh.json`, and `load_settings()` reads the variables it holds for
+whatever the environment leaves unset, so every tool run in that folder finds the mesh without
+exports. The environment always wins, variable by variable; a file whose `up` is no longer
+running is ignored (its ports are gone). The deployables themselves (`up`, `gateway`, `serve`)
+read the environment only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -233,16 +241,61 @@ def parse_timestamp(name: str, raw: str) -> datetime:
         if raw.isdigit():
             return datetime.fromtimestamp(int(raw), tz=UTC)
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # unix seconds beyond year 9999 overflow
         raise SettingsError(
             f"{name}={raw!r} is not a date: use ISO-8601 like 2025-01-31 or 2025-01-31T00:00:00Z"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every SYNCMESH_* variable; raise SettingsError naming the first bad one."""
-    env = os.environ if env is None else env
+#: Where `syncmesh up` records the mesh it started, relative to the folder it runs in.
+LOCAL_MESH_FILE = Path(".syncmesh") / "mesh.json"
+
+
+def local_mesh_variables(folder: Path | None = None) -> dict[str, str]:
+    """The SYNCMESH_* variables `syncmesh up` recorded in `<folder>/.syncmesh/mesh.json`, or
+    nothing when there is no such file, it is unreadable, or the `up` that wrote it is gone."""
+    path = (folder or Path.cwd()) / LOCAL_MESH_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(recorded["pid"])
+        variables = recorded["env"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(variables, dict) or not _process_alive(pid):
+        return {}
+    return {str(k): str(v) for k, v in variables.items() if str(k).startswith("SYNCMESH_")}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return pid > 0
+
+
+def with_local_mesh(env: Mapping[str, str], folder: Path | None = None) -> dict[str, str]:
+    """`env` plus the local mesh's variables for whatever `env` leaves unset; a variable set in
+    `env` directly or through its `_FILE` twin keeps its value."""
+    merged = dict(env)
+    for name, value in local_mesh_variables(folder).items():
+        base = name.removesuffix("_FILE")
+        if not any(n in env for n in (base, f"{base}_FILE")):
+            merged[name] = value
+    return merged
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = True) -> Settings:
+    """Read and validate every SYNCMESH_* variable; raise SettingsError naming the first bad one.
+
+    Without `env`, the process environment, completed by the local mesh's file
+    (`with_local_mesh`) unless `local_mesh` is False (the deployables: they must not pick up
+    another process's ports)."""
+    if env is None:
+        env = with_local_mesh(os.environ) if local_mesh else os.environ
 
     secrets_raw = _read(env, "SYNCMESH_WEBHOOK_SECRETS")
     secrets = tuple(s.strip() for s in (secrets_raw or "").split(",") if s.strip())

@@ -6,6 +6,8 @@ import grpc
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
 
+from services.common.money import format_money
+
 _SIGNALS = {
     pb.HEALTH_SIGNAL_PAYMENT_FAILED: "payment failed",
     pb.HEALTH_SIGNAL_SUBSCRIPTION_PAST_DUE: "subscription past due",
@@ -15,9 +17,7 @@ _SOURCES = {pb.CONTRACT_SOURCE_INVOICE: "invoice", pb.CONTRACT_SOURCE_SUBSCRIPTI
 
 
 def _money(m: object) -> str:
-    amount = getattr(m, "amount_minor", 0)
-    currency = getattr(m, "currency", "")
-    return f"{amount} {currency.upper()} minor units" if currency else f"{amount} minor units"
+    return format_money(int(getattr(m, "amount_minor", 0)), str(getattr(m, "currency", "")))
 
 
 async def demo_report(channel: grpc.aio.Channel) -> list[str]:

@@ -6,6 +6,8 @@ import grpc
 from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc
 
+from services.common.money import format_money
+
 MAX_SHOWN = 20
 
 
@@ -17,7 +19,9 @@ async def demo_report(channel: grpc.aio.Channel) -> list[str]:
         return ["customer: no customers recorded yet"]
     lines = [f"customer: {len(page.customers)}{'+' if page.next_page_token else ''} ERP customer record(s)"]
     for c in page.customers:
-        balance = f"{c.balance.amount_minor} {c.balance.currency}".strip() if c.balance.currency else "-"
+        # A zero balance has no meaningful currency (Stripe's default for a customer without one):
+        # printed as "none" rather than a "0 EUR" beside invoices in USD.
+        balance = format_money(c.balance.amount_minor, c.balance.currency) if c.balance.amount_minor else "none"
         status = "active" if c.active else "inactive (deleted in Stripe)"
         lines.append(
             f"  {c.erp_customer_id:<12} {c.stripe_customer_id or '(not linked)':<20} "

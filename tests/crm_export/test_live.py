@@ -74,7 +74,7 @@ async def test_customer_product_and_paid_invoice_become_client_product_and_contr
         report = await demo_report(channel)
         assert any(line.startswith("client cus_A 'Ada King': healthy") for line in report), report
         assert "product prod_A 'Pro' (active)" in report
-        assert any(line.startswith("contract in_A (invoice, paid) for cus_A: 2900 USD") for line in report), report
+        assert any(line.startswith("contract in_A (invoice, paid) for cus_A: 29.00 USD") for line in report), report
 
     names = await _outbox_subjects(settings)
     assert {

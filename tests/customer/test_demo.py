@@ -16,7 +16,7 @@ async def test_demo_prints_customers_with_their_erp_ids(runtime: ServiceRuntime)
         lines = await eventually(lambda: _ready(channel))
     assert lines[0] == "customer: 1 ERP customer record(s)"
     assert "CUST-000001" in lines[1] and obj["id"] in lines[1] and "Ada Lovelace" in lines[1]
-    assert "-2500 gbp" in lines[1] and "A***@Example.com" in lines[1]
+    assert "-25.00 GBP" in lines[1] and "A***@Example.com" in lines[1]  # money one way, as everywhere
     assert "Ada.Lovelace@" not in "\n".join(lines)
 
 

@@ -96,10 +96,11 @@ def test_dependencies_install_in_their_own_layer_before_the_source() -> None:
         if keyword == "RUN" and "pip install" in rest:
             # The contracts are a distribution the project depends on: they install with the
             # dependencies, in the same layer, before any of the project's own source.
-            assert seen_copies == ["pyproject.toml ./", "contracts ./contracts"], (
-                f"the first pip install must see only pyproject.toml and contracts/ (copied so far: {seen_copies})"
+            assert seen_copies == ["pyproject.toml requirements.lock ./", "contracts ./contracts"], (
+                "the first pip install must see only pyproject.toml, requirements.lock and contracts/ "
+                f"(copied so far: {seen_copies})"
             )
-            assert "dependencies" in rest, "install [project].dependencies, not the project, first"
+            assert "-r requirements.lock" in rest, "install the locked dependencies, not the project, first"
             break
     copied = " ".join(build.all("COPY"))
     for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
@@ -145,3 +146,27 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
     for never in (".git", ".venv", "tests", ".syncmesh", "k8s"):
         assert never not in allowed, f".dockerignore lets {never} into the build context"
     assert "**/__pycache__" in lines
+
+
+def test_the_lock_pins_every_dependency_within_its_bounds() -> None:
+    """requirements.lock (scripts/lock) satisfies pyproject.toml and the contracts' own
+    requirements: a bound changed without relocking fails here, not in an image build."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    contracts = tomllib.loads((REPO / "contracts" / "pyproject.toml").read_text(encoding="utf-8"))
+    own = {"stripe-sync-mesh-contracts"}
+    for raw in [*PYPROJECT["project"]["dependencies"], *contracts["project"]["dependencies"]]:
+        requirement = Requirement(raw)
+        name = canonicalize_name(requirement.name)
+        if name in own:
+            continue
+        assert name in pins, f"{name} is a dependency but not in requirements.lock: run scripts/lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"requirements.lock pins {name}=={pins[name]}, outside {requirement}: run scripts/lock"
+        )

@@ -23,6 +23,8 @@ REAL_PROCESS_FIXTURES = frozenset({"nats_server", "pg_server", "own_nats", "own_
 #: Test modules (or folders) whose tests run a program themselves, not through a fixture, and what it is.
 RUNS_PROGRAMS = {
     "tests/test_demo.py": "`syncmesh up --demo` as a child process",
+    "tests/test_metrics.py": "`syncmesh up --demo` as a child process, scraped",
+    "tests/test_up.py": "`syncmesh up` and the tools as child processes, in a fresh folder",
     "tests/test_self_contained.py": "git ls-files",
     "tests/common/test_gc_tuning.py": "a child Python (GC settings are process-wide)",
     "tests/common/test_grpc_tls.py": "openssl, to make the certificates",
