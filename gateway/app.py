@@ -188,7 +188,7 @@ class Gateway:
         metrics_port = GATEWAY.metrics_port(self.settings)
         if metrics_port is not None:
             try:
-                self.metrics_server = serve_metrics(self.app[METRICS].registry, metrics_port)
+                self.metrics_server = serve_metrics(self.app[METRICS].registry, metrics_port, self.host)
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve the gateway's metrics on port {metrics_port} "

@@ -62,7 +62,7 @@ def port_number(raw: str) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from launcher.up import run_mesh
 
-    return run_mesh(demo=args.demo, data_dir=args.data_dir, once=args.once)
+    return run_mesh(demo=args.demo, data_dir=args.data_dir, once=args.once, host=args.host)
 
 
 #: Anywhere on a tool's command line: its log lines too (at SYNCMESH_LOG_LEVEL), not only warnings.
@@ -85,6 +85,12 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="also run localstripe and drive a demo scenario through it")
     up.add_argument("--once", action="store_true", help="with --demo: stop after printing the demo report")
     up.add_argument("--data-dir", default=".syncmesh", help="where the embedded servers keep data (default .syncmesh)")
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the gateway, the services and their metrics listen on (default 127.0.0.1: this machine "
+        "only; 0.0.0.0 to let other machines in)",
+    )
     up.set_defaults(func=_cmd_up)
 
     gw = sub.add_parser("gateway", help="run the webhook gateway")

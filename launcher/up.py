@@ -68,13 +68,13 @@ def _local_secret(data_dir: Path) -> Path:
     return path
 
 
-def check_ports_free(settings: Settings, *, gateway_host: str) -> None:
+def check_ports_free(settings: Settings, *, host: str) -> None:
     """Refuse, before anything starts, a fixed port another process already listens on: one
     line naming the variable that moves it (a bind error mid-start used to leave orphans)."""
-    wanted = [(GATEWAY.port_variable, GATEWAY.port(settings), gateway_host)]
-    wanted += [(d.port_variable, d.port(settings), "0.0.0.0") for d in registry.definitions()]
+    wanted = [(GATEWAY.port_variable, GATEWAY.port(settings), host)]
+    wanted += [(d.port_variable, d.port(settings), host) for d in registry.definitions()]
     for deployable in (GATEWAY, *(d.deployable for d in registry.definitions())):
-        wanted.append((deployable.metrics_port_variable, deployable.metrics_port(settings) or 0, "0.0.0.0"))
+        wanted.append((deployable.metrics_port_variable, deployable.metrics_port(settings) or 0, host))
     for variable, port, host in wanted:
         if port == 0:
             continue
@@ -245,12 +245,12 @@ def _start(server: NatsServer | PostgresServer, what: str, variable: str) -> Non
         raise SettingsError(f"{what} did not start ({first}); see {server.log_path}, or set {variable}") from None
 
 
-def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
+def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.0.0.1") -> int:
+    """The whole mesh on this machine; it listens on `host`, this machine only unless told otherwise."""
     started = time.monotonic()
     settings = with_metrics(load_settings(local_mesh=False))  # the tools read our file; never another's
     setup_logging(settings.log_level if not demo else "WARNING", service="up")
-    gateway_host = "127.0.0.1" if demo else "0.0.0.0"
-    check_ports_free(settings, gateway_host=gateway_host)
+    check_ports_free(settings, host=host)
     state = MeshState(Path.cwd() / LOCAL_MESH_FILE)
     _refuse_second_up(state.path)
     _stop_orphans(state.path)
@@ -296,7 +296,7 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
             state.write()
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.default_int_handler)  # asyncio.run installs its own from here
-        return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once, state=state))
+        return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once, state=state, host=host))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -307,7 +307,9 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False) -> int:
         _restore(previous)
 
 
-async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool, state: MeshState) -> int:
+async def _run(
+    settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool, state: MeshState, host: str
+) -> int:
     main = asyncio.current_task()
     assert main is not None
     stopping = asyncio.Event()
@@ -332,7 +334,7 @@ async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float
 
             stand_in = start_stand_in(data_dir)
             settings = demo_settings(settings, stand_in)
-        gateway = Gateway(settings, host="127.0.0.1" if demo else "0.0.0.0")
+        gateway = Gateway(settings, host=host)
         try:
             with _named("gateway"):
                 await gateway.start()
@@ -342,7 +344,7 @@ async def _run(settings: Settings, *, demo: bool, data_dir: Path, started: float
                 f"set {GATEWAY.port_variable} to a free port (0 lets the OS pick one)"
             ) from None
         for definition in available_services().values():
-            runtime = ServiceRuntime(definition, settings)
+            runtime = ServiceRuntime(definition, settings, host=host)
             runtimes.append(runtime)
             await runtime.start()
         await gateway.bus.wait_ready(30)

@@ -3,6 +3,7 @@ the commands it prints working as printed, and stops that leave nothing behind."
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -67,6 +68,19 @@ def _tool(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _listening_on(port: int) -> tuple[str, ...]:
+    """The addresses a TCP port is listening on, from /proc/net/tcp and tcp6 (IPv4 loopback is
+    0100007F there; every interface is 00000000, or all zeros in tcp6)."""
+    addresses = set()
+    for table, loopback in (("/proc/net/tcp", "0100007F"), ("/proc/net/tcp6", "00000000000000000000000001000000")):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                addresses.add("127.0.0.1" if address in (loopback, "0000000000000000FFFF00000100007F") else address)
+    return tuple(sorted(addresses))
+
+
 def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "up.out"
     with open(out, "w") as stdout:
@@ -77,6 +91,11 @@ def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing
         printed = _wait_for(out, "Ctrl-C stops everything", up, timeout=90)
         state = tmp_path / ".syncmesh" / "mesh.json"
         assert state.stat().st_mode & 0o777 == 0o600
+        recorded = json.loads(state.read_text())
+        ports = [int(recorded["webhook_url"].split(":")[2].split("/")[0])]
+        ports += [int(address.rsplit(":", 1)[1]) for address in recorded["grpc"].values()]
+        ports += [int(url.split(":")[2].split("/")[0]) for url in recorded.get("metrics", {}).values()]
+        assert {_listening_on(port) for port in ports} == {("127.0.0.1",)}, "up listens on this machine only"
 
         listed = _tool(tmp_path, "dlq", "list")
         assert listed.returncode == 0, listed.stderr

@@ -113,7 +113,11 @@ class ServiceDefinition:
 
 
 class ServiceRuntime:
-    def __init__(self, definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
+    def __init__(
+        self, definition: ServiceDefinition, settings: Settings, *, port: int | None = None, host: str = "[::]"
+    ) -> None:
+        #: Where gRPC and metrics listen: every interface in a container, 127.0.0.1 under `syncmesh up`.
+        self.host = host
         self.definition = definition
         self.settings = definition.deployable.require(settings)
         self.port = definition.port(settings) if port is None else port
@@ -153,6 +157,7 @@ class ServiceRuntime:
         self.grpc = await start_grpc_server(
             settings=self.settings,
             port=self.port,
+            host=self.host,
             service_name=self.definition.grpc_service_name,
             register=lambda server: self.definition.register_grpc(server, self),
             guard=authenticator_for(
@@ -163,7 +168,8 @@ class ServiceRuntime:
         metrics_port = self.definition.deployable.metrics_port(self.settings)
         if metrics_port is not None:
             try:
-                self.metrics_server = serve_metrics(self.metrics.registry, metrics_port)
+                metrics_host = "0.0.0.0" if self.host == "[::]" else self.host
+                self.metrics_server = serve_metrics(self.metrics.registry, metrics_port, metrics_host)
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
