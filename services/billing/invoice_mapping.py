@@ -186,19 +186,34 @@ def _decimal(text: Any) -> Decimal | None:
 
 
 def _unit_amount(line: Json, amount: int, quantity: int) -> tuple[int | None, str | None]:
+    """The line's rate, such that quantity x rate = amount, as an ERP line requires.
+
+    Stripe's price is the rate when it multiplies out to the line's amount (the usual case; a
+    rate with fractions of a minor unit comes back as its decimal text beside the rounded whole).
+    A proration line is charged for part of a period, so its amount is not the price times the
+    quantity (1 x 29.00 would read -17.30): its rate is its own amount over its quantity, as
+    decimal text when that does not divide (to 12 places, the whole rounded half to even).
+    """
     price = as_dict(line.get("price")) or as_dict(line.get("plan"))
+    listed: Decimal | None = None
+    text: Any = None
     if isinstance(price.get("unit_amount"), int) and not isinstance(price.get("unit_amount"), bool):
-        return int(price["unit_amount"]), None
-    text = as_dict(line.get("pricing")).get("unit_amount_decimal") or price.get("unit_amount_decimal")
-    if text is None:
-        text = line.get("unit_amount_excluding_tax")
-    value = _decimal(text)
-    if value is not None:
-        whole = value.to_integral_value(rounding=ROUND_HALF_EVEN)
-        return int(whole), (None if whole == value else str(text))
-    if quantity > 0 and amount % quantity == 0:
-        return amount // quantity, None
-    return None, None
+        listed = Decimal(int(price["unit_amount"]))
+    else:
+        text = as_dict(line.get("pricing")).get("unit_amount_decimal") or price.get("unit_amount_decimal")
+        if text is None:
+            text = line.get("unit_amount_excluding_tax")
+        listed = _decimal(text)
+    if listed is not None and (quantity == 0 or listed * quantity == amount):
+        whole = listed.to_integral_value(rounding=ROUND_HALF_EVEN)
+        return int(whole), (None if whole == listed else str(text))
+    if quantity == 0:
+        return None, None
+    rate = Decimal(amount) / quantity
+    whole = rate.to_integral_value(rounding=ROUND_HALF_EVEN)
+    if whole == rate:
+        return int(whole), None
+    return int(whole), format(rate.quantize(Decimal("1e-12"), rounding=ROUND_HALF_EVEN).normalize(), "f")
 
 
 def _discount_entries(entries: Any) -> list[tuple[str, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -503,3 +504,32 @@ def test_deleted_draft_is_voided_in_the_erp() -> None:
     assert (inv.stripe_status, inv.status_rank) == ("deleted", 4)
     state = ledger.compute_ledger(facts(stripe_status=inv.stripe_status, total=inv.total))
     assert (state.erp_status, state.amount_remaining) == ("voided", 0)
+
+
+# -- every line: quantity x unit amount = amount -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["basil", "legacy"])
+@pytest.mark.parametrize(
+    ("quantity", "amount", "unit", "decimal"),
+    [(1, -1730, -1730, None), (3, -1730, -577, "-576.666666666667"), (2, 3100, 1550, None)],
+)
+def test_a_proration_line_is_rated_by_its_own_amount(shape, quantity, amount, unit, decimal) -> None:
+    """A proration charges part of a period: its amount is not the price times the quantity, so
+    the ERP line takes amount / quantity as its rate, never the price's 29.00 beside -17.30."""
+    spec = InvoiceSpec(lines=[LineSpec(unit=2900, quantity=quantity, proration=True)])
+    obj = invoice_object(shape, spec)
+    obj["lines"]["data"][0]["amount"] = amount
+    [line] = invoice_mapping.map_invoice(obj, item_map=ITEMS, billing=POLICY).lines
+    assert line.proration is True
+    assert (line.quantity, line.unit_amount, line.unit_amount_decimal, line.amount) == (quantity, unit, decimal, amount)
+    exact = Decimal(line.unit_amount if decimal is None else decimal)
+    assert abs(quantity * exact - amount) < Decimal("1e-9")
+
+
+@pytest.mark.parametrize("shape", ["basil", "legacy"])
+def test_every_mapped_line_multiplies_out(shape) -> None:
+    """quantity x unit amount = amount on every line an ERP receives, in both API shapes."""
+    inv = invoice_mapping.map_invoice(invoice_object(shape, coupon_spec()), item_map=ITEMS, billing=POLICY)
+    items = [x for x in inv.lines if x.kind == "item"]
+    assert items and all(x.quantity * x.unit_amount == x.amount for x in items if x.unit_amount_decimal is None)
