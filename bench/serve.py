@@ -29,9 +29,8 @@ def main() -> None:
     if args.spec == "toy":
         from bench.env import definition
 
-        serve(definition("toy"), load_settings(), port=args.port)
-        return
-    serve(registry.by_name(args.spec), load_settings(), port=args.port)
+        raise SystemExit(serve(definition("toy"), load_settings(), port=args.port))
+    raise SystemExit(serve(registry.by_name(args.spec), load_settings(), port=args.port))
 
 
 if __name__ == "__main__":

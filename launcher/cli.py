@@ -43,8 +43,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from services.common.service import serve
 
-    serve(registry.by_name(args.service), load_settings(local_mesh=False), port=args.port)
-    return 0
+    return serve(registry.by_name(args.service), load_settings(local_mesh=False), port=args.port)
 
 
 def port_number(raw: str) -> int:

@@ -138,7 +138,17 @@ async def migrate(pool: asyncpg.Pool, schema: str, sources: Iterable[tuple[str, 
                         "changed after it was applied: add a new migration instead of editing this one"
                     )
                 continue
-            await conn.execute(migration.sql)
+            try:
+                await conn.execute(migration.sql)
+            except asyncpg.PostgresError as exc:
+                if unreachable(exc):
+                    raise
+                # The database answered: the file is wrong for it, and retrying cannot help.
+                raise SettingsError(
+                    f"migration {migration.source}/{migration.version:04d}_{migration.name}.sql failed: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc}; nothing of it "
+                    "was applied: fix it (or the database) and restart"
+                ) from None
             await conn.execute(
                 "INSERT INTO schema_migrations (source, version, name, checksum) VALUES ($1, $2, $3, $4)",
                 migration.source,

@@ -128,6 +128,11 @@ class ServiceRuntime:
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        #: Set when the service cannot come up at all (a broken migration): the process stops with
+        #: that one line and a non-zero exit, so an orchestrator shows it instead of a pod that
+        #: stays NOT_SERVING forever.
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
         self.metrics = ServiceMetrics(definition.name)
         self.metrics_server: MetricsServer | None = None
 
@@ -184,12 +189,29 @@ class ServiceRuntime:
         return self._ready.is_set()
 
     async def wait_ready(self, timeout: float) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        """Wait until SERVING; SettingsError, with the reason, if the service cannot come up."""
+        ready = asyncio.ensure_future(self._ready.wait())
+        failed = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait_for(asyncio.wait({ready, failed}, return_when=asyncio.FIRST_COMPLETED), timeout)
+        finally:
+            ready.cancel()
+            failed.cancel()
+        if self.failure is not None:
+            raise SettingsError(self.failure)
+        if not self._ready.is_set():
+            raise TimeoutError(f"{self.definition.name} was not ready within {timeout:.0f}s")
+
+    def _fail(self, reason: str) -> None:
+        log.critical("%s cannot start: %s", self.definition.name, reason)
+        self.failure = reason
+        self.failed.set()
 
     async def _bring_up(self) -> None:
         assert self.settings.database_url
         delay = 0.2
         while self._pool is None:
+            pool: asyncpg.Pool | None = None
             try:
                 pool = await db.create_pool(
                     self.settings.database_url,
@@ -202,7 +224,14 @@ class ServiceRuntime:
                     [("runtime", db.RUNTIME_MIGRATIONS), (self.definition.name, self.definition.migrations)],
                 )
                 self._pool = pool
+            except SettingsError as exc:
+                # A migration the database refuses, or one edited after it shipped: retrying would
+                # say "database not ready" forever while nothing is wrong with the database.
+                await _close_quietly(pool)
+                self._fail(str(exc))
+                return
             except db.UNAVAILABLE as exc:
+                await _close_quietly(pool)
                 log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.database_retry_max_seconds)
@@ -276,19 +305,35 @@ class ServiceRuntime:
             self.metrics_server = None
 
 
+async def _close_quietly(pool: asyncpg.Pool | None) -> None:
+    """A pool that came up but is not kept (its migrations failed) goes, with its connections."""
+    if pool is not None:
+        with contextlib.suppress(*db.UNAVAILABLE):
+            await pool.close()
+
+
 async def run_until_signalled(
-    start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], Coroutine[Any, Any, None]]
-) -> None:
-    """Start, wait for SIGTERM or SIGINT, stop: the process life cycle Kubernetes expects."""
+    start: Callable[[], Coroutine[Any, Any, None]],
+    stop: Callable[[], Coroutine[Any, Any, None]],
+    failed: asyncio.Event | None = None,
+) -> int:
+    """Start, wait for SIGTERM or SIGINT (or for `failed`), stop: the process life cycle Kubernetes
+    expects. Returns the exit code: 0 after a signal, 1 after a failure."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await start()
-    await stopping.wait()
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if failed is not None:
+        waits.append(asyncio.ensure_future(failed.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
     log.info("shutting down")
     await stop()
     await close_stripe_clients()
+    return 1 if failed is not None and failed.is_set() and not stopping.is_set() else 0
 
 
 #: CPython collects generation 0 every 700 net container allocations: ~1,700 collections in a
@@ -307,15 +352,20 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> None:
-    """Entry point for `syncmesh serve <service>` and `python -m services.<service>`."""
+def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None = None) -> int:
+    """Entry point for `syncmesh serve <service>` and `python -m services.<service>`; the exit code."""
     setup_logging(settings.log_level, service=definition.name)
     tune_gc()
     runtime = ServiceRuntime(definition, settings, port=port)
-    asyncio.run(run_until_signalled(runtime.start, runtime.stop))
+    code = asyncio.run(run_until_signalled(runtime.start, runtime.stop, runtime.failed))
+    if runtime.failure is not None:
+        print(f"{definition.name}: cannot start: {runtime.failure}", file=sys.stderr)
+    return code
 
 
-def main_for(deployable: str, run: Callable[[Settings, int | None], None], argv: Sequence[str] | None = None) -> int:
+def main_for(
+    deployable: str, run: Callable[[Settings, int | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """A deployable's own `__main__`: parse `--port`, load settings, run; a bad setting is one line
     on stderr and exit code 2, never a traceback (an operator reading a crash-looping pod has
     nothing else to go on)."""
@@ -323,10 +373,9 @@ def main_for(deployable: str, run: Callable[[Settings, int | None], None], argv:
     parser.add_argument("--port", type=int, default=None, help="listening port (default from the settings)")
     args = parser.parse_args(argv)
     try:
-        run(load_settings(local_mesh=False), args.port)
+        return int(run(load_settings(local_mesh=False), args.port) or 0)
     except SettingsError as exc:
         print(f"{deployable}: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0

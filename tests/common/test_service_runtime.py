@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -16,8 +17,9 @@ from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
 
 from services.common import db
 from services.common.bus import DLQ_STREAM, EVENTS_STREAM, Bus
+from services.common.errors import SettingsError
 from services.common.events import parse_event, to_envelope
-from services.common.service import ServiceRuntime
+from services.common.service import ServiceRuntime, run_until_signalled
 from services.common.settings import Settings
 from tests.common import toy_service
 from tests.conftest import eventually
@@ -229,3 +231,28 @@ async def test_a_batch_fetched_ahead_goes_back_at_once_on_stop(settings: Setting
         await eventually(lambda: _has(settings, "cus_ahead"), timeout=10)  # long before ack_wait's 60 s
     finally:
         await second.stop()
+
+
+async def test_a_migration_the_database_refuses_stops_the_service_with_its_name(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A broken migration is not a database outage: the service says which file failed and why,
+    and stops (exit 1 under `serve`), instead of 'database not ready' forever with health stuck
+    at NOT_SERVING and liveness green."""
+    (tmp_path / "0001_broken.sql").write_text("CREATE TABLEX nothing (id int);\n")
+    definition = dataclasses.replace(toy_service.DEFINITION, migrations=tmp_path)
+    rt = ServiceRuntime(definition, settings, port=0)
+    await rt.start()
+    try:
+        with pytest.raises(SettingsError, match=r"migration customer/0001_broken\.sql failed: PostgresSyntaxError"):
+            await rt.wait_ready(20)
+        assert rt.failed.is_set() and rt.consumer is None  # nothing consumed on a half-built schema
+    finally:
+        await rt.stop()
+
+
+async def test_run_until_signalled_ends_with_exit_code_1_when_the_service_fails(settings: Settings, tmp_path) -> None:
+    (tmp_path / "0001_broken.sql").write_text("SELECT * FROM nowhere;\n")
+    rt = ServiceRuntime(dataclasses.replace(toy_service.DEFINITION, migrations=tmp_path), settings, port=0)
+    code = await asyncio.wait_for(run_until_signalled(rt.start, rt.stop, rt.failed), 30)
+    assert code == 1 and rt.failure is not None and "0001_broken.sql failed: UndefinedTableError" in rt.failure
