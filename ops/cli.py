@@ -175,7 +175,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
     async def work(settings: Settings) -> int:
         since = parse_since("--since", args.since)
-        types = parse_types(args.types)
+        types = parse_types(args.types) if args.types else None  # None: the defaults, skipping unserved ones
         client = make_stripe_client(settings, max_network_retries=0)
         if client is None:
             raise SettingsError("SYNCMESH_STRIPE_API_KEY must be set: the backfill lists objects through Stripe's API")

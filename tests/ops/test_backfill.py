@@ -279,3 +279,25 @@ async def test_rate_limiter_spaces_requests() -> None:
     for _ in range(100):
         await unlimited.wait()
     assert time.monotonic() - started < 0.05
+
+
+async def test_backfill_with_the_default_types_skips_what_the_api_does_not_list(
+    localstripe, ls_client, history, settings: Settings, bus: Bus, tmp_path: Path, caplog
+) -> None:
+    """localstripe has no prices, invoice payments, refunds or credit notes to list (404): the default
+    run backfills what it can, says which types it skipped and why, and fails nothing."""
+    report = await backfill(
+        bus,
+        ls_client,
+        backfill_settings(settings, localstripe),
+        since=datetime.now(UTC) - timedelta(days=1),
+        checkpoint_path=tmp_path / "checkpoint.json",
+    )
+    skipped = {name for name, k in report.kinds.items() if k.not_served}
+    assert "prices" in skipped and "customers" not in skipped
+    assert report.kinds["customers"].published == 2 and report.kinds["invoices"].published == 2
+    assert all("404" in (report.kinds[name].not_served or "") for name in skipped)
+    lines = "\n".join(report.lines())
+    assert "  prices: NOT SERVED, skipped: this Stripe API does not serve prices (404)" in lines
+    assert any("backfill skips prices" in r.getMessage() for r in caplog.records)
+    assert report.checkpoint_removed
