@@ -69,9 +69,6 @@ from services.common.stream import StreamReader
 
 log = logging.getLogger(__name__)
 
-#: The runtime's own tables, not the service's records.
-RUNTIME_TABLES = db.RUNTIME_TABLES
-
 
 @dataclass(frozen=True)
 class TableChange:
@@ -156,7 +153,7 @@ async def service_tables(conn: db.Conn, schema: str) -> list[str]:
         "WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
         schema,
     )
-    return [str(r["table_name"]) for r in rows if r["table_name"] not in RUNTIME_TABLES]
+    return [str(r["table_name"]) for r in rows if r["table_name"] not in db.RUNTIME_TABLES]
 
 
 def _ident(name: str) -> str:

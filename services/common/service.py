@@ -199,8 +199,6 @@ class ServiceRuntime:
             failed.cancel()
         if self.failure is not None:
             raise SettingsError(self.failure)
-        if not self._ready.is_set():
-            raise TimeoutError(f"{self.definition.name} was not ready within {timeout:.0f}s")
 
     def _fail(self, reason: str) -> None:
         log.critical("%s cannot start: %s", self.definition.name, reason)

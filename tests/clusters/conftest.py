@@ -19,6 +19,9 @@ import pytest
 from services.common.embedded import NatsCluster, PostgresPair
 from services.common.settings import Settings
 
+# The process-fault tests' fixtures, shared: `make_mesh` runs the deployables as processes, `db` a connection.
+from tests.faults.test_process_faults import db, make_mesh  # noqa: F401
+
 pytestmark = pytest.mark.cluster
 
 

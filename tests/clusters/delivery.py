@@ -13,28 +13,15 @@ import asyncpg
 import nats
 
 from services.common.bus import EVENTS_STREAM
-from tests.faults.test_process_faults import Lifecycle
-from tests.support.signing import signed_request
+from tests.faults.test_process_faults import Lifecycle, deliver_until_accepted
 
 
 async def stripe_retries(
     http: aiohttp.ClientSession, url: str, evt: dict[str, Any], attempts: list[tuple[float, int]], deadline: float
 ) -> None:
-    """Stripe's retries, compressed: the same body and signature until a 2xx; each attempt is
-    noted with its time, so the test can say how long the gateway refused."""
-    body, headers = signed_request(evt)
-    delay = 0.2
-    while time.monotonic() < deadline:
-        try:
-            async with http.post(url, data=body, headers=headers) as resp:
-                attempts.append((time.monotonic(), resp.status))
-                if 200 <= resp.status < 300:
-                    return
-        except aiohttp.ClientError:
-            attempts.append((time.monotonic(), 0))
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
-    raise AssertionError(f"{evt['id']} never accepted: {attempts}")
+    """Stripe's retries, each attempt noted with its time, so a test can say how long the
+    gateway refused (`deadline` on the monotonic clock, as the event loop's)."""
+    await deliver_until_accepted(http, url, evt, deadline, lambda status: attempts.append((time.monotonic(), status)))
 
 
 async def deliver_steadily(url: str, lives: list[Lifecycle], rate: float) -> dict[str, list[tuple[float, int]]]:

@@ -155,29 +155,6 @@ async def _caught_up(cluster: NatsCluster, node: str) -> bool:
     return info.cluster.leader == node or (node in replicas and bool(replicas[node].current))
 
 
-@pytest.fixture
-async def db(database_url: str):
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-def make_mesh(tmp_path, database_url: str):
-    from tests.faults.test_process_faults import Mesh
-
-    made: list[Mesh] = []
-
-    def make(nats_url: str, **extra_env: str) -> Mesh:
-        mesh = Mesh(nats_url, database_url, tmp_path, dict(extra_env))
-        made.append(mesh)
-        return mesh
-
-    yield make
-    for mesh in made:
-        mesh.stop_all()
-
-
 async def test_stream_leader_killed_during_a_backlog_then_back(
     nats_cluster: NatsCluster, make_mesh: Any, db: asyncpg.Connection
 ) -> None:

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -510,24 +510,31 @@ async def test_sigkill_mid_batch_then_restart_leaves_the_exact_ledger(
 # -- (b) NATS stopped while webhooks arrive ---------------------------------------------------
 
 
-async def stripe_like_delivery(
-    http: aiohttp.ClientSession, url: str, evt: dict[str, Any], statuses: list[int], deadline: float
+async def deliver_until_accepted(
+    http: aiohttp.ClientSession, url: str, evt: dict[str, Any], deadline: float, note: Callable[[int], None]
 ) -> None:
-    """Stripe's retries, compressed: the same body and signature until a 2xx."""
+    """Stripe's retries, compressed: the same body and signature until a 2xx (or `deadline`, on
+    the loop's clock); `note` hears each attempt's status (0: no answer)."""
     body, headers = signed_request(evt)
     delay = 0.2
     loop = asyncio.get_running_loop()
     while loop.time() < deadline:
         try:
             async with http.post(url, data=body, headers=headers) as resp:
-                statuses.append(resp.status)
+                note(resp.status)
                 if 200 <= resp.status < 300:
                     return
         except aiohttp.ClientError:
-            statuses.append(0)
+            note(0)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
-    raise AssertionError(f"{evt['id']} never accepted: {statuses}")
+    raise AssertionError(f"{evt['id']} never accepted")
+
+
+async def stripe_like_delivery(
+    http: aiohttp.ClientSession, url: str, evt: dict[str, Any], statuses: list[int], deadline: float
+) -> None:
+    await deliver_until_accepted(http, url, evt, deadline, statuses.append)
 
 
 async def test_nats_stopped_while_webhooks_arrive(make_mesh: Any, own_nats: NatsServer, db: asyncpg.Connection) -> None:
