@@ -18,12 +18,14 @@ from services.common.embedded import free_port
 from tests.clusters.delivery import deliver_steadily, domain_events_once
 from tests.conftest import eventually
 from tests.faults.test_process_faults import (
+    GRPC_NAMES,
     PER_LIFECYCLE,
     Mesh,
     Proc,
     assert_exact_records,
     lifecycle,
     processed,
+    serving,
     wait_processed,
 )
 
@@ -62,6 +64,9 @@ async def test_billing_scaled_1_to_3_and_back_with_one_replica_killed_mid_batch(
             replicas[1].kill()  # SIGKILL mid-batch: its fetched batch returns after ack_wait
             killed_at = await processed(db, "billing")
             await eventually(lambda: _at_least(db, 1400), timeout=60, interval=0.02)
+            # Scaled down once it runs, as an autoscaler removes a pod that is up: a process still
+            # importing its modules has no SIGTERM handler yet (seen on a loaded machine: exit -15).
+            await eventually(lambda: serving(replicas[2].port, GRPC_NAMES["billing"]), timeout=60, interval=0.1)
             stopped = time.monotonic()
             assert replicas[2].process is not None
             replicas[2].process.terminate()  # scale back to one: SIGTERM finishes its batch first
