@@ -264,6 +264,8 @@ def test_types_and_masking() -> None:
         "contracts",
         "credit_memos",
         "refunds",
+        "payments",
+        "credit_holds",
     )
     with pytest.raises(SettingsError, match="unknown coupons"):
         parse_verify_types("coupons")

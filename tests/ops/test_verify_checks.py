@@ -85,12 +85,24 @@ def test_customer_comparison_masks_emails_and_sees_deletions() -> None:
 
 
 def test_the_engine_learns_types_order_and_services_from_the_checks() -> None:
-    assert VERIFY_TYPES == ("customers", "invoices", "clients", "products", "contracts", "credit_memos", "refunds")
+    assert VERIFY_TYPES == (
+        "customers",
+        "invoices",
+        "clients",
+        "products",
+        "contracts",
+        "credit_memos",
+        "refunds",
+        "payments",
+        "credit_holds",
+    )
     assert {c.kind: c.service for c in CHECKS} == {
         "customers": "customer",
         "invoices": "billing",
         "credit_memos": "billing",
         "refunds": "billing",
+        "payments": "billing",
+        "credit_holds": "billing",
         "clients": "crm-export",
         "products": "crm-export",
         "contracts": "crm-export",
