@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from syncmesh.billing.v1 import billing_service_pb2 as pb
+from syncmesh.billing.v1 import events_pb2
 
 from services.billing.settings import BillingSettings
 from tests.billing.builders import (
@@ -197,6 +198,21 @@ async def test_every_payment_names_its_charge_and_intent_in_any_order(
         assert [(p.charge_id, p.payment_intent_id, p.amount.amount_minor) for p in payments] == wanted, invoice_id
         inv = await invoice(billing, invoice_id)
         assert (inv.status, inv.unattributed_paid.amount_minor) == (pb.INVOICE_STATUS_PAID_IN_FULL, 0)
+    # and the domain event says so: the newest announcement of each payment names both ids
+    conn = await billing.db()
+    try:
+        rows = await conn.fetch("SELECT payload FROM outbox WHERE subject LIKE '%.payment_applied' ORDER BY id")
+    finally:
+        await conn.close()
+    announced: dict[str, tuple[str, str, int]] = {}
+    for row in rows:
+        applied = events_pb2.PaymentApplied.FromString(row["payload"])
+        announced[applied.stripe_invoice_id] = (
+            applied.charge_id,
+            applied.payment_intent_id,
+            applied.amount.amount_minor,
+        )
+    assert {i: [a] for i, a in announced.items()} == expected
 
 
 # -- lines -------------------------------------------------------------------------------------------
