@@ -16,8 +16,16 @@ from syncmesh.billing.v1 import billing_service_pb2 as pb
 
 from launcher.cli import main
 from services.common.settings import Settings
-from tests.billing.builders import PRICE_ADDON, PRICE_PRO, InvoiceSpec, LineSpec, invoice_object, stripe_event
-from tests.billing.conftest import Billing, StartBilling
+from tests.billing.builders import (
+    PRICE_ADDON,
+    PRICE_PRO,
+    InvoiceSpec,
+    LineSpec,
+    Shape,
+    invoice_object,
+    stripe_event,
+)
+from tests.billing.conftest import Billing, StartBilling, publish
 
 T0 = 1_750_000_000
 UNMAPPED = "STRIPE-UNMAPPED"
@@ -53,20 +61,24 @@ async def _lines_on_default_item(billing: Billing) -> int:
         await conn.close()
 
 
-async def _stored_unmapped(billing: Billing) -> None:
-    await billing.publish(
-        stripe_event("invoice.finalized", invoice_object("basil", FIRST), created=T0),
-        stripe_event("invoice.finalized", invoice_object("basil", SECOND), created=T0 + 1),
-    )
-    await billing.drained(2)
+async def _stored_unmapped(billing: Billing, shape: Shape = "basil") -> None:
+    """Both invoices stored on the default item, delivered out of order and one of them twice."""
+    first = stripe_event("invoice.finalized", invoice_object(shape, FIRST), created=T0)
+    second = stripe_event("invoice.finalized", invoice_object(shape, SECOND), created=T0 + 1)
+    await billing.publish(second, first)
+    await publish(billing.runtime.bus, first, msg_id=f"{first['id']}#again")  # past JetStream's dedup
+    await billing.drained(3)
     assert await _items(billing, FIRST) == [(UNMAPPED, False), (UNMAPPED, False)]
     assert await _items(billing, SECOND) == [(UNMAPPED, False), (UNMAPPED, False)]
     assert await _unmapped(billing) == sorted([PRICE_PRO, PRICE_ADDON])
 
 
-async def test_importing_a_mapping_re_maps_the_stored_lines_and_counts_them(start_billing: StartBilling) -> None:
+@pytest.mark.parametrize("shape", ["basil", "legacy"])
+async def test_importing_a_mapping_re_maps_the_stored_lines_and_counts_them(
+    start_billing: StartBilling, shape: Shape
+) -> None:
     billing = await start_billing()
-    await _stored_unmapped(billing)
+    await _stored_unmapped(billing, shape)
 
     pro = _sheet((PRICE_PRO, "SaaS-Pro-Seat"))
     dry = await billing.stub.ImportItemMappings(pb.ImportItemMappingsRequest(csv=pro, dry_run=True))
@@ -97,9 +109,9 @@ async def test_importing_a_mapping_re_maps_the_stored_lines_and_counts_them(star
     assert changes[-1] == f"item mapping imported: line 2 ({PRICE_ADDON}) -> Support"
 
     # A later event of the invoice keeps the mapped lines (and rewrites none: only items changed).
-    paid = invoice_object("basil", FIRST, status="paid", amount_paid=14700 + 1500)
+    paid = invoice_object(shape, FIRST, status="paid", amount_paid=14700 + 1500)
     await billing.publish(stripe_event("invoice.paid", paid, created=T0 + 60))
-    await billing.drained(3)
+    await billing.drained(4)
     assert await _items(billing, FIRST) == [("Pro-2027", True), ("Support", True)]
 
 
