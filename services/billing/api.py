@@ -536,6 +536,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             unchanged=counts.unchanged,
             dry_run=request.dry_run,
             applied=write,
+            lines_remapped=counts.lines_remapped,
         )
 
     async def ListUnmappedPrices(

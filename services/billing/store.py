@@ -96,15 +96,20 @@ class ImportCounts:
     created: int
     updated: int
     unchanged: int
+    #: Stored invoice lines whose ERP item the sheet changed (would change, in a dry run).
+    lines_remapped: int = 0
 
 
 async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> ImportCounts:
-    """Count (and unless `write` is False, apply) a validated data sheet; a mapped price leaves
-    the unmapped list."""
+    """Count (and unless `write` is False, apply) a validated data sheet, in the caller's
+    transaction: the stored lines of its prices are re-mapped with it (a mapping that left them
+    on the default item would leave the ledger saying what the sheet contradicts), and a mapped
+    price leaves the unmapped list."""
     existing = await load_item_map(conn, [p for p, _ in rows])
     created = sum(1 for p, _ in rows if p not in existing)
     updated = sum(1 for p, item in rows if p in existing and existing[p] != item)
     unchanged = len(rows) - created - updated
+    remapped = await _remap_imported_lines(conn, rows, write=write)
     if write and rows:
         await conn.executemany(
             """
@@ -115,7 +120,72 @@ async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, w
             sorted(rows),
         )
         await conn.execute("DELETE FROM unmapped_prices WHERE stripe_price_id = ANY($1::text[])", [p for p, _ in rows])
-    return ImportCounts(created, updated, unchanged)
+    return ImportCounts(created, updated, unchanged, remapped)
+
+
+#: Item lines of these (price, item) pairs that do not carry that item yet.
+_LINES_TO_REMAP = """
+    FROM invoice_lines l JOIN unnest($1::text[], $2::text[]) AS m(stripe_price_id, erp_item_id)
+      ON l.stripe_price_id = m.stripe_price_id
+   WHERE l.kind = 'item' AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+"""
+
+
+async def _remap_imported_lines(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> int:
+    """Point the stored lines of the sheet's prices at their new items; how many changed (would
+    change, unless `write`). The invoices' advisory locks are taken first, in id order as every
+    batch takes them, so the import neither deadlocks with nor interleaves a batch writing the
+    same invoices. Each changed invoice's history says which lines moved to which item."""
+    if not rows:
+        return 0
+    args = [p for p, _ in rows], [i for _, i in rows]
+    invoice_ids = [r[0] for r in await conn.fetch(f"SELECT DISTINCT l.stripe_invoice_id {_LINES_TO_REMAP}", *args)]
+    if not write or not invoice_ids:
+        return int(await conn.fetchval(f"SELECT count(*) {_LINES_TO_REMAP}", *args) or 0)
+    await lock_many(conn, sorted(invoice_ids))
+    changed = await conn.fetch(
+        """
+        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+          FROM unnest($1::text[], $2::text[]) AS m(stripe_price_id, erp_item_id)
+         WHERE l.stripe_price_id = m.stripe_price_id
+           AND l.kind = 'item' AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+        RETURNING l.stripe_invoice_id, l.line_no, l.stripe_price_id, l.erp_item_id
+        """,
+        *args,
+    )
+    by_invoice: dict[str, list[str]] = {}
+    for r in sorted(changed, key=lambda r: (r["stripe_invoice_id"], r["line_no"])):
+        by_invoice.setdefault(r["stripe_invoice_id"], []).append(
+            f"line {r['line_no']} ({r['stripe_price_id']}) -> {r['erp_item_id']}"
+        )
+    await add_history(
+        conn,
+        [
+            ("invoice", invoice_id, "", "item_mappings.imported", "item mapping imported: " + "; ".join(moved))
+            for invoice_id, moved in by_invoice.items()
+        ],
+    )
+    return len(changed)
+
+
+async def remap_lines(conn: Conn, invoice_ids: Sequence[str]) -> int:
+    """Point these invoices' stored item lines at their prices' current ERP items; how many
+    changed. Every batch runs it for the invoices it touched (whose locks it holds), so a replay
+    re-maps what a mapping written since left behind (an invoice's lines are only rewritten by
+    a newer snapshot), and reports exactly those lines."""
+    if not invoice_ids:
+        return 0
+    status = await conn.execute(
+        """
+        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+          FROM item_mappings m
+         WHERE l.stripe_invoice_id = ANY($1::text[]) AND l.kind = 'item'
+           AND l.stripe_price_id = m.stripe_price_id
+           AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+        """,
+        list(invoice_ids),
+    )
+    return int(status.split()[-1])
 
 
 # -- invoices -----------------------------------------------------------------------------------

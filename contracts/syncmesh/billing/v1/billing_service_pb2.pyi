@@ -519,7 +519,7 @@ class ImportItemMappingsRequest(_message.Message):
     def __init__(self, csv: _Optional[bytes] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ImportItemMappingsResponse(_message.Message):
-    __slots__ = ("rows", "created", "updated", "unchanged", "problems", "dry_run", "applied")
+    __slots__ = ("rows", "created", "updated", "unchanged", "problems", "dry_run", "applied", "lines_remapped")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
@@ -527,6 +527,7 @@ class ImportItemMappingsResponse(_message.Message):
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LINES_REMAPPED_FIELD_NUMBER: _ClassVar[int]
     rows: int
     created: int
     updated: int
@@ -534,7 +535,8 @@ class ImportItemMappingsResponse(_message.Message):
     problems: _containers.RepeatedCompositeFieldContainer[ImportProblem]
     dry_run: bool
     applied: bool
-    def __init__(self, rows: _Optional[int] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ImportProblem, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., applied: _Optional[bool] = ...) -> None: ...
+    lines_remapped: int
+    def __init__(self, rows: _Optional[int] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ImportProblem, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., applied: _Optional[bool] = ..., lines_remapped: _Optional[int] = ...) -> None: ...
 
 class ListUnmappedPricesRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
