@@ -328,8 +328,10 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
         """
         INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
             erp_item_id, item_mapped, description, quantity, unit_amount, unit_amount_decimal, amount,
-            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account,
+            coupon_id, stripe_product_id, tax_amount)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                $21, $22, $23)
         """,
         [
             (
@@ -353,6 +355,9 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
                 line.period_end,
                 line.proration,
                 line.revenue_account,
+                line.coupon_id,
+                line.stripe_product_id,
+                line.tax_amount,
             )
             for inv in invoices
             for line in inv.lines
@@ -604,21 +609,22 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
 # -- credit holds -------------------------------------------------------------------------------
 
 
-async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, list[str]]:
-    """Release the active holds of these invoices (invoice id -> reason), in one statement;
-    returns the customers released, by invoice."""
+async def release_holds(conn: Conn, reasons: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
+    """Release the active holds of these invoices (invoice id -> (reason, reason code)), in one
+    statement; returns the customers released, by invoice."""
     if not reasons:
         return {}
     invoice_ids = sorted(reasons)
     rows = await conn.fetch(
         """
-        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason
-          FROM unnest($1::text[], $2::text[]) AS t(invoice_id, reason)
+        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason, release_reason_code = t.code
+          FROM unnest($1::text[], $2::text[], $3::text[]) AS t(invoice_id, reason, code)
          WHERE h.stripe_invoice_id = t.invoice_id AND h.released_at IS NULL
         RETURNING h.stripe_invoice_id, h.stripe_customer_id
         """,
         invoice_ids,
-        [reasons[i] for i in invoice_ids],
+        [reasons[i][0] for i in invoice_ids],
+        [reasons[i][1] for i in invoice_ids],
     )
     released: dict[str, list[str]] = {}
     for r in sorted(rows, key=lambda r: (r["stripe_invoice_id"], r["stripe_customer_id"])):
@@ -711,7 +717,13 @@ async def list_payments(
 
 
 async def list_credit_memos(
-    conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[date, str] | None, limit: int
+    conn: Conn,
+    *,
+    customer: str | None,
+    invoice: str | None,
+    after: tuple[date, str] | None,
+    limit: int,
+    include_superseded: bool = False,
 ) -> list[CreditMemoRecord]:
     return _all(
         CreditMemoRecord,
@@ -722,6 +734,7 @@ async def list_credit_memos(
              WHERE ($1::text IS NULL OR COALESCE(m.stripe_customer_id, i.stripe_customer_id) = $1)
                AND ($2::text IS NULL OR m.stripe_invoice_id = $2)
                AND ($3::date IS NULL OR (m.memo_date, m.memo_key) > ($3, $4))
+               AND ($6 OR m.status <> 'superseded')
              ORDER BY m.memo_date, m.memo_key
              LIMIT $5
             """,
@@ -730,6 +743,7 @@ async def list_credit_memos(
             after[0] if after else None,
             after[1] if after else "",
             limit,
+            include_superseded,
         ),
     )
 
@@ -772,6 +786,23 @@ async def list_refunds(
             after[1] if after else "",
             limit,
         ),
+    )
+
+
+async def customer_known(conn: Conn, customer: str) -> bool:
+    """Whether the ledger has seen the customer at all: an invoice, a payment, a memo, a hold or
+    a link to its ERP customer. A balance of a customer never seen is NOT_FOUND, not empty."""
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT EXISTS (SELECT 1 FROM invoices WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM customers WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM payments WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM credit_memos WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1)
+            """,
+            customer,
+        )
     )
 
 
