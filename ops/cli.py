@@ -304,6 +304,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="comma-separated: customers,invoices,clients,products,contracts,credit_memos,refunds",
     )
     verify.add_argument("--since", default=None, help="only objects created since: ISO date, unix seconds, or 30d")
+    verify.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="compare only the N most recent objects of each type (and N records Stripe does not list, at random)",
+    )
     verify.add_argument("--rate", type=float, default=20.0, help="Stripe requests per second (default 20)")
     verify.add_argument(
         "--settle", type=float, default=60.0, help="--repair: seconds to wait for the mesh (default 60)"

@@ -10,6 +10,7 @@ left an operator wondering for an hour whether the run was alive.
 from __future__ import annotations
 
 import sys
+from collections.abc import MutableMapping
 from typing import IO, Any
 
 from tqdm import tqdm
@@ -45,8 +46,8 @@ class Progress(tqdm):  # type: ignore[type-arg]
     _as_lines = False
 
     @property
-    def format_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = super().format_dict
+    def format_dict(self) -> MutableMapping[str, Any]:
+        d = super().format_dict
         if self._as_lines:
             d["bar_format"] = _KNOWN_TOTAL if d.get("total") else _UNKNOWN_TOTAL
         return d
