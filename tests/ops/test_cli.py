@@ -110,7 +110,10 @@ async def test_sweep_and_backfill_commands(env, localstripe, ls_client, bus: Bus
     checkpoint = tmp_path / "cp.json"
     argv = ["backfill", "--since", "1d", "--types", "customers", "--checkpoint", str(checkpoint), "--rate", "50"]
     assert await run(argv) == 0
-    assert "customers: listed 2, already in stream 0, published 2" in capsys.readouterr().out
+    first = capsys.readouterr()
+    assert "customers: listed 2, already in stream 0, published 2" in first.out
+    assert f"backfill: checkpoint {checkpoint}" in first.err  # says where, before it starts
+    assert f"  checkpoint: {checkpoint} (removed: every type is done)" in first.out
     assert await run(argv) == 0
     assert "customers: listed 2, already in stream 2, published 0" in capsys.readouterr().out
     assert len(await stripe_messages(bus)) == 4
