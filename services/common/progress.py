@@ -29,11 +29,15 @@ class _Lines:
 
     def __init__(self, out: IO[str]) -> None:
         self.out = out
+        self.last = ""
 
     def write(self, text: str) -> int:
         line = text.replace("\r", "").strip()
-        if line:
+        # tqdm redraws the final state on close: one line per count and elapsed second is enough
+        key = line.split(", ")[0]
+        if line and key != self.last:
             self.out.write(line + "\n")
+            self.last = key
         return len(text)
 
     def flush(self) -> None:
@@ -50,11 +54,19 @@ class Progress(tqdm):  # type: ignore[type-arg]
         d = super().format_dict
         if self._as_lines:
             d["bar_format"] = _KNOWN_TOTAL if d.get("total") else _UNKNOWN_TOTAL
+            d["prefix"] = str(d.get("prefix") or "").removesuffix(": ")  # set_description() adds one
         return d
 
 
 class _LineProgress(Progress):
     _as_lines = True
+
+    def close(self) -> None:
+        """The final count is written even for a phase shorter than the interval (the line a log
+        reader looks for), unless nothing was done at all."""
+        if not self.disable and self.n:
+            self.delay = 0
+        super().close()
 
 
 def progress(
@@ -84,7 +96,7 @@ def progress(
         mininterval=every,
         maxinterval=max(every, 10.0),
         miniters=1,
-        delay=every,  # a phase over in a moment writes no line at all
+        delay=every,  # no "0 done" line first; a phase over in a moment writes only its final count
         ascii=True,
     )
 

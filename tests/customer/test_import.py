@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -168,8 +169,15 @@ async def test_empty_or_binary_upload_is_invalid_argument(stub: Stub) -> None:
 
 @pytest.mark.slow
 async def test_hundred_thousand_rows_through_the_cli(
-    runtime: ServiceRuntime, stub: Stub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    runtime: ServiceRuntime,
+    stub: Stub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from services.common import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.1)  # stderr is not a terminal here: lines
     path = tmp_path / "customers.csv"
     rows = 100_000
     lines = ["stripe_customer_id,erp_customer_id,email"]
@@ -188,6 +196,10 @@ async def test_hundred_thousand_rows_through_the_cli(
     assert code == 0, out.err
     assert "created 100000" in out.out
     assert "uploading customers.csv" in out.err  # the progress bar
+    # after the upload, the service's own steps, with rows: never a bar stuck at 100 %
+    assert out.err.index("uploading customers.csv") < out.err.index("service: ")
+    assert re.search(r"service: copying rows \(2/6\): [\d,]+/100000 rows", out.err), out.err[-2000:]
+    assert "service: committing (6/6)" in out.err or "service: queueing events (5/6)" in out.err, out.err[-2000:]
     print(f"\n100,000-row import through the CLI: {elapsed:.1f} s")
     last = await stub.GetCustomer(pb.GetCustomerRequest(stripe_customer_id=f"cus_bulk{rows - 1:09d}"))
     assert last.customer.erp_customer_id == f"NS-{rows - 1:07d}"
