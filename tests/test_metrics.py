@@ -148,3 +148,45 @@ def test_each_service_counts_the_demo_s_events(demo_metrics: dict[str, str], ser
 def test_the_gateway_serves_its_metrics_on_a_port_of_its_own(demo_metrics: dict[str, str]) -> None:
     samples = _scrape(demo_metrics["gateway"])
     assert samples['syncmesh_gateway_requests_total{outcome="accepted"}'] > 0
+
+
+@pytest.mark.unit
+def test_one_metrics_port_setting_serves_whichever_part_a_container_runs() -> None:
+    from services.common.settings import load_settings
+
+    container = load_settings({"SYNCMESH_METRICS_PORT": "9090"}, local_mesh=False)
+    for deployable in (GATEWAY, *(d.deployable for d in registry.definitions())):
+        assert deployable.metrics_port(container) == 9090
+        assert deployable.metrics_port_setting(container) == "SYNCMESH_METRICS_PORT"
+        assert deployable.metrics_port(load_settings({}, local_mesh=False)) is None  # tests: no server
+    own = load_settings({"SYNCMESH_METRICS_PORT": "9090", "SYNCMESH_BILLING_METRICS_PORT": "9191"}, local_mesh=False)
+    billing = registry.by_name("billing").deployable
+    assert billing.metrics_port(own) == 9191 and billing.metrics_port_setting(own) == "SYNCMESH_BILLING_METRICS_PORT"
+
+
+async def test_a_service_and_the_gateway_outside_up_serve_metrics_on_the_containers_port(settings: Any) -> None:
+    """As in a pod (`syncmesh serve`, `syncmesh gateway`): only SYNCMESH_METRICS_PORT is set."""
+    import asyncio
+
+    from gateway.app import Gateway
+    from services.common.service import ServiceRuntime
+    from tests.common import toy_service
+
+    pod = settings.with_overrides(port_overrides={**settings.port_overrides, "SYNCMESH_METRICS_PORT": 0})
+    gateway = Gateway(pod, port=0, host="127.0.0.1")
+    runtime = ServiceRuntime(toy_service.DEFINITION, pod, port=0, host="127.0.0.1")
+    await gateway.start()
+    await runtime.start()
+    try:
+        assert gateway.metrics_server is not None and runtime.metrics_server is not None
+        assert gateway.metrics_server.port not in (gateway.port, 0)
+        assert runtime.metrics_server.port not in (runtime.port, 0)
+        gw = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{gateway.metrics_server.port}/metrics")
+        assert 'syncmesh_gateway_requests_total{outcome="accepted"}' in gw
+        await runtime.wait_ready(20)
+        await asyncio.sleep(0)
+        svc = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{runtime.metrics_server.port}/metrics")
+        assert any(k.startswith("syncmesh_db_pool_size{") for k in svc), sorted(svc)[:20]
+    finally:
+        await runtime.stop()
+        await gateway.stop()

@@ -61,6 +61,14 @@ class Deployable:
             port = settings.port_overrides.get(METRICS_PORT_VARIABLE)
         return None if port is None else int(port)
 
+    def metrics_port_setting(self, settings: Settings) -> str:
+        """The variable the metrics port came from (what an error about it must name)."""
+        if self.metrics_port_variable in settings.port_overrides:
+            return self.metrics_port_variable
+        if METRICS_PORT_VARIABLE in settings.port_overrides:
+            return METRICS_PORT_VARIABLE
+        return self.metrics_port_variable
+
     def require(self, settings: Settings) -> Settings:
         """Fail start-up naming every variable this deployable needs and lacks."""
         return settings.require(self.required_settings, to_run=self.name)
