@@ -69,6 +69,8 @@ CHECKS: tuple[Check[Any], ...] = tuple(
     check for definition in definitions() if (module := hook(definition.verify)) for check in module.CHECKS
 )
 REPAIR_ID_PREFIX = "evt_vr_"
+#: The reverse phase says how long it will take when that is at least this long.
+REVERSE_WARN_SECONDS = 10.0
 
 
 def verify_types(checks: Sequence[Check[Any]]) -> tuple[str, ...]:
@@ -267,6 +269,7 @@ async def verify(
                 estimate.update(len(objects))
                 if sample is not None and len(seen) >= sample:
                     break
+            bar.total = bar.n  # listed to the end: the mesh's count was only the estimate
         except NotServedError as exc:
             for check in source_checks:
                 report.unverified[check.kind] = str(exc).split(":")[0]
@@ -288,6 +291,8 @@ async def verify(
         limiter=limiter,
         sample=sample,
         show_progress=show_progress,
+        say=say,
+        rate=requests_per_second,
     )
     report.sort_findings(_positions(checks))
     return report
@@ -332,6 +337,8 @@ async def _reverse_checks(
     limiter: RateLimiter,
     sample: int | None = None,
     show_progress: bool = False,
+    say: Callable[[str], None] | None = None,
+    rate: float = 20.0,
 ) -> None:
     """Records the mesh holds as live whose Stripe object was not listed: deleted in Stripe?
 
@@ -350,6 +357,11 @@ async def _reverse_checks(
     chosen = list(candidates.items())
     if sample is not None and len(chosen) > sample:
         chosen = random.sample(chosen, sample)
+    if say is not None and len(chosen) / rate >= REVERSE_WARN_SECONDS:
+        say(
+            f"verify: {len(chosen):,} records the mesh holds were not in Stripe's listings: looking each up at "
+            f"--rate {rate:g}/s takes about {_duration(len(chosen) / rate)}; bound it with --since DATE or --sample N"
+        )
     bar = progress(total=len(chosen), desc="verify: records Stripe did not list", unit="obj", enabled=show_progress)
 
     def one(source: str, object_id: str, checks: list[Check[Any]]) -> Callable[[], Awaitable[None]]:
