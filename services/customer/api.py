@@ -233,18 +233,20 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         return await self._import(request_iterator)
 
     async def ImportCustomerMappingsWithProgress(
-        self, request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ImportCustomerMappingsProgress]:
+        self,
+        request_iterator: AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ImportCustomerMappingsWithProgressResponse]:
         """The import, with a message per step (and per chunk of rows copied), repeated every
         `PROGRESS_HEARTBEAT_SECONDS` while one statement runs long, then the result."""
-        queue: asyncio.Queue[pb.ImportCustomerMappingsProgress] = asyncio.Queue()
+        queue: asyncio.Queue[pb.ImportCustomerMappingsWithProgressResponse] = asyncio.Queue()
         steps = len(store.IMPORT_STEPS)
         rows = 0
 
         def step(name: str, rows_done: int) -> None:
             number = store.IMPORT_STEPS.index(name) + 1
             queue.put_nowait(
-                pb.ImportCustomerMappingsProgress(
+                pb.ImportCustomerMappingsWithProgressResponse(
                     step=name, step_number=number, steps=steps, rows_done=rows_done, rows=rows
                 )
             )
@@ -254,7 +256,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             rows = count
 
         task = asyncio.create_task(self._import(request_iterator, step=step, sized=sized))
-        last: pb.ImportCustomerMappingsProgress | None = None
+        last: pb.ImportCustomerMappingsWithProgressResponse | None = None
         try:
             while not task.done():
                 getter = asyncio.ensure_future(queue.get())
@@ -271,7 +273,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             while not queue.empty():
                 yield queue.get_nowait()
             result = task.result()
-            yield pb.ImportCustomerMappingsProgress(
+            yield pb.ImportCustomerMappingsWithProgressResponse(
                 step="done", step_number=steps, steps=steps, rows_done=result.rows, rows=result.rows, result=result
             )
         finally:
@@ -282,7 +284,8 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
 
     async def _import(
         self,
-        request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest],
+        request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest]
+        | AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest],
         *,
         step: store.ImportStep = lambda _name, _done: None,
         sized: Callable[[int], None] = lambda _rows: None,

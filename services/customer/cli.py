@@ -49,14 +49,15 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     parser.set_defaults(func=import_customers)
 
 
-def _chunks(path: Path, dry_run: bool, bar: Progress) -> Iterator[pb.ImportCustomerMappingsRequest]:
+def _chunks(path: Path, dry_run: bool, bar: Progress, message: Any = pb.ImportCustomerMappingsRequest) -> Iterator[Any]:
+    """The file in `message`s (the plain RPC's or the streaming one's: the same two fields)."""
     with path.open("rb") as handle:
         first = True
         while True:
             chunk = handle.read(CHUNK_BYTES)
             if not chunk and not first:
                 return
-            yield pb.ImportCustomerMappingsRequest(dry_run=dry_run, csv_chunk=chunk)
+            yield message(dry_run=dry_run, csv_chunk=chunk)
             bar.update(len(chunk))
             first = False
             if not chunk:
@@ -96,7 +97,9 @@ def _with_progress(stub: Any, path: Path, dry_run: bool) -> pb.ImportCustomerMap
     """The streaming import: the upload's bar, then the service's steps with rows done."""
     upload = _upload_bar(path)
     server: Progress | None = None
-    call = stub.ImportCustomerMappingsWithProgress(_chunks(path, dry_run, upload))
+    call = stub.ImportCustomerMappingsWithProgress(
+        _chunks(path, dry_run, upload, pb.ImportCustomerMappingsWithProgressRequest)
+    )
     try:
         for message in call:
             if server is None:

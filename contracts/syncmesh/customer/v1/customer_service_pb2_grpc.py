@@ -68,8 +68,8 @@ class CustomerServiceStub:
                 _registered_method=True)
         self.ImportCustomerMappingsWithProgress = channel.stream_stream(
                 '/syncmesh.customer.v1.CustomerService/ImportCustomerMappingsWithProgress',
-                request_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsRequest.SerializeToString,
-                response_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsProgress.FromString,
+                request_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressRequest.SerializeToString,
+                response_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressResponse.FromString,
                 _registered_method=True)
         self.SyncCustomerToStripe = channel.unary_unary(
                 '/syncmesh.customer.v1.CustomerService/SyncCustomerToStripe',
@@ -205,8 +205,8 @@ def add_CustomerServiceServicer_to_server(servicer, server):
             ),
             'ImportCustomerMappingsWithProgress': grpc.stream_stream_rpc_method_handler(
                     servicer.ImportCustomerMappingsWithProgress,
-                    request_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsRequest.FromString,
-                    response_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsProgress.SerializeToString,
+                    request_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressRequest.FromString,
+                    response_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressResponse.SerializeToString,
             ),
             'SyncCustomerToStripe': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncCustomerToStripe,
@@ -413,8 +413,8 @@ class CustomerService:
             request_iterator,
             target,
             '/syncmesh.customer.v1.CustomerService/ImportCustomerMappingsWithProgress',
-            syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsRequest.SerializeToString,
-            syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsProgress.FromString,
+            syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressRequest.SerializeToString,
+            syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,
