@@ -178,8 +178,9 @@ class ServiceRuntime:
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
-                    f"({self.definition.deployable.metrics_port_variable}): {exc.strerror}"
+                    f"({self.definition.deployable.metrics_port_setting(self.settings)}): {exc.strerror}"
                 ) from None
+            log.info("%s metrics on %s:%d/metrics", self.definition.name, metrics_host, self.metrics_server.port)
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
 
