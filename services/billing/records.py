@@ -101,6 +101,8 @@ class PaymentRecord:
     method: str
     charge_id: str | None
     payment_intent_id: str | None
+    #: Where `paid_at` comes from (`stripe_fields.DateSource`); None for rows stored before it was kept.
+    date_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class CreditMemoRecord:
     applied_to: str
     memo: str | None
     number: str | None
+    #: Where `memo_date` comes from (`stripe_fields.DateSource`).
+    date_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,9 @@ class HoldRecord:
     placed_at: datetime
     released_at: datetime | None
     release_reason: str | None
+    #: Where `placed_at` / `released_at` come from (`stripe_fields.DateSource`, or mesh_clock).
+    placed_date_source: str | None = None
+    released_date_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,17 @@ class StoredLedger:
     has_active_holds: bool
     #: The facts, with write-off as the running policy says (`decide.settle` sets it).
     facts: LedgerFacts
+    #: Stripe's own moments (`status_transitions`), when it recorded them: what dates a hold's
+    #: release and a write-off.
+    paid_at: int | None = None
+    voided_at: int | None = None
+    #: The newest snapshot's event time: the stand-in for a moment the invoice does not record.
+    status_at: int = 0
+    #: The earliest event that said the invoice is uncollectible (when Stripe records no
+    #: `marked_uncollectible_at`, e.g. a legacy forgiven invoice).
+    uncollectible_event_at: int | None = None
+    #: Holds of this invoice the ledger released (`decide.settle` re-dates them from the facts).
+    has_released_holds: bool = False
 
 
 @dataclass(frozen=True)
