@@ -122,7 +122,7 @@ async def load(conn: Conn, keys: FactKeys) -> Loaded:
     facts.invoice_customers.update((i, c) for i, c in _rows(row["invoices"]))
     for c, i, rank, reason, placed_at, source in _rows(row["holds"]):
         facts.holds[c, i] = (rank, reason)
-        facts.hold_times[c, i] = (placed_at, source or "notified")
+        facts.hold_times[c, i] = (placed_at, source or "mesh_clock")
     facts.customers.update((c, StoredCustomer(erp, created)) for c, erp, created in _rows(row["customers"]))
     return loaded
 
@@ -414,7 +414,7 @@ async def _write_refund_memos(
 #: it; an earlier moment of Stripe's dates it, as does any of Stripe's over one it did not give.
 _STRONGER = "(EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)"
 _EARLIER = (
-    "(EXCLUDED.placed_date_source <> 'notified' AND (EXCLUDED.placed_at < credit_holds.placed_at"
+    "(EXCLUDED.placed_date_source <> 'mesh_clock' AND (EXCLUDED.placed_at < credit_holds.placed_at"
     " OR credit_holds.placed_date_source IS NULL"
     " OR credit_holds.placed_date_source NOT IN ('stripe_transition', 'stripe_event')))"
 )
@@ -432,7 +432,7 @@ async def _write_holds(conn: Conn, fold: FactsFold, written: Written) -> None:
         INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank, placed_at,
                                   placed_date_source)
         SELECT t.c, t.i, t.reason, t.rank, COALESCE(to_timestamp(t.at), now()),
-               CASE WHEN t.at IS NULL THEN 'notified' ELSE t.source END
+               CASE WHEN t.at IS NULL THEN 'mesh_clock' ELSE t.source END
           FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::text[])
             AS t(c, i, reason, rank, at, source)
         ON CONFLICT (stripe_customer_id, stripe_invoice_id) DO UPDATE

@@ -134,7 +134,7 @@ def hold_dated(stored: HoldTime | None, hold: HoldRequest) -> HoldTime | None:
     """The hold's new placing moment when this cause dates it earlier (None: it stays). The
     earliest of Stripe's moments wins whatever order the causes arrive in; a moment Stripe gave
     always beats one it did not (a hold stored before its dates were Stripe's)."""
-    new: HoldTime = (hold.placed_at or None, hold.date_source if hold.placed_at else "notified")
+    new: HoldTime = (hold.placed_at or None, hold.date_source if hold.placed_at else "mesh_clock")
     if stored is None:
         return new
     if new[0] is None:
@@ -394,7 +394,7 @@ class FactsFold:
     def place_hold(self, hold: HoldRequest) -> list[Effect]:
         key = (hold.stripe_customer_id, hold.stripe_invoice_id)
         change = hold_change(self.holds.get(key), hold)
-        known: HoldTime | None = (None, "notified") if key in self.holds else None
+        known: HoldTime | None = (None, "mesh_clock") if key in self.holds else None
         dated = hold_dated(self.hold_times.get(key, known), hold)
         if dated is not None:
             self.hold_times[key] = dated
