@@ -305,7 +305,10 @@ def map_invoice(
         status = "deleted"
     created = as_int(obj.get("created"))
     zone = billing.ledger_zone
-    transaction_date = to_date(opt_int(obj.get("effective_at")) or created, zone) or date(1970, 1, 1)
+    # Stripe's accounting date (`effective_at`), else when it was finalized (payloads without
+    # `effective_at`), else when it was drafted.
+    finalized_at = opt_int(as_dict(obj.get("status_transitions")).get("finalized_at"))
+    transaction_date = to_date(opt_int(obj.get("effective_at")) or finalized_at or created, zone) or date(1970, 1, 1)
     due_date = to_date(opt_int(obj.get("due_date")), zone) or transaction_date
     currency = str(obj.get("currency") or "").lower()
 

@@ -107,6 +107,20 @@ def test_a_mapped_line_spreads_over_exactly_its_service_days() -> None:
     assert berlin.lines[0].schedule == line.schedule  # 13:45 UTC is the same day in Berlin
 
 
+@pytest.mark.parametrize("shape", ["basil", "legacy"])
+def test_an_invoice_is_dated_by_stripes_accounting_date_in_the_ledger_zone(shape: Shape) -> None:
+    spec = InvoiceSpec(invoice_id="in_1RaQDatedUnit000001", created=ts("2025-06-30T21:30"))
+    obj = invoice_object(shape, spec)  # effective and finalized an hour after it was drafted
+    utc = invoice_mapping.map_invoice(obj, item_map={}, billing=BillingSettings())
+    berlin = invoice_mapping.map_invoice(obj, item_map={}, billing=BillingSettings(ledger_zone=BERLIN))
+    assert (utc.transaction_date, berlin.transaction_date) == (date(2025, 6, 30), date(2025, 7, 1))
+    del obj["effective_at"]  # a payload without it: finalized_at, not the draft's created
+    obj["status_transitions"]["finalized_at"] = ts("2025-07-02T08:00")
+    assert invoice_mapping.map_invoice(obj, item_map={}, billing=BillingSettings()).transaction_date == date(2025, 7, 2)
+    # The invoice's own period is [start, end) too.
+    assert (utc.period_start, utc.period_end) == (date(2025, 5, 31), date(2025, 6, 29))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     amount=st.integers(-(10**9), 10**9),
