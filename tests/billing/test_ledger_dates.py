@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from syncmesh.billing.v1 import billing_service_pb2 as pb
 
 from ops.replay import replay
-from services.billing import decide, facts, invoice_mapping, revenue
+from services.billing import decide, facts, holds, invoice_mapping, payment_mapping, revenue
 from services.billing.app import make_definition
 from services.billing.holds import HoldRequest
 from services.billing.ledger import LedgerFacts, PaymentFact
@@ -40,6 +40,7 @@ from tests.billing.builders import (
     invoice_object,
     invoice_payment_object,
     stripe_event,
+    subscription_object,
     ts,
 )
 from tests.billing.conftest import Billing, StartBilling, assert_invariants, publish
@@ -230,6 +231,32 @@ def test_a_hold_is_released_when_stripe_says_the_invoice_was_paid_or_voided() ->
     assert (s.release_at, s.release_date_source) == (7000, "stripe_transition")
     s = decide.settle(_stored(**void), policy)
     assert (s.release_at, s.release_date_source) == (9000, "stripe_event")
+
+
+def test_a_payment_is_dated_by_stripes_paid_at_else_by_its_event_never_by_the_invoices_creation() -> None:
+    spec = InvoiceSpec(invoice_id="in_1RaQPaidUnit0000001", created=ts("2025-06-01"))
+    obj = invoice_payment_object(spec, 4900, payment_id="inpay_1", intent="pi_1", paid_at=ts("2025-06-03T12:00"))
+    paid = payment_mapping.payment_from_invoice_payment(obj, ts("2025-06-09"))
+    assert paid is not None and (paid.paid_at, paid.date_source) == (ts("2025-06-03T12:00"), "stripe_transition")
+    obj["status_transitions"]["paid_at"] = None
+    paid = payment_mapping.payment_from_invoice_payment(obj, ts("2025-06-09"))
+    assert paid is not None and (paid.paid_at, paid.date_source) == (ts("2025-06-09"), "stripe_event")
+    legacy = invoice_object("legacy", spec, status="paid", amount_paid=14700, charge="ch_1")
+    legacy["status_transitions"]["paid_at"] = None
+    inv = invoice_mapping.map_invoice(legacy, item_map={}, billing=BillingSettings())
+    paid = payment_mapping.payment_from_invoice(inv, legacy, ts("2025-06-09"))
+    assert paid is not None and (paid.paid_at, paid.date_source) == (ts("2025-06-09"), "stripe_event")
+
+
+def test_a_subscription_hold_is_dated_by_its_cancellation_else_its_event() -> None:
+    spec = InvoiceSpec(invoice_id="in_1RaQSubHoldUnit0001")
+    unpaid = subscription_object(spec, status="unpaid", latest_invoice=spec.invoice_id)
+    hold = holds.hold_from_subscription(unpaid, "customer.subscription.updated", ts("2025-07-01"))
+    assert hold is not None and (hold.placed_at, hold.date_source) == (ts("2025-07-01"), "stripe_event")
+    cancelled = subscription_object(spec, status="canceled", latest_invoice=spec.invoice_id)
+    cancelled.update(canceled_at=ts("2025-06-30T22:00"), cancellation_details={"reason": "payment_failed"})
+    hold = holds.hold_from_subscription(cancelled, "customer.subscription.deleted", ts("2025-07-01"))
+    assert hold is not None and (hold.placed_at, hold.date_source) == (ts("2025-06-30T22:00"), "stripe_transition")
 
 
 def test_the_earliest_cause_dates_a_hold_whatever_order_they_come_in() -> None:
