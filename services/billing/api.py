@@ -11,7 +11,7 @@ import functools
 import io
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -228,10 +228,12 @@ def parse_item_csv(data: bytes) -> tuple[list[tuple[str, str]], list[pb.ImportPr
 
 
 class BillingServicer(pb_grpc.BillingServiceServicer):
-    def __init__(self, runtime: ServiceRuntime, policy: BillingSettings | None = None) -> None:
+    def __init__(self, runtime: ServiceRuntime, policy: BillingSettings | None = None, *, zone: tzinfo = UTC) -> None:
         self.runtime = runtime
         #: The billing policy the process runs under (what ListCreditHolds says about holds).
         self.policy = policy if policy is not None else BillingSettings()
+        #: The ledger's time zone (SYNCMESH_LEDGER_TIMEZONE): `as_of` and "today" are days there.
+        self.zone = zone
 
     async def _invoice_key(self, conn: Any, field: str, raw: str) -> str | None:
         """An in_/INV- argument as the Stripe invoice id (NOT_FOUND when unknown)."""
@@ -321,6 +323,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     method=r.method,
                     charge_id=r.charge_id or "",
                     payment_intent_id=r.payment_intent_id or "",
+                    date_source=r.date_source or "",
                 )
                 for r in page
             ],
@@ -355,6 +358,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     status=r.status,
                     applied_to=r.applied_to,
                     memo=r.memo or "",
+                    date_source=r.date_source or "",
                     number=r.number or "",
                     lines=[
                         pb.CreditMemoLine(
@@ -403,7 +407,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     ) -> pb.GetCustomerBalanceResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id, required=True)
         assert customer is not None
-        today = datetime.now(UTC).date()
+        today = datetime.now(self.zone).date()
         as_of = _date_arg("as_of", request.as_of) or today
         async with self.runtime.pool.acquire() as conn:
             if not await store.customer_known(conn, customer):
@@ -415,10 +419,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             else:  # the ledger as it stood: later payments, credits, voids and write-offs left out
                 rows = []
                 for r in await store.receivable_histories(conn, customer, as_of):
-                    state = ledger_as_of(r.history, as_of)
+                    state = ledger_as_of(r.history, as_of, self.zone)
                     if state is not None and state.erp_status == "open" and state.amount_remaining > 0:
                         rows.append((r.currency, r.due_date, state.amount_remaining))
-            on_hold = await store.customer_on_hold(conn, customer, as_of=None if as_of >= today else as_of)
+            on_hold = await store.customer_on_hold(
+                conn, customer, as_of=None if as_of >= today else as_of, zone=self.zone
+            )
         buckets: dict[str, list[int]] = {}
         counts: dict[str, int] = {}
         for currency, due_date, remaining in rows:
@@ -477,6 +483,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     active=r.released_at is None,
                     reason_code=hold_reason(r.reason_code),  # type: ignore[arg-type]
                     release_reason_code=hold_reason(r.release_reason_code),  # type: ignore[arg-type]
+                    placed_date_source=r.placed_date_source or "",
+                    released_date_source=r.released_date_source or "",
                 )
                 for r in page
             ],

@@ -71,7 +71,8 @@ SELECT
     WHERE refund_id IN (SELECT stripe_refund_id FROM r) OR refund_id = ANY($4::text[])) AS covered,
   (SELECT json_agg(json_build_array(stripe_invoice_id, stripe_customer_id)) FROM invoices
     WHERE stripe_invoice_id IN (SELECT stripe_invoice_id FROM inv)) AS invoices,
-  (SELECT json_agg(json_build_array(h.stripe_customer_id, h.stripe_invoice_id, h.cause_rank, h.reason))
+  (SELECT json_agg(json_build_array(h.stripe_customer_id, h.stripe_invoice_id, h.cause_rank, h.reason,
+                                    extract(epoch FROM h.placed_at)::bigint, h.placed_date_source))
      FROM credit_holds h JOIN unnest($7::text[], $8::text[]) AS k(customer_id, invoice_id)
        ON h.stripe_customer_id = k.customer_id AND h.stripe_invoice_id = k.invoice_id) AS holds,
   (SELECT json_agg(json_build_array(stripe_customer_id, erp_customer_id, version_created)) FROM customers
@@ -121,7 +122,9 @@ async def load(conn: Conn, keys: FactKeys) -> Loaded:
             facts.notes[key] = (rank, created)
     facts.covered.update(_rows(row["covered"]))
     facts.invoice_customers.update((i, c) for i, c in _rows(row["invoices"]))
-    facts.holds.update(((c, i), (rank, reason)) for c, i, rank, reason in _rows(row["holds"]))
+    for c, i, rank, reason, placed_at, source in _rows(row["holds"]):
+        facts.holds[c, i] = (rank, reason)
+        facts.hold_times[c, i] = (placed_at, source or "mesh_clock")
     facts.customers.update((c, StoredCustomer(erp, created)) for c, erp, created in _rows(row["customers"]))
     for intent, charge in _rows(row["charges"]):
         facts.charges.setdefault(intent, charge)
@@ -186,15 +189,15 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
         WITH t AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                                  $7::text[], $8::bigint[], $9::date[], $10::text[], $11::text[], $12::integer[],
-                                 $13::integer[], $14::text[])
+                                 $13::integer[], $14::text[], $15::text[])
                 AS t(stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id, payment_intent_id, amount,
-                     currency, paid_at, paid_on, method, source, priority, new_order, known_erp_id)),
+                     currency, paid_at, paid_on, method, source, priority, new_order, known_erp_id, date_source)),
         {_numbered("stripe_payment_id", "PMT", "erp_payment_seq")}
         INSERT INTO payments (erp_payment_id, stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
-            payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority)
+            payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority, date_source)
         SELECT COALESCE(ids.erp_id, t.known_erp_id), t.stripe_payment_id, t.stripe_invoice_id, t.stripe_customer_id,
                t.charge_id, t.payment_intent_id, t.amount, t.currency, t.paid_at, t.paid_on, t.method, t.source,
-               t.priority
+               t.priority, t.date_source
           FROM t LEFT JOIN ids USING (stripe_payment_id) ORDER BY t.stripe_payment_id
         ON CONFLICT (stripe_payment_id) DO UPDATE SET
             stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, payments.stripe_invoice_id),
@@ -206,6 +209,8 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
             paid_on = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_on ELSE payments.paid_on END,
             method = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.method ELSE payments.method END,
             source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.source ELSE payments.source END,
+            date_source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.date_source
+                               ELSE payments.date_source END,
             priority = GREATEST(EXCLUDED.priority, payments.priority)
         WHERE EXCLUDED.priority > payments.priority
            -- a reference still missing is filled (a charge id from its intent's charge), and an
@@ -223,11 +228,12 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
         [p.amount for p in ps],
         [p.currency for p in ps],
         [p.paid_at for p in ps],
-        [to_date(p.paid_at) for p in ps],
+        [to_date(p.paid_at, fold.zone) for p in ps],
         [p.method for p in ps],
         [p.source for p in ps],
         [p.priority for p in ps],
         *_numbering([p.stripe_payment_id for p in ps], fold.payments_created, "payment", known),
+        [p.date_source for p in ps],
     )
     written.erp_ids.update((("payment", r["stripe_payment_id"]), r["erp_payment_id"]) for r in rows)
 
@@ -290,7 +296,7 @@ async def _write_refunds(conn: Conn, fold: FactsFold, written: Written, known: M
         [r.status for r in rs],
         [r.status_rank for r in rs],
         [r.created for r in rs],
-        [to_date(r.created) for r in rs],
+        [to_date(r.created, fold.zone) for r in rs],
         [r.reason for r in rs],
         *_numbering([r.stripe_refund_id for r in rs], fold.refunds_created, "refund", known),
     )
@@ -433,18 +439,39 @@ async def _write_refund_memos(
         )
 
 
+#: The guards of a hold's write (`facts.hold_change`, `facts.hold_dated`): a stronger cause names
+#: it; an earlier moment of Stripe's dates it, as does any of Stripe's over one it did not give.
+_STRONGER = "(EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)"
+_EARLIER = (
+    "(EXCLUDED.placed_date_source <> 'mesh_clock' AND (EXCLUDED.placed_at < credit_holds.placed_at"
+    " OR credit_holds.placed_date_source IS NULL"
+    " OR credit_holds.placed_date_source NOT IN ('stripe_transition', 'stripe_event')))"
+)
+
+
 async def _write_holds(conn: Conn, fold: FactsFold, written: Written) -> None:
     keys = sorted(fold.holds_changed)
     if not keys:
         return
     holds = [fold.holds_changed[k] for k in keys]
+    # A hold is dated by Stripe's moment for its earliest cause (`facts.hold_dated`); only a hold
+    # Stripe gave no moment for falls back to the mesh's clock, and says so.
     rows = await conn.fetch(
-        """
-        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank, reason_code)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[])
+        f"""
+        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank, reason_code, placed_at,
+                                  placed_date_source)
+        SELECT t.c, t.i, t.reason, t.rank, t.code, COALESCE(to_timestamp(t.at), now()),
+               CASE WHEN t.at IS NULL THEN 'mesh_clock' ELSE t.source END
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::bigint[], $7::text[])
+            AS t(c, i, reason, rank, code, at, source)
         ON CONFLICT (stripe_customer_id, stripe_invoice_id) DO UPDATE
-           SET reason = EXCLUDED.reason, cause_rank = EXCLUDED.cause_rank, reason_code = EXCLUDED.reason_code
-         WHERE (EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)
+           SET reason = CASE WHEN {_STRONGER} THEN EXCLUDED.reason ELSE credit_holds.reason END,
+               cause_rank = CASE WHEN {_STRONGER} THEN EXCLUDED.cause_rank ELSE credit_holds.cause_rank END,
+               reason_code = CASE WHEN {_STRONGER} THEN EXCLUDED.reason_code ELSE credit_holds.reason_code END,
+               placed_at = CASE WHEN {_EARLIER} THEN EXCLUDED.placed_at ELSE credit_holds.placed_at END,
+               placed_date_source = CASE WHEN {_EARLIER} THEN EXCLUDED.placed_date_source
+                                         ELSE credit_holds.placed_date_source END
+         WHERE {_STRONGER} OR {_EARLIER}
         RETURNING stripe_customer_id, stripe_invoice_id
         """,
         [h.stripe_customer_id for h in holds],
@@ -452,6 +479,8 @@ async def _write_holds(conn: Conn, fold: FactsFold, written: Written) -> None:
         [fold.holds[k][1] for k in keys],
         [fold.holds[k][0] for k in keys],
         [h.code for h in holds],
+        [fold.hold_times[k][0] for k in keys],
+        [fold.hold_times[k][1] for k in keys],
     )
     written.holds.update((r["stripe_customer_id"], r["stripe_invoice_id"]) for r in rows)
 

@@ -17,7 +17,8 @@ ERP ids. The rules (the SQL of the write keeps the same ones as a guard, for two
   names no invoice takes the invoice of a stored payment of its charge or payment intent, and a
   payment that names one gives it to the refunds of its charge or payment intent still without.
 - credit notes: (status rank, created) strictly higher replaces the note.
-- credit holds: the strongest cause names the hold (lowest (cause rank, reason)).
+- credit holds: the strongest cause names the hold (lowest (cause rank, reason)), and the earliest
+  moment Stripe gives for any of its causes dates it (`hold_dated`).
 - customer links: the link of an event at least as new as the stored one, when it differs.
 - a refund's credit memo is re-derived (`decide.refund_memo`) whenever its refund, its link to a
   credit note or its invoice may have moved, and written when it differs.
@@ -26,6 +27,7 @@ ERP ids. The rules (the SQL of the write keeps the same ones as a guard, for two
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, tzinfo
 from typing import Literal
 
 from services.billing import decide
@@ -40,6 +42,8 @@ NoteVersion = tuple[int, int]
 #: A stored credit hold's name: (cause rank, reason); the lower wins.
 HoldName = tuple[int, str]
 HoldKey = tuple[str, str]
+#: When a credit hold was placed (unix seconds, or None: unknown) and where that date comes from.
+HoldTime = tuple[int | None, str]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class StoredFacts:
     customers: dict[str, StoredCustomer] = field(default_factory=dict)
     #: Succeeded charges by payment intent: intent -> charge id.
     charges: dict[str, str] = field(default_factory=dict)
+    #: The stored holds' placing moments (`hold_dated`).
+    hold_times: dict[HoldKey, HoldTime] = field(default_factory=dict)
 
 
 # -- the single-fact rules ------------------------------------------------------------------------
@@ -136,6 +142,24 @@ def hold_change(stored: HoldName | None, hold: HoldRequest) -> Literal["placed",
     if stored is None:
         return "placed"
     return "renamed" if (hold.cause_rank, hold.reason) < stored else None
+
+
+def hold_dated(stored: HoldTime | None, hold: HoldRequest) -> HoldTime | None:
+    """The hold's new placing moment when this cause dates it earlier (None: it stays). The
+    earliest of Stripe's moments wins whatever order the causes arrive in; a moment Stripe gave
+    always beats one it did not (a hold stored before its dates were Stripe's)."""
+    new: HoldTime = (hold.placed_at or None, hold.date_source if hold.placed_at else "mesh_clock")
+    if stored is None:
+        return new
+    if new[0] is None:
+        return None
+    if stored[0] is None or new[0] < stored[0] or (stored[1] not in STRIPE_DATE_SOURCES and new[0] != stored[0]):
+        return new
+    return None
+
+
+#: Date sources that are Stripe's own (a replay, backfill or late delivery gives the same date).
+STRIPE_DATE_SOURCES = ("stripe_transition", "stripe_event")
 
 
 def customer_link_moves(stored: StoredCustomer | None, erp_customer_id: str, created: int) -> bool:
@@ -220,7 +244,9 @@ class FactsFold:
     keys to write: the net effect of the batch, each record written once.
     """
 
-    def __init__(self, stored: StoredFacts) -> None:
+    def __init__(self, stored: StoredFacts, *, zone: tzinfo = UTC) -> None:
+        #: The ledger's time zone: the day a refund is dated on.
+        self.zone = zone
         self.payments = dict(stored.payments)
         self.refunds = dict(stored.refunds)
         self.notes = dict(stored.notes)
@@ -228,6 +254,7 @@ class FactsFold:
         self.covered = set(stored.covered)
         self.invoice_customers = stored.invoice_customers
         self.holds = dict(stored.holds)
+        self.hold_times = dict(stored.hold_times)
         self.customers = dict(stored.customers)
         self.payments_changed: set[str] = set()
         #: Payments and refunds new in this batch, in the order they arrived (their ERP ids follow it).
@@ -377,7 +404,7 @@ class FactsFold:
         customer = r.stripe_customer_id
         if customer is None and r.stripe_invoice_id is not None:
             customer = self.invoice_customers.get(r.stripe_invoice_id)
-        refunded_on = to_date(r.created)
+        refunded_on = to_date(r.created, self.zone)
         assert refunded_on is not None
         return StoredRefund(
             stripe_refund_id=refund_id,
@@ -417,6 +444,11 @@ class FactsFold:
     def place_hold(self, hold: HoldRequest) -> list[Effect]:
         key = (hold.stripe_customer_id, hold.stripe_invoice_id)
         change = hold_change(self.holds.get(key), hold)
+        known: HoldTime | None = (None, "mesh_clock") if key in self.holds else None
+        dated = hold_dated(self.hold_times.get(key, known), hold)
+        if dated is not None:
+            self.hold_times[key] = dated
+            self.holds_changed[key] = hold
         if change is None:
             return []
         self.holds[key] = (hold.cause_rank, hold.reason)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime, tzinfo
 
 from services.billing import announce, fact_store, holds, payment_mapping, store
 from services.billing.batch_state import Batch
@@ -79,12 +79,13 @@ async def item_map(batch: Batch, conn: Conn, price_ids: Sequence[str]) -> dict[s
     return {p: batch.item_map[p] for p in price_ids if p in batch.item_map}
 
 
-def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
-    """The day the mesh was told (the gateway's receipt time), the write-off's transaction date."""
+def notified_on(ctx: HandlerContext, event: StripeEvent, zone: tzinfo) -> date:
+    """The day (in the ledger's zone) the mesh was told: the gateway's receipt time, kept in the
+    stream so a replay sees the same day. Only the last resort for a date Stripe gave none of."""
     received = ctx.envelope.received_at
     if received.seconds:
-        return datetime.fromtimestamp(received.seconds, tz=UTC).date()
-    return event.created_at.date()
+        return datetime.fromtimestamp(received.seconds, tz=zone).date()
+    return event.created_at.astimezone(zone).date()
 
 
 # -- reading: an event -> the facts it carries (no I/O) ---------------------------------------------
@@ -102,7 +103,7 @@ def read_event(batch: Batch, item: BatchItem) -> EventFacts | None:
             ctx.skip("before SYNCMESH_SYNC_START")
             return None
     if kind.startswith("invoice_payment."):
-        payment = payment_mapping.payment_from_invoice_payment(obj)
+        payment = payment_mapping.payment_from_invoice_payment(obj, event.created)
         if payment is None:
             ctx.skip(f"invoice payment {obj.get('status')}: nothing paid")
             return None
@@ -113,13 +114,13 @@ def read_event(batch: Batch, item: BatchItem) -> EventFacts | None:
     if kind.startswith("refund."):
         return EventFacts(item, [payment_mapping.refund_from_object(obj)], [])
     if kind.startswith("credit_note."):
-        note = payment_mapping.map_credit_note(obj)
+        note = payment_mapping.map_credit_note(obj, batch.policy.ledger_zone)
         return EventFacts(item, [note], [note.stripe_invoice_id] if note.stripe_invoice_id else [])
     if kind.startswith("customer.subscription."):
         if not batch.policy.credit_hold:
             ctx.skip("credit hold is off (SYNCMESH_BILLING_CREDIT_HOLD)")
             return None
-        hold = holds.hold_from_subscription(obj, kind)
+        hold = holds.hold_from_subscription(obj, kind, event.created)
         if hold is None:
             ctx.skip("subscription change does not put the customer on hold")
             return None
@@ -236,7 +237,7 @@ async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> N
     if not any(ef.facts for ef in read):  # e.g. snapshots that only marked their invoice uncollectible
         return
     loaded = await fact_store.load(conn, _keys(read))
-    fold = FactsFold(loaded.facts)
+    fold = FactsFold(loaded.facts, zone=batch.policy.ledger_zone)
     decided = [_fold(fold, ef) for ef in read]
     # Invoices learnt only now (a refund's, from its payment) are locked before anything is written.
     to_lock = sorted({i for _, invoices in decided for i in invoices} - batch.locked)

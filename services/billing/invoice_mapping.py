@@ -21,14 +21,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
 from services.billing.revenue import RevenueEntry, allocate, revenue_schedule
 from services.billing.settings import BillingSettings
 from services.billing.statuses import STRIPE_STATUS_RANK
-from services.billing.stripe_fields import Json, as_dict, as_int, as_list, is_basil, opt_int, ref_id, to_date
+from services.billing.stripe_fields import (
+    Json,
+    as_dict,
+    as_int,
+    as_list,
+    is_basil,
+    opt_int,
+    ref_id,
+    service_days,
+    to_date,
+)
 
 LineKind = Literal["item", "discount"]
 
@@ -84,6 +94,7 @@ class ErpInvoice:
     transaction_date: date
     due_date: date
     period_start: date | None
+    #: Inclusive: the day before Stripe's `period_end` (periods are `[start, end)`).
     period_end: date | None
     subtotal: int
     discount_total: int
@@ -299,15 +310,10 @@ def _taxes(obj: Json) -> tuple[int, int]:
     return as_int(obj.get("tax")), 0
 
 
-def _period(line: Json) -> tuple[date | None, date | None]:
+def _period(line: Json, zone: tzinfo) -> tuple[date | None, date | None]:
+    """The line's service days: Stripe's `period` is `[start, end)` (see `service_days`)."""
     period = as_dict(line.get("period"))
-    start, end = opt_int(period.get("start")), opt_int(period.get("end"))
-    if start is None:
-        return None, None
-    if end is None or end <= start:
-        day = to_date(start)
-        return day, day
-    return to_date(start), to_date(end - 1)
+    return service_days(opt_int(period.get("start")), opt_int(period.get("end")), zone)
 
 
 def map_invoice(
@@ -333,8 +339,12 @@ def map_invoice(
     if obj.get("deleted") is True:
         status = "deleted"
     created = as_int(obj.get("created"))
-    transaction_date = to_date(opt_int(obj.get("effective_at")) or created) or date(1970, 1, 1)
-    due_date = to_date(opt_int(obj.get("due_date"))) or transaction_date
+    zone = billing.ledger_zone
+    # Stripe's accounting date (`effective_at`), else when it was finalized (payloads without
+    # `effective_at`), else when it was drafted.
+    finalized_at = opt_int(as_dict(obj.get("status_transitions")).get("finalized_at"))
+    transaction_date = to_date(opt_int(obj.get("effective_at")) or finalized_at or created, zone) or date(1970, 1, 1)
+    due_date = to_date(opt_int(obj.get("due_date")), zone) or transaction_date
     currency = str(obj.get("currency") or "").lower()
 
     # Item lines.
@@ -363,7 +373,7 @@ def map_invoice(
         if price_id and item is None:
             unmapped.add(price_id)
         unit, unit_text = _unit_amount(raw, amount, quantity)
-        start, end = _period(raw)
+        start, end = _period(raw, zone)
         share = per_line_discounts[index] if index < len(per_line_discounts) else 0
         recognized = amount - share if billing.discount_posting == "non_posting" else amount
         mapped_lines.append(
@@ -439,8 +449,7 @@ def map_invoice(
         subscription = ref_id(as_dict(as_dict(obj.get("parent")).get("subscription_details")).get("subscription"))
     else:
         subscription = ref_id(obj.get("subscription"))
-    period_start = to_date(opt_int(obj.get("period_start")))
-    period_end = to_date(opt_int(obj.get("period_end")))
+    period_start, period_end = service_days(opt_int(obj.get("period_start")), opt_int(obj.get("period_end")), zone)
     return ErpInvoice(
         stripe_invoice_id=invoice_id,
         stripe_customer_id=ref_id(obj.get("customer")) or "",

@@ -29,9 +29,11 @@ async def settle_noted(batch: Batch, conn: Conn) -> None:
     released = await store.release_holds(
         conn,
         {
-            s.invoice.stripe_invoice_id: (s.release_reason, s.release_code or "invoice_paid")
+            s.invoice.stripe_invoice_id: store.Release(
+                s.release_reason, s.release_at, s.release_date_source, s.release_code or "invoice_paid"
+            )
             for s in settlements
-            if s.release_reason is not None
+            if s.release_reason is not None and s.release_at is not None and s.release_date_source is not None
         },
     )
     # Invoices not stored yet settle with these facts when their snapshot arrives.

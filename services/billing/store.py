@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, TypeVar
 
 from services.billing.decide import Settlement, WriteOffMemo
@@ -377,30 +377,24 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
         )
 
 
-async def note_uncollectible(conn: Conn, invoice_id: str, *, notified_on: date, at: int | None) -> None:
-    """Stripe gave up on this invoice: remember it (and the earliest day we were told), whatever
-    snapshot ends up newest."""
+async def note_uncollectible(
+    conn: Conn, invoice_id: str, *, notified_on: date, at: int | None, event_at: int | None = None
+) -> None:
+    """Stripe gave up on this invoice: remember it (Stripe's moment, the earliest event that said
+    so, and the earliest day we were told), whatever snapshot ends up newest."""
+    # LEAST ignores NULLs, so a first value seeds each column and an earlier one replaces it.
     await conn.execute(
         """
         UPDATE invoices SET uncollectible_seen = true,
                uncollectible_at = LEAST(uncollectible_at, $3),
-               uncollectible_notified_on = LEAST(uncollectible_notified_on, $2)
+               uncollectible_notified_on = LEAST(uncollectible_notified_on, $2),
+               uncollectible_event_at = LEAST(uncollectible_event_at, $4)
          WHERE stripe_invoice_id = $1
         """,
         invoice_id,
         notified_on,
         at,
-    )
-    # LEAST ignores NULLs only when one side is non-null; seed the first values explicitly.
-    await conn.execute(
-        """
-        UPDATE invoices SET uncollectible_at = COALESCE(uncollectible_at, $3),
-               uncollectible_notified_on = COALESCE(uncollectible_notified_on, $2)
-         WHERE stripe_invoice_id = $1
-        """,
-        invoice_id,
-        notified_on,
-        at,
+        event_at,
     )
 
 
@@ -455,7 +449,10 @@ async def stored_ledgers(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, St
                  WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
                    AND applied_to = 'invoice' AND status = 'issued') AS credit_note_total,
                EXISTS (SELECT 1 FROM credit_holds h
-                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NULL) AS has_active_holds
+                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NULL) AS has_active_holds,
+               EXISTS (SELECT 1 FROM credit_holds h
+                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NOT NULL
+                          AND release_reason LIKE 'invoice %') AS has_released_holds
           FROM invoices i WHERE i.stripe_invoice_id = ANY($1::text[])
         """,
         list(invoice_ids),
@@ -477,6 +474,11 @@ async def stored_ledgers(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, St
             amount_remaining=r["amount_remaining"],
             has_active_holds=r["has_active_holds"],
             facts=_ledger_facts(r, write_off_enabled=False, invoice_credits=int(r["credit_note_total"])),
+            paid_at=r["paid_at"],
+            voided_at=r["voided_at"],
+            status_at=r["version_created"],
+            uncollectible_event_at=r["uncollectible_event_at"],
+            has_released_holds=r["has_released_holds"],
         )
         for r in rows
     }
@@ -522,6 +524,7 @@ def _ledger_history(row: Any) -> LedgerHistory:
         paid_at=row["paid_at"],
         status_at=row["version_created"],
         voided_at=row["voided_at"],
+        uncollectible_event_at=row["uncollectible_event_at"],
         voided_credits=tuple(
             (date(1970, 1, 1) + timedelta(days=day), amount, voided_at)
             for day, amount, voided_at in row["voided_credits"]
@@ -575,15 +578,17 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
     rows = await conn.fetch(
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
-                                  memo_date, status, applied_to, reason, memo)
+                                  memo_date, status, applied_to, reason, memo, date_source)
         SELECT t.memo_key, 'write_off', t.invoice_id, t.customer_id, t.amount, t.currency, t.memo_date, t.status,
-               'invoice', 'uncollectible', t.memo
+               'invoice', 'uncollectible', t.memo, t.date_source
           FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::date[], $7::text[],
-                      $8::text[]) AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, memo)
+                      $8::text[], $9::text[])
+            AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, memo, date_source)
         ON CONFLICT (memo_key) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status,
-               memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, updated_at = now()
-         WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date)
-               IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date)
+               memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, date_source = EXCLUDED.date_source,
+               updated_at = now()
+         WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date, credit_memos.date_source)
+               IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date, EXCLUDED.date_source)
         RETURNING memo_key, erp_credit_memo_id
         """,
         [m.memo_key for m in ordered],
@@ -594,6 +599,7 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
         [m.memo_date for m in ordered],
         [m.status for m in ordered],
         [m.memo for m in ordered],
+        [m.date_source for m in ordered],
     )
     changed = {r["memo_key"]: str(r["erp_credit_memo_id"]) for r in rows}
     if changed:
@@ -609,33 +615,62 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
 # -- credit holds -------------------------------------------------------------------------------
 
 
-async def release_holds(conn: Conn, reasons: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
-    """Release the active holds of these invoices (invoice id -> (reason, reason code)), in one
-    statement; returns the customers released, by invoice."""
-    if not reasons:
+async def release_holds(conn: Conn, releases: Mapping[str, Release]) -> dict[str, list[str]]:
+    """Release the active holds of these invoices (invoice id -> reason and Stripe's moment), in
+    one statement; returns the customers released now, by invoice.
+
+    A hold this ledger released before is re-dated when the facts now give another moment (the
+    invoice's `paid_at` arriving after its payment), so the release date does not depend on the
+    order the facts came in; that is not a new release. A hold is never released before it was
+    placed."""
+    if not releases:
         return {}
-    invoice_ids = sorted(reasons)
+    invoice_ids = sorted(releases)
     rows = await conn.fetch(
         """
-        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason, release_reason_code = t.code
-          FROM unnest($1::text[], $2::text[], $3::text[]) AS t(invoice_id, reason, code)
-         WHERE h.stripe_invoice_id = t.invoice_id AND h.released_at IS NULL
-        RETURNING h.stripe_invoice_id, h.stripe_customer_id
+        UPDATE credit_holds h
+           SET released_at = GREATEST(to_timestamp(t.at), h.placed_at), release_reason = t.reason,
+               release_reason_code = t.code, released_date_source = t.source
+          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+            AS t(invoice_id, reason, at, source, code),
+               credit_holds old
+         WHERE h.stripe_invoice_id = t.invoice_id
+           AND old.stripe_customer_id = h.stripe_customer_id AND old.stripe_invoice_id = h.stripe_invoice_id
+           AND (h.released_at IS NULL
+                OR (h.release_reason LIKE 'invoice %'
+                    AND (h.released_at, h.released_date_source, h.release_reason_code)
+                        IS DISTINCT FROM (GREATEST(to_timestamp(t.at), h.placed_at), t.source, t.code)))
+        RETURNING h.stripe_invoice_id, h.stripe_customer_id, old.released_at IS NULL AS released_now
         """,
         invoice_ids,
-        [reasons[i][0] for i in invoice_ids],
-        [reasons[i][1] for i in invoice_ids],
+        [releases[i].reason for i in invoice_ids],
+        [releases[i].at for i in invoice_ids],
+        [releases[i].source for i in invoice_ids],
+        [releases[i].code for i in invoice_ids],
     )
     released: dict[str, list[str]] = {}
     for r in sorted(rows, key=lambda r: (r["stripe_invoice_id"], r["stripe_customer_id"])):
-        released.setdefault(r["stripe_invoice_id"], []).append(r["stripe_customer_id"])
+        if r["released_now"]:
+            released.setdefault(r["stripe_invoice_id"], []).append(r["stripe_customer_id"])
     return released
 
 
-async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
-    """Whether a hold stands now, or stood at the end of `as_of` (UTC). A hold is the mesh's own
-    act, so it is dated by when the mesh placed and released it; a released hold is never placed
-    again (`facts.hold_change`), so each row is one interval."""
+@dataclass(frozen=True)
+class Release:
+    """Why an invoice's holds are released, and when Stripe says that happened."""
+
+    reason: str
+    at: int
+    source: str
+    #: The reason as a code (`holds.HoldCode`): invoice_paid or invoice_voided.
+    code: str = "invoice_paid"
+
+
+async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None, zone: tzinfo = UTC) -> bool:
+    """Whether a hold stands now, or stood at the end of `as_of` (a day in the ledger's `zone`).
+    A hold is dated by Stripe's moments for what placed and released it (`facts.hold_dated`,
+    `decide.release_moment`); a released hold is never placed again (`facts.hold_change`), so
+    each row is one interval."""
     if as_of is None:
         return bool(
             await conn.fetchval(
@@ -643,7 +678,7 @@ async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None =
                 customer_id,
             )
         )
-    day_after = datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=UTC)
+    day_after = datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=zone)
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1 AND placed_at < $2 "

@@ -161,7 +161,7 @@ class Invoice(_message.Message):
     def __init__(self, erp_invoice_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., erp_customer_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., stripe_status: _Optional[str] = ..., transaction_date: _Optional[str] = ..., due_date: _Optional[str] = ..., currency: _Optional[str] = ..., subtotal: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., discount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., tax: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., total: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., amount_paid: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., credits_applied: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., amount_remaining: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., lines_complete: _Optional[bool] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., api_shape: _Optional[str] = ..., unattributed_paid: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("erp_payment_id", "stripe_payment_id", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "payment_date", "method", "charge_id", "payment_intent_id")
+    __slots__ = ("erp_payment_id", "stripe_payment_id", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "payment_date", "method", "charge_id", "payment_intent_id", "date_source")
     ERP_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STRIPE_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STRIPE_INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class Payment(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     erp_payment_id: str
     stripe_payment_id: str
     stripe_invoice_id: str
@@ -182,7 +183,8 @@ class Payment(_message.Message):
     method: str
     charge_id: str
     payment_intent_id: str
-    def __init__(self, erp_payment_id: _Optional[str] = ..., stripe_payment_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., payment_date: _Optional[str] = ..., method: _Optional[str] = ..., charge_id: _Optional[str] = ..., payment_intent_id: _Optional[str] = ...) -> None: ...
+    date_source: str
+    def __init__(self, erp_payment_id: _Optional[str] = ..., stripe_payment_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., payment_date: _Optional[str] = ..., method: _Optional[str] = ..., charge_id: _Optional[str] = ..., payment_intent_id: _Optional[str] = ..., date_source: _Optional[str] = ...) -> None: ...
 
 class CreditMemoLine(_message.Message):
     __slots__ = ("line_no", "description", "quantity", "unit_amount", "amount", "invoice_line_item")
@@ -201,7 +203,7 @@ class CreditMemoLine(_message.Message):
     def __init__(self, line_no: _Optional[int] = ..., description: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., invoice_line_item: _Optional[str] = ...) -> None: ...
 
 class CreditMemo(_message.Message):
-    __slots__ = ("erp_credit_memo_id", "source_id", "kind", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "memo_date", "status", "applied_to", "memo", "lines", "number")
+    __slots__ = ("erp_credit_memo_id", "source_id", "kind", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "memo_date", "status", "applied_to", "memo", "lines", "number", "date_source")
     ERP_CREDIT_MEMO_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +217,7 @@ class CreditMemo(_message.Message):
     MEMO_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
+    DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     erp_credit_memo_id: str
     source_id: str
     kind: CreditMemoKind
@@ -228,7 +231,8 @@ class CreditMemo(_message.Message):
     memo: str
     lines: _containers.RepeatedCompositeFieldContainer[CreditMemoLine]
     number: str
-    def __init__(self, erp_credit_memo_id: _Optional[str] = ..., source_id: _Optional[str] = ..., kind: _Optional[_Union[CreditMemoKind, str]] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., memo_date: _Optional[str] = ..., status: _Optional[str] = ..., applied_to: _Optional[str] = ..., memo: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[CreditMemoLine, _Mapping]]] = ..., number: _Optional[str] = ...) -> None: ...
+    date_source: str
+    def __init__(self, erp_credit_memo_id: _Optional[str] = ..., source_id: _Optional[str] = ..., kind: _Optional[_Union[CreditMemoKind, str]] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., memo_date: _Optional[str] = ..., status: _Optional[str] = ..., applied_to: _Optional[str] = ..., memo: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[CreditMemoLine, _Mapping]]] = ..., number: _Optional[str] = ..., date_source: _Optional[str] = ...) -> None: ...
 
 class Refund(_message.Message):
     __slots__ = ("erp_refund_id", "stripe_refund_id", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "refund_date", "status", "charge_id", "erp_credit_memo_id")
@@ -255,7 +259,7 @@ class Refund(_message.Message):
     def __init__(self, erp_refund_id: _Optional[str] = ..., stripe_refund_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., refund_date: _Optional[str] = ..., status: _Optional[str] = ..., charge_id: _Optional[str] = ..., erp_credit_memo_id: _Optional[str] = ...) -> None: ...
 
 class CreditHold(_message.Message):
-    __slots__ = ("stripe_customer_id", "stripe_invoice_id", "reason", "placed_at", "released_at", "release_reason", "active", "reason_code", "release_reason_code")
+    __slots__ = ("stripe_customer_id", "stripe_invoice_id", "reason", "placed_at", "released_at", "release_reason", "active", "reason_code", "release_reason_code", "placed_date_source", "released_date_source")
     STRIPE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     STRIPE_INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +269,8 @@ class CreditHold(_message.Message):
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     REASON_CODE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    PLACED_DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     stripe_customer_id: str
     stripe_invoice_id: str
     reason: str
@@ -274,7 +280,9 @@ class CreditHold(_message.Message):
     active: bool
     reason_code: HoldReason
     release_reason_code: HoldReason
-    def __init__(self, stripe_customer_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., reason: _Optional[str] = ..., placed_at: _Optional[str] = ..., released_at: _Optional[str] = ..., release_reason: _Optional[str] = ..., active: _Optional[bool] = ..., reason_code: _Optional[_Union[HoldReason, str]] = ..., release_reason_code: _Optional[_Union[HoldReason, str]] = ...) -> None: ...
+    placed_date_source: str
+    released_date_source: str
+    def __init__(self, stripe_customer_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., reason: _Optional[str] = ..., placed_at: _Optional[str] = ..., released_at: _Optional[str] = ..., release_reason: _Optional[str] = ..., active: _Optional[bool] = ..., reason_code: _Optional[_Union[HoldReason, str]] = ..., release_reason_code: _Optional[_Union[HoldReason, str]] = ..., placed_date_source: _Optional[str] = ..., released_date_source: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
     __slots__ = ("stripe_event_id", "event_type", "record_type", "record_id", "change", "recorded_at")
