@@ -312,8 +312,12 @@ class BatchRunner:
         self.count_failures = count_failures and not settings.dry_run
         self.handled = 0
         self.duplicates = 0
+        #: The outbox rows (id, row) the last `run` wrote: committed once the caller's
+        #: transaction is, when the caller may hand them to the relay (`OutboxRelay.hand_over`).
+        self.written: list[tuple[int, outbox.OutboxRow]] = []
 
     async def run(self, conn: Conn, deliveries: Sequence[Delivery]) -> None:
+        self.written = []
         if not deliveries:
             return
         failed = await self._together(conn, deliveries)
@@ -350,6 +354,7 @@ class BatchRunner:
         tracked: list[Delivery | None] = [None]
         culprit: Delivery | None = None
         outgoing: list[outbox.OutboxRow] = []
+        written: list[tuple[int, outbox.OutboxRow]] = []
         fresh_work: list[Delivery] = []
         items: list[BatchItem] = []
         try:
@@ -377,7 +382,7 @@ class BatchRunner:
                 skipped = [(i.event.id, f"skipped: {i.ctx.skipped_reason}") for i in items if i.ctx.skipped_reason]
                 if skipped or outgoing:
                     with self._batch_span(work, "record outcomes"):
-                        await outbox.insert_rows(conn, outgoing)
+                        written = await outbox.insert_rows_returning(conn, outgoing)
                         if skipped:
                             await conn.executemany(
                                 "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
@@ -397,6 +402,8 @@ class BatchRunner:
             return _Failure(culprit, exc)
         for d, i in zip(fresh_work, items, strict=True):
             d.received.outcome = Outcome.SKIPPED if i.ctx.skipped_reason else Outcome.APPLIED
+        if not self.dry_run:
+            self.written.extend(written)
         self.handled += len(items)
         self.duplicates += duplicates
         return None
@@ -456,6 +463,7 @@ class Consumer:
         subjects: tuple[str, ...],
         settings: Settings,
         on_commit: Callable[[], None] | None = None,
+        on_outbox: Callable[[Sequence[tuple[int, outbox.OutboxRow]]], None] | None = None,
         durable: str | None = None,
         stream: str = STRIPE_STREAM,
         fetch_ahead: bool = False,
@@ -470,6 +478,8 @@ class Consumer:
         self.subjects = subjects
         self.settings = settings
         self.on_commit = on_commit
+        #: Gets the outbox rows each batch committed (the relay's `hand_over`).
+        self.on_outbox = on_outbox
         self.durable = durable or (f"{service}-dryrun" if settings.dry_run else service)
         self.stream = stream
         self._stopping = asyncio.Event()
@@ -622,6 +632,8 @@ class Consumer:
                         if d.received.outcome not in (Outcome.FAILED_PERMANENT, Outcome.FAILED_RETRYABLE):
                             _record_failure(d, exc)
             else:
+                if self.on_outbox is not None and self.runner.written:
+                    self.on_outbox(self.runner.written)
                 if self.on_commit is not None:
                     self.on_commit()
         for r in batch.received:
