@@ -76,6 +76,7 @@ import enum
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -599,8 +600,11 @@ class Consumer:
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(batch.received))
             self.metrics.apply_seconds.observe(time.perf_counter() - started)
-            for r in batch.received:
-                self.metrics.event(types.get(id(r), ""), _METRIC_OUTCOMES.get(r.outcome, "waiting"))
+            # Counted per (type, outcome) of the batch: a label lookup per event was a share of
+            # its CPU where a batch holds a few types.
+            counts = Counter((types.get(id(r), ""), _METRIC_OUTCOMES.get(r.outcome, "waiting")) for r in batch.received)
+            for (event_type, outcome), n in counts.items():
+                self.metrics.event(event_type, outcome, n)
         if log.isEnabledFor(logging.DEBUG):  # one line per event: what became of it
             for r in batch.received:
                 outcome = r.outcome.value if r.outcome is not None else "undecided"

@@ -12,7 +12,6 @@ Several replicas relay safely: rows are claimed with FOR UPDATE SKIP LOCKED.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
