@@ -525,6 +525,7 @@ class Consumer:
                             stream=self.stream,
                             pending_msgs_limit=self.settings.fetch_batch * 4,
                         )
+                        _take_delivered_at_once(psub)
                     except (TimeoutError, nats.errors.Error, nats.js.errors.Error, PublishError) as exc:
                         log.warning("consumer %s not bound yet: %s", self.durable, exc)
                         await asyncio.sleep(0.5)
@@ -786,6 +787,35 @@ def _sequence(msg: Msg) -> int | None:
         return int(msg.metadata.sequence.stream)
     except (AttributeError, ValueError, nats.errors.Error):
         return None
+
+
+def _take_delivered_at_once(psub: Any) -> None:
+    """Make the pull subscription's fetch take a message the server already delivered without a
+    task and a timer for it.
+
+    nats-py's fetch asks for the batch once and then awaits each message with `next_msg`, which
+    creates a task and an `asyncio.wait_for` per message even when it is already in the
+    subscription's queue: ~35 us per message on the bench machine, a tenth of a service's CPU per
+    event draining a backlog, where the server has delivered most of a batch by the time the first
+    message is read. A message already queued is taken at once (with `next_msg`'s bookkeeping);
+    only an empty queue waits through `next_msg`. Left as it is when this nats-py keeps its
+    subscription otherwise (the fetch is then only slower).
+    """
+    sub = getattr(psub, "_sub", None)
+    queue = getattr(sub, "_pending_queue", None)
+    if sub is None or not isinstance(queue, asyncio.Queue) or not hasattr(sub, "_pending_size"):
+        return
+    waiting: Callable[[float | None], Awaitable[Msg]] = sub.next_msg
+
+    async def next_msg(timeout: float | None = 1.0) -> Msg:
+        if queue.empty():
+            return await waiting(timeout)
+        msg: Msg = queue.get_nowait()
+        sub._pending_size -= len(msg.data)
+        queue.task_done()
+        return msg
+
+    sub.next_msg = next_msg
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
