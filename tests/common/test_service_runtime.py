@@ -261,32 +261,41 @@ async def test_run_until_signalled_ends_with_exit_code_1_when_the_service_fails(
 
 
 async def test_the_relay_publishes_rows_handed_over_without_looking_for_them(runtime: ServiceRuntime) -> None:
-    """A batch's committed outbox rows go out from the hand-over alone (one UPDATE after the
-    publish), not from a scan of the table: here nothing scans (no wake, an hour's poll)."""
+    """A batch's committed outbox rows go out from the hand-over alone, not from a scan of the
+    table (here nothing scans: no wake, an hour's poll), and rows published close together are
+    marked with one UPDATE."""
     assert runtime.relay is not None and runtime.pool is not None
     runtime.relay.stop()  # the runtime's own relay would find the row by its 5 s poll
     await asyncio.sleep(0.2)
-    relay = OutboxRelay(runtime.pool, runtime.bus, poll_seconds=3600)
-    relay._scan = False  # started with nothing to scan for: only a hand-over can publish
+    relay = OutboxRelay(runtime.pool, runtime.bus, poll_seconds=3600, mark_seconds=0.5)
     task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.2)  # its first scan, at start, finds nothing
     try:
         rows = outbox.prepare_events(
-            service="customer", events=[("handed_over", money_pb2.Money(amount_minor=7, currency="eur"))]
+            service="customer",
+            events=[(f"handed_over{i}", money_pb2.Money(amount_minor=i, currency="eur")) for i in range(3)],
         )
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            written = await outbox.insert_rows_returning(conn, rows)
-        assert [row.msg_id for _, row in written] == [rows[0].msg_id]
-        relay.hand_over(written)
+        written = []
+        for row in rows:  # three batches in quick succession, each handing over its row
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                written += await outbox.insert_rows_returning(conn, [row])
+            relay.hand_over(written[-1:])
+        assert [row.msg_id for _, row in written] == [row.msg_id for row in rows]
 
         async def published() -> bool:
             return bool(
-                await runtime.pool.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1", written[0][0])
+                await runtime.pool.fetchval(
+                    "SELECT bool_and(published_at IS NOT NULL) FROM outbox WHERE id = ANY($1::bigint[])",
+                    [row_id for row_id, _ in written],
+                )
             )
 
         await eventually(published, timeout=3)
-        msg = await runtime.bus.js.get_msg(EVENTS_STREAM, subject="syncmesh.customer.handed_over")
-        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == rows[0].msg_id
-        assert relay.published == 1
+        for i, row in enumerate(rows):
+            msg = await runtime.bus.js.get_msg(EVENTS_STREAM, subject=f"syncmesh.customer.handed_over{i}")
+            assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == row.msg_id
+        assert relay.published == 3
+        assert relay.marks == 1  # marked together, with one UPDATE
     finally:
         relay.stop()
         await asyncio.wait_for(task, 5)
