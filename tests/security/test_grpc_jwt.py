@@ -213,3 +213,22 @@ def jwt_private_jwk(issuer: Issuer) -> str:
     import jwt
 
     return jwt.algorithms.RSAAlgorithm.to_jwk(issuer.keys["k1"])  # type: ignore[arg-type]
+
+
+def test_a_remembered_token_still_expires_and_still_needs_its_key(tmp_path: Path, issuer: Issuer) -> None:
+    """Verified tokens are remembered (a caller's next calls skip the signature check), never
+    beyond their `exp` nor past the retirement of the key that signed them."""
+    verifier = _verifier(tmp_path, issuer, "k1", "k2", leeway=0)
+    short = issuer.token(exp=int(time.time()) + 1)
+    assert verifier.verify(short).subject == "alice@example.com"
+    assert verifier.verify(short).subject == "alice@example.com"  # from memory
+    time.sleep(2.05)  # past exp (whole seconds), no leeway
+    with pytest.raises(AuthenticationError, match="expired"):
+        verifier.verify(short)
+
+    signed_by_k1 = issuer.token("k1")
+    verifier.verify(signed_by_k1)
+    time.sleep(0.01)  # a new modification time for the rewritten file
+    issuer.write_jwks(Path(verifier.config.jwks_file), "k2")
+    with pytest.raises(AuthenticationError, match="not in SYNCMESH_GRPC_JWKS_FILE"):
+        verifier.verify(signed_by_k1)
