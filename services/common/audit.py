@@ -40,6 +40,9 @@ EVENT_NAME = "call_audited"
 #: Longest target id and detail kept: enough for any real id or refusal, bounded for a hostile one.
 MAX_TARGET_CHARS = 200
 MAX_DETAIL_CHARS = 400
+#: Audit records written at once, at most: a flood of refused calls (anyone can send them) must
+#: not take the connections the service's consumer and its real callers need from its pool.
+CONCURRENT_WRITES = 2
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -119,11 +122,12 @@ class AuditTrail:
         self.timeout_seconds = timeout_seconds
         #: Records written from a cancelled call, finished in the background; kept referenced.
         self._pending: set[asyncio.Task[None]] = set()
+        self._writers = asyncio.Semaphore(CONCURRENT_WRITES)
 
     async def record(self, entry: AuditEntry) -> None:
         """Store and announce `entry`; never raises (the call's own outcome stands either way)."""
         try:
-            async with asyncio.timeout(self.timeout_seconds):
+            async with asyncio.timeout(self.timeout_seconds), self._writers:
                 await self._store(entry)
         except Exception as exc:
             log.error(
