@@ -91,7 +91,7 @@ class _Audit:
         self.called_at = datetime.now(UTC)
         self.request: Any = None
 
-    def entry(self, outcome: str, detail: str) -> AuditEntry:
+    def entry(self, outcome: str, detail: str, trace_id: str | None = None) -> AuditEntry:
         identity = caller()
         target_field, target_id = target_of(self.request)
         role = identity.role.name.lower() if identity is not None and identity.role is not None else ""
@@ -105,11 +105,11 @@ class _Audit:
             target_field=target_field,
             target_id=target_id,
             called_at=self.called_at,
-            trace_id=current_trace_id(),
+            trace_id=trace_id or current_trace_id(),
         )
 
-    async def done(self, outcome: str, detail: str = "") -> None:
-        entry = self.entry(outcome, detail)
+    async def done(self, outcome: str, detail: str = "", trace_id: str | None = None) -> None:
+        entry = self.entry(outcome, detail, trace_id)
         log_entry(entry)
         if self.trail is not None:
             await self.trail.record(entry)
@@ -153,13 +153,16 @@ def _bad_request(exc: ValidationError) -> tuple[tuple[str, bytes], ...]:
     return rpc_status.to_status(status).trailing_metadata  # type: ignore[no-any-return]
 
 
-async def abort_for(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> NoReturn:
-    """End the call with the status `exc` maps to; anything unmapped is INTERNAL with a trace id."""
+async def abort_for(
+    context: grpc.aio.ServicerContext, exc: BaseException, method: str, *, trace_id: str | None = None
+) -> NoReturn:
+    """End the call with the status `exc` maps to; anything unmapped is INTERNAL with a trace id
+    (`trace_id`, when the caller already named it elsewhere, e.g. in the audit record)."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     mapped = status_for(exc)
     if mapped is None:
-        trace_id = current_trace_id()
+        trace_id = trace_id or current_trace_id()
         log.error("unexpected error in %s (trace id %s)", method, trace_id, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: see the service log for trace id {trace_id}")
     elif isinstance(exc, ValidationError):
@@ -236,13 +239,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await guard.admit(method, context)
 
         async def refuse(context: grpc.aio.ServicerContext, exc: Exception, record: _Audit | None) -> NoReturn:
+            mapped = status_for(exc)
+            # One trace id for the log's traceback, the caller's INTERNAL and the audit record.
+            trace_id = None if mapped is not None else current_trace_id()
             if record is not None:
-                mapped = status_for(exc)
                 if mapped is not None:
                     await record.done(mapped[0].name, mapped[1])
                 else:
-                    await record.done(grpc.StatusCode.INTERNAL.name, f"internal error (trace id {current_trace_id()})")
-            await abort_for(context, exc, method)
+                    await record.done(grpc.StatusCode.INTERNAL.name, f"internal error (trace id {trace_id})", trace_id)
+            await abort_for(context, exc, method, trace_id=trace_id)
 
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
