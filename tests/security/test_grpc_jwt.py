@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -92,12 +93,16 @@ REFUSED: dict[str, Callable[[Issuer], str]] = {
 
 
 async def test_each_bad_token_is_unauthenticated_and_good_ones_get_their_role(
-    customer: ServiceRuntime, issuer: Issuer
+    customer: ServiceRuntime, issuer: Issuer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
+    sent = []
     for name, make in REFUSED.items():
-        assert await _call(customer, make(issuer)) == grpc.StatusCode.UNAUTHENTICATED, name
+        token = make(issuer)
+        sent.append(token)
+        assert await _call(customer, token) == grpc.StatusCode.UNAUTHENTICATED, name
         # The same token is refused for a change too (a refused identity never reaches the policy).
-        assert await _call(customer, make(issuer), "UnlinkCustomer") == grpc.StatusCode.UNAUTHENTICATED, name
+        assert await _call(customer, token, "UnlinkCustomer") == grpc.StatusCode.UNAUTHENTICATED, name
 
     assert await _call(customer, issuer.token(role="reader")) == grpc.StatusCode.OK
     assert await _call(customer, issuer.token("e1", role="reader")) == grpc.StatusCode.OK  # ES256 key
@@ -114,6 +119,11 @@ async def test_each_bad_token_is_unauthenticated_and_good_ones_get_their_role(
     # Enough role: past authorisation (the customer does not exist: NOT_FOUND, not a refusal).
     operator = issuer.token(role=None, roles=["viewer", "operator"])
     assert await _call(customer, operator, "UnlinkCustomer") == grpc.StatusCode.NOT_FOUND
+    # A token is a credential: never in a log line, accepted or refused.
+    signatures = [t.rsplit(".", 1)[1] for t in (reader, operator, *sent) if len(t.rsplit(".", 1)[1]) > 20]
+    logged = [f"{record.getMessage()} {record.__dict__}" for record in caplog.records]
+    assert len(signatures) > 10 and logged
+    assert not any(signature in line for signature in signatures for line in logged)
 
 
 async def test_keys_rotate_through_the_jwks_file_without_a_restart(
