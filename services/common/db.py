@@ -33,7 +33,7 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 #: The runtime's own tables in every service's schema (its migrations above): not the service's
 #: records, so tools that compare a service's records (replay) leave them out.
-RUNTIME_TABLES = ("processed_events", "outbox", "delivery_failures", "schema_migrations")
+RUNTIME_TABLES = ("processed_events", "outbox", "delivery_failures", "schema_migrations", "audit_log")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 

@@ -35,6 +35,7 @@ import grpc
 import stripe
 
 from services.common import db
+from services.common.audit import AuditTrail
 from services.common.auth import Policy, authenticator_for
 from services.common.bus import Bus
 from services.common.consumer import BatchApplier, Consumer
@@ -168,6 +169,8 @@ class ServiceRuntime:
             guard=authenticator_for(
                 self.settings, self.definition.grpc_policy, service=self.definition.grpc_service_name
             ),
+            # Audited calls are stored in this service's schema and announced through its outbox.
+            audit=AuditTrail(self.definition.name, lambda: self.pool, self._wake_relay),
         )
         self.port = self.grpc.port
         metrics_port = self.definition.deployable.metrics_port(self.settings)
@@ -183,6 +186,10 @@ class ServiceRuntime:
             log.info("%s metrics on %s:%d/metrics", self.definition.name, metrics_host, self.metrics_server.port)
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    def _wake_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.wake()
 
     @property
     def ready(self) -> bool:

@@ -120,6 +120,15 @@ class Settings:
     grpc_tokens_file: str | None = None
     #: The bearer token the mesh's own gRPC clients present (`syncmesh up` writes a local one).
     grpc_token: str | None = None
+    #: JWT bearer tokens (services.common.jwt_auth): the identity provider's public keys (a JWKS
+    #: file, re-read when it changes), the `iss` and `aud` a token must carry (both required with
+    #: the keys), the claim naming the role (None: `role`, else `roles`), and the clock skew
+    #: allowed on `exp`/`nbf`/`iat`.
+    grpc_jwks_file: str | None = None
+    grpc_jwt_issuer: str | None = None
+    grpc_jwt_audience: str | None = None
+    grpc_jwt_role_claim: str | None = None
+    grpc_jwt_leeway_seconds: int = 30
     #: Hosts a billing-portal return URL may point at (empty: any https host).
     portal_return_hosts: tuple[str, ...] = ()
 
@@ -367,6 +376,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
         grpc_tls_client_key_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_KEY_FILE"),
         grpc_tokens_file=_read(env, "SYNCMESH_GRPC_TOKENS_FILE"),
         grpc_token=_read(env, "SYNCMESH_GRPC_TOKEN"),
+        grpc_jwks_file=_read(env, "SYNCMESH_GRPC_JWKS_FILE"),
+        grpc_jwt_issuer=_read(env, "SYNCMESH_GRPC_JWT_ISSUER"),
+        grpc_jwt_audience=_read(env, "SYNCMESH_GRPC_JWT_AUDIENCE"),
+        grpc_jwt_role_claim=_read(env, "SYNCMESH_GRPC_JWT_ROLE_CLAIM"),
+        # Small on purpose: every second of leeway is a second an expired token still works.
+        grpc_jwt_leeway_seconds=_int(env, "SYNCMESH_GRPC_JWT_LEEWAY_SECONDS", 30, minimum=0, maximum=300),
         portal_return_hosts=tuple(
             h.strip().lower() for h in (_read(env, "SYNCMESH_PORTAL_RETURN_HOSTS") or "").split(",") if h.strip()
         ),
