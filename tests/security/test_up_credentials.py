@@ -96,7 +96,7 @@ def test_up_makes_local_credentials_the_tools_use_them_and_their_changes_are_aud
         rows, history = asyncio.run(_trail(variables["SYNCMESH_DATABASE_URL"]))
         assert rows == [
             (
-                "/syncmesh.customer.v1.CustomerService/ImportCustomerMappings",
+                "/syncmesh.customer.v1.CustomerService/ImportCustomerMappingsWithProgress",
                 "local-admin",
                 "token",
                 "admin",
