@@ -194,7 +194,15 @@ async def pending_migrations(pool: asyncpg.Pool, schema: str, sources: Iterable[
     run it); SettingsError when an applied one was edited since."""
     wanted = _wanted(sources)
     async with pool.acquire() as conn:
-        table = await conn.fetchval("SELECT to_regclass($1)::text", f"{schema}.schema_migrations")
+        # A schema this role may not even look into (its grants not made yet) is as good as missing.
+        usable = await conn.fetchval(
+            """
+            SELECT CASE WHEN n.oid IS NULL THEN false ELSE has_schema_privilege(n.oid, 'USAGE') END
+            FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = $1
+            """,
+            schema,
+        )
+        table = await conn.fetchval("SELECT to_regclass($1)::text", f"{schema}.schema_migrations") if usable else None
         if table is None:
             return wanted
         rows = await conn.fetch(f"SELECT source, version, checksum FROM {schema}.schema_migrations")
