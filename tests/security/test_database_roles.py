@@ -79,9 +79,10 @@ async def roles(pg_server: PostgresServer, database_url: str, tmp_path: Path) ->
     )
 
 
-def _migrate_cli(roles: Roles, package: str) -> subprocess.CompletedProcess[str]:
-    """`python -m services.<package> migrate`, configured as a Kubernetes init container is: the
-    URL without a password, the password from a file."""
+def _migrate_cli(roles: Roles, package: str, *, syncmesh: bool = False) -> subprocess.CompletedProcess[str]:
+    """`python -m services.<package> migrate` (or `syncmesh migrate <service>`, as the Kubernetes init
+    container runs it), configured as that container is: the URL without a password, the password
+    from a file."""
     parts = urlsplit(roles.migration_url)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SYNCMESH_")},
@@ -92,7 +93,9 @@ def _migrate_cli(roles: Roles, package: str) -> subprocess.CompletedProcess[str]
         "SYNCMESH_LOG_LEVEL": "WARNING",
     }
     return subprocess.run(
-        [sys.executable, "-m", f"services.{package}", "migrate"],
+        [sys.executable, "-m", "launcher.cli", "migrate", package.replace("_", "-")]
+        if syncmesh
+        else [sys.executable, "-m", f"services.{package}", "migrate"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -171,8 +174,9 @@ async def test_migrate_upgrades_a_schema_and_names_a_broken_file_in_one_line(
 
 async def test_a_service_role_has_dml_on_its_own_schema_and_nothing_more(roles: Roles) -> None:
     for package in ("billing", "customer"):
-        result = await asyncio.to_thread(_migrate_cli, roles, package)
+        result = await asyncio.to_thread(_migrate_cli, roles, package, syncmesh=package == "customer")
         assert result.returncode == 0, result.stderr
+        assert f"{package}: applied runtime/0001_runtime.sql" in result.stdout
 
     conn = await asyncpg.connect(roles.service_urls["billing"])
     try:
