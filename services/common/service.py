@@ -7,7 +7,9 @@ services is `services/registry.py`). `ServiceRuntime` turns that into a process:
 
     start:  gRPC server up at once (health NOT_SERVING), so probes get an answer
             -> NATS connection and streams (retried in the background)
-            -> Postgres pool and migrations (retried until the database answers)
+            -> Postgres pool under the service's own role, its schema at the latest migration
+               (migrated under the migration role when given, else checked; retried until the
+               database answers)
             -> consumer loop + outbox relay + health watcher -> SERVING
     stop:   health NOT_SERVING -> stop fetching, finish the batch in flight -> flush the
             outbox -> drain NATS -> stop gRPC with a grace period -> close the pool
