@@ -438,10 +438,12 @@ def migrate(definition: ServiceDefinition, settings: Settings) -> int:
     return 0
 
 
-def main_for_service(definition: Callable[[], ServiceDefinition], argv: Sequence[str] | None = None) -> int:
+def main_for_service(
+    definition: Callable[[], ServiceDefinition], argv: Sequence[str] | None = None, *, prog: str | None = None
+) -> int:
     """A service's own `__main__`: `serve` (the default) or `migrate`; `definition` is called
     only once the arguments parsed, so `--help` stays fast."""
-    parser = argparse.ArgumentParser(description="run one service, or migrate its schema")
+    parser = argparse.ArgumentParser(prog=prog, description="run one service, or migrate its schema")
     parser.add_argument(
         "command",
         nargs="?",

@@ -10,4 +10,4 @@ if __name__ == "__main__":
 
         return DEFINITION
 
-    raise SystemExit(main_for_service(definition))
+    raise SystemExit(main_for_service(definition, prog="python -m services.crm_export"))
