@@ -34,9 +34,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
+
+import asyncpg
 
 from gateway.app import Gateway
 from gateway.deployable import GATEWAY
@@ -260,6 +264,7 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
     root.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     servers = ExitStack()
+    local_db: LocalDatabase | None = None
     try:
         with _signals_interrupt():
             state.write()
@@ -278,7 +283,9 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
                 servers.callback(pg.stop)
                 _start(pg, "the embedded PostgreSQL", "SYNCMESH_DATABASE_URL")
                 state.child(pg)
-                settings = settings.with_overrides(database_url=pg.url)
+                local_db = provision_local_database(pg, list(available_services().values()))
+                settings = settings.with_overrides(database_url=local_db.tools_url)
+                env |= local_db.tools_env
             if not settings.webhook_secrets:
                 secret_file = _local_secret(root)
                 settings = settings.with_overrides(webhook_secrets=(secret_file.read_text().strip(),))
@@ -291,12 +298,24 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
                 )
                 env["SYNCMESH_GRPC_TOKEN_FILE"] = str(root / "grpc-token")
             assert settings.nats_url and settings.database_url
-            env |= {"SYNCMESH_NATS_URL": settings.nats_url, "SYNCMESH_DATABASE_URL": settings.database_url}
+            env |= {"SYNCMESH_NATS_URL": settings.nats_url}
+            env.setdefault("SYNCMESH_DATABASE_URL", settings.database_url)
             state.record["env"] = env
             state.write()
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.default_int_handler)  # asyncio.run installs its own from here
-        return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once, state=state, host=host))
+        return asyncio.run(
+            _run(
+                settings,
+                demo=demo,
+                data_dir=root,
+                started=started,
+                once=once,
+                state=state,
+                host=host,
+                database_urls=local_db.service_urls if local_db is not None else {},
+            )
+        )
     except KeyboardInterrupt:
         return 130
     finally:
@@ -308,7 +327,15 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
 
 
 async def _run(
-    settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool, state: MeshState, host: str
+    settings: Settings,
+    *,
+    demo: bool,
+    data_dir: Path,
+    started: float,
+    once: bool,
+    state: MeshState,
+    host: str,
+    database_urls: dict[str, str] | None = None,
 ) -> int:
     main = asyncio.current_task()
     assert main is not None
@@ -344,7 +371,9 @@ async def _run(
                 f"set {GATEWAY.port_variable} to a free port (0 lets the OS pick one)"
             ) from None
         for definition in available_services().values():
-            runtime = ServiceRuntime(definition, settings, host=host)
+            # Each service under its own database role when `up` made them (the embedded default).
+            own_url = (database_urls or {}).get(definition.name, settings.database_url)
+            runtime = ServiceRuntime(definition, settings.with_overrides(database_url=own_url), host=host)
             runtimes.append(runtime)
             await runtime.start()
         await gateway.bus.wait_ready(30)
@@ -478,6 +507,83 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+# -- the embedded PostgreSQL's identities (SECURITY.md, "Database identities") --
+
+
+@dataclass(frozen=True)
+class LocalDatabase:
+    """What `provision_local_database` made: each service's URL under its own role, and the
+    migration role's for the tools (`syncmesh replay`, `verify`), whose password stays in its file."""
+
+    service_urls: dict[str, str]
+    tools_url: str
+    tools_env: dict[str, str]
+
+
+def _role_password(folder: Path, role: str) -> tuple[Path, str]:
+    """`<folder>/<role>.password` (0600), generated on first use: delete it and restart `up` to
+    rotate the role's password."""
+    path = folder / f"{role}.password"
+    if not path.exists():
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(24) + "\n")
+    return path, path.read_text(encoding="utf-8").strip()
+
+
+def provision_local_database(pg: PostgresServer, definitions: list[ServiceDefinition]) -> LocalDatabase:
+    """One login role per service and the migration role on the embedded PostgreSQL, with
+    passwords kept under its data directory (`./.syncmesh/postgres/<role>.password`); each
+    service's schema migrated under the migration role, so the services themselves run with
+    DML on their own schema only, as they do in Kubernetes."""
+    from services.common import db
+
+    base = f"{pg.host}:{pg.port}/syncmesh"
+    migrator_file, migrator_password = _role_password(pg.data_dir, db.MIGRATION_ROLE)
+    migration_url = f"postgresql://{db.MIGRATION_ROLE}:{quote(migrator_password, safe='')}@{base}"
+    service_urls: dict[str, str] = {}
+    runtime_passwords: dict[str, str] = {}
+    for definition in definitions:
+        role = db.runtime_role(definition.schema)
+        runtime_passwords[definition.name] = _role_password(pg.data_dir, role)[1]
+        service_urls[definition.name] = (
+            f"postgresql://{role}:{quote(runtime_passwords[definition.name], safe='')}@{base}"
+        )
+
+    async def provision() -> None:
+        conn = await asyncpg.connect(pg.url)
+        try:
+            for definition in definitions:
+                await db.provision_roles(
+                    conn,
+                    definition.schema,
+                    runtime_password=runtime_passwords[definition.name],
+                    migration_password=migrator_password,
+                )
+        finally:
+            await conn.close()
+        for definition in definitions:
+            await db.migrate_as(migration_url, definition.schema, definition.migration_sources)
+
+    try:
+        asyncio.run(provision())
+    except SettingsError as exc:
+        raise SettingsError(f"{_names(definitions)}: migrate failed: {exc}") from None
+    return LocalDatabase(
+        service_urls=service_urls,
+        tools_url=migration_url,
+        tools_env={
+            "SYNCMESH_DATABASE_URL": f"postgresql://{db.MIGRATION_ROLE}@{base}",
+            "SYNCMESH_DATABASE_PASSWORD_FILE": str(migrator_file),
+        },
+    )
+
+
+def _names(definitions: list[ServiceDefinition]) -> str:
+    return ", ".join(d.name for d in definitions) or "no service"
 
 
 def _without_password(url: str) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from services.common.errors import SettingsError
 
@@ -43,6 +44,9 @@ SECRET_VARIABLES = (
     "SYNCMESH_STRIPE_API_KEY",
     "SYNCMESH_DATABASE_URL",
     "SYNCMESH_GRPC_TOKEN",
+    "SYNCMESH_DATABASE_PASSWORD",
+    "SYNCMESH_MIGRATION_DATABASE_URL",
+    "SYNCMESH_MIGRATION_DATABASE_PASSWORD",
 )
 
 
@@ -51,7 +55,13 @@ class Settings:
     """Validated configuration. Construct with `load_settings`; tests use `dataclasses.replace`."""
 
     nats_url: str | None = None
+    #: The service's own database role (SECURITY.md): `SYNCMESH_DATABASE_URL`, with
+    #: `SYNCMESH_DATABASE_PASSWORD(_FILE)` put into it when the URL names none.
     database_url: str | None = None
+    #: The migration role, which owns the schemas (`SYNCMESH_MIGRATION_DATABASE_URL` plus
+    #: `SYNCMESH_MIGRATION_DATABASE_PASSWORD(_FILE)`): set for `migrate`, or for a service that
+    #: migrates its own schema at start (`services.common.service`).
+    migration_database_url: str | None = None
     webhook_secrets: tuple[str, ...] = ()
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
@@ -232,6 +242,24 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], *, listed:
     return raw
 
 
+def _database_url(env: Mapping[str, str], name: str, password_name: str) -> str | None:
+    """A PostgreSQL URL with the password from `password_name` (or its `_FILE`) put into it, so
+    the URL itself can live in a ConfigMap and the password in a mounted Secret. Neither value is
+    ever echoed in a refusal."""
+    url = _url(env, name, ("postgres", "postgresql"))
+    password = _read(env, password_name)
+    if url is None or password is None:
+        return url
+    scheme, rest = url.split("://", 1)
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at or not userinfo:
+        raise SettingsError(f"{name} names no user, so {password_name} has nobody to log in as: add user@ to it")
+    if ":" in userinfo:
+        raise SettingsError(f"{name} carries a password and {password_name} is set too: keep one")
+    return f"{scheme}://{userinfo}:{quote(password, safe='')}@{hosts}{slash}{tail}"
+
+
 def _replicas(env: Mapping[str, str]) -> int:
     """1, 3 or 5: JetStream keeps a stream while a majority of its replicas is up, so an even count
     survives no more lost nodes than the odd count below it, and costs a copy more per message."""
@@ -337,7 +365,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
 
     return Settings(
         nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls"), listed=True),
-        database_url=_url(env, "SYNCMESH_DATABASE_URL", ("postgres", "postgresql")),
+        database_url=_database_url(env, "SYNCMESH_DATABASE_URL", "SYNCMESH_DATABASE_PASSWORD"),
+        migration_database_url=_database_url(
+            env, "SYNCMESH_MIGRATION_DATABASE_URL", "SYNCMESH_MIGRATION_DATABASE_PASSWORD"
+        ),
         webhook_secrets=secrets,
         stripe_api_key=api_key,
         stripe_api_base=_url(env, "SYNCMESH_STRIPE_API_BASE", ("http", "https")),
