@@ -20,7 +20,7 @@ from syncmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
 
 from gateway.deployable import GATEWAY
 from services import registry
-from services.common.settings import local_mesh_variables
+from services.common.settings import load_settings, local_mesh_variables
 
 
 def _clean_env() -> dict[str, str]:
@@ -93,7 +93,10 @@ def test_up_makes_local_credentials_the_tools_use_them_and_their_changes_are_aud
         assert asyncio.run(_anonymous_unlink(address)) == grpc.StatusCode.UNAUTHENTICATED
         variables = local_mesh_variables(tmp_path)
 
-        rows, history = asyncio.run(_trail(variables["SYNCMESH_DATABASE_URL"]))
+        # The tools' database identity (the migration role), its password in a file beside the URL.
+        database_url = load_settings(variables, local_mesh=False).database_url
+        assert database_url is not None
+        rows, history = asyncio.run(_trail(database_url))
         assert rows == [
             (
                 "/syncmesh.customer.v1.CustomerService/ImportCustomerMappingsWithProgress",
