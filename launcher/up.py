@@ -40,6 +40,7 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.deployable import GATEWAY
+from launcher.natsauth import GATEWAY_USER, OPERATOR_USER, LocalCredentials, roster_identities
 from services import registry
 from services.common.auth import local_tokens
 from services.common.embedded import NatsServer, PostgresServer, free_port
@@ -265,13 +266,16 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
             state.write()
             servers.callback(state.remove)
             env: dict[str, str] = {}
+            credentials: LocalCredentials | None = None
             if not settings.nats_url:
-                nats = NatsServer(root / "nats")
+                credentials = LocalCredentials(root / "nats" / "users")
+                nats = NatsServer(root / "nats", authorization=credentials.authorization(roster_identities()))
                 print(f"starting embedded nats-server (JetStream, sync always) in {nats.data_dir}", file=sys.stderr)
                 servers.callback(nats.stop)
                 _start(nats, "the embedded nats-server", "SYNCMESH_NATS_URL")
                 state.child(nats)
                 settings = settings.with_overrides(nats_url=nats.url)
+                env |= _operator_identity(credentials)
             if not settings.database_url:
                 pg = PostgresServer(root / "postgres")
                 print(f"starting embedded PostgreSQL in {pg.data_dir}", file=sys.stderr)
@@ -296,7 +300,18 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
             state.write()
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.default_int_handler)  # asyncio.run installs its own from here
-        return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once, state=state, host=host))
+        return asyncio.run(
+            _run(
+                settings,
+                demo=demo,
+                data_dir=root,
+                started=started,
+                once=once,
+                state=state,
+                host=host,
+                credentials=credentials,
+            )
+        )
     except KeyboardInterrupt:
         return 130
     finally:
@@ -307,8 +322,33 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
         _restore(previous)
 
 
+def _operator_identity(credentials: LocalCredentials) -> dict[str, str]:
+    """The variables that make the tools run in this folder the operator (via mesh.json)."""
+    credentials.password(OPERATOR_USER)
+    return {
+        "SYNCMESH_NATS_USER": OPERATOR_USER,
+        "SYNCMESH_NATS_PASSWORD_FILE": str(credentials.password_file(OPERATOR_USER)),
+    }
+
+
+def as_nats_user(settings: Settings, credentials: LocalCredentials | None, user: str) -> Settings:
+    """`settings` with `user`'s identity on the embedded NATS; unchanged on a NATS of the
+    operator's own, where the environment names the identity."""
+    if credentials is None:
+        return settings
+    return settings.with_overrides(nats_user=user, nats_password=credentials.password(user), nats_nkey_seed_file=None)
+
+
 async def _run(
-    settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool, state: MeshState, host: str
+    settings: Settings,
+    *,
+    demo: bool,
+    data_dir: Path,
+    started: float,
+    once: bool,
+    state: MeshState,
+    host: str,
+    credentials: LocalCredentials | None = None,
 ) -> int:
     main = asyncio.current_task()
     assert main is not None
@@ -334,7 +374,7 @@ async def _run(
 
             stand_in = start_stand_in(data_dir)
             settings = demo_settings(settings, stand_in)
-        gateway = Gateway(settings, host=host)
+        gateway = Gateway(as_nats_user(settings, credentials, GATEWAY_USER), host=host)
         try:
             with _named("gateway"):
                 await gateway.start()
@@ -344,7 +384,7 @@ async def _run(
                 f"set {GATEWAY.port_variable} to a free port (0 lets the OS pick one)"
             ) from None
         for definition in available_services().values():
-            runtime = ServiceRuntime(definition, settings, host=host)
+            runtime = ServiceRuntime(definition, as_nats_user(settings, credentials, definition.name), host=host)
             runtimes.append(runtime)
             await runtime.start()
         await gateway.bus.wait_ready(30)
@@ -435,7 +475,8 @@ def try_this(
     metrics = metrics_ports(gateway, runtimes)
     if metrics:
         lines.append("  metrics   " + "  ".join(f"{name} :{port}" for name, port in metrics) + "   (GET /metrics)")
-    lines.append(f"  NATS {settings.nats_url}   PostgreSQL {_without_password(settings.database_url or '')}")
+    nats_url, database_url = _without_password(settings.nats_url or ""), _without_password(settings.database_url or "")
+    lines.append(f"  NATS {nats_url}   PostgreSQL {database_url}")
     here = Path.cwd() / LOCAL_MESH_FILE
     lines.append(f"  all of it in {_relative(here)}: `syncmesh` commands run in this folder read it, no exports needed")
     syncmesh = _syncmesh_command()

@@ -24,6 +24,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from services.common.errors import SettingsError
 
@@ -124,18 +125,31 @@ class NatsServer(_Process):
         server_name: str | None = None,
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
+        authorization: str | None = None,
     ) -> None:
         """One server; with `cluster_port` and the other nodes' cluster ports in `routes`, one node
-        of a JetStream cluster named `syncmesh` (see `NatsCluster`)."""
+        of a JetStream cluster named `syncmesh` (see `NatsCluster`).
+
+        `authorization` is the text of a nats-server `authorization { ... }` block (users and
+        their permissions, `launcher.natsauth` writes the mesh's): with it every client must
+        authenticate. The config file holding it is written 0600."""
         super().__init__(data_dir, port, host)
         self.config_path = self.data_dir / "nats-server.conf"
         self.server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes
+        self.authorization = authorization
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str, password: str) -> str:
+        """The URL with an identity in it, for tests and tools that take only a URL. nats-py does
+        not percent-decode, so both must be URL-safe (the generated passwords are hex)."""
+        if quote(user, safe="") != user or quote(password, safe="") != password:
+            raise ValueError("a NATS user or password in a URL must be URL-safe")
+        return f"nats://{user}:{password}@{self.host}:{self.port}"
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -153,6 +167,10 @@ class NatsServer(_Process):
                 f'cluster {{\n  name: "syncmesh"\n  listen: "{self.host}:{self.cluster_port}"\n'
                 f"  routes: [{routes}]\n}}\n"
             )
+        if self.authorization:
+            config += self.authorization.rstrip() + "\n"
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)  # it may hold passwords
         self.config_path.write_text(config)
 
     def _command(self) -> list[str]:
