@@ -142,7 +142,8 @@ class Bus:
         assert self.settings.nats_url
         while self._nc is None:
             try:
-                nc = await nats.connect(
+                nc = NATS()
+                await nc.connect(
                     servers=self.settings.nats_url.split(","),
                     name=self.name,
                     connect_timeout=self.settings.nats_connect_timeout_seconds,
@@ -157,6 +158,10 @@ class Bus:
                     **self._options,
                 )
             except (OSError, nats.errors.Error, TimeoutError) as exc:
+                # nats-py leaves the socket of a refused attempt (a bad identity) open: close it,
+                # or a retry loop that runs for hours leaks one descriptor per attempt.
+                with contextlib.suppress(Exception):
+                    await nc.close()
                 log.warning("NATS connect failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
