@@ -143,20 +143,20 @@ class Bus:
         while self._nc is None:
             try:
                 nc = NATS()
-                await nc.connect(
-                    servers=self.settings.nats_url.split(","),
-                    name=self.name,
-                    connect_timeout=self.settings.nats_connect_timeout_seconds,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=self.settings.nats_reconnect_wait_seconds,
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    **self._options,
-                )
+                options: dict[str, Any] = {
+                    "servers": self.settings.nats_url.split(","),
+                    "name": self.name,
+                    "connect_timeout": self.settings.nats_connect_timeout_seconds,
+                    "allow_reconnect": True,
+                    "max_reconnect_attempts": -1,
+                    "reconnect_time_wait": self.settings.nats_reconnect_wait_seconds,
+                    "ping_interval": 5,
+                    "max_outstanding_pings": 2,
+                    "error_cb": self._on_error,
+                    "disconnected_cb": self._on_disconnected,
+                    "reconnected_cb": self._on_reconnected,
+                }
+                await nc.connect(**options, **self._options)
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 # nats-py leaves the socket of a refused attempt (a bad identity) open: close it,
                 # or a retry loop that runs for hours leaks one descriptor per attempt.
