@@ -27,6 +27,7 @@ launcher, which writes the embedded server's config (`syncmesh up`) and prints t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -269,3 +270,48 @@ class LocalCredentials:
     def authorization(self, identities: Sequence[NatsIdentity]) -> str:
         """The authorization block for `identities`, creating any password still missing."""
         return render_authorization(identities, {i.user: self.password(i.user) for i in identities})
+
+
+# -- Kubernetes (the NATS Helm chart) -----------------------------------------------------------
+
+#: The Secret, in NATS's namespace, that holds one password per identity under the user's name;
+#: the mesh's namespace holds the same keys in `syncmesh-nats` (k8s/README.md).
+HELM_SECRET = "nats-users"
+
+
+def helm_values(identities: Iterable[NatsIdentity]) -> dict[str, object]:
+    """The part of k8s/infra/nats-values.yaml that declares the users: an authorization block
+    whose passwords nats-server reads from its environment (`<< $VAR >>` is the chart's syntax
+    for an unquoted value), and those variables taken from the `nats-users` Secret."""
+    identities = list(identities)
+    users = [
+        {"user": i.user, "password": f"<< ${password_variable(i.user)} >>", "permissions": _permissions(i)}
+        for i in identities
+    ]
+    env = {
+        password_variable(i.user): {"valueFrom": {"secretKeyRef": {"name": HELM_SECRET, "key": i.user}}}
+        for i in identities
+    }
+    return {"config": {"merge": {"authorization": {"users": users}}}, "container": {"env": env}}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`syncmesh nats-auth`: print the NATS users of this build's roster, for the Helm values
+    (k8s/infra/nats-values.yaml) or a nats-server config, with any subscriber teams added."""
+    parser = subparsers.add_parser(
+        "nats-auth", help="print the NATS users and permissions of this roster (Helm values or nats-server config)"
+    )
+    parser.add_argument("--format", choices=("helm", "conf"), default="helm")
+    parser.add_argument(
+        "--subscriber", action="append", default=[], metavar="TEAM", help="add a subscriber identity (repeatable)"
+    )
+    parser.set_defaults(func=_cmd_nats_auth)
+
+
+def _cmd_nats_auth(args: argparse.Namespace) -> int:
+    identities = [*roster_identities(), *(subscriber_identity(team) for team in args.subscriber)]
+    if args.format == "conf":
+        print(render_authorization(identities, {i.user: f"${password_variable(i.user)}" for i in identities}), end="")
+    else:
+        print(json.dumps(helm_values(identities), indent=2))
+    return 0
