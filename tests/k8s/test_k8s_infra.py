@@ -161,7 +161,8 @@ def test_nats_values_authenticate_every_client_as_the_roster_says(name: str) -> 
     declared = {u["user"]: u for u in values["config"]["merge"]["authorization"]["users"]}
     wanted = helm_values(roster_identities())
     for user in wanted["config"]["merge"]["authorization"]["users"]:  # type: ignore[index]
-        assert declared.pop(user["user"], None) == user, f"{name}: user {user['user']} differs from `syncmesh nats-auth`"
+        differs = f"{name}: user {user['user']} differs from `syncmesh nats-auth`"
+        assert declared.pop(user["user"], None) == user, differs
     for team, user in declared.items():
         expected = helm_values([subscriber_identity(team)])["config"]["merge"]["authorization"]["users"][0]  # type: ignore[index]
         assert user == expected, f"{name}: {team} is neither a mesh identity nor a subscriber"
