@@ -45,6 +45,8 @@ STREAMS = (STRIPE_STREAM, EVENTS_STREAM, DLQ_STREAM)
 GATEWAY_USER = "gateway"
 OPERATOR_USER = "operator"
 ADMIN_USER = "admin"
+#: The subscriber identity `syncmesh up` creates, so a team can try its consumer on a local mesh.
+LOCAL_SUBSCRIBER = "subscriber"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ What it started is written to `./.syncmesh/mesh.json` (0600): the variables a to
 and the embedded servers' process ids, so an `up` killed with SIGKILL leaves the next one
 enough to stop its orphans.
 
+The embedded nats-server runs with authorization (launcher/natsauth.py): a password per identity
+in `<data-dir>/nats/users/` (0600, kept across restarts), the gateway and each service connected
+as itself, and the operator's identity recorded for the tools (`SYNCMESH_NATS_USER`,
+`SYNCMESH_NATS_PASSWORD_FILE`). A subscriber identity (`subscriber`) is ready for other teams' trials.
+
 The demo keeps its data apart, in `<data-dir>/demo`, and starts it afresh every run (it says
 so), so it can run any number of times in one folder.
 
@@ -40,7 +45,14 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.deployable import GATEWAY
-from launcher.natsauth import GATEWAY_USER, OPERATOR_USER, LocalCredentials, roster_identities
+from launcher.natsauth import (
+    GATEWAY_USER,
+    LOCAL_SUBSCRIBER,
+    OPERATOR_USER,
+    LocalCredentials,
+    roster_identities,
+    subscriber_identity,
+)
 from services import registry
 from services.common.auth import local_tokens
 from services.common.embedded import NatsServer, PostgresServer, free_port
@@ -269,7 +281,8 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
             credentials: LocalCredentials | None = None
             if not settings.nats_url:
                 credentials = LocalCredentials(root / "nats" / "users")
-                nats = NatsServer(root / "nats", authorization=credentials.authorization(roster_identities()))
+                identities = [*roster_identities(), subscriber_identity(LOCAL_SUBSCRIBER)]
+                nats = NatsServer(root / "nats", authorization=credentials.authorization(identities))
                 print(f"starting embedded nats-server (JetStream, sync always) in {nats.data_dir}", file=sys.stderr)
                 servers.callback(nats.stop)
                 _start(nats, "the embedded nats-server", "SYNCMESH_NATS_URL")
