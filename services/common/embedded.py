@@ -126,19 +126,22 @@ class NatsServer(_Process):
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
         authorization: str | None = None,
+        tls: tuple[Path, Path, Path | None] | None = None,
     ) -> None:
         """One server; with `cluster_port` and the other nodes' cluster ports in `routes`, one node
         of a JetStream cluster named `syncmesh` (see `NatsCluster`).
 
         `authorization` is the text of a nats-server `authorization { ... }` block (users and
         their permissions, `launcher.natsauth` writes the mesh's): with it every client must
-        authenticate. The config file holding it is written 0600."""
+        authenticate. The config file holding it is written 0600. `tls` (certificate, key, and a
+        CA to verify client certificates with, or None) makes every client use TLS."""
         super().__init__(data_dir, port, host)
         self.config_path = self.data_dir / "nats-server.conf"
         self.server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes
         self.authorization = authorization
+        self.tls = tls
 
     @property
     def url(self) -> str:
@@ -169,6 +172,12 @@ class NatsServer(_Process):
             )
         if self.authorization:
             config += self.authorization.rstrip() + "\n"
+        if self.tls:
+            cert, key, client_ca = self.tls
+            config += f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n'
+            if client_ca:
+                config += f'  ca_file: "{client_ca}"\n  verify: true\n'
+            config += "}\n"
         self.config_path.touch(mode=0o600)
         self.config_path.chmod(0o600)  # it may hold passwords
         self.config_path.write_text(config)

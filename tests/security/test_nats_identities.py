@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import nats
@@ -32,6 +33,7 @@ from services.common.errors import PublishError
 from services.common.service import ServiceRuntime
 from services.common.settings import Settings
 from services.common.stream import message_ids
+from tests.common.test_grpc_tls import pki  # noqa: F401  (the openssl-made CA, server and client)
 from tests.conftest import eventually
 from tests.e2e.support import definitions
 from tests.support.signing import signed_request
@@ -359,3 +361,56 @@ async def _wait_for_subject(nats_url: str, stream: str, subject: str) -> str:
         return str(await eventually(found, timeout=30))
     finally:
         await nc.close()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_nats(
+    tmp_path: Path,
+    pki: Path,  # noqa: F811
+    nats_credentials: LocalCredentials,
+) -> Iterator[NatsServer]:
+    """A nats-server of its own requiring TLS with client certificates, and the mesh's identities."""
+    from launcher.natsauth import roster_identities
+
+    server = NatsServer(
+        tmp_path / "tls-nats",
+        authorization=nats_credentials.authorization(roster_identities()),
+        tls=(pki / "server.pem", pki / "server.key", pki / "ca.pem"),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_over_tls_the_gateway_needs_the_ca_its_certificate_and_its_password(
+    tls_nats: NatsServer,
+    pki: Path,  # noqa: F811
+    nats_credentials: LocalCredentials,
+    settings: Settings,
+) -> None:
+    identity = as_nats_user(replace(settings, nats_url=tls_nats.url), nats_credentials, GATEWAY_USER)
+    secured = replace(
+        identity,
+        nats_tls_ca_file=str(pki / "ca.pem"),
+        nats_tls_cert_file=str(pki / "client.pem"),
+        nats_tls_key_file=str(pki / "client.key"),
+    )
+    bus = Bus(secured, name="gateway")
+    await bus.start()
+    try:
+        await bus.wait_ready(10)
+        assert (await bus.publish("stripe.customer.created", b"{}", msg_id="evt_tls")).stream == STRIPE_STREAM
+    finally:
+        await bus.close()
+    # Without a client certificate, or without TLS at all, the same identity is refused.
+    for lacking in (replace(secured, nats_tls_cert_file=None, nats_tls_key_file=None), identity):
+        bus = Bus(lacking, name="gateway")
+        await bus.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await bus.wait_ready(1.5)
+        finally:
+            await bus.close()
