@@ -172,3 +172,20 @@ def test_nats_values_authenticate_every_client_as_the_roster_says(name: str) -> 
         assert ref == {"name": "nats-users", "key": user["user"]}
         assert user["password"] == f"<< ${password_variable(user['user'])} >>"
     assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+
+
+def test_only_the_mesh_nats_box_and_labelled_namespaces_reach_nats() -> None:
+    policy = load_yaml(K8S / "infra" / "nats-network-policy.yaml")
+    for version in sorted({OLDEST_KUBERNETES, f"{kubernetes_validate.latest_version()}.0"}):
+        kubernetes_validate.validate(policy, version, strict=True)
+    assert policy["metadata"]["namespace"] == "nats" and policy["spec"]["policyTypes"] == ["Ingress"]
+    nats_pods = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == nats_pods
+    by_port = {port["port"]: rule["from"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    clients = by_port[4222]
+    assert {"namespaceSelector": {"matchLabels": {"syncmesh.io/nats-client": "true"}}} in clients
+    assert {"podSelector": {}} in clients  # nats-box, in NATS's own namespace
+    mesh = {"matchLabels": {"kubernetes.io/metadata.name": "syncmesh"}}
+    assert any(peer.get("namespaceSelector") == mesh and "podSelector" in peer for peer in clients)
+    assert all(peer.get("namespaceSelector") != {} for peer in clients), "no namespace may reach NATS unlabelled"
+    assert by_port[6222] == [{"podSelector": {"matchLabels": nats_pods}}], "routes only between NATS servers"
