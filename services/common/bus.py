@@ -231,6 +231,11 @@ class Bus:
             raise PublishError("not connected to NATS")
         return self._js
 
+    @property
+    def identity_refused(self) -> bool:
+        """NATS turned this identity away (no, or wrong, credentials) since the last connection."""
+        return self._refused
+
     def is_connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 

@@ -414,3 +414,16 @@ async def test_over_tls_the_gateway_needs_the_ca_its_certificate_and_its_passwor
                 await bus.wait_ready(1.5)
         finally:
             await bus.close()
+
+
+async def test_an_operator_tool_with_a_wrong_password_says_so_in_one_line(
+    nats_server: NatsServer, streams: Settings
+) -> None:
+    from ops.common import connected_bus
+    from services.common.errors import SettingsError
+
+    wrong = replace(streams, nats_url=nats_server.url, nats_user=OPERATOR_USER, nats_password="stale")
+    with pytest.raises(SettingsError, match="NATS refused user operator") as refused:
+        async with connected_bus(wrong, timeout=2):
+            pass
+    assert "stale" not in str(refused.value)
