@@ -427,3 +427,28 @@ async def test_an_operator_tool_with_a_wrong_password_says_so_in_one_line(
         async with connected_bus(wrong, timeout=2):
             pass
     assert "stale" not in str(refused.value)
+
+
+async def test_the_operator_walks_stripe_as_replay_and_backfill_do_and_publishes_as_redrive_does(
+    nats_server: NatsServer, nats_credentials: LocalCredentials, streams: Settings, nats_url: str
+) -> None:
+    from services.common.stream import StreamReader
+
+    await _create_durable(nats_url, "customer")
+    operator = Bus(as_user(streams, nats_server, nats_credentials, OPERATOR_USER), name="syncmesh-ops")
+    await operator.start()
+    try:
+        await operator.wait_ready(10)
+        for n, subject in enumerate(("stripe.customer.created", "stripe.invoice.paid", "stripe.charge.refunded")):
+            await operator.publish(subject, b"{}", msg_id=f"evt_{n}")
+        assert await message_ids(operator, STRIPE_STREAM) == {"evt_0", "evt_1", "evt_2"}
+        for subjects, expected in (
+            (("stripe.invoice.paid",), 1),  # one filter: the subject is part of the API subject
+            (("stripe.customer.created", "stripe.invoice.paid"), 2),  # several: filter_subjects
+        ):
+            reader = StreamReader(operator, STRIPE_STREAM, subjects=subjects)
+            assert sum([len(batch) async for batch in reader.batches()]) == expected
+        info = await operator.js.consumer_info(STRIPE_STREAM, "customer")  # observe, not touch
+        assert info.num_pending == 3
+    finally:
+        await operator.close()
