@@ -56,6 +56,16 @@ CHECKPOINT_VERSION = 1
 
 
 def _invoice_type(obj: dict[str, Any]) -> str:
+    attempts = obj.get("attempt_count")
+    if (
+        obj.get("status") == "open"
+        and isinstance(attempts, int)
+        and attempts > 0
+        and not obj.get("next_payment_attempt")
+    ):
+        # Stripe tried and will not try again: what its own `invoice.payment_failed` said, and
+        # what puts the customer on credit hold (a re-synced or backfilled invoice places it too).
+        return "invoice.payment_failed"
     return {
         "paid": "invoice.paid",
         "void": "invoice.voided",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 from typing import Literal
 
+from services.billing.holds import HoldCode, release_code
 from services.billing.ledger import ErpStatus, LedgerState, compute_ledger, forward_status
 from services.billing.records import StoredLedger, StoredRefund
 from services.billing.settings import BillingSettings
@@ -50,6 +51,8 @@ class Settlement:
     write_off: WriteOffMemo | None
     #: Why the invoice's active credit holds are released, when they are.
     release_reason: str | None
+    #: The same as a code (`holds.HoldCode`).
+    release_code: HoldCode | None = None
 
     @property
     def history(self) -> str:
@@ -75,6 +78,7 @@ def settle(invoice: StoredLedger, policy: BillingSettings) -> Settlement:
         moved=stored != new or invoice.erp_status != status,
         write_off=write_off_memo(invoice, state),
         release_reason=release,
+        release_code=release_code(status) if release is not None else None,
     )
 
 

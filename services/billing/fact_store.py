@@ -75,7 +75,9 @@ SELECT
      FROM credit_holds h JOIN unnest($7::text[], $8::text[]) AS k(customer_id, invoice_id)
        ON h.stripe_customer_id = k.customer_id AND h.stripe_invoice_id = k.invoice_id) AS holds,
   (SELECT json_agg(json_build_array(stripe_customer_id, erp_customer_id, version_created)) FROM customers
-    WHERE stripe_customer_id = ANY($9::text[])) AS customers
+    WHERE stripe_customer_id = ANY($9::text[])) AS customers,
+  (SELECT json_agg(json_build_array(payment_intent_id, charge_id) ORDER BY stripe_created, charge_id) FROM charges
+    WHERE payment_intent_id = ANY($3::text[]) OR charge_id = ANY($2::text[])) AS charges
 """
 
 
@@ -121,6 +123,8 @@ async def load(conn: Conn, keys: FactKeys) -> Loaded:
     facts.invoice_customers.update((i, c) for i, c in _rows(row["invoices"]))
     facts.holds.update(((c, i), (rank, reason)) for c, i, rank, reason in _rows(row["holds"]))
     facts.customers.update((c, StoredCustomer(erp, created)) for c, erp, created in _rows(row["customers"]))
+    for intent, charge in _rows(row["charges"]):
+        facts.charges.setdefault(intent, charge)
     return loaded
 
 
@@ -144,6 +148,7 @@ async def write(conn: Conn, fold: FactsFold, known: Mapping[tuple[str, str], str
     """The fold's net effect: each changed record written once; `known` are the ERP ids of the
     stored records (`Loaded.erp_ids`)."""
     written = Written()
+    await _write_charges(conn, fold)
     await _write_payments(conn, fold, written, known)
     await _write_refunds(conn, fold, written, known)
     await _write_notes(conn, fold, written, known)
@@ -196,9 +201,18 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
             stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, payments.stripe_customer_id),
             charge_id = COALESCE(EXCLUDED.charge_id, payments.charge_id),
             payment_intent_id = COALESCE(EXCLUDED.payment_intent_id, payments.payment_intent_id),
-            amount = EXCLUDED.amount, paid_at = EXCLUDED.paid_at, paid_on = EXCLUDED.paid_on,
-            method = EXCLUDED.method, source = EXCLUDED.source, priority = EXCLUDED.priority
+            amount = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.amount ELSE payments.amount END,
+            paid_at = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_at ELSE payments.paid_at END,
+            paid_on = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_on ELSE payments.paid_on END,
+            method = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.method ELSE payments.method END,
+            source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.source ELSE payments.source END,
+            priority = GREATEST(EXCLUDED.priority, payments.priority)
         WHERE EXCLUDED.priority > payments.priority
+           -- a reference still missing is filled (a charge id from its intent's charge), and an
+           -- invoice payment takes the charge id of its intent's succeeded charge (`facts`)
+           OR (EXCLUDED.charge_id IS NOT NULL AND payments.charge_id IS DISTINCT FROM EXCLUDED.charge_id
+               AND (payments.charge_id IS NULL OR payments.source = 'invoice_payment'))
+           OR (payments.payment_intent_id IS NULL AND EXCLUDED.payment_intent_id IS NOT NULL)
         RETURNING stripe_payment_id, erp_payment_id
         """,
         [p.stripe_payment_id for p in ps],
@@ -216,6 +230,20 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
         *_numbering([p.stripe_payment_id for p in ps], fold.payments_created, "payment", known),
     )
     written.erp_ids.update((("payment", r["stripe_payment_id"]), r["erp_payment_id"]) for r in rows)
+
+
+async def _write_charges(conn: Conn, fold: FactsFold) -> None:
+    """Succeeded charges new in this batch; a charge never changes, so the first write stays."""
+    charges = [fold.charges_created[k] for k in sorted(fold.charges_created)]
+    if charges:
+        await conn.execute(
+            "INSERT INTO charges (charge_id, payment_intent_id, stripe_customer_id, stripe_created) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING",
+            [c.charge_id for c in charges],
+            [c.payment_intent_id for c in charges],
+            [c.stripe_customer_id for c in charges],
+            [c.created for c in charges],
+        )
 
 
 async def _write_refunds(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
@@ -412,10 +440,10 @@ async def _write_holds(conn: Conn, fold: FactsFold, written: Written) -> None:
     holds = [fold.holds_changed[k] for k in keys]
     rows = await conn.fetch(
         """
-        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[])
+        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank, reason_code)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[])
         ON CONFLICT (stripe_customer_id, stripe_invoice_id) DO UPDATE
-           SET reason = EXCLUDED.reason, cause_rank = EXCLUDED.cause_rank
+           SET reason = EXCLUDED.reason, cause_rank = EXCLUDED.cause_rank, reason_code = EXCLUDED.reason_code
          WHERE (EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)
         RETURNING stripe_customer_id, stripe_invoice_id
         """,
@@ -423,6 +451,7 @@ async def _write_holds(conn: Conn, fold: FactsFold, written: Written) -> None:
         [h.stripe_invoice_id for h in holds],
         [fold.holds[k][1] for k in keys],
         [fold.holds[k][0] for k in keys],
+        [h.code for h in holds],
     )
     written.holds.update((r["stripe_customer_id"], r["stripe_invoice_id"]) for r in rows)
 

@@ -8,7 +8,10 @@ audit rows and domain events follow in event order once the write has given new 
 ERP ids. The rules (the SQL of the write keeps the same ones as a guard, for two replicas racing):
 
 - payments: a better source (higher `priority`) replaces the amount, time, method and source and
-  fills the references it carries; an equal or worse one changes nothing.
+  fills the references it carries; an equal or worse one only fills references still missing.
+- charges: a succeeded charge is stored by its payment intent (the first one of an intent stays);
+  a payment of that intent from an `invoice_payment` takes its charge id, whichever came first,
+  so every payment names its charge in the current API shape too.
 - refunds: the status only moves forward (`statuses.REFUND_STATUS_RANK`); a missing invoice,
   customer, charge or payment intent is filled by the first event that has it. A refund that
   names no invoice takes the invoice of a stored payment of its charge or payment intent, and a
@@ -28,7 +31,7 @@ from typing import Literal
 from services.billing import decide
 from services.billing.decide import RefundMemo
 from services.billing.holds import HoldRequest
-from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
+from services.billing.payment_mapping import ChargeSeen, ErpCreditNote, ErpPayment, ErpRefund
 from services.billing.records import StoredRefund
 from services.billing.stripe_fields import to_date
 
@@ -68,6 +71,8 @@ class StoredFacts:
     invoice_customers: dict[str, str] = field(default_factory=dict)
     holds: dict[HoldKey, HoldName] = field(default_factory=dict)
     customers: dict[str, StoredCustomer] = field(default_factory=dict)
+    #: Succeeded charges by payment intent: intent -> charge id.
+    charges: dict[str, str] = field(default_factory=dict)
 
 
 # -- the single-fact rules ------------------------------------------------------------------------
@@ -78,7 +83,16 @@ def merge_payment(stored: ErpPayment | None, new: ErpPayment) -> ErpPayment | No
     if stored is None:
         return new
     if new.priority <= stored.priority:
-        return None
+        fills = (stored.charge_id is None and new.charge_id is not None) or (
+            stored.payment_intent_id is None and new.payment_intent_id is not None
+        )
+        if not fills:
+            return None
+        return replace(
+            stored,
+            charge_id=stored.charge_id or new.charge_id,
+            payment_intent_id=stored.payment_intent_id or new.payment_intent_id,
+        )
     return replace(
         new,
         stripe_invoice_id=new.stripe_invoice_id or stored.stripe_invoice_id,
@@ -186,7 +200,14 @@ class CustomerLinked:
     erp_customer_id: str
 
 
-Effect = PaymentStored | RefundStored | MemoSynced | NoteStored | HoldPlaced | CustomerLinked
+@dataclass(frozen=True)
+class ChargeLinked:
+    """A stored payment learnt its charge id from a charge of its payment intent."""
+
+    payment: ErpPayment
+
+
+Effect = PaymentStored | RefundStored | MemoSynced | NoteStored | HoldPlaced | CustomerLinked | ChargeLinked
 
 
 # -- the fold ---------------------------------------------------------------------------------------
@@ -222,12 +243,17 @@ class FactsFold:
         self.links: set[tuple[str, str]] = set()
         self.holds_changed: dict[HoldKey, HoldRequest] = {}
         self.customers_changed: set[str] = set()
+        self.charges = dict(stored.charges)
+        #: Charges new in this batch, to store.
+        self.charges_created: dict[str, ChargeSeen] = {}
 
     # -- payments ---------------------------------------------------------------------------------
 
     def apply_payment(self, payment: ErpPayment) -> list[Effect]:
         """Store the payment; refunds of its charge without an invoice learn it (memos follow)."""
         effects: list[Effect] = []
+        if payment.charge_id is None and payment.payment_intent_id in self.charges:
+            payment = replace(payment, charge_id=self.charges[payment.payment_intent_id])
         stored = self.payments.get(payment.stripe_payment_id)
         merged = merge_payment(stored, payment)
         if merged is not None:
@@ -240,6 +266,30 @@ class FactsFold:
             memo = self._sync_memo(refund_id)
             if memo is not None:
                 effects.append(MemoSynced(memo, None))
+        return effects
+
+    def apply_charge(self, charge: ChargeSeen) -> list[Effect]:
+        """Store a succeeded charge by its intent; the intent's invoice payments take its id.
+
+        Only payments from an `invoice_payment` take it (the legacy ones are keyed by their own
+        charge id already), and they take it even over another id: the intent's succeeded charge
+        is the payment's charge, so a wrong one (damage a repair re-syncs) is corrected."""
+        intent = charge.payment_intent_id
+        if intent not in self.charges:
+            self.charges[intent] = charge.charge_id
+            self.charges_created[charge.charge_id] = charge
+        charge_id = self.charges[intent]
+        effects: list[Effect] = []
+        for pid in sorted(self.payments):
+            p = self.payments[pid]
+            if p.payment_intent_id != intent or p.charge_id == charge_id:
+                continue
+            if p.charge_id is not None and p.source != "invoice_payment":
+                continue
+            linked = replace(p, charge_id=charge_id)
+            self.payments[pid] = linked
+            self.payments_changed.add(pid)
+            effects.append(ChargeLinked(linked))
         return effects
 
     def _link_refunds(self, p: ErpPayment) -> list[str]:

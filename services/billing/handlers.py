@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime
 from services.billing import announce, fact_store, holds, payment_mapping, store
 from services.billing.batch_state import Batch
 from services.billing.facts import (
+    ChargeLinked,
     CustomerLinked,
     Effect,
     FactsFold,
@@ -32,7 +33,7 @@ from services.billing.facts import (
     RefundStored,
 )
 from services.billing.holds import HoldRequest
-from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
+from services.billing.payment_mapping import ChargeSeen, ErpCreditNote, ErpPayment, ErpRefund
 from services.billing.records import PaymentWrite, RefundWrite
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
@@ -54,7 +55,7 @@ class CustomerLink:
     created: int
 
 
-Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | CustomerLink
+Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | CustomerLink | ChargeSeen
 
 
 @dataclass
@@ -138,10 +139,15 @@ def _read_charge(item: BatchItem) -> EventFacts | None:
         if payment is not None and payment.stripe_invoice_id:
             facts.append(payment)
             settles.append(payment.stripe_invoice_id)
+        # Current-shape charges name no invoice, but they are where a payment's charge id is:
+        # stored by payment intent, joined with the intent's invoice payment (`facts`).
+        seen = payment_mapping.charge_seen(event.object)
+        if seen is not None:
+            facts.append(seen)
     if event.type == "charge.refunded":
         facts.extend(payment_mapping.refunds_from_charge(event.object))
     elif not facts:
-        item.ctx.skip("charge not linked to an invoice (basil charges are paid through invoice_payment)")
+        item.ctx.skip("charge neither succeeded with a payment intent nor linked to an invoice")
         return None
     return EventFacts(item, facts, settles)
 
@@ -187,6 +193,9 @@ def _keys(read: Sequence[EventFacts]) -> fact_store.FactKeys:
                     invoices.add(fact.stripe_invoice_id)
             elif isinstance(fact, HoldRequest):
                 hold_keys.add((fact.stripe_customer_id, fact.stripe_invoice_id))
+            elif isinstance(fact, ChargeSeen):
+                charges.add(fact.charge_id)
+                intents.add(fact.payment_intent_id)
             else:
                 customers.add(fact.stripe_customer_id)
     return fact_store.FactKeys(payments, charges, intents, refunds, notes, invoices, hold_keys, customers)
@@ -214,6 +223,8 @@ def _fold(fold: FactsFold, ef: EventFacts) -> tuple[list[Effect], list[str]]:
         elif isinstance(fact, HoldRequest):
             invoices.append(fact.stripe_invoice_id)
             effects.extend(fold.place_hold(fact))
+        elif isinstance(fact, ChargeSeen):
+            effects.extend(fold.apply_charge(fact))
         else:
             effects.extend(fold.link_customer(fact.stripe_customer_id, fact.erp_customer_id, fact.created))
     return effects, invoices
@@ -319,8 +330,17 @@ async def _announce(
         await ctx.emit(
             "credit_hold_changed",
             announce.credit_hold_changed(
-                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason
+                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason, code=hold.code
             ),
         )
+    elif isinstance(effect, ChargeLinked):
+        p = effect.payment
+        if ("payment", p.stripe_payment_id) not in written.erp_ids:
+            return
+        erp_id = erp_ids["payment", p.stripe_payment_id]
+        batch.record(
+            event, "payment", p.stripe_payment_id, f"charge {p.charge_id} (payment intent {p.payment_intent_id})"
+        )
+        await ctx.emit("payment_applied", announce.payment_applied(PaymentWrite(erp_id, False), p))
     elif isinstance(effect, CustomerLinked) and effect.stripe_customer_id in written.customers:
         batch.record(event, "customer", effect.stripe_customer_id, f"linked to ERP customer {effect.erp_customer_id}")

@@ -6,9 +6,13 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from services.billing.invoice_mapping import ErpInvoice
 from services.billing.stripe_fields import Json, as_dict, ref_id
+
+#: Why a hold is placed or released, as a code beside the free text (the contract's `HoldReason`).
+HoldCode = Literal["final_payment_failure", "subscription_delinquent", "manual", "invoice_paid", "invoice_voided"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,13 @@ class HoldRequest:
     reason: str
     #: 1 for the invoice's own final failure, 2 for a subscription state: the lower names the hold.
     cause_rank: int = 1
+    #: The reason as a code: it follows the cause that names the hold.
+    code: HoldCode = "final_payment_failure"
+
+
+def release_code(erp_status: str) -> HoldCode:
+    """Why an invoice's holds are released, as a code: it was paid in full, or voided."""
+    return "invoice_voided" if erp_status == "voided" else "invoice_paid"
 
 
 def hold_from_invoice(inv: ErpInvoice) -> HoldRequest | None:
@@ -41,6 +52,10 @@ def hold_from_subscription(obj: Json, event_type: str) -> HoldRequest | None:
     cancel_reason = as_dict(obj.get("cancellation_details")).get("reason")
     if status in ("unpaid", "paused") or (event_type.endswith(".deleted") and cancel_reason == "payment_failed"):
         return HoldRequest(
-            customer, invoice, f"subscription {obj.get('id')} {status} after final payment failure", cause_rank=2
+            customer,
+            invoice,
+            f"subscription {obj.get('id')} {status} after final payment failure",
+            cause_rank=2,
+            code="subscription_delinquent",
         )
     return None

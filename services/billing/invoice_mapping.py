@@ -57,6 +57,12 @@ class ErpLine:
     stripe_line_id: str | None = None
     stripe_price_id: str | None = None
     discount_id: str | None = None
+    #: Discount lines: the discount's coupon, when the invoice names it (an expanded discount).
+    coupon_id: str | None = None
+    #: Item lines: the price's product.
+    stripe_product_id: str | None = None
+    #: Item lines: the tax Stripe computed on the line, exclusive and inclusive (minor units).
+    tax_amount: int = 0
     #: For posting discount lines: the revenue account the discount posts to.
     revenue_account: str | None = None
     schedule: tuple[RevenueEntry, ...] = ()
@@ -115,6 +121,20 @@ def line_price_id(line: Json) -> str | None:
     pricing = as_dict(line.get("pricing"))
     details = as_dict(pricing.get("price_details"))
     return ref_id(details.get("price")) or ref_id(line.get("price")) or ref_id(line.get("plan"))
+
+
+def line_product_id(line: Json) -> str | None:
+    """The product of the line's price: `pricing.price_details.product` (basil), else the
+    price's (or plan's) own `product`."""
+    details = as_dict(as_dict(line.get("pricing")).get("price_details"))
+    price = as_dict(line.get("price")) or as_dict(line.get("plan"))
+    return ref_id(details.get("product")) or ref_id(price.get("product"))
+
+
+def line_tax(line: Json) -> int:
+    """The line's own tax: `taxes[].amount` (basil) or `tax_amounts[].amount` (legacy)."""
+    taxes = line.get("taxes") if isinstance(line.get("taxes"), list) else line.get("tax_amounts")
+    return sum(as_int(tax.get("amount")) for tax in as_list(taxes) if isinstance(tax, dict))
 
 
 def line_proration(line: Json) -> bool:
@@ -243,6 +263,21 @@ def _discount_names(obj: Json) -> dict[str, str]:
     return names
 
 
+def _discount_coupons(obj: Json) -> dict[str, str]:
+    """Coupon ids of the invoice's discounts, from whatever discount objects it expanded
+    (`coupon` before 2025-03, `source.coupon` since)."""
+    coupons: dict[str, str] = {}
+    candidates = [d for d in as_list(obj.get("discounts")) if isinstance(d, dict)]
+    if isinstance(obj.get("discount"), dict):
+        candidates.append(obj["discount"])
+    for disc in candidates:
+        disc_id = ref_id(disc)
+        coupon = ref_id(disc.get("coupon")) or ref_id(as_dict(disc.get("source")).get("coupon"))
+        if disc_id and coupon:
+            coupons[disc_id] = coupon
+    return coupons
+
+
 def _taxes(obj: Json) -> tuple[int, int]:
     """(exclusive, inclusive) tax: only exclusive tax adds to the total."""
     exclusive = inclusive = 0
@@ -349,6 +384,8 @@ def map_invoice(
                 proration=line_proration(raw),
                 stripe_line_id=ref_id(raw.get("id")),
                 stripe_price_id=price_id,
+                stripe_product_id=line_product_id(raw),
+                tax_amount=line_tax(raw),
                 schedule=revenue_schedule(
                     recognized, rule=rule, start=start, end=end, transaction_date=transaction_date
                 ),
@@ -357,6 +394,7 @@ def map_invoice(
 
     # Discount lines: one per discount, negative, with no service period (as Stripe shows them).
     names = _discount_names(obj)
+    coupons = _discount_coupons(obj)
     posting = billing.discount_posting == "posting"
     for disc_id, amount in total_discounts:
         if amount == 0:
@@ -379,6 +417,7 @@ def map_invoice(
                 period_end=None,
                 proration=False,
                 discount_id=disc_id,
+                coupon_id=coupons.get(disc_id),
                 revenue_account=billing.discount_account if posting else None,
                 schedule=revenue_schedule(
                     negative, rule="immediate", start=None, end=None, transaction_date=transaction_date

@@ -121,6 +121,9 @@ async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) ->
         last = snaps[-1].item
         batch.settle_later(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
     await store.write_snapshots(conn, folds)
+    # Lines follow the current price -> item sheet whether or not they were rewritten: a replay
+    # after a mapping change rewrites none (its snapshots are not newer than the stored ones).
+    await store.remap_lines(conn, sorted(by_invoice))
     await store.note_unmapped(conn, unmapped)
     beyond = []
     for snap in read:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from services.billing.statuses import ERP_STATUS_RANK
 
-ErpStatus = Literal["open", "paid_in_full", "voided", "written_off"]
+ErpStatus = Literal["draft", "open", "paid_in_full", "voided", "written_off"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ def compute_ledger(f: LedgerFacts) -> LedgerState:
     unattributed = max(0, f.stripe_amount_paid - real) if f.stripe_status not in ("void", "deleted", "draft") else 0
     paid = real + unattributed
     base_credits = f.invoice_credits + f.balance_applied
+    if f.stripe_status == "draft":
+        # Not sent, maybe never sent: nothing is owed on it yet, so nothing counts as receivable.
+        return LedgerState(paid, unattributed, base_credits, 0, "draft", "none", 0)
     before_write_off = f.total - paid - base_credits
     write_off_wanted = f.write_off_enabled and f.uncollectible_seen
 
@@ -148,8 +151,12 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
 
 
 def forward_status(stored: str | None, derived: ErpStatus) -> ErpStatus:
-    """ERP statuses only move forward (open -> written off -> paid in full / voided)."""
-    if stored is None or stored not in ERP_STATUS_RANK:
+    """ERP statuses only move forward (draft -> open -> written off -> paid in full / voided).
+
+    A draft is derived only while Stripe's newest snapshot is a draft, and snapshots only move
+    forward, so Stripe never finalized it: a stored `open` beside it is what the mapping before
+    drafts stored (or damage), never a later state, and it goes back to draft."""
+    if stored is None or stored not in ERP_STATUS_RANK or (derived == "draft" and stored == "open"):
         return derived
     if ERP_STATUS_RANK[derived] >= ERP_STATUS_RANK[stored]:
         return derived

@@ -82,6 +82,26 @@ def payment_from_charge(obj: Json) -> ErpPayment | None:
     )
 
 
+@dataclass(frozen=True)
+class ChargeSeen:
+    """A succeeded charge and its payment intent: in the current shape the only place a payment's
+    charge id is found (`invoice_payment` names the intent alone, and the charge no invoice)."""
+
+    charge_id: str
+    payment_intent_id: str
+    stripe_customer_id: str | None
+    created: int
+
+
+def charge_seen(obj: Json) -> ChargeSeen | None:
+    """Any succeeded charge that names its payment intent (either shape); None otherwise. A failed
+    charge of the same intent is left out: the payment is the charge that succeeded."""
+    charge, intent = ref_id(obj.get("id")), ref_id(obj.get("payment_intent"))
+    if not charge or not intent or obj.get("status") != "succeeded" or obj.get("paid") is False:
+        return None
+    return ChargeSeen(charge, intent, ref_id(obj.get("customer")), as_int(obj.get("created")))
+
+
 def payment_from_invoice(inv: ErpInvoice, obj: Json) -> ErpPayment | None:
     """Legacy fields: a paid invoice names its charge, or says it was paid out of band."""
     if inv.stripe_status != "paid" or inv.stripe_amount_paid <= 0:

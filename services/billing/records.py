@@ -77,6 +77,10 @@ class InvoiceLineRecord:
     period_end: date | None
     proration: bool
     revenue_account: str | None
+    discount_id: str | None
+    coupon_id: str | None
+    stripe_product_id: str | None
+    tax_amount: int
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class HoldRecord:
     placed_at: datetime
     released_at: datetime | None
     release_reason: str | None
+    reason_code: str
+    release_reason_code: str | None
 
 
 @dataclass(frozen=True)

@@ -96,15 +96,20 @@ class ImportCounts:
     created: int
     updated: int
     unchanged: int
+    #: Stored invoice lines whose ERP item the sheet changed (would change, in a dry run).
+    lines_remapped: int = 0
 
 
 async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> ImportCounts:
-    """Count (and unless `write` is False, apply) a validated data sheet; a mapped price leaves
-    the unmapped list."""
+    """Count (and unless `write` is False, apply) a validated data sheet, in the caller's
+    transaction: the stored lines of its prices are re-mapped with it (a mapping that left them
+    on the default item would leave the ledger saying what the sheet contradicts), and a mapped
+    price leaves the unmapped list."""
     existing = await load_item_map(conn, [p for p, _ in rows])
     created = sum(1 for p, _ in rows if p not in existing)
     updated = sum(1 for p, item in rows if p in existing and existing[p] != item)
     unchanged = len(rows) - created - updated
+    remapped = await _remap_imported_lines(conn, rows, write=write)
     if write and rows:
         await conn.executemany(
             """
@@ -115,7 +120,72 @@ async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, w
             sorted(rows),
         )
         await conn.execute("DELETE FROM unmapped_prices WHERE stripe_price_id = ANY($1::text[])", [p for p, _ in rows])
-    return ImportCounts(created, updated, unchanged)
+    return ImportCounts(created, updated, unchanged, remapped)
+
+
+#: Item lines of these (price, item) pairs that do not carry that item yet.
+_LINES_TO_REMAP = """
+    FROM invoice_lines l JOIN unnest($1::text[], $2::text[]) AS m(stripe_price_id, erp_item_id)
+      ON l.stripe_price_id = m.stripe_price_id
+   WHERE l.kind = 'item' AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+"""
+
+
+async def _remap_imported_lines(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> int:
+    """Point the stored lines of the sheet's prices at their new items; how many changed (would
+    change, unless `write`). The invoices' advisory locks are taken first, in id order as every
+    batch takes them, so the import neither deadlocks with nor interleaves a batch writing the
+    same invoices. Each changed invoice's history says which lines moved to which item."""
+    if not rows:
+        return 0
+    args = [p for p, _ in rows], [i for _, i in rows]
+    invoice_ids = [r[0] for r in await conn.fetch(f"SELECT DISTINCT l.stripe_invoice_id {_LINES_TO_REMAP}", *args)]
+    if not write or not invoice_ids:
+        return int(await conn.fetchval(f"SELECT count(*) {_LINES_TO_REMAP}", *args) or 0)
+    await lock_many(conn, sorted(invoice_ids))
+    changed = await conn.fetch(
+        """
+        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+          FROM unnest($1::text[], $2::text[]) AS m(stripe_price_id, erp_item_id)
+         WHERE l.stripe_price_id = m.stripe_price_id
+           AND l.kind = 'item' AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+        RETURNING l.stripe_invoice_id, l.line_no, l.stripe_price_id, l.erp_item_id
+        """,
+        *args,
+    )
+    by_invoice: dict[str, list[str]] = {}
+    for r in sorted(changed, key=lambda r: (r["stripe_invoice_id"], r["line_no"])):
+        by_invoice.setdefault(r["stripe_invoice_id"], []).append(
+            f"line {r['line_no']} ({r['stripe_price_id']}) -> {r['erp_item_id']}"
+        )
+    await add_history(
+        conn,
+        [
+            ("invoice", invoice_id, "", "item_mappings.imported", "item mapping imported: " + "; ".join(moved))
+            for invoice_id, moved in by_invoice.items()
+        ],
+    )
+    return len(changed)
+
+
+async def remap_lines(conn: Conn, invoice_ids: Sequence[str]) -> int:
+    """Point these invoices' stored item lines at their prices' current ERP items; how many
+    changed. Every batch runs it for the invoices it touched (whose locks it holds), so a replay
+    re-maps what a mapping written since left behind (an invoice's lines are only rewritten by
+    a newer snapshot), and reports exactly those lines."""
+    if not invoice_ids:
+        return 0
+    status = await conn.execute(
+        """
+        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+          FROM item_mappings m
+         WHERE l.stripe_invoice_id = ANY($1::text[]) AND l.kind = 'item'
+           AND l.stripe_price_id = m.stripe_price_id
+           AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+        """,
+        list(invoice_ids),
+    )
+    return int(status.split()[-1])
 
 
 # -- invoices -----------------------------------------------------------------------------------
@@ -258,8 +328,10 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
         """
         INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
             erp_item_id, item_mapped, description, quantity, unit_amount, unit_amount_decimal, amount,
-            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account,
+            coupon_id, stripe_product_id, tax_amount)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                $21, $22, $23)
         """,
         [
             (
@@ -283,6 +355,9 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
                 line.period_end,
                 line.proration,
                 line.revenue_account,
+                line.coupon_id,
+                line.stripe_product_id,
+                line.tax_amount,
             )
             for inv in invoices
             for line in inv.lines
@@ -534,21 +609,22 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
 # -- credit holds -------------------------------------------------------------------------------
 
 
-async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, list[str]]:
-    """Release the active holds of these invoices (invoice id -> reason), in one statement;
-    returns the customers released, by invoice."""
+async def release_holds(conn: Conn, reasons: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
+    """Release the active holds of these invoices (invoice id -> (reason, reason code)), in one
+    statement; returns the customers released, by invoice."""
     if not reasons:
         return {}
     invoice_ids = sorted(reasons)
     rows = await conn.fetch(
         """
-        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason
-          FROM unnest($1::text[], $2::text[]) AS t(invoice_id, reason)
+        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason, release_reason_code = t.code
+          FROM unnest($1::text[], $2::text[], $3::text[]) AS t(invoice_id, reason, code)
          WHERE h.stripe_invoice_id = t.invoice_id AND h.released_at IS NULL
         RETURNING h.stripe_invoice_id, h.stripe_customer_id
         """,
         invoice_ids,
-        [reasons[i] for i in invoice_ids],
+        [reasons[i][0] for i in invoice_ids],
+        [reasons[i][1] for i in invoice_ids],
     )
     released: dict[str, list[str]] = {}
     for r in sorted(rows, key=lambda r: (r["stripe_invoice_id"], r["stripe_customer_id"])):
@@ -641,7 +717,13 @@ async def list_payments(
 
 
 async def list_credit_memos(
-    conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[date, str] | None, limit: int
+    conn: Conn,
+    *,
+    customer: str | None,
+    invoice: str | None,
+    after: tuple[date, str] | None,
+    limit: int,
+    include_superseded: bool = False,
 ) -> list[CreditMemoRecord]:
     return _all(
         CreditMemoRecord,
@@ -652,6 +734,7 @@ async def list_credit_memos(
              WHERE ($1::text IS NULL OR COALESCE(m.stripe_customer_id, i.stripe_customer_id) = $1)
                AND ($2::text IS NULL OR m.stripe_invoice_id = $2)
                AND ($3::date IS NULL OR (m.memo_date, m.memo_key) > ($3, $4))
+               AND ($6 OR m.status <> 'superseded')
              ORDER BY m.memo_date, m.memo_key
              LIMIT $5
             """,
@@ -660,6 +743,7 @@ async def list_credit_memos(
             after[0] if after else None,
             after[1] if after else "",
             limit,
+            include_superseded,
         ),
     )
 
@@ -702,6 +786,23 @@ async def list_refunds(
             after[1] if after else "",
             limit,
         ),
+    )
+
+
+async def customer_known(conn: Conn, customer: str) -> bool:
+    """Whether the ledger has seen the customer at all: an invoice, a payment, a memo, a hold or
+    a link to its ERP customer. A balance of a customer never seen is NOT_FOUND, not empty."""
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT EXISTS (SELECT 1 FROM invoices WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM customers WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM payments WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM credit_memos WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1)
+            """,
+            customer,
+        )
     )
 
 

@@ -71,7 +71,15 @@ async def test_verify_reports_exactly_the_damage_and_repair_fixes_it(
     clean = await verify(client, view(mesh), s)
     assert clean.clean, "\n".join(clean.lines())
     checked = {kind: summary.checked for kind, summary in clean.summaries.items()}
-    assert checked == {"customers": 3, "invoices": 3, "clients": 3, "products": 2, "contracts": 3, "refunds": 0}
+    assert checked == {
+        "customers": 3,
+        "invoices": 3,
+        "clients": 3,
+        "products": 2,
+        "contracts": 3,
+        "refunds": 0,
+        "payments": 3,
+    }
     # localstripe has no credit notes: that type is reported as not verified, never as clean
     assert set(clean.unverified) == {"credit_memos"}
     assert "  credit_memos: NOT VERIFIED: this Stripe API does not serve credit_notes (404)" in clean.lines()
@@ -264,6 +272,8 @@ def test_types_and_masking() -> None:
         "contracts",
         "credit_memos",
         "refunds",
+        "payments",
+        "credit_holds",
     )
     with pytest.raises(SettingsError, match="unknown coupons"):
         parse_verify_types("coupons")
