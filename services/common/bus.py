@@ -108,6 +108,23 @@ def _same_stream(current: StreamConfig, wanted: StreamConfig) -> bool:
     )
 
 
+async def _cancel(task: asyncio.Task[None], *, within: float = 5.0) -> None:
+    """Cancel `task` and wait for it to end.
+
+    nats-py swallows a cancellation that lands while it flushes, and a connect that NATS keeps
+    refusing (a wrong password) retries inside nats-py, flushing each time: one cancel may be
+    lost (seen as a close that hung), so it is repeated until it takes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.done():
+        log.warning("the NATS connect task did not stop within %.0fs", within)
+    elif not task.cancelled():
+        task.exception()  # retrieved, so an error in it is not reported again at exit
+
+
 class Bus:
     """A NATS connection that keeps trying, plus the JetStream operations the mesh needs."""
 
@@ -124,6 +141,7 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._options = connect_options(settings)
         self._refused = False
+        self._connecting: NATS | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -142,7 +160,7 @@ class Bus:
         assert self.settings.nats_url
         while self._nc is None:
             try:
-                nc = NATS()
+                nc = self._connecting = NATS()
                 options: dict[str, Any] = {
                     "servers": self.settings.nats_url.split(","),
                     "name": self.name,
@@ -245,10 +263,11 @@ class Bus:
     async def close(self) -> None:
         """Drain (finish in-flight work, flush publishes) and close."""
         self._closing = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is not None:
+            await _cancel(self._task)
+        if self._connecting is not None and self._connecting is not self._nc:
+            with contextlib.suppress(Exception):  # a connect still being refused: its socket too
+                await self._connecting.close()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), 2)
