@@ -118,9 +118,10 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
 
     if not with_extensions:
         return parser
-    from launcher import call
+    from launcher import call, natsauth
 
     call.register(sub)
+    natsauth.register(sub)
     groups: dict[str, Any] = {}
     imports = sub.add_parser("import", help="import data sheets or run an initial import")
     groups["import"] = imports.add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -11,6 +11,11 @@ What it started is written to `./.syncmesh/mesh.json` (0600): the variables a to
 and the embedded servers' process ids, so an `up` killed with SIGKILL leaves the next one
 enough to stop its orphans.
 
+The embedded nats-server runs with authorization (launcher/natsauth.py): a password per identity
+in `<data-dir>/nats/users/` (0600, kept across restarts), the gateway and each service connected
+as itself, and the operator's identity recorded for the tools (`SYNCMESH_NATS_USER`,
+`SYNCMESH_NATS_PASSWORD_FILE`). A subscriber identity (`subscriber`) is ready for other teams' trials.
+
 The demo keeps its data apart, in `<data-dir>/demo`, and starts it afresh every run (it says
 so), so it can run any number of times in one folder.
 
@@ -44,6 +49,14 @@ import asyncpg
 
 from gateway.app import Gateway
 from gateway.deployable import GATEWAY
+from launcher.natsauth import (
+    GATEWAY_USER,
+    LOCAL_SUBSCRIBER,
+    OPERATOR_USER,
+    LocalCredentials,
+    roster_identities,
+    subscriber_identity,
+)
 from services import registry
 from services.common.auth import local_tokens
 from services.common.embedded import NatsServer, PostgresServer, free_port
@@ -270,13 +283,17 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
             state.write()
             servers.callback(state.remove)
             env: dict[str, str] = {}
+            credentials: LocalCredentials | None = None
             if not settings.nats_url:
-                nats = NatsServer(root / "nats")
+                credentials = LocalCredentials(root / "nats" / "users")
+                identities = [*roster_identities(), subscriber_identity(LOCAL_SUBSCRIBER)]
+                nats = NatsServer(root / "nats", authorization=credentials.authorization(identities))
                 print(f"starting embedded nats-server (JetStream, sync always) in {nats.data_dir}", file=sys.stderr)
                 servers.callback(nats.stop)
                 _start(nats, "the embedded nats-server", "SYNCMESH_NATS_URL")
                 state.child(nats)
                 settings = settings.with_overrides(nats_url=nats.url)
+                env |= _operator_identity(credentials)
             if not settings.database_url:
                 pg = PostgresServer(root / "postgres")
                 print(f"starting embedded PostgreSQL in {pg.data_dir}", file=sys.stderr)
@@ -314,6 +331,7 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
                 state=state,
                 host=host,
                 database_urls=local_db.service_urls if local_db is not None else {},
+                credentials=credentials,
             )
         )
     except KeyboardInterrupt:
@@ -326,6 +344,23 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
         _restore(previous)
 
 
+def _operator_identity(credentials: LocalCredentials) -> dict[str, str]:
+    """The variables that make the tools run in this folder the operator (via mesh.json)."""
+    credentials.password(OPERATOR_USER)
+    return {
+        "SYNCMESH_NATS_USER": OPERATOR_USER,
+        "SYNCMESH_NATS_PASSWORD_FILE": str(credentials.password_file(OPERATOR_USER)),
+    }
+
+
+def as_nats_user(settings: Settings, credentials: LocalCredentials | None, user: str) -> Settings:
+    """`settings` with `user`'s identity on the embedded NATS; unchanged on a NATS of the
+    operator's own, where the environment names the identity."""
+    if credentials is None:
+        return settings
+    return settings.with_overrides(nats_user=user, nats_password=credentials.password(user), nats_nkey_seed_file=None)
+
+
 async def _run(
     settings: Settings,
     *,
@@ -336,6 +371,7 @@ async def _run(
     state: MeshState,
     host: str,
     database_urls: dict[str, str] | None = None,
+    credentials: LocalCredentials | None = None,
 ) -> int:
     main = asyncio.current_task()
     assert main is not None
@@ -361,7 +397,7 @@ async def _run(
 
             stand_in = start_stand_in(data_dir)
             settings = demo_settings(settings, stand_in)
-        gateway = Gateway(settings, host=host)
+        gateway = Gateway(as_nats_user(settings, credentials, GATEWAY_USER), host=host)
         try:
             with _named("gateway"):
                 await gateway.start()
@@ -371,9 +407,11 @@ async def _run(
                 f"set {GATEWAY.port_variable} to a free port (0 lets the OS pick one)"
             ) from None
         for definition in available_services().values():
-            # Each service under its own database role when `up` made them (the embedded default).
+            # Each service under its own database role when `up` made them (the embedded default),
+            # and as its own NATS identity.
             own_url = (database_urls or {}).get(definition.name, settings.database_url)
-            runtime = ServiceRuntime(definition, settings.with_overrides(database_url=own_url), host=host)
+            own = settings.with_overrides(database_url=own_url)
+            runtime = ServiceRuntime(definition, as_nats_user(own, credentials, definition.name), host=host)
             runtimes.append(runtime)
             await runtime.start()
         await gateway.bus.wait_ready(30)
@@ -464,7 +502,8 @@ def try_this(
     metrics = metrics_ports(gateway, runtimes)
     if metrics:
         lines.append("  metrics   " + "  ".join(f"{name} :{port}" for name, port in metrics) + "   (GET /metrics)")
-    lines.append(f"  NATS {settings.nats_url}   PostgreSQL {_without_password(settings.database_url or '')}")
+    nats_url, database_url = _without_password(settings.nats_url or ""), _without_password(settings.database_url or "")
+    lines.append(f"  NATS {nats_url}   PostgreSQL {database_url}")
     here = Path.cwd() / LOCAL_MESH_FILE
     lines.append(f"  all of it in {_relative(here)}: `syncmesh` commands run in this folder read it, no exports needed")
     syncmesh = _syncmesh_command()

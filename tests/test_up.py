@@ -85,6 +85,15 @@ def _listening_on(port: int) -> tuple[str, ...]:
     return tuple(sorted(addresses))
 
 
+def _anonymous_nats_answer(url: str) -> str:
+    """What nats-server answers a client that connects without credentials (protocol by hand)."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.recv(4096)  # INFO
+        conn.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        return conn.recv(4096).decode(errors="replace")
+
+
 def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "up.out"
     with open(out, "w") as stdout:
@@ -110,6 +119,13 @@ def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing
         assert {f"syncmesh-{d.schema}": {db.runtime_role(d.schema)} for d in registry.definitions()} == {
             app: users for app, users in sessions.items() if app.startswith("syncmesh-")
         }
+        # NATS runs with authorization: a password per identity, private files, the tools as operator.
+        users = tmp_path / ".syncmesh" / "nats" / "users"
+        expected = {f"{u}.password" for u in ("gateway", "operator", "subscriber", *registry.names())}
+        assert {p.name for p in users.iterdir()} == expected
+        assert {p.stat().st_mode & 0o777 for p in users.iterdir()} == {0o600}
+        assert recorded["env"]["SYNCMESH_NATS_USER"] == "operator"
+        assert "Authorization Violation" in _anonymous_nats_answer(recorded["env"]["SYNCMESH_NATS_URL"])
 
         listed = _tool(tmp_path, "dlq", "list")
         assert listed.returncode == 0, listed.stderr

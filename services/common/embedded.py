@@ -132,18 +132,34 @@ class NatsServer(_Process):
         server_name: str | None = None,
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
+        authorization: str | None = None,
+        tls: tuple[Path, Path, Path | None] | None = None,
     ) -> None:
         """One server; with `cluster_port` and the other nodes' cluster ports in `routes`, one node
-        of a JetStream cluster named `syncmesh` (see `NatsCluster`)."""
+        of a JetStream cluster named `syncmesh` (see `NatsCluster`).
+
+        `authorization` is the text of a nats-server `authorization { ... }` block (users and
+        their permissions, `launcher.natsauth` writes the mesh's): with it every client must
+        authenticate. The config file holding it is written 0600. `tls` (certificate, key, and a
+        CA to verify client certificates with, or None) makes every client use TLS."""
         super().__init__(data_dir, port, host)
         self.config_path = self.data_dir / "nats-server.conf"
         self.server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes
+        self.authorization = authorization
+        self.tls = tls
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str, password: str) -> str:
+        """The URL with an identity in it, for tests and tools that take only a URL. nats-py does
+        not percent-decode, so both must be URL-safe (the generated passwords are hex)."""
+        if quote(user, safe="") != user or quote(password, safe="") != password:
+            raise ValueError("a NATS user or password in a URL must be URL-safe")
+        return f"nats://{user}:{password}@{self.host}:{self.port}"
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -161,6 +177,16 @@ class NatsServer(_Process):
                 f'cluster {{\n  name: "syncmesh"\n  listen: "{self.host}:{self.cluster_port}"\n'
                 f"  routes: [{routes}]\n}}\n"
             )
+        if self.authorization:
+            config += self.authorization.rstrip() + "\n"
+        if self.tls:
+            cert, key, client_ca = self.tls
+            config += f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n'
+            if client_ca:
+                config += f'  ca_file: "{client_ca}"\n  verify: true\n'
+            config += "}\n"
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)  # it may hold passwords
         self.config_path.write_text(config)
 
     def _command(self) -> list[str]:

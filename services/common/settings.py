@@ -47,6 +47,7 @@ SECRET_VARIABLES = (
     "SYNCMESH_DATABASE_PASSWORD",
     "SYNCMESH_MIGRATION_DATABASE_URL",
     "SYNCMESH_MIGRATION_DATABASE_PASSWORD",
+    "SYNCMESH_NATS_PASSWORD",
 )
 
 
@@ -141,6 +142,17 @@ class Settings:
     grpc_jwt_leeway_seconds: int = 30
     #: Hosts a billing-portal return URL may point at (empty: any https host).
     portal_return_hosts: tuple[str, ...] = ()
+    #: This process's NATS identity (SECURITY.md): a user and its password (best from a file,
+    #: `SYNCMESH_NATS_PASSWORD_FILE`), or an NKEY seed file; unset connects anonymously, which a
+    #: server with authorization refuses. Credentials in the URL (`nats://user:pw@host`) work too.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_nkey_seed_file: str | None = None
+    #: NATS TLS: the server's CA turns TLS on (a `tls://` URL too); a client certificate and key
+    #: on top are presented when the server verifies clients.
+    nats_tls_ca_file: str | None = None
+    nats_tls_cert_file: str | None = None
+    nats_tls_key_file: str | None = None
 
     def port_for(self, variable: str, default: int) -> int:
         """The port `variable` sets, or `default` when the environment leaves it alone."""
@@ -316,13 +328,24 @@ def _process_alive(pid: int) -> bool:
 
 def with_local_mesh(env: Mapping[str, str], folder: Path | None = None) -> dict[str, str]:
     """`env` plus the local mesh's variables for whatever `env` leaves unset; a variable set in
-    `env` directly or through its `_FILE` twin keeps its value."""
+    `env` directly or through its `_FILE` twin keeps its value.
+
+    The local NATS identity (the operator's, `NATS_IDENTITY_VARIABLES`) is taken whole or not
+    at all: an environment naming its own NATS server or identity keeps the local password away
+    from that server, and a user is never paired with another identity's password."""
     merged = dict(env)
+    own_nats = any(n in env for base in ("SYNCMESH_NATS_URL", *NATS_IDENTITY_VARIABLES) for n in (base, f"{base}_FILE"))
     for name, value in local_mesh_variables(folder).items():
         base = name.removesuffix("_FILE")
+        if own_nats and base in NATS_IDENTITY_VARIABLES:
+            continue
         if not any(n in env for n in (base, f"{base}_FILE")):
             merged[name] = value
     return merged
+
+
+#: The variables that together name one NATS identity.
+NATS_IDENTITY_VARIABLES = ("SYNCMESH_NATS_USER", "SYNCMESH_NATS_PASSWORD", "SYNCMESH_NATS_NKEY_SEED_FILE")
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = True) -> Settings:
@@ -416,7 +439,36 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
         portal_return_hosts=tuple(
             h.strip().lower() for h in (_read(env, "SYNCMESH_PORTAL_RETURN_HOSTS") or "").split(",") if h.strip()
         ),
+        **_nats_identity(env),
     )
+
+
+def _nats_identity(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The NATS identity and TLS files, checked together: a password without its user (or the
+    reverse) and a client key without its certificate are refused before anything connects.
+    Files are only named here; `services.common.bus` reads them, so a rotated file is read again
+    at the next connection."""
+    identity: dict[str, str | None] = {
+        "nats_user": _read(env, "SYNCMESH_NATS_USER"),
+        "nats_password": _read(env, "SYNCMESH_NATS_PASSWORD"),
+        "nats_nkey_seed_file": _read(env, "SYNCMESH_NATS_NKEY_SEED_FILE"),
+        "nats_tls_ca_file": _read(env, "SYNCMESH_NATS_TLS_CA_FILE"),
+        "nats_tls_cert_file": _read(env, "SYNCMESH_NATS_TLS_CERT_FILE"),
+        "nats_tls_key_file": _read(env, "SYNCMESH_NATS_TLS_KEY_FILE"),
+    }
+    if bool(identity["nats_user"]) != bool(identity["nats_password"]):
+        raise SettingsError(
+            "SYNCMESH_NATS_USER and SYNCMESH_NATS_PASSWORD (or SYNCMESH_NATS_PASSWORD_FILE) go together: set both"
+        )
+    if identity["nats_user"] and identity["nats_nkey_seed_file"]:
+        raise SettingsError("SYNCMESH_NATS_USER and SYNCMESH_NATS_NKEY_SEED_FILE are both set: keep one identity")
+    if bool(identity["nats_tls_cert_file"]) != bool(identity["nats_tls_key_file"]):
+        raise SettingsError("SYNCMESH_NATS_TLS_CERT_FILE and SYNCMESH_NATS_TLS_KEY_FILE go together: set both")
+    for name in ("nats_nkey_seed_file", "nats_tls_ca_file", "nats_tls_cert_file", "nats_tls_key_file"):
+        path = identity[name]
+        if path and not Path(path).is_file():
+            raise SettingsError(f"SYNCMESH_{name.upper()}={path} is not a readable file")
+    return identity
 
 
 def check_stripe_api_key(key: str, mode: Mode, *, variable: str) -> None:

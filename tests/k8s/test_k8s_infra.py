@@ -191,3 +191,45 @@ def test_postgres_connection_budget_covers_the_autoscaled_services() -> None:
     assert peak + headroom <= max_connections, (
         f"at maxReplicas the services open {peak} connections; max_connections is {max_connections}"
     )
+
+
+@pytest.mark.parametrize("name", ["nats-values.yaml", "nats-values-dev.yaml"])
+def test_nats_values_authenticate_every_client_as_the_roster_says(name: str) -> None:
+    """The users are the ones `syncmesh nats-auth` derives from the roster (a fourth service
+    fails here until its user is added), each password from the `nats-users` Secret; any other
+    user is a subscriber team with exactly a subscriber's permissions. JetStream syncs every
+    write to disk before acking, as the README promises and the embedded server does."""
+    from launcher.natsauth import helm_values, password_variable, roster_identities, subscriber_identity
+
+    values = _nats_values(name)
+    declared = {u["user"]: u for u in values["config"]["merge"]["authorization"]["users"]}
+    wanted = helm_values(roster_identities())
+    for user in wanted["config"]["merge"]["authorization"]["users"]:  # type: ignore[index]
+        differs = f"{name}: user {user['user']} differs from `syncmesh nats-auth`"
+        assert declared.pop(user["user"], None) == user, differs
+    for team, user in declared.items():
+        expected = helm_values([subscriber_identity(team)])["config"]["merge"]["authorization"]["users"][0]  # type: ignore[index]
+        assert user == expected, f"{name}: {team} is neither a mesh identity nor a subscriber"
+    env = values["container"]["env"]
+    for user in values["config"]["merge"]["authorization"]["users"]:
+        ref = env[password_variable(user["user"])]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "nats-users", "key": user["user"]}
+        assert user["password"] == f"<< ${password_variable(user['user'])} >>"
+    assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+
+
+def test_only_the_mesh_nats_box_and_labelled_namespaces_reach_nats() -> None:
+    policy = load_yaml(K8S / "infra" / "nats-network-policy.yaml")
+    for version in sorted({OLDEST_KUBERNETES, f"{kubernetes_validate.latest_version()}.0"}):
+        kubernetes_validate.validate(policy, version, strict=True)
+    assert policy["metadata"]["namespace"] == "nats" and policy["spec"]["policyTypes"] == ["Ingress"]
+    nats_pods = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == nats_pods
+    by_port = {port["port"]: rule["from"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    clients = by_port[4222]
+    assert {"namespaceSelector": {"matchLabels": {"syncmesh.io/nats-client": "true"}}} in clients
+    assert {"podSelector": {}} in clients  # nats-box, in NATS's own namespace
+    mesh = {"matchLabels": {"kubernetes.io/metadata.name": "syncmesh"}}
+    assert any(peer.get("namespaceSelector") == mesh and "podSelector" in peer for peer in clients)
+    assert all(peer.get("namespaceSelector") != {} for peer in clients), "no namespace may reach NATS unlabelled"
+    assert by_port[6222] == [{"podSelector": {"matchLabels": nats_pods}}], "routes only between NATS servers"

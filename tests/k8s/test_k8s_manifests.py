@@ -442,3 +442,14 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed(objs: list[O
             assert {5432, 443} <= ports, f"{deployable}: no egress to PostgreSQL and Stripe"
         allowed = {53, 443, 4222, 4317, 4318, 5432, *DEFAULT_PORTS.values()} - {DEFAULT_PORTS["gateway"]}
         assert ports <= allowed, f"{deployable}: unexpected egress ports {ports - allowed}"
+
+
+def test_each_deployable_connects_to_nats_as_itself(objs: list[Obj]) -> None:
+    """User = the deployable's name, password from the `syncmesh-nats` Secret under that name:
+    the identities launcher/natsauth.py derives from the roster (and nats-values.yaml declares)."""
+    for deployable in DEPLOYABLES:
+        env = container_env(objs, main_container(deployment(objs, deployable)))
+        assert env.get("SYNCMESH_NATS_USER") == deployable, f"{deployable} does not connect to NATS as itself"
+        password = env.get("SYNCMESH_NATS_PASSWORD")
+        assert isinstance(password, Secretish), f"{deployable}: SYNCMESH_NATS_PASSWORD must come from a Secret"
+        assert (password.secret, password.key) == ("syncmesh-nats", deployable)
