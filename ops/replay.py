@@ -41,6 +41,8 @@ as of its start.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,14 +185,28 @@ async def _count_and_checksum(conn: db.Conn, relation: str) -> tuple[int, str]:
 async def _compare(
     conn: db.Conn, schema: str, tables: Sequence[str], before: dict[str, tuple[int, str]]
 ) -> list[TableChange]:
+    """Hash every row once more (into a temporary table beside the one `_snapshot` kept), then
+    count and compare the two sets of hashes: one pass over each table, however it changed."""
     changes = []
     for i, table in enumerate(tables):
-        rows = f"SELECT md5(t::text) AS h FROM {_ident(schema)}.{_ident(table)} t"
-        before_rows = f"SELECT h FROM pg_temp.replay_before_{i}"
-        rows_after, checksum_after = await _count_and_checksum(conn, f"({rows}) AS now_rows")
-        new_or_changed = await conn.fetchval(f"SELECT count(*) FROM ({rows} EXCEPT ALL {before_rows}) d")
-        removed_or_changed = await conn.fetchval(f"SELECT count(*) FROM ({before_rows} EXCEPT ALL {rows}) d")
+        before_rows = f"pg_temp.replay_before_{i}"
+        after_rows = f"pg_temp.replay_after_{i}"
+        await conn.execute(f"DROP TABLE IF EXISTS {after_rows}")
+        await conn.execute(
+            f"CREATE TEMP TABLE replay_after_{i} AS SELECT md5(t::text) AS h FROM {_ident(schema)}.{_ident(table)} t"
+        )
+        rows_after, checksum_after = await _count_and_checksum(conn, after_rows)
         rows_before, checksum_before = before[table]
+        if checksum_after == checksum_before:
+            new_or_changed = removed_or_changed = 0  # the same multiset of row hashes
+        else:
+            new_or_changed = await conn.fetchval(
+                f"SELECT count(*) FROM (SELECT h FROM {after_rows} EXCEPT ALL SELECT h FROM {before_rows}) d"
+            )
+            removed_or_changed = await conn.fetchval(
+                f"SELECT count(*) FROM (SELECT h FROM {before_rows} EXCEPT ALL SELECT h FROM {after_rows}) d"
+            )
+        await conn.execute(f"DROP TABLE IF EXISTS {after_rows}, {before_rows}")
         changes.append(
             TableChange(
                 table=table,
@@ -205,6 +221,29 @@ async def _compare(
     return changes
 
 
+#: Messages per batch. A replay is a backlog by definition, and the appliers are set-based (a
+#: few statements per batch whatever its size), so larger batches cost less per event. The
+#: price is paid only when an event fails: the runner then redoes its batch one at a time.
+BATCH_SIZE = 1000
+
+#: Batches read and decoded ahead of the one being applied: the stream is read and decoded
+#: while PostgreSQL works on the batch before, instead of each waiting for the other.
+READ_AHEAD = 2
+
+
+@dataclass
+class _Decoded:
+    """A batch read from the stream and decoded, with the event ids to forget before applying it."""
+
+    count: int
+    batch: Batch
+    forget: list[str]
+
+
+#: What the reader hands over: a batch, what stopped it, or None at the end of the window.
+_Item = _Decoded | Exception | None
+
+
 async def replay(
     definition: ServiceDefinition,
     settings: Settings,
@@ -212,7 +251,7 @@ async def replay(
     *,
     since: datetime | None = None,
     emit_events: bool = False,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     show_progress: bool = False,
 ) -> ReplayReport:
     """Re-handle the service's events from the stream and report what changed in its tables."""
@@ -265,10 +304,31 @@ async def _run(
     reader = StreamReader(bus, STRIPE_STREAM, subjects=definition.subjects, start_time=since, batch=batch_size)
     window = await reader.window()
     bar = progress(total=window.pending, desc=f"replay {definition.name}", unit="msg", enabled=show_progress)
+    queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
+    reading = asyncio.get_running_loop().create_task(_read(reader, settings.mode, report, queue))
+    try:
+        while (decoded := await queue.get()) is not None:
+            if isinstance(decoded, Exception):
+                raise decoded
+            await _forget_then_apply(pool, runner, decoded.batch, decoded.forget, rollback=settings.dry_run)
+            _report(decoded.batch, report)
+            report.messages += decoded.count
+            bar.update(decoded.count)
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        bar.close()
+    report.suppressed_events = suppressed[0]
+
+
+async def _read(reader: StreamReader, mode: str, report: ReplayReport, queue: asyncio.Queue[_Item]) -> None:
+    """Read and decode batches in stream order, each message once; then None, or what failed."""
     replayed: set[str] = set()
     try:
         async for msgs in reader.batches():
-            batch = receive(msgs, settings.mode)
+            batch = receive(msgs, mode)
             forget: list[str] = []
             for d in batch.deliveries:
                 if d.event.id in replayed:
@@ -276,13 +336,11 @@ async def _run(
                 else:
                     replayed.add(d.event.id)
                     forget.append(d.event.id)
-            await _forget_then_apply(pool, runner, batch, forget, rollback=settings.dry_run)
-            _report(batch, report)
-            report.messages += len(msgs)
-            bar.update(len(msgs))
-    finally:
-        bar.close()
-    report.suppressed_events = suppressed[0]
+            await queue.put(_Decoded(len(msgs), batch, forget))
+    except Exception as exc:  # handed to the applying side, which raises it in order
+        await queue.put(exc)
+    else:
+        await queue.put(None)
 
 
 async def _forget_then_apply(
