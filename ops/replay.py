@@ -327,16 +327,17 @@ async def _read(reader: StreamReader, mode: str, report: ReplayReport, queue: as
     """Read and decode batches in stream order, each message once; then None, or what failed."""
     replayed: set[str] = set()
     try:
-        async for msgs in reader.batches():
-            batch = receive(msgs, mode)
-            forget: list[str] = []
-            for d in batch.deliveries:
-                if d.event.id in replayed:
-                    report.repeats += 1
-                else:
-                    replayed.add(d.event.id)
-                    forget.append(d.event.id)
-            await queue.put(_Decoded(len(msgs), batch, forget))
+        async with contextlib.aclosing(reader.batches()) as batches:  # its consumer deleted at once
+            async for msgs in batches:
+                batch = receive(msgs, mode)
+                forget: list[str] = []
+                for d in batch.deliveries:
+                    if d.event.id in replayed:
+                        report.repeats += 1
+                    else:
+                        replayed.add(d.event.id)
+                        forget.append(d.event.id)
+                await queue.put(_Decoded(len(msgs), batch, forget))
     except Exception as exc:  # handed to the applying side, which raises it in order
         await queue.put(exc)
     else:
