@@ -6,7 +6,10 @@ can be recomputed from it. Replay reads the stream (from the start, or from `--s
 ephemeral consumer filtered on the service's subjects, and applies the messages with the
 runtime's own `BatchRunner` and the service's own applier (one transaction per batch, a
 savepoint per message only when one fails, the idempotency record). So a replayed event is
-applied exactly as it was live, by the same code.
+applied exactly as it was live, by the same code. Being a backlog, it goes in batches of 1,000
+(`--batch-size`), and the next batches are read (no acks: the consumer is ephemeral) and
+decoded, each message once, while PostgreSQL applies the one before; batches are still applied
+one at a time, in stream order. Progress is a line every few seconds (`services.common.progress`).
 
 To make the applier run again, the batch's event ids are removed from `processed_events` in
 the same transaction that re-applies them (the runner's transaction nests in it as a
@@ -30,7 +33,8 @@ unmarked in processed_events, so the next replay (or a redrive) tries it again.
 
 What changed is measured on the service's own tables (the runtime's processed_events,
 outbox and schema_migrations are left out): row counts before and after, rows that differ
-(compared as whole rows), and a checksum per table. A second replay of the same history
+(compared as whole rows, by a hash of each kept in a temporary table, so each table is read
+once before and once after), and a checksum per table. A second replay of the same history
 reports 0 changed rows.
 
 The service may keep running meanwhile (the guarded upserts make concurrent writes safe), but
@@ -199,6 +203,8 @@ async def _compare(
         rows_before, checksum_before = before[table]
         if checksum_after == checksum_before:
             new_or_changed = removed_or_changed = 0  # the same multiset of row hashes
+        elif not rows_before or not rows_after:  # a rebuild from nothing, or everything gone
+            new_or_changed, removed_or_changed = rows_after, rows_before
         else:
             new_or_changed = await conn.fetchval(
                 f"SELECT count(*) FROM (SELECT h FROM {after_rows} EXCEPT ALL SELECT h FROM {before_rows}) d"

@@ -182,3 +182,16 @@ async def test_a_stream_that_fails_mid_replay_stops_it_with_that_error(
     assert await records(settings) == applied
     processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
     assert processed[0]["n"] == 4
+
+
+async def test_a_rebuild_into_empty_tables_counts_every_row_as_new(applied, settings: Settings, bus: Bus) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("DELETE FROM record_toy.toy_customers")  # the records lost, the history kept
+    finally:
+        await conn.close()
+    report = await replay(record_toy.DEFINITION, settings, bus)
+    assert await records(settings) == applied
+    [table] = report.tables
+    assert (table.rows_before, table.rows_after, table.new_or_changed, table.removed_or_changed) == (0, 2, 2, 0)
+    assert report.changed_rows == 2
