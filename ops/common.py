@@ -43,6 +43,12 @@ async def connected_bus(settings: Settings, *, name: str = "syncmesh-ops", timeo
         try:
             await bus.wait_ready(timeout)
         except TimeoutError:
+            if bus.identity_refused:
+                who = f"user {settings.nats_user}" if settings.nats_user else "a client without credentials"
+                raise SettingsError(
+                    f"NATS refused {who}: check SYNCMESH_NATS_USER and SYNCMESH_NATS_PASSWORD_FILE "
+                    "(the operator's identity), or run this in the folder where `syncmesh up` runs"
+                ) from None
             raise SettingsError(
                 f"NATS at SYNCMESH_NATS_URL did not answer within {timeout:.0f}s: "
                 "check that nats-server (with JetStream) is running and the URL is right"

@@ -18,7 +18,7 @@ from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 
 from services.common import outbox, paging
-from services.common.auth import Policy, Role, caller
+from services.common.auth import Policy, Role
 from services.common.errors import ConflictError, NotFoundError, SyncMeshError, ValidationError
 from services.common.grpc_input import quote
 from services.common.grpc_server import current_trace_id, status_for
@@ -99,14 +99,6 @@ def _check_return_url(url: str, allowed_hosts: tuple[str, ...]) -> None:
         raise ValidationError("return_url", "must be an absolute https:// URL")
     if allowed_hosts and host.lower() not in allowed_hosts:
         raise ValidationError("return_url", f"host {quote(host)} is not allowed (SYNCMESH_PORTAL_RETURN_HOSTS)")
-
-
-def _unlink_outcome(reason: str) -> str:
-    """The history's outcome of an unlink: who did it (the authenticated caller, when there is
-    one; never the request) and why."""
-    identity = caller()
-    applied = f"applied by {identity.name}" if identity is not None else "applied"
-    return f"{applied}: {reason}" if reason else applied
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
@@ -214,7 +206,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 erp_customer_id=erp_id,
                 stripe_customer_id=previous,
                 action="unlink",
-                outcome=_unlink_outcome(request.reason),
+                outcome=stripe_sync.applied_by(request.reason),
             )
             await outbox.add_event(
                 conn,
@@ -323,7 +315,9 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             transaction = conn.transaction()
             await transaction.start()
             try:
-                outcome = await store.import_mappings(conn, sheet.rows, apply=apply, step=step)
+                outcome = await store.import_mappings(
+                    conn, sheet.rows, apply=apply, step=step, outcome_text=stripe_sync.applied_by()
+                )
                 if outcome.problems:  # all or nothing: a refused file created and linked nothing
                     await transaction.rollback()
                     return _with_problems(response, outcome.problems)

@@ -100,14 +100,18 @@ def _with_progress(stub: Any, path: Path, dry_run: bool) -> pb.ImportCustomerMap
     call = stub.ImportCustomerMappingsWithProgress(
         _chunks(path, dry_run, upload, pb.ImportCustomerMappingsWithProgressRequest)
     )
+    result: pb.ImportCustomerMappingsResponse | None = None
     try:
+        # Read to the stream's end, not just to the result: the call ends (and the service
+        # records it in its audit trail) only after the last message.
         for message in call:
             if server is None:
                 upload.close()
                 server = progress(total=message.rows or None, desc="service", unit="rows")
             if message.HasField("result"):
                 server.update(max(0, message.rows_done - server.n))
-                return message.result  # type: ignore[no-any-return]
+                result = message.result
+                continue
             # rows done count up while rows are copied; the steps after work on all rows at once
             total = message.rows if message.step == "copying rows" and message.rows else None
             if server.total != total:
@@ -129,6 +133,8 @@ def _with_progress(stub: Any, path: Path, dry_run: bool) -> pb.ImportCustomerMap
         upload.close()
         if server is not None:
             server.close()
+    if result is not None:
+        return result
     raise grpc.RpcError("the service ended the import without a result")
 
 

@@ -416,9 +416,15 @@ class ImportOutcome:
 
 
 async def import_mappings(
-    conn: Conn, rows: Sequence[MappingRow], *, apply: bool, step: ImportStep = _no_step
+    conn: Conn,
+    rows: Sequence[MappingRow],
+    *,
+    apply: bool,
+    step: ImportStep = _no_step,
+    outcome_text: str = "applied",
 ) -> ImportOutcome:
-    """Check `rows` against existing links and, if `apply` and nothing conflicts, write them.
+    """Check `rows` against existing links and, if `apply` and nothing conflicts, write them;
+    each new link's history says `outcome_text` (who imported it, from the caller's identity).
 
     Runs in the caller's transaction: the caller commits only a clean, non-dry-run import. The
     rows go to a temporary table by COPY and are checked and applied with a few set-based
@@ -495,9 +501,10 @@ async def import_mappings(
     await conn.execute(
         """
         INSERT INTO customer_history (erp_customer_id, stripe_customer_id, action, outcome)
-        SELECT erp_customer_id, stripe_customer_id, 'import.linked', 'applied'
+        SELECT erp_customer_id, stripe_customer_id, 'import.linked', $1::text
         FROM import_rows WHERE kind IN ('create', 'link') ORDER BY line
-        """
+        """,
+        outcome_text,
     )
     highest = max((n for n in (assigned_number(r.erp_customer_id) for r in rows) if n is not None), default=0)
     if highest:

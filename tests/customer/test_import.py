@@ -231,8 +231,8 @@ async def test_the_streamed_import_reports_each_step_and_keeps_talking_while_one
     monkeypatch.setattr(api, "PROGRESS_HEARTBEAT_SECONDS", 0.2)
     real_import = store.import_mappings
 
-    async def slow_import(conn, rows, *, apply, step):  # type: ignore[no-untyped-def]
-        outcome = await real_import(conn, rows, apply=apply, step=step)
+    async def slow_import(conn, rows, *, apply, step, **kwargs):  # type: ignore[no-untyped-def]
+        outcome = await real_import(conn, rows, apply=apply, step=step, **kwargs)
         await asyncio.sleep(1.0)  # a long statement in "writing customers"
         return outcome
 

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 
+from services import registry
+from services.common import db
 from services.common.settings import SECRET_VARIABLES, Settings, load_settings
 
 from .k8s_support import (
@@ -153,8 +155,9 @@ def test_every_container_is_hardened_bounded_and_probed(objs: list[Obj]) -> None
                 for resource in ("cpu", "memory"):
                     assert resource in (resources.get(bound) or {}), f"{where}: no {bound}.{resource}"
 
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                assert probe in container, f"{where}: no {probe}"
+            if container in pod_spec(dep)["containers"]:  # an init container cannot be probed; it exits
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    assert probe in container, f"{where}: no {probe}"
 
             env = container_env(objs, container)
             assert env.get("PYTHONDONTWRITEBYTECODE") == "1", f"{where}: PYTHONDONTWRITEBYTECODE=1"
@@ -259,10 +262,14 @@ def test_secrets_are_references_never_values(objs: list[Obj]) -> None:
     for dep, container in all_containers_with_env(objs):
         env = container_env(objs, container)
         for variable in SECRET_VARIABLES:
-            if variable in env:
-                assert isinstance(env[variable], Secretish), (
-                    f"{dep}: {variable} must come from a secretKeyRef, not a literal"
-                )
+            value = env.get(variable)
+            if value is None or isinstance(value, Secretish):
+                continue
+            # A database URL is secret only for the password it may carry: without one it is an
+            # address and a role name, and the password comes from its own Secret.
+            assert variable.endswith("DATABASE_URL") and urlsplit(value).password is None, (
+                f"{dep}: {variable} must come from a secretKeyRef, not a literal"
+            )
 
 
 def all_containers_with_env(objs: list[Obj]) -> list[tuple[str, Obj]]:
@@ -277,20 +284,39 @@ def test_no_secret_value_anywhere_under_k8s(overlay: str) -> None:
             assert not hit, f"{path.relative_to(K8S)} holds what looks like a secret: {hit[0]!r}"
 
 
-def test_database_url_comes_from_the_cloudnativepg_app_secret(objs: list[Obj]) -> None:
+def test_each_service_logs_in_as_its_own_role_and_migrates_as_the_migration_role(objs: list[Obj]) -> None:
+    """SECURITY.md's database identities: the service's own role for serving, with the password the
+    Cluster's managed role reads; the migration role only in the init container that migrates."""
     (cluster,) = [o for o in render(POSTGRES_KUSTOMIZATION) if o["kind"] == "Cluster"]
-    app_secret = f"{cluster['metadata']['name']}-app"
+    roles = {r["name"]: r["passwordSecret"]["name"] for r in cluster["spec"]["managed"]["roles"]}
+    primary = f"{cluster['metadata']['name']}-rw"
+    definitions = {d.name: d for d in registry.definitions()}
     for deployable in DEPLOYABLES:
+        dep = deployment(objs, deployable)
         _, env = _settings_for(objs, deployable)
-        url = env.get("SYNCMESH_DATABASE_URL")
-        if "SYNCMESH_DATABASE_URL" in REQUIRED_BY[deployable]:
-            assert isinstance(url, Secretish), f"{deployable}: SYNCMESH_DATABASE_URL must be a secretKeyRef"
-            assert (url.secret, url.key) == (app_secret, "uri"), (
-                f"{deployable}: SYNCMESH_DATABASE_URL from {url!r}, expected CloudNativePG's {app_secret}/uri"
+        if "SYNCMESH_DATABASE_URL" not in REQUIRED_BY[deployable]:
+            assert "SYNCMESH_DATABASE_URL" not in env, (
+                f"{deployable} needs no database and must not get its credentials"
             )
-        else:
-            assert url is None, f"{deployable} needs no database and must not get its credentials"
-    assert cluster["metadata"]["namespace"] == "syncmesh", "the app secret must be in the pods' namespace"
+            assert not pod_spec(dep).get("initContainers"), f"{deployable} has no schema to migrate"
+            continue
+        role = db.runtime_role(definitions[deployable].schema)
+        url = urlsplit(str(env["SYNCMESH_DATABASE_URL"]))
+        assert (url.username, url.password, url.hostname) == (role, None, primary), f"{deployable}: {url.geturl()}"
+        password = env["SYNCMESH_DATABASE_PASSWORD"]
+        assert isinstance(password, Secretish) and (password.secret, password.key) == (roles[role], "password"), (
+            f"{deployable}: the password must be the one CloudNativePG sets on {role}"
+        )
+        assert "SYNCMESH_MIGRATION_DATABASE_URL" not in env, f"{deployable} serves without the migration role"
+        (migrate,) = pod_spec(dep)["initContainers"]
+        assert migrate["args"] == ["migrate", deployable]
+        init_env = container_env(objs, migrate)
+        migration_url = urlsplit(str(init_env["SYNCMESH_MIGRATION_DATABASE_URL"]))
+        assert (migration_url.username, migration_url.password) == (db.MIGRATION_ROLE, None)
+        secret = init_env["SYNCMESH_MIGRATION_DATABASE_PASSWORD"]
+        assert isinstance(secret, Secretish) and secret.secret == roles[db.MIGRATION_ROLE]
+        assert migrate["image"] == main_container(dep)["image"], "the migrations of the image that serves"
+    assert cluster["metadata"]["namespace"] == "syncmesh", "the role Secrets must be in the pods' namespace"
 
 
 def test_telemetry_names_each_deployable(objs: list[Obj], overlay: str) -> None:
@@ -416,3 +442,34 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed(objs: list[O
             assert {5432, 443} <= ports, f"{deployable}: no egress to PostgreSQL and Stripe"
         allowed = {53, 443, 4222, 4317, 4318, 5432, *DEFAULT_PORTS.values()} - {DEFAULT_PORTS["gateway"]}
         assert ports <= allowed, f"{deployable}: unexpected egress ports {ports - allowed}"
+
+
+def test_each_deployable_connects_to_nats_as_itself(objs: list[Obj]) -> None:
+    """User = the deployable's name, password from the `syncmesh-nats` Secret under that name:
+    the identities launcher/natsauth.py derives from the roster (and nats-values.yaml declares)."""
+    for deployable in DEPLOYABLES:
+        env = container_env(objs, main_container(deployment(objs, deployable)))
+        assert env.get("SYNCMESH_NATS_USER") == deployable, f"{deployable} does not connect to NATS as itself"
+        password = env.get("SYNCMESH_NATS_PASSWORD")
+        assert isinstance(password, Secretish), f"{deployable}: SYNCMESH_NATS_PASSWORD must come from a Secret"
+        assert (password.secret, password.key) == ("syncmesh-nats", deployable)
+
+
+def test_each_service_requires_grpc_callers_to_authenticate(objs: list[Obj]) -> None:
+    """Authentication is on in every cluster (issue 17): each service reads its callers' tokens
+    from a file mounted from the `syncmesh-grpc-tokens` Secret, as a directory (a subPath mount
+    would never see a rotated token)."""
+    for name in registry.names():
+        spec = deployment(objs, name)["spec"]["template"]["spec"]
+        container = main_container(deployment(objs, name))
+        path = container_env(objs, container).get("SYNCMESH_GRPC_TOKENS_FILE")
+        assert isinstance(path, str) and path.startswith("/"), f"{name} runs with gRPC authentication off"
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = [
+            m
+            for m in container.get("volumeMounts", [])
+            if path.startswith(m["mountPath"].rstrip("/") + "/") and "subPath" not in m
+        ]
+        assert mounts, f"{name}: nothing is mounted where SYNCMESH_GRPC_TOKENS_FILE points ({path})"
+        secret = volumes[mounts[0]["name"]].get("secret", {})
+        assert secret.get("secretName") == "syncmesh-grpc-tokens", f"{name}: the tokens file must come from a Secret"
