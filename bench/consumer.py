@@ -7,6 +7,11 @@ awaiting an ack (consumer_info num_pending / num_ack_pending). The count of rows
 idempotency record afterwards must equal the events it subscribes to: nothing lost, nothing
 applied twice. The toy service of the runtime's tests (with every subject) gives the runtime's
 own ceiling, before any real handler work.
+
+Then a trickle: the same service on a fresh database gets its events one at a time, each published
+only once the one before is acked, so every event is a batch of its own (concurrency 1, where most
+Stripe accounts live): its CPU per event there is what a whole transaction, an ack, the spans and
+the outbox relay cost per event when nothing amortises them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
+from syncmesh.events.v1 import envelope_pb2
 
 from bench.env import BenchEnv, MeshProcess, definition
 from bench.events import BenchEvent, workload
@@ -26,7 +32,7 @@ from bench.procs import TICK, cpu_jiffies
 from bench.profile import Hotspots, recording
 from bench.stats import fmt
 from bench.suite import Suite
-from services.common.events import subject_for
+from services.common.events import parse_event, subject_for, to_envelope
 
 TITLE = "3. Consumer throughput"
 
@@ -127,6 +133,45 @@ async def _until_drained(
         await asyncio.sleep(0.02)
 
 
+async def trickle(suite: Suite, spec: str, events: list[BenchEvent]) -> float | None:
+    """The service's own CPU per event (ms) when each event is its own batch, or None."""
+    env = suite.env
+    assert env.bus is not None
+    subjects = definition(spec).subjects
+    mine = [e for e in events if any(subject_matches(p, subject_for(e.type)) for p in subjects)]
+    if len(mine) < 40:
+        return None
+    await env.reset_stream()
+    durable = definition(spec).name
+    database = await env.fresh_database("trickle")
+    proc = await env.start_service(spec, database)
+    try:
+
+        async def one(event: BenchEvent) -> None:
+            parsed = parse_event(event.body)
+            envelope = to_envelope(parsed, source=envelope_pb2.EVENT_SOURCE_WEBHOOK)
+            assert env.bus is not None
+            await env.bus.js.publish(parsed.subject, envelope, headers={"Nats-Msg-Id": event.id})
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                info = await env.consumer_info(durable)
+                if info is not None and info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                await asyncio.sleep(0.001)
+            raise RuntimeError(f"{spec} did not ack a trickled event within 10 s:\n{proc.tail()}")
+
+        for event in mine[:20]:  # warm: connections, prepared statements
+            await one(event)
+        before = cpu_jiffies(proc.pid, children=False)
+        for event in mine[20:]:
+            await one(event)
+        cpu_ms = (cpu_jiffies(proc.pid, children=False) - before) * 1000 / TICK
+        return cpu_ms / (len(mine) - 20)
+    finally:
+        env.stop(proc)
+        await env.drop_database(database)
+
+
 async def drain(
     suite: Suite, spec: str, expected: int, deadline: float, *, profile: Path | None = None
 ) -> tuple[Drain, str]:
@@ -196,6 +241,25 @@ async def run(suite: Suite) -> None:
                 if result.finished and result.cpu_ms_per_event is not None:
                     suite.record(cpu, result.cpu_ms_per_event)
                 figure.notes.append(f"run {run_no + 1}: {detail}")
+    await _trickles(suite, specs, int(suite.config.pick(1_800, 600)))
     for name, status in suite.services().items():
         if status != "ok":
             suite.note(TITLE, f"{name} not measured: {status}")
+
+
+async def _trickles(suite: Suite, specs: list[str], count: int) -> None:
+    """Each service's CPU per event at a trickle (one run each: a few seconds per service)."""
+    async with suite.measuring(TITLE):
+        for spec in specs:
+            if spec == "toy" or suite.remaining() <= 0:
+                continue
+            # Fresh ids for each service: JetStream would drop an id published within its
+            # duplicate window, purge or not.
+            events = workload(count, tag=suite.tag(), duplicate_rate=0.0)
+            figure = suite.figure(
+                TITLE, f"consumer.{spec}.trickle_cpu", f"{spec} service at a trickle: its own CPU per event", "ms"
+            )
+            suite.say(f"  {spec}: a trickle, every event its own batch")
+            cpu = await trickle(suite, spec, events)
+            if cpu is not None:
+                suite.record(figure, cpu)

@@ -38,9 +38,10 @@ async def _apply(batch: Batch, conn: Conn, items: Sequence[BatchItem]) -> None:
         {key for item in items if (key := invoice_mapping.invoice_key(item.event.type, item.event.object))}
         | {key for item in items for key in invoice_mapping.payment_keys(item.event.type, item.event.object)}
     )
-    await store.lock_many(conn, keys)
+    prices = sorted({p for item in items for p in _price_ids(item)})
+    batch.item_map.update(await store.lock_many_and_load_item_map(conn, keys, prices))
+    batch.prices.update(prices)
     batch.locked.update(keys)
-    await handlers.item_map(batch, conn, sorted({p for item in items for p in _price_ids(item)}))
     snapshots = []
     facts = []
     for item in items:

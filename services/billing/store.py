@@ -76,6 +76,26 @@ async def load_item_map(conn: Conn, price_ids: Sequence[str]) -> dict[str, str]:
     return {r["stripe_price_id"]: r["erp_item_id"] for r in rows}
 
 
+async def lock_many_and_load_item_map(conn: Conn, keys: Sequence[str], price_ids: Sequence[str]) -> dict[str, str]:
+    """`lock_many` then `load_item_map`, in one round trip when there are both (an invoice event's
+    batch: at a trickle every event is a batch, and each round trip is a share of its CPU). The
+    item mappings are not under those locks, so reading them in the same statement changes
+    nothing."""
+    if not keys or not price_ids:
+        await lock_many(conn, keys)
+        return await load_item_map(conn, price_ids)
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(pg_advisory_xact_lock(hashtext('billing:' || k))) FROM unnest($1::text[]) AS k) "
+        "AS locked, ARRAY(SELECT stripe_price_id FROM item_mappings WHERE stripe_price_id = ANY($2::text[]) "
+        "ORDER BY stripe_price_id) AS prices, ARRAY(SELECT erp_item_id FROM item_mappings "
+        "WHERE stripe_price_id = ANY($2::text[]) ORDER BY stripe_price_id) AS items",
+        list(keys),
+        list(price_ids),
+    )
+    assert row is not None
+    return dict(zip(row["prices"], row["items"], strict=True))
+
+
 async def note_unmapped(conn: Conn, seen: Iterable[tuple[str, str]]) -> None:
     """(price id, invoice id) pairs: prices whose lines were written without an ERP item."""
     rows = sorted(set(seen))  # in key order, so concurrent batches cannot deadlock

@@ -70,8 +70,8 @@ class ServiceMetrics:
         self.pool_in_use = gauge("syncmesh_db_pool_in_use", "Database connections checked out of the pool.")
         self.pool_size = gauge("syncmesh_db_pool_size", "Database connections open in the pool.")
 
-    def event(self, event_type: str, outcome: str) -> None:
-        self.events.labels(self.service, event_type or "unknown", outcome).inc()
+    def event(self, event_type: str, outcome: str, count: int = 1) -> None:
+        self.events.labels(self.service, event_type or "unknown", outcome).inc(count)
 
 
 @dataclass

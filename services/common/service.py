@@ -253,7 +253,7 @@ class ServiceRuntime:
             apply=self.definition.apply,
             subjects=self.definition.subjects,
             settings=self.settings,
-            on_commit=self.relay.wake,
+            on_outbox=self.relay.hand_over,
             fetch_ahead=self.definition.fetch_ahead,
             metrics=self.metrics,
         )

@@ -392,7 +392,7 @@ async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
 
 
 async def health_by_customer(conn: Conn, stripe_customer_ids: Iterable[str]) -> dict[str, Health]:
-    """Each Stripe customer's own health, for many customers in two round trips."""
+    """Each Stripe customer's own health, for many customers in one round trip."""
     ids = sorted(set(stripe_customer_ids))
     if not ids:
         return {}
@@ -407,18 +407,21 @@ async def health_by_customer(conn: Conn, stripe_customer_ids: Iterable[str]) -> 
 
 
 async def _health_facts(conn: Conn, ids: list[str]) -> tuple[list[tuple[str, str]], list[InvoicePayment]]:
-    statuses = [
-        (r["stripe_customer_id"], r["status"])
-        for r in await conn.fetch(
-            "SELECT stripe_customer_id, status FROM subscriptions WHERE stripe_customer_id = ANY($1)", ids
-        )
-    ]
-    payments = [
-        InvoicePayment(r["invoice_id"], r["stripe_customer_id"], r["failed"], r["paid"])
-        for r in await conn.fetch(
-            "SELECT * FROM invoice_payments WHERE stripe_customer_id = ANY($1) ORDER BY invoice_id", ids
-        )
-    ]
+    """The customers' subscription statuses and invoice payments, in one round trip: it is read
+    before and after each batch that touches health, and at a trickle every event is a batch."""
+    statuses: list[tuple[str, str]] = []
+    payments: list[InvoicePayment] = []
+    for r in await conn.fetch(
+        "SELECT stripe_customer_id, status, NULL::text AS invoice_id, NULL::boolean AS failed, "
+        "NULL::boolean AS paid FROM subscriptions WHERE stripe_customer_id = ANY($1::text[]) "
+        "UNION ALL SELECT stripe_customer_id, NULL, invoice_id, failed, paid FROM invoice_payments "
+        "WHERE stripe_customer_id = ANY($1::text[]) ORDER BY invoice_id NULLS FIRST",
+        ids,
+    ):
+        if r["invoice_id"] is None:
+            statuses.append((r["stripe_customer_id"], r["status"]))
+        else:
+            payments.append(InvoicePayment(r["invoice_id"], r["stripe_customer_id"], r["failed"], r["paid"]))
     return statuses, payments
 
 

@@ -81,14 +81,13 @@ async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     incoming = [x for x in map(_parse, items) if x is not None]
     if not incoming:
         return
-    seen = await store.seen_events(conn, [x.item.event.id for x in incoming])
+    seen, now = await store.seen_events_at(conn, [x.item.event.id for x in incoming])
     incoming = [x for x in incoming if x.item.event.id not in seen]
     if not incoming:
         return
     records = await store.lock_by_stripe_ids(conn, [x.state.stripe_customer_id for x in incoming])
     creating = _to_create(incoming, set(records))
     erp_ids = dict(zip(creating, await store.allocate_erp_ids(conn, len(creating)), strict=True))
-    now = await store.transaction_time(conn)
     inserts: dict[str, CustomerRecord] = {}
     updates: dict[str, CustomerRecord] = {}
     history: list[store.HistoryEntry] = []

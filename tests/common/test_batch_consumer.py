@@ -5,11 +5,14 @@ dry run on a whole batch writing nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.common.bus import Bus
+from services.common.bus import STRIPE_STREAM, Bus
+from services.common.consumer import _take_delivered_at_once
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
@@ -114,3 +117,38 @@ async def test_dry_run_applies_a_whole_batch_and_writes_nothing(bus: Bus, settin
         assert await rt.pool.fetchval("SELECT count(*) FROM toy.outbox") == 0
     finally:
         await rt.stop()
+
+
+async def test_a_fetch_takes_delivered_messages_without_a_task_each(bus: Bus, settings: Settings) -> None:
+    """A backlog comes back whole and in order from the consumer's fetch, with the subscription's
+    byte count back at zero, and each message already delivered is taken without a task (nats-py's
+    own `next_msg` makes one per message: ~35 us each)."""
+    events = [customer_event(f"cus_fetch{i}") for i in range(30)]
+    for evt in events:
+        await publish(bus, evt)
+    await bus.js.add_consumer(
+        STRIPE_STREAM, ConsumerConfig(durable_name="fetch-test", ack_policy=AckPolicy.EXPLICIT, filter_subjects=[])
+    )
+    psub = await bus.js.pull_subscribe_bind(durable="fetch-test", stream=STRIPE_STREAM)
+    _take_delivered_at_once(psub)
+    created = 0
+    real_create_task = asyncio.create_task
+
+    def counting(coro, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal created
+        created += 1
+        return real_create_task(coro, **kwargs)
+
+    asyncio.create_task = counting  # type: ignore[assignment]
+    try:
+        msgs = await psub.fetch(100, timeout=2)
+        while len(msgs) < len(events):
+            msgs += await psub.fetch(100, timeout=2)
+    finally:
+        asyncio.create_task = real_create_task  # type: ignore[assignment]
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [e["id"] for e in events]
+    assert psub._sub._pending_size == 0
+    assert created < len(events) // 2, created
+    for m in msgs:
+        await m.ack()
+    await psub.unsubscribe()

@@ -14,11 +14,13 @@ import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from syncmesh.events.v1 import dead_letter_pb2, envelope_pb2
+from syncmesh.type.v1 import money_pb2
 
-from services.common import db
+from services.common import db, outbox
 from services.common.bus import DLQ_STREAM, EVENTS_STREAM, Bus
 from services.common.errors import SettingsError
 from services.common.events import parse_event, to_envelope
+from services.common.outbox import OutboxRelay
 from services.common.service import ServiceRuntime, run_until_signalled
 from services.common.settings import Settings
 from tests.common import toy_service
@@ -259,3 +261,44 @@ async def test_run_until_signalled_ends_with_exit_code_1_when_the_service_fails(
     rt = ServiceRuntime(dataclasses.replace(toy_service.DEFINITION, migrations=tmp_path), settings, port=0)
     code = await asyncio.wait_for(run_until_signalled(rt.start, rt.stop, rt.failed), 30)
     assert code == 1 and rt.failure is not None and "0001_broken.sql failed: UndefinedTableError" in rt.failure
+
+
+async def test_the_relay_publishes_rows_handed_over_without_looking_for_them(runtime: ServiceRuntime) -> None:
+    """A batch's committed outbox rows go out from the hand-over alone, not from a scan of the
+    table (here nothing scans: no wake, an hour's poll), and rows published close together are
+    marked with one UPDATE."""
+    assert runtime.relay is not None and runtime.pool is not None
+    runtime.relay.stop()  # the runtime's own relay would find the row by its 5 s poll
+    await asyncio.sleep(0.2)
+    relay = OutboxRelay(runtime.pool, runtime.bus, poll_seconds=3600, mark_seconds=0.5)
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.2)  # its first scan, at start, finds nothing
+    try:
+        rows = outbox.prepare_events(
+            service="customer",
+            events=[(f"handed_over{i}", money_pb2.Money(amount_minor=i, currency="eur")) for i in range(3)],
+        )
+        written = []
+        for row in rows:  # three batches in quick succession, each handing over its row
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                written += await outbox.insert_rows_returning(conn, [row])
+            relay.hand_over(written[-1:])
+        assert [row.msg_id for _, row in written] == [row.msg_id for row in rows]
+
+        async def published() -> bool:
+            return bool(
+                await runtime.pool.fetchval(
+                    "SELECT bool_and(published_at IS NOT NULL) FROM outbox WHERE id = ANY($1::bigint[])",
+                    [row_id for row_id, _ in written],
+                )
+            )
+
+        await eventually(published, timeout=3)
+        for i, row in enumerate(rows):
+            msg = await runtime.bus.js.get_msg(EVENTS_STREAM, subject=f"syncmesh.customer.handed_over{i}")
+            assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == row.msg_id
+        assert relay.published == 3
+        assert relay.marks == 1  # marked together, with one UPDATE
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 5)
