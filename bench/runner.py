@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak", action="store_true", help="also run the soak test (1 hour; never in CI)")
     parser.add_argument("--soak-minutes", type=float, default=60.0, help="soak duration (default 60)")
     parser.add_argument("--ingest-rate", type=float, default=2000.0, help="offered rate of the sustained ingest run")
+    parser.add_argument(
+        "--ingest-seconds", type=float, default=None, help="length of the sustained ingest run (default 60, quick 10)"
+    )
     parser.add_argument("--clients", type=int, default=1, help="load generator processes for ingest (default 1)")
     parser.add_argument(
         "--replay-events", type=int, default=None, help="events to replay (default 100,000; --quick 10,000)"
@@ -100,6 +103,7 @@ async def suite_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         soak=args.soak,
         soak_minutes=args.soak_minutes,
         ingest_rate=args.ingest_rate,
+        ingest_seconds=args.ingest_seconds,
         clients=args.clients,
         replay_events=args.replay_events or (10_000 if args.quick else 100_000),
         replay_service=args.replay_service,
