@@ -107,7 +107,9 @@ async def run(suite: Suite) -> None:
     gateway_cpu = suite.figure(TITLE, "ingest.gateway_cpu", "gateway CPU per webhook at 500/s", "ms")
 
     await env.reset_stream()
-    gateway = await env.start_gateway()
+    gateway = await env.start_gateway(cfg.gateway_max_in_flight)
+    if cfg.gateway_max_in_flight is not None:
+        suite.note(TITLE, f"gateway shedding limit set to {cfg.gateway_max_in_flight} (--gateway-max-in-flight)")
     url = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
     try:
         suite.say("  warming up the gateway (2 s at 200/s)")

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ingest-seconds", type=float, default=None, help="length of the sustained ingest run (default 60, quick 10)"
     )
+    parser.add_argument(
+        "--gateway-max-in-flight",
+        type=int,
+        default=None,
+        help="the gateway's shedding limit in section 1 (default: its own; a huge value turns shedding off)",
+    )
     parser.add_argument("--clients", type=int, default=1, help="load generator processes for ingest (default 1)")
     parser.add_argument(
         "--replay-events", type=int, default=None, help="events to replay (default 100,000; --quick 10,000)"
@@ -104,6 +110,7 @@ async def suite_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         soak_minutes=args.soak_minutes,
         ingest_rate=args.ingest_rate,
         ingest_seconds=args.ingest_seconds,
+        gateway_max_in_flight=args.gateway_max_in_flight,
         clients=args.clients,
         replay_events=args.replay_events or (10_000 if args.quick else 100_000),
         replay_service=args.replay_service,
