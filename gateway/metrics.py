@@ -1,5 +1,5 @@
 """Prometheus metrics for the gateway: requests by outcome (`shed` among them), JetStream publish
-latency, and the publishes in flight.
+latency, and the webhooks in flight.
 
 A registry per application (not the process-global one) so that tests and `syncmesh up`, which
 run several apps in one process, never collide.
@@ -22,7 +22,7 @@ class GatewayMetrics:
         "aborted",
         "bad_http",
         "unavailable",
-        # Answered 503 + Retry-After at once: SYNCMESH_GATEWAY_MAX_IN_FLIGHT publishes were waiting.
+        # Answered 503 + Retry-After at once: SYNCMESH_GATEWAY_MAX_IN_FLIGHT webhooks were being handled.
         "shed",
     )
 
@@ -41,8 +41,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "syncmesh_gateway_publishes_in_flight",
-            "Verified webhooks waiting on JetStream's ack (shed past SYNCMESH_GATEWAY_MAX_IN_FLIGHT).",
+            "syncmesh_gateway_webhooks_in_flight",
+            "Webhooks being read, verified or published (shed past SYNCMESH_GATEWAY_MAX_IN_FLIGHT).",
             registry=self.registry,
         )
         for outcome in self.OUTCOMES:

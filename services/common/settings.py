@@ -91,8 +91,8 @@ class Settings:
     webhook_read_timeout_seconds: float = 10.0
     #: How long the gateway waits for JetStream's ack before answering 503.
     publish_timeout_seconds: float = 2.0
-    #: Verified webhooks a gateway process may have waiting on JetStream at once; past it the
-    #: gateway sheds with 503 + Retry-After at once rather than queueing into timeouts.
+    #: Webhooks a gateway process may be handling at once (reading, verifying, awaiting the ack);
+    #: past it the gateway sheds with 503 + Retry-After at once rather than queueing into timeouts.
     gateway_max_in_flight: int = 1024
     #: RPCs a service process runs at once (health excepted); past it: RESOURCE_EXHAUSTED at once.
     grpc_max_concurrent_rpcs: int = 256

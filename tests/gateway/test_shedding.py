@@ -70,7 +70,7 @@ async def test_past_the_limit_a_webhook_is_shed_at_once_and_published_only_when_
         assert first["id"] != second["id"]
         waiting = asyncio.create_task(_post(gw, *signed_request(first)))
         await asyncio.wait_for(held.wait(), 10)
-        assert "syncmesh_gateway_publishes_in_flight 1.0" in await _metric(gw, "syncmesh_gateway_publishes_in_flight")
+        assert "syncmesh_gateway_webhooks_in_flight 1.0" in await _metric(gw, "syncmesh_gateway_webhooks_in_flight")
 
         body, headers = signed_request(second)
         # Bounded: without shedding this request would wait behind the held publish.
