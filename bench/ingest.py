@@ -20,7 +20,7 @@ TITLE = "1. Gateway ingest"
 
 
 #: The saturation run's sender: more connections than the gateway's default shedding limit
-#: (SYNCMESH_GATEWAY_MAX_IN_FLIGHT, 128), so the queue forms at the gateway and not in the
+#: (SYNCMESH_GATEWAY_MAX_IN_FLIGHT, 256), so the queue forms at the gateway and not in the
 #: sender's connection pool, and a Stripe-like retry schedule: Stripe's first retry comes minutes
 #: later, so here the first waits as long as the window lasts (a retry lands after it rather than
 #: on top of the offered load), then 2, 4, 8 and 16 s; every shed event must still be delivered.
@@ -103,7 +103,14 @@ async def run(suite: Suite) -> None:
     lost = suite.figure(
         TITLE, "ingest.lost", "sustained run: events never delivered after the sender's retries", "", target=0
     )
-    burst_5xx = suite.figure(TITLE, "ingest.burst5xx", f"5xx answers to a burst of {burst_n:,}", "", target=0)
+    # Since the gateway sheds past SYNCMESH_GATEWAY_MAX_IN_FLIGHT (issue 20), a burst beyond it is
+    # answered 503 in part by design; what must hold is that the sender's retries deliver it all.
+    burst_5xx = suite.figure(
+        TITLE, "ingest.burst5xx", f"first-attempt 5xx (shed) answers to a burst of {burst_n:,}", ""
+    )
+    burst_lost = suite.figure(
+        TITLE, "ingest.burst_lost", f"burst of {burst_n:,}: events never delivered after retries", "", target=0
+    )
     burst_time = suite.figure(TITLE, "ingest.burst_time", f"time to absorb a burst of {burst_n:,}", "s")
     gateway_cpu = suite.figure(TITLE, "ingest.gateway_cpu", "gateway CPU per webhook at 500/s", "ms")
 
@@ -122,7 +129,14 @@ async def run(suite: Suite) -> None:
                 for rate in (500, 1000):
                     suite.say(f"  run {run_no + 1}: open loop at {rate}/s for {latency_s:.0f} s")
                     cpu_before = cpu_jiffies(gateway.pid, children=False)
-                    result = await offer(suite, url, rate, latency_s)
+                    result = await offer(
+                        suite,
+                        url,
+                        rate,
+                        latency_s,
+                        drain=latency_s + sum(SATURATION_BACKOFF) + 30,
+                        retry_delays=(latency_s, *SATURATION_BACKOFF),
+                    )
                     if rate == 500:
                         cpu_ms = (cpu_jiffies(gateway.pid, children=False) - cpu_before) / TICK * 1000
                         suite.record(gateway_cpu, cpu_ms / max(1, len(result.outcomes)))
@@ -149,9 +163,17 @@ async def run(suite: Suite) -> None:
                 suite.say(f"  run {run_no + 1}: burst of {burst_n:,} due at once")
                 events = workload(burst_n, tag=suite.tag())
                 burst = await run_in_process(
-                    url, events, math.inf, burst=True, connections=1000, timeout=120, drain_timeout=150
+                    url,
+                    events,
+                    math.inf,
+                    burst=True,
+                    connections=1000,
+                    timeout=120,
+                    drain_timeout=150,
+                    retry_delays=(10.0, *SATURATION_BACKOFF),
                 )
                 suite.record(burst_5xx, burst.first_5xx)
+                suite.record(burst_lost, burst.undelivered)
                 done = [o.first_done for o in burst.outcomes if not math.isnan(o.first_done)]
                 suite.record(burst_time, (max(done) - burst.outcomes[0].due) if done else math.nan)
                 burst_5xx.notes.append(f"run {run_no + 1}: {describe(burst)}")
