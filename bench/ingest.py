@@ -20,7 +20,7 @@ TITLE = "1. Gateway ingest"
 
 
 #: The saturation run's sender: more connections than the gateway's default shedding limit
-#: (SYNCMESH_GATEWAY_MAX_IN_FLIGHT, 256), so the queue forms at the gateway and not in the
+#: (SYNCMESH_GATEWAY_MAX_IN_FLIGHT, 128), so the queue forms at the gateway and not in the
 #: sender's connection pool, and a Stripe-like retry schedule: Stripe's first retry comes minutes
 #: later, so here the first waits as long as the window lasts (a retry lands after it rather than
 #: on top of the offered load), then 2, 4, 8 and 16 s; every shed event must still be delivered.

@@ -97,5 +97,5 @@ async def test_past_the_limit_a_webhook_is_shed_at_once_and_published_only_when_
 def test_the_limit_is_a_setting_with_a_default() -> None:
     from services.common.settings import load_settings
 
-    assert Settings().gateway_max_in_flight == 256
+    assert Settings().gateway_max_in_flight == 128
     assert load_settings({"SYNCMESH_GATEWAY_MAX_IN_FLIGHT": "7"}, local_mesh=False).gateway_max_in_flight == 7
