@@ -87,6 +87,9 @@ def install() -> tuple[Path | None, str]:
                     "--no-audit",
                     "--no-fund",
                     "--loglevel=error",
+                    # An unreachable registry should say so within a minute, not after npm's own retries.
+                    "--fetch-retries=1",
+                    "--fetch-timeout=20000",
                     f"{PEER_PACKAGE}@{PEER_VERSION}",
                     f"stripe@{STRIPE_NODE_VERSION}",
                 ],
@@ -98,7 +101,8 @@ def install() -> tuple[Path | None, str]:
         except subprocess.TimeoutExpired:
             return None, "npm install did not finish within 5 minutes (is the npm registry reachable?)"
         if done.returncode != 0 or not marker.exists():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            lines = [ln for ln in done.stderr.strip().splitlines() if "complete log" not in ln] or ["no output"]
+            last = " / ".join(ln.removeprefix("npm error ").strip() for ln in lines[:2])[:200]
             return None, f"npm install {PEER_PACKAGE}@{PEER_VERSION} failed (npm registry unreachable?): {last}"
     for name in ("server.cjs", "migrate.cjs"):
         shutil.copyfile(NODE_FILES / name, CACHE / name)
