@@ -233,7 +233,8 @@ class Gateway:
         if self.port == 0 and self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])
         log.info("gateway listening on %s:%d", self.host, self.port)
-        # /metrics on a port of its own too (SYNCMESH_GATEWAY_METRICS_PORT), so scraping does not
+        # /metrics on a port of its own too (SYNCMESH_GATEWAY_METRICS_PORT, or SYNCMESH_METRICS_PORT in a
+        # container), so scraping does not
         # share the public webhook listener; the webhook port keeps /metrics for compatibility.
         metrics_port = GATEWAY.metrics_port(self.settings)
         if metrics_port is not None:
@@ -242,8 +243,9 @@ class Gateway:
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve the gateway's metrics on port {metrics_port} "
-                    f"({GATEWAY.metrics_port_variable}): {exc.strerror}"
+                    f"({GATEWAY.metrics_port_setting(self.settings)}): {exc.strerror}"
                 ) from None
+            log.info("gateway metrics on %s:%d/metrics", self.host, self.metrics_server.port)
 
     async def stop(self) -> None:
         if self.sweeper is not None:

@@ -4,6 +4,7 @@
                                            when no URLs are set), Ctrl-C stops everything
     syncmesh gateway [--port N]            the webhook gateway alone (Kubernetes)
     syncmesh serve SERVICE [--port N]      one service alone (services/registry.py lists them)
+    syncmesh migrate SERVICE               its schema to the latest migration, under the migration role
     syncmesh call SERVICE METHOD [JSON]    one gRPC call, answer as JSON (`health` for the health check)
     syncmesh import ...                    data sheets and imports, added by the services
 
@@ -46,6 +47,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(registry.by_name(args.service), load_settings(local_mesh=False), port=args.port)
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from services.common.service import migrate
+
+    return migrate(registry.by_name(args.service), load_settings(local_mesh=False))
+
+
 def port_number(raw: str) -> int:
     """`--port`: a TCP port, 0 to let the OS pick; anything else is refused before it can bind
     somewhere unexpected (`--port 99999` used to listen on an OS-picked port)."""
@@ -69,7 +76,7 @@ VERBOSE = "--verbose"
 
 #: Commands that run the mesh itself: they load no operator extensions, so a pod starts with
 #: only what it runs, and a fault in a tool cannot stop the gateway or a service.
-CORE_COMMANDS = ("up", "gateway", "serve")
+CORE_COMMANDS = ("up", "gateway", "serve", "migrate")
 
 
 def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
@@ -103,11 +110,18 @@ def build_parser(*, with_extensions: bool = True) -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
+    migrate = sub.add_parser(
+        "migrate", help="bring one service's schema to the latest migration (SYNCMESH_MIGRATION_DATABASE_URL)"
+    )
+    migrate.add_argument("service", choices=sorted(registry.names()))
+    migrate.set_defaults(func=_cmd_migrate)
+
     if not with_extensions:
         return parser
-    from launcher import call
+    from launcher import call, natsauth
 
     call.register(sub)
+    natsauth.register(sub)
     groups: dict[str, Any] = {}
     imports = sub.add_parser("import", help="import data sheets or run an initial import")
     groups["import"] = imports.add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -11,6 +11,11 @@ What it started is written to `./.syncmesh/mesh.json` (0600): the variables a to
 and the embedded servers' process ids, so an `up` killed with SIGKILL leaves the next one
 enough to stop its orphans.
 
+The embedded nats-server runs with authorization (launcher/natsauth.py): a password per identity
+in `<data-dir>/nats/users/` (0600, kept across restarts), the gateway and each service connected
+as itself, and the operator's identity recorded for the tools (`SYNCMESH_NATS_USER`,
+`SYNCMESH_NATS_PASSWORD_FILE`). A subscriber identity (`subscriber`) is ready for other teams' trials.
+
 The demo keeps its data apart, in `<data-dir>/demo`, and starts it afresh every run (it says
 so), so it can run any number of times in one folder.
 
@@ -34,12 +39,24 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
+
+import asyncpg
 
 from gateway.app import Gateway
 from gateway.deployable import GATEWAY
+from launcher.natsauth import (
+    GATEWAY_USER,
+    LOCAL_SUBSCRIBER,
+    OPERATOR_USER,
+    LocalCredentials,
+    roster_identities,
+    subscriber_identity,
+)
 from services import registry
 from services.common.auth import local_tokens
 from services.common.embedded import NatsServer, PostgresServer, free_port
@@ -260,25 +277,32 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
     root.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     servers = ExitStack()
+    local_db: LocalDatabase | None = None
     try:
         with _signals_interrupt():
             state.write()
             servers.callback(state.remove)
             env: dict[str, str] = {}
+            credentials: LocalCredentials | None = None
             if not settings.nats_url:
-                nats = NatsServer(root / "nats")
+                credentials = LocalCredentials(root / "nats" / "users")
+                identities = [*roster_identities(), subscriber_identity(LOCAL_SUBSCRIBER)]
+                nats = NatsServer(root / "nats", authorization=credentials.authorization(identities))
                 print(f"starting embedded nats-server (JetStream, sync always) in {nats.data_dir}", file=sys.stderr)
                 servers.callback(nats.stop)
                 _start(nats, "the embedded nats-server", "SYNCMESH_NATS_URL")
                 state.child(nats)
                 settings = settings.with_overrides(nats_url=nats.url)
+                env |= _operator_identity(credentials)
             if not settings.database_url:
                 pg = PostgresServer(root / "postgres")
                 print(f"starting embedded PostgreSQL in {pg.data_dir}", file=sys.stderr)
                 servers.callback(pg.stop)
                 _start(pg, "the embedded PostgreSQL", "SYNCMESH_DATABASE_URL")
                 state.child(pg)
-                settings = settings.with_overrides(database_url=pg.url)
+                local_db = provision_local_database(pg, list(available_services().values()))
+                settings = settings.with_overrides(database_url=local_db.tools_url)
+                env |= local_db.tools_env
             if not settings.webhook_secrets:
                 secret_file = _local_secret(root)
                 settings = settings.with_overrides(webhook_secrets=(secret_file.read_text().strip(),))
@@ -291,12 +315,25 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
                 )
                 env["SYNCMESH_GRPC_TOKEN_FILE"] = str(root / "grpc-token")
             assert settings.nats_url and settings.database_url
-            env |= {"SYNCMESH_NATS_URL": settings.nats_url, "SYNCMESH_DATABASE_URL": settings.database_url}
+            env |= {"SYNCMESH_NATS_URL": settings.nats_url}
+            env.setdefault("SYNCMESH_DATABASE_URL", settings.database_url)
             state.record["env"] = env
             state.write()
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.default_int_handler)  # asyncio.run installs its own from here
-        return asyncio.run(_run(settings, demo=demo, data_dir=root, started=started, once=once, state=state, host=host))
+        return asyncio.run(
+            _run(
+                settings,
+                demo=demo,
+                data_dir=root,
+                started=started,
+                once=once,
+                state=state,
+                host=host,
+                database_urls=local_db.service_urls if local_db is not None else {},
+                credentials=credentials,
+            )
+        )
     except KeyboardInterrupt:
         return 130
     finally:
@@ -307,8 +344,34 @@ def run_mesh(*, demo: bool, data_dir: str, once: bool = False, host: str = "127.
         _restore(previous)
 
 
+def _operator_identity(credentials: LocalCredentials) -> dict[str, str]:
+    """The variables that make the tools run in this folder the operator (via mesh.json)."""
+    credentials.password(OPERATOR_USER)
+    return {
+        "SYNCMESH_NATS_USER": OPERATOR_USER,
+        "SYNCMESH_NATS_PASSWORD_FILE": str(credentials.password_file(OPERATOR_USER)),
+    }
+
+
+def as_nats_user(settings: Settings, credentials: LocalCredentials | None, user: str) -> Settings:
+    """`settings` with `user`'s identity on the embedded NATS; unchanged on a NATS of the
+    operator's own, where the environment names the identity."""
+    if credentials is None:
+        return settings
+    return settings.with_overrides(nats_user=user, nats_password=credentials.password(user), nats_nkey_seed_file=None)
+
+
 async def _run(
-    settings: Settings, *, demo: bool, data_dir: Path, started: float, once: bool, state: MeshState, host: str
+    settings: Settings,
+    *,
+    demo: bool,
+    data_dir: Path,
+    started: float,
+    once: bool,
+    state: MeshState,
+    host: str,
+    database_urls: dict[str, str] | None = None,
+    credentials: LocalCredentials | None = None,
 ) -> int:
     main = asyncio.current_task()
     assert main is not None
@@ -334,7 +397,7 @@ async def _run(
 
             stand_in = start_stand_in(data_dir)
             settings = demo_settings(settings, stand_in)
-        gateway = Gateway(settings, host=host)
+        gateway = Gateway(as_nats_user(settings, credentials, GATEWAY_USER), host=host)
         try:
             with _named("gateway"):
                 await gateway.start()
@@ -344,7 +407,11 @@ async def _run(
                 f"set {GATEWAY.port_variable} to a free port (0 lets the OS pick one)"
             ) from None
         for definition in available_services().values():
-            runtime = ServiceRuntime(definition, settings, host=host)
+            # Each service under its own database role when `up` made them (the embedded default),
+            # and as its own NATS identity.
+            own_url = (database_urls or {}).get(definition.name, settings.database_url)
+            own = settings.with_overrides(database_url=own_url)
+            runtime = ServiceRuntime(definition, as_nats_user(own, credentials, definition.name), host=host)
             runtimes.append(runtime)
             await runtime.start()
         await gateway.bus.wait_ready(30)
@@ -435,7 +502,8 @@ def try_this(
     metrics = metrics_ports(gateway, runtimes)
     if metrics:
         lines.append("  metrics   " + "  ".join(f"{name} :{port}" for name, port in metrics) + "   (GET /metrics)")
-    lines.append(f"  NATS {settings.nats_url}   PostgreSQL {_without_password(settings.database_url or '')}")
+    nats_url, database_url = _without_password(settings.nats_url or ""), _without_password(settings.database_url or "")
+    lines.append(f"  NATS {nats_url}   PostgreSQL {database_url}")
     here = Path.cwd() / LOCAL_MESH_FILE
     lines.append(f"  all of it in {_relative(here)}: `syncmesh` commands run in this folder read it, no exports needed")
     syncmesh = _syncmesh_command()
@@ -478,6 +546,83 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+# -- the embedded PostgreSQL's identities (SECURITY.md, "Database identities") --
+
+
+@dataclass(frozen=True)
+class LocalDatabase:
+    """What `provision_local_database` made: each service's URL under its own role, and the
+    migration role's for the tools (`syncmesh replay`, `verify`), whose password stays in its file."""
+
+    service_urls: dict[str, str]
+    tools_url: str
+    tools_env: dict[str, str]
+
+
+def _role_password(folder: Path, role: str) -> tuple[Path, str]:
+    """`<folder>/<role>.password` (0600), generated on first use: delete it and restart `up` to
+    rotate the role's password."""
+    path = folder / f"{role}.password"
+    if not path.exists():
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(24) + "\n")
+    return path, path.read_text(encoding="utf-8").strip()
+
+
+def provision_local_database(pg: PostgresServer, definitions: list[ServiceDefinition]) -> LocalDatabase:
+    """One login role per service and the migration role on the embedded PostgreSQL, with
+    passwords kept under its data directory (`./.syncmesh/postgres/<role>.password`); each
+    service's schema migrated under the migration role, so the services themselves run with
+    DML on their own schema only, as they do in Kubernetes."""
+    from services.common import db
+
+    base = f"{pg.host}:{pg.port}/syncmesh"
+    migrator_file, migrator_password = _role_password(pg.data_dir, db.MIGRATION_ROLE)
+    migration_url = f"postgresql://{db.MIGRATION_ROLE}:{quote(migrator_password, safe='')}@{base}"
+    service_urls: dict[str, str] = {}
+    runtime_passwords: dict[str, str] = {}
+    for definition in definitions:
+        role = db.runtime_role(definition.schema)
+        runtime_passwords[definition.name] = _role_password(pg.data_dir, role)[1]
+        service_urls[definition.name] = (
+            f"postgresql://{role}:{quote(runtime_passwords[definition.name], safe='')}@{base}"
+        )
+
+    async def provision() -> None:
+        conn = await asyncpg.connect(pg.url)
+        try:
+            for definition in definitions:
+                await db.provision_roles(
+                    conn,
+                    definition.schema,
+                    runtime_password=runtime_passwords[definition.name],
+                    migration_password=migrator_password,
+                )
+        finally:
+            await conn.close()
+        for definition in definitions:
+            await db.migrate_as(migration_url, definition.schema, definition.migration_sources)
+
+    try:
+        asyncio.run(provision())
+    except SettingsError as exc:
+        raise SettingsError(f"{_names(definitions)}: migrate failed: {exc}") from None
+    return LocalDatabase(
+        service_urls=service_urls,
+        tools_url=migration_url,
+        tools_env={
+            "SYNCMESH_DATABASE_URL": f"postgresql://{db.MIGRATION_ROLE}@{base}",
+            "SYNCMESH_DATABASE_PASSWORD_FILE": str(migrator_file),
+        },
+    )
+
+
+def _names(definitions: list[ServiceDefinition]) -> str:
+    return ", ".join(d.name for d in definitions) or "no service"
 
 
 def _without_password(url: str) -> str:

@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +44,7 @@ from services.common.bus import STRIPE_STREAM, Bus
 from services.common.errors import MalformedEventError, NotServedError, SettingsError
 from services.common.events import parse_event
 from services.common.progress import progress
-from services.common.settings import Settings
+from services.common.settings import LOCAL_MESH_FILE, Settings
 from services.common.stream import message_ids
 from services.common.stripe_pages import RateLimiter, list_pages
 
@@ -52,10 +52,45 @@ log = logging.getLogger(__name__)
 
 BACKFILL_ID_PREFIX = "evt_bf_"
 DEFAULT_CHECKPOINT = Path(".syncmesh/backfill-checkpoint.json")
+#: Where the checkpoint goes when no local mesh runs in the current folder (a Kubernetes Job:
+#: a path on a volume that outlives the pod).
+CHECKPOINT_VARIABLE = "SYNCMESH_BACKFILL_CHECKPOINT"
+
+
+def checkpoint_location(option: str | None, env: Mapping[str, str] | None = None, folder: Path | None = None) -> Path:
+    """Where this backfill keeps its checkpoint, absolute: `--checkpoint`, else
+    `SYNCMESH_BACKFILL_CHECKPOINT`, else `.syncmesh/` beside the local mesh `syncmesh up` runs
+    in this folder (or the checkpoint an earlier run left there). Anywhere else the current
+    folder is no place for it (a read-only container, a folder the next run is not started
+    from), so the operator is asked to name one."""
+    env = os.environ if env is None else env
+    here = Path.cwd() if folder is None else folder
+    chosen = option or (env.get(CHECKPOINT_VARIABLE) or "").strip()
+    if chosen:
+        return (here / Path(chosen).expanduser()).resolve()
+    local = here / DEFAULT_CHECKPOINT
+    if (here / LOCAL_MESH_FILE).exists() or local.exists():
+        return local.resolve()
+    raise SettingsError(
+        f"no local mesh in {here} (no {LOCAL_MESH_FILE}): say where the backfill keeps its checkpoint, "
+        f"with --checkpoint PATH or {CHECKPOINT_VARIABLE} (in Kubernetes, a file on a volume that outlives the pod)"
+    )
+
+
 CHECKPOINT_VERSION = 1
 
 
 def _invoice_type(obj: dict[str, Any]) -> str:
+    attempts = obj.get("attempt_count")
+    if (
+        obj.get("status") == "open"
+        and isinstance(attempts, int)
+        and attempts > 0
+        and not obj.get("next_payment_attempt")
+    ):
+        # Stripe tried and will not try again: what its own `invoice.payment_failed` said, and
+        # what puts the customer on credit hold (a re-synced or backfilled invoice places it too).
+        return "invoice.payment_failed"
     return {
         "paid": "invoice.paid",
         "void": "invoice.voided",
@@ -217,6 +252,7 @@ class BackfillReport:
     since: datetime
     kinds: dict[str, KindReport] = field(default_factory=dict)
     checkpoint_removed: bool = False
+    checkpoint: Path | None = None
 
     @property
     def published(self) -> int:
@@ -248,6 +284,9 @@ class BackfillReport:
                 f"  {name}: listed {k.listed}, already in stream {k.already_in_stream}, published {k.published}{suffix}"
             )
         out.append(f"  total: listed {self.listed}, published {self.published}")
+        if self.checkpoint is not None:
+            state = "removed: every type is done" if self.checkpoint_removed else "kept: rerun with the same --since"
+            out.append(f"  checkpoint: {self.checkpoint} ({state})")
         return out
 
 
@@ -293,7 +332,7 @@ async def backfill(
     types = DEFAULT_TYPES if types is None else types
     since_ts = int(since.timestamp())
     checkpoint = Checkpoint.load(checkpoint_path, since_ts, restart=restart)
-    report = BackfillReport(since=since)
+    report = BackfillReport(since=since, checkpoint=checkpoint_path)
     limiter = RateLimiter(requests_per_second)
     seen = await message_ids(bus, STRIPE_STREAM, prefix=BACKFILL_ID_PREFIX)
     want_live = settings.mode == "live"

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from ops.common import EXIT_FAILED, run_command, target_option
@@ -169,13 +168,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from ops.backfill import backfill, parse_types
+    from ops.backfill import backfill, checkpoint_location, parse_types
     from ops.common import connected_bus, parse_since
     from services.common.stripe_api import close_stripe_client, make_stripe_client
 
     async def work(settings: Settings) -> int:
         since = parse_since("--since", args.since)
         types = parse_types(args.types) if args.types else None  # None: the defaults, skipping unserved ones
+        checkpoint = checkpoint_location(args.checkpoint)
+        print(f"backfill: checkpoint {checkpoint} (a rerun with the same --since resumes from it)", file=sys.stderr)
         client = make_stripe_client(settings, max_network_retries=0)
         if client is None:
             raise SettingsError("SYNCMESH_STRIPE_API_KEY must be set: the backfill lists objects through Stripe's API")
@@ -187,7 +188,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
                     settings,
                     since=since,
                     types=types,
-                    checkpoint_path=Path(args.checkpoint),
+                    checkpoint_path=checkpoint,
                     restart=args.restart,
                     requests_per_second=args.rate,
                     show_progress=True,
@@ -274,8 +275,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     backfill.add_argument(
         "--checkpoint",
-        default=".syncmesh/backfill-checkpoint.json",
-        help="progress file; a rerun with the same --since resumes from it (default %(default)s)",
+        default=None,
+        help="progress file; a rerun with the same --since resumes from it (default: SYNCMESH_BACKFILL_CHECKPOINT, "
+        "else .syncmesh/backfill-checkpoint.json beside the mesh `syncmesh up` runs in this folder)",
     )
     backfill.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     backfill.add_argument(
@@ -304,6 +306,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="comma-separated: customers,invoices,clients,products,contracts,credit_memos,refunds",
     )
     verify.add_argument("--since", default=None, help="only objects created since: ISO date, unix seconds, or 30d")
+    verify.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="compare only the N most recent objects of each type (and N records Stripe does not list, at random)",
+    )
     verify.add_argument("--rate", type=float, default=20.0, help="Stripe requests per second (default 20)")
     verify.add_argument(
         "--settle", type=float, default=60.0, help="--repair: seconds to wait for the mesh (default 60)"

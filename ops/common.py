@@ -43,6 +43,12 @@ async def connected_bus(settings: Settings, *, name: str = "syncmesh-ops", timeo
         try:
             await bus.wait_ready(timeout)
         except TimeoutError:
+            if bus.identity_refused:
+                who = f"user {settings.nats_user}" if settings.nats_user else "a client without credentials"
+                raise SettingsError(
+                    f"NATS refused {who}: check SYNCMESH_NATS_USER and SYNCMESH_NATS_PASSWORD_FILE "
+                    "(the operator's identity), or run this in the folder where `syncmesh up` runs"
+                ) from None
             raise SettingsError(
                 f"NATS at SYNCMESH_NATS_URL did not answer within {timeout:.0f}s: "
                 "check that nats-server (with JetStream) is running and the URL is right"
@@ -55,12 +61,21 @@ async def connected_bus(settings: Settings, *, name: str = "syncmesh-ops", timeo
 EXIT_FAILED = 1
 
 
-def run_command(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
-    """Run one command's coroutine; turn the errors an operator can fix into a clear line."""
+EXIT_INTERRUPTED = 130
+
+
+def run_command(work: Callable[[Settings], Coroutine[Any, Any, int]], *, interrupted: str | None = None) -> int:
+    """Run one command's coroutine; turn the errors an operator can fix into a clear line, and
+    Ctrl-C into the one line `interrupted` (when given) and exit 130."""
     settings = load_settings()
     setup_logging(settings.log_level)
     try:
         return asyncio.run(work(settings))
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(f"\nsyncmesh: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (NotFoundError, ConflictError) as exc:
         print(f"syncmesh: {exc}", file=sys.stderr)
         return EXIT_FAILED

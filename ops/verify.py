@@ -39,6 +39,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +58,7 @@ from services.common.grpc_client import aio_channel, default_target
 from services.common.progress import progress
 from services.common.settings import Settings
 from services.common.stripe_pages import RateLimiter, list_pages
-from services.common.verification import Check, Companion, Mesh
+from services.common.verification import Check, Companion, Held, Mesh
 from services.registry import by_name, definitions, hook
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ CHECKS: tuple[Check[Any], ...] = tuple(
     check for definition in definitions() if (module := hook(definition.verify)) for check in module.CHECKS
 )
 REPAIR_ID_PREFIX = "evt_vr_"
+#: The reverse phase says how long it will take when that is at least this long.
+REVERSE_WARN_SECONDS = 10.0
 
 
 def verify_types(checks: Sequence[Check[Any]]) -> tuple[str, ...]:
@@ -116,14 +121,64 @@ async def _retrieve(client: stripe.StripeClient, source: str, object_id: str, *,
     return {**stub, **data} if data.get("deleted") else data
 
 
-async def _gather_limited(jobs: Iterable[Awaitable[None]], limit: int) -> None:
+async def _gather_limited(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:
+    """Run `jobs` (factories: a coroutine is made only when its turn comes, so a Ctrl-C that
+    cancels the rest leaves no coroutine un-awaited behind) at most `limit` at a time."""
     semaphore = asyncio.Semaphore(limit)
 
-    async def run(job: Awaitable[None]) -> None:
+    async def run(job: Callable[[], Awaitable[None]]) -> None:
         async with semaphore:
-            await job
+            await job()
 
     await asyncio.gather(*(run(job) for job in jobs))
+
+
+def _duration(seconds: float) -> str:
+    """`5400` -> `1 h 30 min`: how an estimate reads."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class Estimate:
+    """The full run's length, from the rate measured on its first objects: said once, early,
+    so an operator facing an 80-minute run can stop it and bound it instead of waiting."""
+
+    #: Measure at least this long (or this many objects) before estimating.
+    MEASURE_SECONDS = 2.0
+    MEASURE_OBJECTS = 200
+
+    def __init__(self, say: Callable[[str], None] | None, expected: int, reverse_rate: float) -> None:
+        self.say = say
+        self.expected = expected
+        self.reverse_rate = reverse_rate
+        self.started = time.monotonic()
+        self.done = 0
+        self.said = False
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.said or self.say is None or self.expected <= 0:
+            return
+        if self.done < self.MEASURE_OBJECTS and time.monotonic() - self.started < self.MEASURE_SECONDS:
+            return
+        self.said = True
+        rate = self.rate()
+        if rate <= 0:
+            return
+        forward = max(0, self.expected - self.done) / rate + (time.monotonic() - self.started)
+        reverse = self.expected / self.reverse_rate
+        self.say(
+            f"verify: about {self.expected:,} records to compare at {rate:,.0f}/s measured: the full run takes about "
+            f"{_duration(forward)}, plus up to {_duration(reverse)} "
+            f"to look up records Stripe no longer lists (--rate {self.reverse_rate:g}/s); "
+            "bound it with --since DATE or --sample N"
+        )
 
 
 # -- verifying ------------------------------------------------------------------------------------
@@ -157,13 +212,19 @@ async def verify(
     requests_per_second: float = 20.0,
     concurrency: int = 16,
     show_progress: bool = False,
+    sample: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> VerifyReport:
-    """List Stripe's objects and compare each with the mesh's records; nothing is written."""
+    """List Stripe's objects and compare each with the mesh's records; nothing is written.
+
+    `sample`: compare only the `sample` most recent objects of each Stripe listing, and look up
+    at most `sample` (picked at random) of the records Stripe did not list. `say` gets the
+    estimate of the full run once the first objects have given a rate."""
     start = since
     if settings.sync_start is not None and (start is None or settings.sync_start > start):
         start = settings.sync_start  # the services deliberately skip objects created earlier
     known = verify_types(checks)
-    report = VerifyReport(types=tuple(t for t in known if types is None or t in types), since=start)
+    report = VerifyReport(types=tuple(t for t in known if types is None or t in types), since=start, sample=sample)
     for kind in report.types:
         report.summaries[kind] = KindSummary()
     active = await _active_checks(report, mesh, checks)
@@ -171,27 +232,44 @@ async def verify(
     since_ts = int(start.timestamp()) if start is not None else None
     want_live = settings.mode == "live"
     listed: dict[str, set[str]] = {}
+    held = await _held_records(report, mesh, active, since=start)
+    expected: dict[str, int] = {}
+    for check, records in held.items():
+        expected[check.source] = max(expected.get(check.source, 0), len(records))
+    total_expected = sum(expected.values())
+    estimate = Estimate(say, total_expected if sample is None else 0, requests_per_second)
 
     for source in dict.fromkeys(c.source for c in active):
         source_checks = [c for c in active if c.source == source]
         listing = KINDS[source]
         call = getattr(client.v1, listing.service).list_async
         seen = listed.setdefault(source, set())
-        bar = progress(total=None, desc=f"verify {source}", unit="obj", enabled=show_progress)
+        total = expected.get(source) or None
+        if sample is not None and total is not None:
+            total = min(total, sample)
+        bar = progress(total=total, desc=f"verify {source}", unit="obj", enabled=show_progress)
         try:
             async for objects, _last in list_pages(
                 call, {"limit": 100, **dict(listing.params)}, what=source, limiter=limiter, created_gte=since_ts
             ):
                 objects = [o for o in objects if bool(o.get("livemode", False)) == want_live]
+                if sample is not None:
+                    objects = objects[: max(0, sample - len(seen))]
                 seen.update(str(o["id"]) for o in objects)
                 jobs = [
-                    _check_one(report, check, mesh, obj)
+                    _check_job(report, check, mesh, obj)
                     for obj in objects
                     for check in source_checks
                     if check.applies(obj)
                 ]
                 await _gather_limited(jobs, concurrency)
+                if bar.total is not None and bar.n + len(objects) > bar.total:
+                    bar.total = None  # the mesh held fewer than Stripe lists: no end to promise
                 bar.update(len(objects))
+                estimate.update(len(objects))
+                if sample is not None and len(seen) >= sample:
+                    break
+            bar.total = bar.n  # listed to the end: the mesh's count was only the estimate
         except NotServedError as exc:
             for check in source_checks:
                 report.unverified[check.kind] = str(exc).split(":")[0]
@@ -201,14 +279,48 @@ async def verify(
             bar.close()
 
     await _reverse_checks(
-        report, client, mesh, active, listed, since=start, concurrency=concurrency, want_live=want_live, limiter=limiter
+        report,
+        client,
+        mesh,
+        active,
+        listed,
+        held,
+        since=start,
+        concurrency=concurrency,
+        want_live=want_live,
+        limiter=limiter,
+        sample=sample,
+        show_progress=show_progress,
+        say=say,
+        rate=requests_per_second,
     )
     report.sort_findings(_positions(checks))
     return report
 
 
-async def _check_one(report: VerifyReport, check: Check[Any], mesh: Mesh, obj: dict[str, Any]) -> None:
-    report.add(check.kind, await check.run(mesh, obj), obj)
+def _check_job(
+    report: VerifyReport, check: Check[Any], mesh: Mesh, obj: dict[str, Any]
+) -> Callable[[], Awaitable[None]]:
+    async def job() -> None:
+        report.add(check.kind, await check.run(mesh, obj), obj)
+
+    return job
+
+
+async def _held_records(
+    report: VerifyReport, mesh: Mesh, checks: Sequence[Check[Any]], *, since: datetime | None
+) -> dict[Check[Any], list[Held]]:
+    """What the mesh holds as live, per check that can say: read once, up front, both to size
+    the forward phase (its bars' totals and the estimate) and for the reverse phase."""
+    held: dict[Check[Any], list[Held]] = {}
+    for check in checks:
+        if check.held is None or check.kind not in report.types:
+            continue
+        records = list(await check.held(mesh))
+        if since is not None:
+            records = [h for h in records if not (h.created and h.created < since.timestamp())]
+        held[check] = records
+    return held
 
 
 async def _reverse_checks(
@@ -217,40 +329,57 @@ async def _reverse_checks(
     mesh: Mesh,
     checks: Sequence[Check[Any]],
     listed: dict[str, set[str]],
+    held_by_check: dict[Check[Any], list[Held]],
     *,
     since: datetime | None,
     concurrency: int,
     want_live: bool,
     limiter: RateLimiter,
+    sample: int | None = None,
+    show_progress: bool = False,
+    say: Callable[[str], None] | None = None,
+    rate: float = 20.0,
 ) -> None:
     """Records the mesh holds as live whose Stripe object was not listed: deleted in Stripe?
 
     Checks are asked in report order, so a record without a Stripe creation time (a client)
-    can follow its customer into a --since window."""
+    can follow its customer into a --since window. One Stripe request per record, at the
+    limiter's rate: the slow phase when the mesh holds many records Stripe does not list."""
     candidates: dict[tuple[str, str], list[Check[Any]]] = {}
     for check in checks:
-        if check.held is None or check.kind not in report.types:
-            continue
-        for held in await check.held(mesh):
+        for held in held_by_check.get(check, []):
             key = (check.source, held.stripe_id)
             if not held.stripe_id or held.stripe_id in listed.get(check.source, set()):
                 continue
-            if since is not None:
-                if held.created is None and key not in candidates:
-                    continue
-                if held.created and held.created < since.timestamp():
-                    continue
+            if since is not None and held.created is None and key not in candidates:
+                continue
             candidates.setdefault(key, []).append(check)
+    chosen = list(candidates.items())
+    if sample is not None and len(chosen) > sample:
+        chosen = random.sample(chosen, sample)
+    if say is not None and len(chosen) / rate >= REVERSE_WARN_SECONDS:
+        say(
+            f"verify: {len(chosen):,} records the mesh holds were not in Stripe's listings: looking each up at "
+            f"--rate {rate:g}/s takes about {_duration(len(chosen) / rate)}; bound it with --since DATE or --sample N"
+        )
+    bar = progress(total=len(chosen), desc="verify: records Stripe did not list", unit="obj", enabled=show_progress)
 
-    async def one(source: str, object_id: str, checks: list[Check[Any]]) -> None:
-        await limiter.wait()
-        obj = await _retrieve(client, source, object_id, livemode=want_live)
-        if not obj.get("deleted"):
-            return  # it exists and was merely outside the window
-        for check in checks:
-            report.add(check.kind, await check.run(mesh, obj), obj)
+    def one(source: str, object_id: str, checks: list[Check[Any]]) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            await limiter.wait()
+            obj = await _retrieve(client, source, object_id, livemode=want_live)
+            bar.update(1)
+            if not obj.get("deleted"):
+                return  # it exists and was merely outside the window
+            for check in checks:
+                report.add(check.kind, await check.run(mesh, obj), obj)
 
-    await _gather_limited((one(s, i, cs) for (s, i), cs in candidates.items()), concurrency)
+        return job
+
+    try:
+        await _gather_limited((one(s, i, cs) for (s, i), cs in chosen), concurrency)
+    finally:
+        bar.close()
 
 
 # -- repair ------------------------------------------------------------------------------------
@@ -411,6 +540,8 @@ def command(args: Any, checks: Sequence[Check[Any]] = CHECKS) -> int:
 
     async def work(settings: Settings) -> int:
         since = parse_since("--since", args.since) if args.since else None
+        if args.sample is not None and args.sample < 1:
+            raise SettingsError("--sample must be 1 or more (objects per type)")
         types = parse_verify_types(args.types, checks)
         client = make_stripe_client(settings, max_network_retries=0)
         if client is None:
@@ -429,6 +560,8 @@ def command(args: Any, checks: Sequence[Check[Any]] = CHECKS) -> int:
                 since=since,
                 requests_per_second=args.rate,
                 show_progress=True,
+                sample=args.sample,
+                say=lambda line: print(line, file=sys.stderr, flush=True),
             )
             print("\n".join(report.lines()))
             if report.clean or not args.repair:
@@ -452,4 +585,6 @@ def command(args: Any, checks: Sequence[Check[Any]] = CHECKS) -> int:
                 await channel.close()
             await close_stripe_client(client)
 
-    return run_command(work)
+    return run_command(
+        work, interrupted="verify interrupted: nothing was written; bound the next run with --since DATE or --sample N"
+    )

@@ -41,6 +41,8 @@ class VerifyReport:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     #: Types that could not be checked at all, and why (a listing this Stripe API lacks).
     unverified: dict[str, str] = field(default_factory=dict)
+    #: `--sample N`: only the N most recent objects of each listing (and N other records) were compared.
+    sample: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -66,6 +68,8 @@ class VerifyReport:
     def lines(self) -> list[str]:
         window = f" created since {self.since.isoformat()}" if self.since else ""
         out = [f"verified Stripe against the mesh ({', '.join(self.types)}){window}"]
+        if self.sample is not None:
+            out[0] += f", a sample: the {self.sample} most recent of each Stripe listing"
         if self.findings:
             rows = [("KIND", "STRIPE ID", "PROBLEM", "FIELD", "STRIPE", "MESH")]
             rows += [(f.kind, f.stripe_id, f.problem, f.field, f.stripe_value, f.mesh_value) for f in self.findings]

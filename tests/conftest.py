@@ -21,6 +21,7 @@ import nats
 import pytest
 
 from gateway.deployable import GATEWAY
+from launcher.natsauth import ADMIN_USER, LocalCredentials, admin_identity, roster_identities, subscriber_identity
 from services import registry
 from services.common.embedded import NatsServer, PostgresServer
 from services.common.settings import Settings
@@ -29,8 +30,17 @@ from tests.support.signing import TEST_SECRET
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("nats"))
+def nats_credentials(tmp_path_factory: pytest.TempPathFactory) -> LocalCredentials:
+    """The passwords of the shared nats-server's users (launcher.natsauth), one file each."""
+    return LocalCredentials(tmp_path_factory.mktemp("nats-users"))
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory, nats_credentials: LocalCredentials) -> Iterator[NatsServer]:
+    """With authorization on, as `syncmesh up` runs it: the mesh's identities from the roster,
+    a subscriber team (`team-a`) and an admin, whose URL `nats_url` hands the tests."""
+    identities = [*roster_identities(), subscriber_identity("team-a"), admin_identity()]
+    server = NatsServer(tmp_path_factory.mktemp("nats"), authorization=nats_credentials.authorization(identities))
     server.start()
     yield server
     server.stop()
@@ -85,10 +95,11 @@ async def _clean_jetstream(url: str) -> None:
 
 
 @pytest.fixture
-async def nats_url(nats_server: NatsServer) -> str:
-    """The shared nats-server, with every stream deleted first."""
-    await _clean_jetstream(nats_server.url)
-    return nats_server.url
+async def nats_url(nats_server: NatsServer, nats_credentials: LocalCredentials) -> str:
+    """The shared nats-server as its admin (credentials in the URL), with every stream deleted first."""
+    url = nats_server.url_for(ADMIN_USER, nats_credentials.password(ADMIN_USER))
+    await _clean_jetstream(url)
+    return url
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -32,8 +33,8 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def demo_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A demo run left up; the metrics URL of each part, from .syncmesh/mesh.json."""
+def demo_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A demo run left up; what it recorded in .syncmesh/mesh.json (metrics URLs, NATS URL)."""
     folder = tmp_path_factory.mktemp("metrics-demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCMESH_")}
     ports = {v: "0" for v in (GATEWAY.port_variable, *(d.port_variable for d in registry.definitions()))}
@@ -53,10 +54,80 @@ def demo_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
             assert up.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(2.5)  # one round of the gauges' sampling (every 2 s)
-        yield json.loads((folder / ".syncmesh" / "mesh.json").read_text())["metrics"]
+        yield json.loads((folder / ".syncmesh" / "mesh.json").read_text())
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
+
+
+@pytest.fixture(scope="module")
+def demo_metrics(demo_mesh: dict[str, Any]) -> dict[str, str]:
+    """The metrics URL of each part."""
+    urls: dict[str, str] = demo_mesh["metrics"]
+    return urls
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """A NATS subject filter (`*` one token, `>` the rest) against a subject."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or token not in ("*", have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def _stream_counts(nats_url: str) -> dict[str, int]:
+    """Messages per subject in stream STRIPE: what the gateway accepted from the demo."""
+    import asyncio
+
+    import nats
+
+    async def read() -> dict[str, int]:
+        nc = await nats.connect(nats_url)
+        try:
+            info = await nc.jetstream().stream_info("STRIPE", subjects_filter=">")
+            return dict(info.state.subjects or {})
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+SETTLED = ("applied", "skipped", "duplicate")
+
+
+@pytest.mark.parametrize("service", registry.names())
+def test_each_service_shows_every_demo_event_it_consumed_by_type(demo_mesh: dict[str, Any], service: str) -> None:
+    """The issue's done-when: per event type, what the service's metrics say it settled is
+    exactly what the demo put on its subjects, and most of it applied (none failed for good)."""
+    definition = registry.by_name(service)
+    stream = _stream_counts(demo_mesh["env"]["SYNCMESH_NATS_URL"])
+    expected = {
+        subject.removeprefix("stripe."): n
+        for subject, n in stream.items()
+        if any(_matches(f, subject) for f in definition.subjects)
+    }
+    assert expected, f"the demo put nothing on {service}'s subjects {definition.subjects}: {stream}"
+    label = f'service="{service}"'
+    deadline = time.monotonic() + 30
+    while True:
+        samples = _scrape(demo_mesh["metrics"][service])
+        seen: dict[str, dict[str, float]] = {}
+        for key, value in samples.items():
+            match = re.match(r"syncmesh_events_total\{(.*)\}$", key)
+            if match and label in key:
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+                seen.setdefault(labels["type"], {})[labels["outcome"]] = value
+        settled = {t: int(sum(o.get(k, 0) for k in SETTLED)) for t, o in seen.items()}
+        if settled == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert settled == expected, f"{service}: settled by type {settled}, the demo sent {expected}"
+    assert sum(o.get("applied", 0) for o in seen.values()) > 0, seen
+    for event_type, outcomes in seen.items():
+        assert not outcomes.get("dead_lettered") and not outcomes.get("undecodable"), (event_type, outcomes)
 
 
 @pytest.mark.parametrize("service", registry.names())
@@ -77,3 +148,45 @@ def test_each_service_counts_the_demo_s_events(demo_metrics: dict[str, str], ser
 def test_the_gateway_serves_its_metrics_on_a_port_of_its_own(demo_metrics: dict[str, str]) -> None:
     samples = _scrape(demo_metrics["gateway"])
     assert samples['syncmesh_gateway_requests_total{outcome="accepted"}'] > 0
+
+
+@pytest.mark.unit
+def test_one_metrics_port_setting_serves_whichever_part_a_container_runs() -> None:
+    from services.common.settings import load_settings
+
+    container = load_settings({"SYNCMESH_METRICS_PORT": "9090"}, local_mesh=False)
+    for deployable in (GATEWAY, *(d.deployable for d in registry.definitions())):
+        assert deployable.metrics_port(container) == 9090
+        assert deployable.metrics_port_setting(container) == "SYNCMESH_METRICS_PORT"
+        assert deployable.metrics_port(load_settings({}, local_mesh=False)) is None  # tests: no server
+    own = load_settings({"SYNCMESH_METRICS_PORT": "9090", "SYNCMESH_BILLING_METRICS_PORT": "9191"}, local_mesh=False)
+    billing = registry.by_name("billing").deployable
+    assert billing.metrics_port(own) == 9191 and billing.metrics_port_setting(own) == "SYNCMESH_BILLING_METRICS_PORT"
+
+
+async def test_a_service_and_the_gateway_outside_up_serve_metrics_on_the_containers_port(settings: Any) -> None:
+    """As in a pod (`syncmesh serve`, `syncmesh gateway`): only SYNCMESH_METRICS_PORT is set."""
+    import asyncio
+
+    from gateway.app import Gateway
+    from services.common.service import ServiceRuntime
+    from tests.common import toy_service
+
+    pod = settings.with_overrides(port_overrides={**settings.port_overrides, "SYNCMESH_METRICS_PORT": 0})
+    gateway = Gateway(pod, port=0, host="127.0.0.1")
+    runtime = ServiceRuntime(toy_service.DEFINITION, pod, port=0, host="127.0.0.1")
+    await gateway.start()
+    await runtime.start()
+    try:
+        assert gateway.metrics_server is not None and runtime.metrics_server is not None
+        assert gateway.metrics_server.port not in (gateway.port, 0)
+        assert runtime.metrics_server.port not in (runtime.port, 0)
+        gw = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{gateway.metrics_server.port}/metrics")
+        assert 'syncmesh_gateway_requests_total{outcome="accepted"}' in gw
+        await runtime.wait_ready(20)
+        await asyncio.sleep(0)
+        svc = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{runtime.metrics_server.port}/metrics")
+        assert any(k.startswith("syncmesh_db_pool_size{") for k in svc), sorted(svc)[:20]
+    finally:
+        await runtime.stop()
+        await gateway.stop()

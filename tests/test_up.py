@@ -3,6 +3,7 @@ the commands it prints working as printed, and stops that leave nothing behind."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -13,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from gateway.deployable import GATEWAY
 from services import registry
+from services.common import db
 
 UP = [sys.executable, "-m", "launcher.cli", "up"]
 
@@ -81,6 +85,15 @@ def _listening_on(port: int) -> tuple[str, ...]:
     return tuple(sorted(addresses))
 
 
+def _anonymous_nats_answer(url: str) -> str:
+    """What nats-server answers a client that connects without credentials (protocol by hand)."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.recv(4096)  # INFO
+        conn.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        return conn.recv(4096).decode(errors="replace")
+
+
 def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "up.out"
     with open(out, "w") as stdout:
@@ -96,6 +109,23 @@ def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing
         ports += [int(address.rsplit(":", 1)[1]) for address in recorded["grpc"].values()]
         ports += [int(url.split(":")[2].split("/")[0]) for url in recorded.get("metrics", {}).values()]
         assert {_listening_on(port) for port in ports} == {("127.0.0.1",)}, "up listens on this machine only"
+
+        # Each service is connected as its own database role, and the tools' settings name the
+        # migration role's password file, never a password (SECURITY.md, "Database identities").
+        tools_url = recorded["env"]["SYNCMESH_DATABASE_URL"]
+        assert urlsplit(tools_url).username == db.MIGRATION_ROLE and urlsplit(tools_url).password is None
+        assert Path(recorded["env"]["SYNCMESH_DATABASE_PASSWORD_FILE"]).stat().st_mode & 0o777 == 0o600
+        sessions = asyncio.run(_sessions(tmp_path / ".syncmesh" / "postgres", urlsplit(tools_url).port))
+        assert {f"syncmesh-{d.schema}": {db.runtime_role(d.schema)} for d in registry.definitions()} == {
+            app: users for app, users in sessions.items() if app.startswith("syncmesh-")
+        }
+        # NATS runs with authorization: a password per identity, private files, the tools as operator.
+        users = tmp_path / ".syncmesh" / "nats" / "users"
+        expected = {f"{u}.password" for u in ("gateway", "operator", "subscriber", *registry.names())}
+        assert {p.name for p in users.iterdir()} == expected
+        assert {p.stat().st_mode & 0o777 for p in users.iterdir()} == {0o600}
+        assert recorded["env"]["SYNCMESH_NATS_USER"] == "operator"
+        assert "Authorization Violation" in _anonymous_nats_answer(recorded["env"]["SYNCMESH_NATS_URL"])
 
         listed = _tool(tmp_path, "dlq", "list")
         assert listed.returncode == 0, listed.stderr
@@ -124,6 +154,20 @@ def test_tools_find_the_local_mesh_without_variables_and_the_stop_leaves_nothing
     orphaned = _tool(tmp_path, "dlq", "list")
     assert orphaned.returncode == 2
     assert "syncmesh up" in orphaned.stderr and len(orphaned.stderr.strip().splitlines()) == 1
+
+
+async def _sessions(pg_dir: Path, port: int | None) -> dict[str, set[str]]:
+    """Who is connected to the embedded PostgreSQL, by application name (as its superuser)."""
+    password = (pg_dir / "superuser-password").read_text().strip()
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", password=password, database="syncmesh")
+    try:
+        rows = await conn.fetch("SELECT application_name, usename FROM pg_stat_activity WHERE application_name <> ''")
+    finally:
+        await conn.close()
+    sessions: dict[str, set[str]] = {}
+    for row in rows:
+        sessions.setdefault(row["application_name"], set()).add(row["usename"])
+    return sessions
 
 
 def test_a_taken_port_is_one_line_and_starts_nothing(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ them under their subject, with the event that caused the change.
 
 from __future__ import annotations
 
-from syncmesh.billing.v1 import events_pb2
+from syncmesh.billing.v1 import billing_service_pb2, events_pb2
 from syncmesh.type.v1 import money_pb2
 
 from services.billing.decide import Settlement
@@ -50,11 +50,29 @@ def credit_memo_changed(
     )
 
 
+#: The hold codes (`holds.HoldCode`) as the contract's enum.
+HOLD_CODE_TO_PB: dict[str, int] = {
+    "final_payment_failure": billing_service_pb2.HOLD_REASON_FINAL_PAYMENT_FAILURE,
+    "subscription_delinquent": billing_service_pb2.HOLD_REASON_SUBSCRIPTION_DELINQUENT,
+    "manual": billing_service_pb2.HOLD_REASON_MANUAL,
+    "invoice_paid": billing_service_pb2.HOLD_REASON_INVOICE_PAID,
+    "invoice_voided": billing_service_pb2.HOLD_REASON_INVOICE_VOIDED,
+}
+
+
+def hold_reason(code: str | None) -> int:
+    return HOLD_CODE_TO_PB.get(code or "", billing_service_pb2.HOLD_REASON_UNSPECIFIED)
+
+
 def credit_hold_changed(
-    customer_id: str, invoice_id: str, *, active: bool, reason: str
+    customer_id: str, invoice_id: str, *, active: bool, reason: str, code: str | None
 ) -> events_pb2.CreditHoldChanged:
     return events_pb2.CreditHoldChanged(
-        stripe_customer_id=customer_id, stripe_invoice_id=invoice_id, active=active, reason=reason
+        stripe_customer_id=customer_id,
+        stripe_invoice_id=invoice_id,
+        active=active,
+        reason=reason,
+        reason_code=hold_reason(code),  # type: ignore[arg-type]
     )
 
 
@@ -64,6 +82,8 @@ def payment_applied(written: PaymentWrite, payment: ErpPayment) -> events_pb2.Pa
         stripe_payment_id=payment.stripe_payment_id,
         stripe_invoice_id=payment.stripe_invoice_id or "",
         amount=money(payment.amount, payment.currency),
+        charge_id=payment.charge_id or "",
+        payment_intent_id=payment.payment_intent_id or "",
     )
 
 

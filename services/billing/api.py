@@ -7,10 +7,11 @@ what to send instead; the import is all-or-nothing, so a file with one bad line 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -19,8 +20,10 @@ from syncmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from syncmesh.type.v1 import money_pb2
 
 from services.billing import store
+from services.billing.announce import hold_reason
 from services.billing.ledger import ledger_as_of
 from services.billing.records import InvoiceLineRecord, InvoiceRecord
+from services.billing.settings import BillingSettings
 from services.common import paging
 from services.common.auth import Policy, Role
 from services.common.errors import NotFoundError, ValidationError
@@ -55,6 +58,7 @@ CSV_HEADER = ["stripe_price_id", "erp_item_id"]
 _PRICE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 STATUS_TO_PB = {
+    "draft": pb.INVOICE_STATUS_DRAFT,
     "open": pb.INVOICE_STATUS_OPEN,
     "paid_in_full": pb.INVOICE_STATUS_PAID_IN_FULL,
     "voided": pb.INVOICE_STATUS_VOIDED,
@@ -139,6 +143,10 @@ def invoice_message(row: InvoiceRecord, lines: Sequence[InvoiceLineRecord] = ())
                 proration=line.proration,
                 revenue_account=line.revenue_account or "",
                 stripe_line_id=line.stripe_line_id or "",
+                stripe_discount_id=line.discount_id or "",
+                stripe_coupon_id=line.coupon_id or "",
+                stripe_product_id=line.stripe_product_id or "",
+                tax_amount=_money(line.tax_amount, cur),
             )
             for line in lines
         ],
@@ -220,8 +228,12 @@ def parse_item_csv(data: bytes) -> tuple[list[tuple[str, str]], list[pb.ImportPr
 
 
 class BillingServicer(pb_grpc.BillingServiceServicer):
-    def __init__(self, runtime: ServiceRuntime) -> None:
+    def __init__(self, runtime: ServiceRuntime, policy: BillingSettings | None = None, *, zone: tzinfo = UTC) -> None:
         self.runtime = runtime
+        #: The billing policy the process runs under (what ListCreditHolds says about holds).
+        self.policy = policy if policy is not None else BillingSettings()
+        #: The ledger's time zone (SYNCMESH_LEDGER_TIMEZONE): `as_of` and "today" are days there.
+        self.zone = zone
 
     async def _invoice_key(self, conn: Any, field: str, raw: str) -> str | None:
         """An in_/INV- argument as the Stripe invoice id (NOT_FOUND when unknown)."""
@@ -251,7 +263,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id)
         status = PB_TO_STATUS.get(request.status) if request.status else None
         if request.status and status is None:
-            raise ValidationError("status", "unknown status: use OPEN, PAID_IN_FULL, VOIDED or WRITTEN_OFF")
+            raise ValidationError("status", "unknown status: use DRAFT, OPEN, PAID_IN_FULL, VOIDED or WRITTEN_OFF")
         start = _date_arg("from_date", request.from_date)
         end = _date_arg("to_date", request.to_date)
         if start and end and end < start:
@@ -311,6 +323,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     method=r.method,
                     charge_id=r.charge_id or "",
                     payment_intent_id=r.payment_intent_id or "",
+                    date_source=r.date_source or "",
                 )
                 for r in page
             ],
@@ -320,8 +333,14 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def ListCreditMemos(
         self, request: pb.ListCreditMemosRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCreditMemosResponse:
+        # Superseded memos (a refund a credit note already carries) only when asked: summing the
+        # default list gives the credit outstanding once.
         page, token = await self._by_customer_and_invoice(
-            request, "credit_memos", (date, str), store.list_credit_memos, lambda r: (r.memo_date, r.memo_key)
+            request,
+            "credit_memos+superseded" if request.include_superseded else "credit_memos",
+            (date, str),
+            functools.partial(store.list_credit_memos, include_superseded=request.include_superseded),
+            lambda r: (r.memo_date, r.memo_key),
         )
         async with self.runtime.pool.acquire() as conn:
             lines = await store.memo_lines(conn, [r.memo_key for r in page])
@@ -339,6 +358,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     status=r.status,
                     applied_to=r.applied_to,
                     memo=r.memo or "",
+                    date_source=r.date_source or "",
                     number=r.number or "",
                     lines=[
                         pb.CreditMemoLine(
@@ -387,9 +407,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     ) -> pb.GetCustomerBalanceResponse:
         customer = _stripe_id("stripe_customer_id", request.stripe_customer_id, required=True)
         assert customer is not None
-        today = datetime.now(UTC).date()
+        today = datetime.now(self.zone).date()
         as_of = _date_arg("as_of", request.as_of) or today
         async with self.runtime.pool.acquire() as conn:
+            if not await store.customer_known(conn, customer):
+                raise NotFoundError(f"no customer {customer} in the ledger (no invoice, payment or link seen)")
             if as_of >= today:  # the ledger as it stands
                 rows = [
                     (r.currency, r.due_date, r.amount_remaining) for r in await store.open_receivables(conn, customer)
@@ -397,10 +419,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             else:  # the ledger as it stood: later payments, credits, voids and write-offs left out
                 rows = []
                 for r in await store.receivable_histories(conn, customer, as_of):
-                    state = ledger_as_of(r.history, as_of)
+                    state = ledger_as_of(r.history, as_of, self.zone)
                     if state is not None and state.erp_status == "open" and state.amount_remaining > 0:
                         rows.append((r.currency, r.due_date, state.amount_remaining))
-            on_hold = await store.customer_on_hold(conn, customer, as_of=None if as_of >= today else as_of)
+            on_hold = await store.customer_on_hold(
+                conn, customer, as_of=None if as_of >= today else as_of, zone=self.zone
+            )
         buckets: dict[str, list[int]] = {}
         counts: dict[str, int] = {}
         for currency, due_date, remaining in rows:
@@ -457,10 +481,16 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                     released_at=_iso(r.released_at),
                     release_reason=r.release_reason or "",
                     active=r.released_at is None,
+                    reason_code=hold_reason(r.reason_code),  # type: ignore[arg-type]
+                    release_reason_code=hold_reason(r.release_reason_code),  # type: ignore[arg-type]
+                    placed_date_source=r.placed_date_source or "",
+                    released_date_source=r.released_date_source or "",
                 )
                 for r in page
             ],
             next_page_token=token,
+            credit_hold_enabled=self.policy.credit_hold,
+            release_on_pay=self.policy.release_hold_on_pay,
         )
 
     async def GetRevenueSchedule(
@@ -514,6 +544,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             unchanged=counts.unchanged,
             dry_run=request.dry_run,
             applied=write,
+            lines_remapped=counts.lines_remapped,
         )
 
     async def ListUnmappedPrices(

@@ -35,7 +35,7 @@ def make_definition(billing: BillingSettings | None = None) -> ServiceDefinition
         fetch_ahead=True,
         grpc_service_name="syncmesh.billing.v1.BillingService",
         register_grpc=lambda server, runtime: add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            BillingServicer(runtime), server
+            BillingServicer(runtime, policy, zone=policy.ledger_zone), server
         ),
         grpc_policy=POLICY,
         default_port=50052,

@@ -65,9 +65,10 @@ def report_lines(reply: billing_service_pb2.ImportItemMappingsResponse, path: Pa
         lines += [f"  line {p.line}: {p.field}: {p.message}" for p in reply.problems]
         return lines
     verb = "would import" if reply.dry_run else "imported"
+    remapped = "would re-map" if reply.dry_run else "re-mapped"
     return [
         f"{path}: {verb} {reply.rows} mapping(s): {reply.created} new, {reply.updated} changed, "
-        f"{reply.unchanged} unchanged"
+        f"{reply.unchanged} unchanged; {remapped} {reply.lines_remapped} stored invoice line(s)"
     ]
 
 

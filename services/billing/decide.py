@@ -10,12 +10,14 @@ order the facts arrived in, and an ERP status only moves forward (`ledger.forwar
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import UTC, date, tzinfo
 from typing import Literal
 
+from services.billing.holds import HoldCode, release_code
 from services.billing.ledger import ErpStatus, LedgerState, compute_ledger, forward_status
 from services.billing.records import StoredLedger, StoredRefund
 from services.billing.settings import BillingSettings
+from services.billing.stripe_fields import DateSource, to_date
 
 MemoStatus = Literal["issued", "reversed", "void", "superseded"]
 
@@ -36,6 +38,7 @@ class WriteOffMemo:
     status: MemoStatus
     memo: str
     line_description: str
+    date_source: DateSource = "stripe_transition"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class Settlement:
     write_off: WriteOffMemo | None
     #: Why the invoice's active credit holds are released, when they are.
     release_reason: str | None
+    #: The same as a code (`holds.HoldCode`).
+    release_code: HoldCode | None = None
+    #: When Stripe says the invoice was paid or voided (`release_moment`): the holds' release time.
+    release_at: int | None = None
+    release_date_source: DateSource | None = None
 
     @property
     def history(self) -> str:
@@ -66,24 +74,67 @@ def settle(invoice: StoredLedger, policy: BillingSettings) -> Settlement:
     stored = (invoice.amount_paid, invoice.unattributed_paid, invoice.credits_applied, invoice.amount_remaining)
     new = (state.amount_paid, state.unattributed_paid, state.credits_applied, state.amount_remaining)
     release = None
-    if policy.release_hold_on_pay and status in ("paid_in_full", "voided") and invoice.has_active_holds:
+    at: tuple[int, DateSource] | None = None
+    holds = invoice.has_active_holds or invoice.has_released_holds
+    if policy.release_hold_on_pay and status in ("paid_in_full", "voided") and holds:
         release = f"invoice {invoice.stripe_invoice_id} {status.replace('_', ' ')}"
+        at = release_moment(invoice, status)
     return Settlement(
         invoice,
         state,
         status,
         moved=stored != new or invoice.erp_status != status,
-        write_off=write_off_memo(invoice, state),
+        write_off=write_off_memo(invoice, state, policy.ledger_zone),
         release_reason=release,
+        release_code=release_code(status) if release is not None else None,
+        release_at=at[0] if at else None,
+        release_date_source=at[1] if at else None,
     )
 
 
-def write_off_memo(invoice: StoredLedger, state: LedgerState) -> WriteOffMemo | None:
-    """The write-off memo matching the ledger: dated the day the mesh was told the invoice was
-    uncollectible, because Stripe does not record when it was closed or forgiven."""
+def release_moment(invoice: StoredLedger, status: ErpStatus) -> tuple[int, DateSource]:
+    """When the invoice was paid or voided, by Stripe: its own `status_transitions` moment, else
+    (paid by payments Stripe has not marked on the invoice yet) its latest payment's, else the
+    newest snapshot's event. Derived from the stored facts, so whichever order they arrive in
+    the release ends up with the same date (`store.release_holds` re-dates a released hold)."""
+    if status == "voided":
+        if invoice.voided_at:
+            return invoice.voided_at, "stripe_transition"
+    elif invoice.paid_at and invoice.facts.stripe_status == "paid":
+        return invoice.paid_at, "stripe_transition"
+    elif invoice.facts.payments:
+        return max(p.paid_at for p in invoice.facts.payments), "stripe_transition"
+    return invoice.status_at, "stripe_event"
+
+
+def write_off_moment(invoice: StoredLedger, zone: tzinfo) -> tuple[date, DateSource]:
+    """The day an invoice became uncollectible, by Stripe: `marked_uncollectible_at`, else the
+    earliest event that said so (a legacy invoice closed or forgiven records no moment), else (Stripe
+    gave nothing) the day the mesh was notified. The ageing (`ledger.ledger_as_of`) applies the
+    write-off from the same moment, so the memo and `GetCustomerBalance(as_of)` agree."""
+    if invoice.facts.uncollectible_at:
+        day = to_date(invoice.facts.uncollectible_at, zone)
+        assert day is not None
+        return day, "stripe_transition"
+    if invoice.uncollectible_event_at:
+        day = to_date(invoice.uncollectible_event_at, zone)
+        assert day is not None
+        return day, "stripe_event"
+    return invoice.uncollectible_notified_on or invoice.transaction_date, "notified"
+
+
+_WRITE_OFF_DATED = {
+    "stripe_transition": "the day Stripe marked it uncollectible",
+    "stripe_event": "the day of Stripe's event that closed it (Stripe records no moment for that)",
+    "notified": "the day the mesh was notified (Stripe recorded no moment)",
+}
+
+
+def write_off_memo(invoice: StoredLedger, state: LedgerState, zone: tzinfo = UTC) -> WriteOffMemo | None:
+    """The write-off memo matching the ledger, dated by Stripe (`write_off_moment`)."""
     if state.write_off == "none":
         return None
-    notified = invoice.uncollectible_notified_on or invoice.transaction_date
+    notified, source = write_off_moment(invoice, zone)
     invoice_id = invoice.stripe_invoice_id
     return WriteOffMemo(
         memo_key=f"wo_{invoice_id}",
@@ -93,11 +144,10 @@ def write_off_memo(invoice: StoredLedger, state: LedgerState) -> WriteOffMemo | 
         currency=invoice.currency,
         memo_date=notified,
         status=_WRITE_OFF_MEMO_STATUS[state.write_off],
-        memo=(
-            f"Bad debt write-off of an uncollectible invoice, dated {notified.isoformat()}: the day the mesh was "
-            "notified (Stripe does not record when an invoice was closed or forgiven)"
-        ),
+        memo=f"Bad debt write-off of an uncollectible invoice, dated {notified.isoformat()}: "
+        + _WRITE_OFF_DATED[source],
         line_description=f"Write-off of invoice {invoice_id} (receivable and income reversed)",
+        date_source=source,
     )
 
 

@@ -71,11 +71,14 @@ SELECT
     WHERE refund_id IN (SELECT stripe_refund_id FROM r) OR refund_id = ANY($4::text[])) AS covered,
   (SELECT json_agg(json_build_array(stripe_invoice_id, stripe_customer_id)) FROM invoices
     WHERE stripe_invoice_id IN (SELECT stripe_invoice_id FROM inv)) AS invoices,
-  (SELECT json_agg(json_build_array(h.stripe_customer_id, h.stripe_invoice_id, h.cause_rank, h.reason))
+  (SELECT json_agg(json_build_array(h.stripe_customer_id, h.stripe_invoice_id, h.cause_rank, h.reason,
+                                    extract(epoch FROM h.placed_at)::bigint, h.placed_date_source))
      FROM credit_holds h JOIN unnest($7::text[], $8::text[]) AS k(customer_id, invoice_id)
        ON h.stripe_customer_id = k.customer_id AND h.stripe_invoice_id = k.invoice_id) AS holds,
   (SELECT json_agg(json_build_array(stripe_customer_id, erp_customer_id, version_created)) FROM customers
-    WHERE stripe_customer_id = ANY($9::text[])) AS customers
+    WHERE stripe_customer_id = ANY($9::text[])) AS customers,
+  (SELECT json_agg(json_build_array(payment_intent_id, charge_id) ORDER BY stripe_created, charge_id) FROM charges
+    WHERE payment_intent_id = ANY($3::text[]) OR charge_id = ANY($2::text[])) AS charges
 """
 
 
@@ -119,8 +122,12 @@ async def load(conn: Conn, keys: FactKeys) -> Loaded:
             facts.notes[key] = (rank, created)
     facts.covered.update(_rows(row["covered"]))
     facts.invoice_customers.update((i, c) for i, c in _rows(row["invoices"]))
-    facts.holds.update(((c, i), (rank, reason)) for c, i, rank, reason in _rows(row["holds"]))
+    for c, i, rank, reason, placed_at, source in _rows(row["holds"]):
+        facts.holds[c, i] = (rank, reason)
+        facts.hold_times[c, i] = (placed_at, source or "mesh_clock")
     facts.customers.update((c, StoredCustomer(erp, created)) for c, erp, created in _rows(row["customers"]))
+    for intent, charge in _rows(row["charges"]):
+        facts.charges.setdefault(intent, charge)
     return loaded
 
 
@@ -144,6 +151,7 @@ async def write(conn: Conn, fold: FactsFold, known: Mapping[tuple[str, str], str
     """The fold's net effect: each changed record written once; `known` are the ERP ids of the
     stored records (`Loaded.erp_ids`)."""
     written = Written()
+    await _write_charges(conn, fold)
     await _write_payments(conn, fold, written, known)
     await _write_refunds(conn, fold, written, known)
     await _write_notes(conn, fold, written, known)
@@ -181,24 +189,35 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
         WITH t AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                                  $7::text[], $8::bigint[], $9::date[], $10::text[], $11::text[], $12::integer[],
-                                 $13::integer[], $14::text[])
+                                 $13::integer[], $14::text[], $15::text[])
                 AS t(stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id, payment_intent_id, amount,
-                     currency, paid_at, paid_on, method, source, priority, new_order, known_erp_id)),
+                     currency, paid_at, paid_on, method, source, priority, new_order, known_erp_id, date_source)),
         {_numbered("stripe_payment_id", "PMT", "erp_payment_seq")}
         INSERT INTO payments (erp_payment_id, stripe_payment_id, stripe_invoice_id, stripe_customer_id, charge_id,
-            payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority)
+            payment_intent_id, amount, currency, paid_at, paid_on, method, source, priority, date_source)
         SELECT COALESCE(ids.erp_id, t.known_erp_id), t.stripe_payment_id, t.stripe_invoice_id, t.stripe_customer_id,
                t.charge_id, t.payment_intent_id, t.amount, t.currency, t.paid_at, t.paid_on, t.method, t.source,
-               t.priority
+               t.priority, t.date_source
           FROM t LEFT JOIN ids USING (stripe_payment_id) ORDER BY t.stripe_payment_id
         ON CONFLICT (stripe_payment_id) DO UPDATE SET
             stripe_invoice_id = COALESCE(EXCLUDED.stripe_invoice_id, payments.stripe_invoice_id),
             stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, payments.stripe_customer_id),
             charge_id = COALESCE(EXCLUDED.charge_id, payments.charge_id),
             payment_intent_id = COALESCE(EXCLUDED.payment_intent_id, payments.payment_intent_id),
-            amount = EXCLUDED.amount, paid_at = EXCLUDED.paid_at, paid_on = EXCLUDED.paid_on,
-            method = EXCLUDED.method, source = EXCLUDED.source, priority = EXCLUDED.priority
+            amount = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.amount ELSE payments.amount END,
+            paid_at = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_at ELSE payments.paid_at END,
+            paid_on = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_on ELSE payments.paid_on END,
+            method = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.method ELSE payments.method END,
+            source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.source ELSE payments.source END,
+            date_source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.date_source
+                               ELSE payments.date_source END,
+            priority = GREATEST(EXCLUDED.priority, payments.priority)
         WHERE EXCLUDED.priority > payments.priority
+           -- a reference still missing is filled (a charge id from its intent's charge), and an
+           -- invoice payment takes the charge id of its intent's succeeded charge (`facts`)
+           OR (EXCLUDED.charge_id IS NOT NULL AND payments.charge_id IS DISTINCT FROM EXCLUDED.charge_id
+               AND (payments.charge_id IS NULL OR payments.source = 'invoice_payment'))
+           OR (payments.payment_intent_id IS NULL AND EXCLUDED.payment_intent_id IS NOT NULL)
         RETURNING stripe_payment_id, erp_payment_id
         """,
         [p.stripe_payment_id for p in ps],
@@ -209,13 +228,28 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
         [p.amount for p in ps],
         [p.currency for p in ps],
         [p.paid_at for p in ps],
-        [to_date(p.paid_at) for p in ps],
+        [to_date(p.paid_at, fold.zone) for p in ps],
         [p.method for p in ps],
         [p.source for p in ps],
         [p.priority for p in ps],
         *_numbering([p.stripe_payment_id for p in ps], fold.payments_created, "payment", known),
+        [p.date_source for p in ps],
     )
     written.erp_ids.update((("payment", r["stripe_payment_id"]), r["erp_payment_id"]) for r in rows)
+
+
+async def _write_charges(conn: Conn, fold: FactsFold) -> None:
+    """Succeeded charges new in this batch; a charge never changes, so the first write stays."""
+    charges = [fold.charges_created[k] for k in sorted(fold.charges_created)]
+    if charges:
+        await conn.execute(
+            "INSERT INTO charges (charge_id, payment_intent_id, stripe_customer_id, stripe_created) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING",
+            [c.charge_id for c in charges],
+            [c.payment_intent_id for c in charges],
+            [c.stripe_customer_id for c in charges],
+            [c.created for c in charges],
+        )
 
 
 async def _write_refunds(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
@@ -262,7 +296,7 @@ async def _write_refunds(conn: Conn, fold: FactsFold, written: Written, known: M
         [r.status for r in rs],
         [r.status_rank for r in rs],
         [r.created for r in rs],
-        [to_date(r.created) for r in rs],
+        [to_date(r.created, fold.zone) for r in rs],
         [r.reason for r in rs],
         *_numbering([r.stripe_refund_id for r in rs], fold.refunds_created, "refund", known),
     )
@@ -405,24 +439,48 @@ async def _write_refund_memos(
         )
 
 
+#: The guards of a hold's write (`facts.hold_change`, `facts.hold_dated`): a stronger cause names
+#: it; an earlier moment of Stripe's dates it, as does any of Stripe's over one it did not give.
+_STRONGER = "(EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)"
+_EARLIER = (
+    "(EXCLUDED.placed_date_source <> 'mesh_clock' AND (EXCLUDED.placed_at < credit_holds.placed_at"
+    " OR credit_holds.placed_date_source IS NULL"
+    " OR credit_holds.placed_date_source NOT IN ('stripe_transition', 'stripe_event')))"
+)
+
+
 async def _write_holds(conn: Conn, fold: FactsFold, written: Written) -> None:
     keys = sorted(fold.holds_changed)
     if not keys:
         return
     holds = [fold.holds_changed[k] for k in keys]
+    # A hold is dated by Stripe's moment for its earliest cause (`facts.hold_dated`); only a hold
+    # Stripe gave no moment for falls back to the mesh's clock, and says so.
     rows = await conn.fetch(
-        """
-        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[])
+        f"""
+        INSERT INTO credit_holds (stripe_customer_id, stripe_invoice_id, reason, cause_rank, reason_code, placed_at,
+                                  placed_date_source)
+        SELECT t.c, t.i, t.reason, t.rank, t.code, COALESCE(to_timestamp(t.at), now()),
+               CASE WHEN t.at IS NULL THEN 'mesh_clock' ELSE t.source END
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::bigint[], $7::text[])
+            AS t(c, i, reason, rank, code, at, source)
         ON CONFLICT (stripe_customer_id, stripe_invoice_id) DO UPDATE
-           SET reason = EXCLUDED.reason, cause_rank = EXCLUDED.cause_rank
-         WHERE (EXCLUDED.cause_rank, EXCLUDED.reason) < (credit_holds.cause_rank, credit_holds.reason)
+           SET reason = CASE WHEN {_STRONGER} THEN EXCLUDED.reason ELSE credit_holds.reason END,
+               cause_rank = CASE WHEN {_STRONGER} THEN EXCLUDED.cause_rank ELSE credit_holds.cause_rank END,
+               reason_code = CASE WHEN {_STRONGER} THEN EXCLUDED.reason_code ELSE credit_holds.reason_code END,
+               placed_at = CASE WHEN {_EARLIER} THEN EXCLUDED.placed_at ELSE credit_holds.placed_at END,
+               placed_date_source = CASE WHEN {_EARLIER} THEN EXCLUDED.placed_date_source
+                                         ELSE credit_holds.placed_date_source END
+         WHERE {_STRONGER} OR {_EARLIER}
         RETURNING stripe_customer_id, stripe_invoice_id
         """,
         [h.stripe_customer_id for h in holds],
         [h.stripe_invoice_id for h in holds],
         [fold.holds[k][1] for k in keys],
         [fold.holds[k][0] for k in keys],
+        [h.code for h in holds],
+        [fold.hold_times[k][0] for k in keys],
+        [fold.hold_times[k][1] for k in keys],
     )
     written.holds.update((r["stripe_customer_id"], r["stripe_invoice_id"]) for r in rows)
 

@@ -8,13 +8,17 @@ audit rows and domain events follow in event order once the write has given new 
 ERP ids. The rules (the SQL of the write keeps the same ones as a guard, for two replicas racing):
 
 - payments: a better source (higher `priority`) replaces the amount, time, method and source and
-  fills the references it carries; an equal or worse one changes nothing.
+  fills the references it carries; an equal or worse one only fills references still missing.
+- charges: a succeeded charge is stored by its payment intent (the first one of an intent stays);
+  a payment of that intent from an `invoice_payment` takes its charge id, whichever came first,
+  so every payment names its charge in the current API shape too.
 - refunds: the status only moves forward (`statuses.REFUND_STATUS_RANK`); a missing invoice,
   customer, charge or payment intent is filled by the first event that has it. A refund that
   names no invoice takes the invoice of a stored payment of its charge or payment intent, and a
   payment that names one gives it to the refunds of its charge or payment intent still without.
 - credit notes: (status rank, created) strictly higher replaces the note.
-- credit holds: the strongest cause names the hold (lowest (cause rank, reason)).
+- credit holds: the strongest cause names the hold (lowest (cause rank, reason)), and the earliest
+  moment Stripe gives for any of its causes dates it (`hold_dated`).
 - customer links: the link of an event at least as new as the stored one, when it differs.
 - a refund's credit memo is re-derived (`decide.refund_memo`) whenever its refund, its link to a
   credit note or its invoice may have moved, and written when it differs.
@@ -23,12 +27,13 @@ ERP ids. The rules (the SQL of the write keeps the same ones as a guard, for two
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, tzinfo
 from typing import Literal
 
 from services.billing import decide
 from services.billing.decide import RefundMemo
 from services.billing.holds import HoldRequest
-from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
+from services.billing.payment_mapping import ChargeSeen, ErpCreditNote, ErpPayment, ErpRefund
 from services.billing.records import StoredRefund
 from services.billing.stripe_fields import to_date
 
@@ -37,6 +42,8 @@ NoteVersion = tuple[int, int]
 #: A stored credit hold's name: (cause rank, reason); the lower wins.
 HoldName = tuple[int, str]
 HoldKey = tuple[str, str]
+#: When a credit hold was placed (unix seconds, or None: unknown) and where that date comes from.
+HoldTime = tuple[int | None, str]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class StoredFacts:
     invoice_customers: dict[str, str] = field(default_factory=dict)
     holds: dict[HoldKey, HoldName] = field(default_factory=dict)
     customers: dict[str, StoredCustomer] = field(default_factory=dict)
+    #: Succeeded charges by payment intent: intent -> charge id.
+    charges: dict[str, str] = field(default_factory=dict)
+    #: The stored holds' placing moments (`hold_dated`).
+    hold_times: dict[HoldKey, HoldTime] = field(default_factory=dict)
 
 
 # -- the single-fact rules ------------------------------------------------------------------------
@@ -78,7 +89,16 @@ def merge_payment(stored: ErpPayment | None, new: ErpPayment) -> ErpPayment | No
     if stored is None:
         return new
     if new.priority <= stored.priority:
-        return None
+        fills = (stored.charge_id is None and new.charge_id is not None) or (
+            stored.payment_intent_id is None and new.payment_intent_id is not None
+        )
+        if not fills:
+            return None
+        return replace(
+            stored,
+            charge_id=stored.charge_id or new.charge_id,
+            payment_intent_id=stored.payment_intent_id or new.payment_intent_id,
+        )
     return replace(
         new,
         stripe_invoice_id=new.stripe_invoice_id or stored.stripe_invoice_id,
@@ -122,6 +142,24 @@ def hold_change(stored: HoldName | None, hold: HoldRequest) -> Literal["placed",
     if stored is None:
         return "placed"
     return "renamed" if (hold.cause_rank, hold.reason) < stored else None
+
+
+def hold_dated(stored: HoldTime | None, hold: HoldRequest) -> HoldTime | None:
+    """The hold's new placing moment when this cause dates it earlier (None: it stays). The
+    earliest of Stripe's moments wins whatever order the causes arrive in; a moment Stripe gave
+    always beats one it did not (a hold stored before its dates were Stripe's)."""
+    new: HoldTime = (hold.placed_at or None, hold.date_source if hold.placed_at else "mesh_clock")
+    if stored is None:
+        return new
+    if new[0] is None:
+        return None
+    if stored[0] is None or new[0] < stored[0] or (stored[1] not in STRIPE_DATE_SOURCES and new[0] != stored[0]):
+        return new
+    return None
+
+
+#: Date sources that are Stripe's own (a replay, backfill or late delivery gives the same date).
+STRIPE_DATE_SOURCES = ("stripe_transition", "stripe_event")
 
 
 def customer_link_moves(stored: StoredCustomer | None, erp_customer_id: str, created: int) -> bool:
@@ -186,7 +224,14 @@ class CustomerLinked:
     erp_customer_id: str
 
 
-Effect = PaymentStored | RefundStored | MemoSynced | NoteStored | HoldPlaced | CustomerLinked
+@dataclass(frozen=True)
+class ChargeLinked:
+    """A stored payment learnt its charge id from a charge of its payment intent."""
+
+    payment: ErpPayment
+
+
+Effect = PaymentStored | RefundStored | MemoSynced | NoteStored | HoldPlaced | CustomerLinked | ChargeLinked
 
 
 # -- the fold ---------------------------------------------------------------------------------------
@@ -199,7 +244,9 @@ class FactsFold:
     keys to write: the net effect of the batch, each record written once.
     """
 
-    def __init__(self, stored: StoredFacts) -> None:
+    def __init__(self, stored: StoredFacts, *, zone: tzinfo = UTC) -> None:
+        #: The ledger's time zone: the day a refund is dated on.
+        self.zone = zone
         self.payments = dict(stored.payments)
         self.refunds = dict(stored.refunds)
         self.notes = dict(stored.notes)
@@ -207,6 +254,7 @@ class FactsFold:
         self.covered = set(stored.covered)
         self.invoice_customers = stored.invoice_customers
         self.holds = dict(stored.holds)
+        self.hold_times = dict(stored.hold_times)
         self.customers = dict(stored.customers)
         self.payments_changed: set[str] = set()
         #: Payments and refunds new in this batch, in the order they arrived (their ERP ids follow it).
@@ -222,12 +270,17 @@ class FactsFold:
         self.links: set[tuple[str, str]] = set()
         self.holds_changed: dict[HoldKey, HoldRequest] = {}
         self.customers_changed: set[str] = set()
+        self.charges = dict(stored.charges)
+        #: Charges new in this batch, to store.
+        self.charges_created: dict[str, ChargeSeen] = {}
 
     # -- payments ---------------------------------------------------------------------------------
 
     def apply_payment(self, payment: ErpPayment) -> list[Effect]:
         """Store the payment; refunds of its charge without an invoice learn it (memos follow)."""
         effects: list[Effect] = []
+        if payment.charge_id is None and payment.payment_intent_id in self.charges:
+            payment = replace(payment, charge_id=self.charges[payment.payment_intent_id])
         stored = self.payments.get(payment.stripe_payment_id)
         merged = merge_payment(stored, payment)
         if merged is not None:
@@ -240,6 +293,30 @@ class FactsFold:
             memo = self._sync_memo(refund_id)
             if memo is not None:
                 effects.append(MemoSynced(memo, None))
+        return effects
+
+    def apply_charge(self, charge: ChargeSeen) -> list[Effect]:
+        """Store a succeeded charge by its intent; the intent's invoice payments take its id.
+
+        Only payments from an `invoice_payment` take it (the legacy ones are keyed by their own
+        charge id already), and they take it even over another id: the intent's succeeded charge
+        is the payment's charge, so a wrong one (damage a repair re-syncs) is corrected."""
+        intent = charge.payment_intent_id
+        if intent not in self.charges:
+            self.charges[intent] = charge.charge_id
+            self.charges_created[charge.charge_id] = charge
+        charge_id = self.charges[intent]
+        effects: list[Effect] = []
+        for pid in sorted(self.payments):
+            p = self.payments[pid]
+            if p.payment_intent_id != intent or p.charge_id == charge_id:
+                continue
+            if p.charge_id is not None and p.source != "invoice_payment":
+                continue
+            linked = replace(p, charge_id=charge_id)
+            self.payments[pid] = linked
+            self.payments_changed.add(pid)
+            effects.append(ChargeLinked(linked))
         return effects
 
     def _link_refunds(self, p: ErpPayment) -> list[str]:
@@ -327,7 +404,7 @@ class FactsFold:
         customer = r.stripe_customer_id
         if customer is None and r.stripe_invoice_id is not None:
             customer = self.invoice_customers.get(r.stripe_invoice_id)
-        refunded_on = to_date(r.created)
+        refunded_on = to_date(r.created, self.zone)
         assert refunded_on is not None
         return StoredRefund(
             stripe_refund_id=refund_id,
@@ -367,6 +444,11 @@ class FactsFold:
     def place_hold(self, hold: HoldRequest) -> list[Effect]:
         key = (hold.stripe_customer_id, hold.stripe_invoice_id)
         change = hold_change(self.holds.get(key), hold)
+        known: HoldTime | None = (None, "mesh_clock") if key in self.holds else None
+        dated = hold_dated(self.hold_times.get(key, known), hold)
+        if dated is not None:
+            self.hold_times[key] = dated
+            self.holds_changed[key] = hold
         if change is None:
             return []
         self.holds[key] = (hold.cause_rank, hold.reason)

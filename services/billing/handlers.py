@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime, tzinfo
 
 from services.billing import announce, fact_store, holds, payment_mapping, store
 from services.billing.batch_state import Batch
 from services.billing.facts import (
+    ChargeLinked,
     CustomerLinked,
     Effect,
     FactsFold,
@@ -32,7 +33,7 @@ from services.billing.facts import (
     RefundStored,
 )
 from services.billing.holds import HoldRequest
-from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
+from services.billing.payment_mapping import ChargeSeen, ErpCreditNote, ErpPayment, ErpRefund
 from services.billing.records import PaymentWrite, RefundWrite
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.db import Conn
@@ -54,7 +55,7 @@ class CustomerLink:
     created: int
 
 
-Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | CustomerLink
+Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | CustomerLink | ChargeSeen
 
 
 @dataclass
@@ -78,12 +79,13 @@ async def item_map(batch: Batch, conn: Conn, price_ids: Sequence[str]) -> dict[s
     return {p: batch.item_map[p] for p in price_ids if p in batch.item_map}
 
 
-def notified_on(ctx: HandlerContext, event: StripeEvent) -> date:
-    """The day the mesh was told (the gateway's receipt time), the write-off's transaction date."""
+def notified_on(ctx: HandlerContext, event: StripeEvent, zone: tzinfo) -> date:
+    """The day (in the ledger's zone) the mesh was told: the gateway's receipt time, kept in the
+    stream so a replay sees the same day. Only the last resort for a date Stripe gave none of."""
     received = ctx.envelope.received_at
     if received.seconds:
-        return datetime.fromtimestamp(received.seconds, tz=UTC).date()
-    return event.created_at.date()
+        return datetime.fromtimestamp(received.seconds, tz=zone).date()
+    return event.created_at.astimezone(zone).date()
 
 
 # -- reading: an event -> the facts it carries (no I/O) ---------------------------------------------
@@ -101,7 +103,7 @@ def read_event(batch: Batch, item: BatchItem) -> EventFacts | None:
             ctx.skip("before SYNCMESH_SYNC_START")
             return None
     if kind.startswith("invoice_payment."):
-        payment = payment_mapping.payment_from_invoice_payment(obj)
+        payment = payment_mapping.payment_from_invoice_payment(obj, event.created)
         if payment is None:
             ctx.skip(f"invoice payment {obj.get('status')}: nothing paid")
             return None
@@ -112,13 +114,13 @@ def read_event(batch: Batch, item: BatchItem) -> EventFacts | None:
     if kind.startswith("refund."):
         return EventFacts(item, [payment_mapping.refund_from_object(obj)], [])
     if kind.startswith("credit_note."):
-        note = payment_mapping.map_credit_note(obj)
+        note = payment_mapping.map_credit_note(obj, batch.policy.ledger_zone)
         return EventFacts(item, [note], [note.stripe_invoice_id] if note.stripe_invoice_id else [])
     if kind.startswith("customer.subscription."):
         if not batch.policy.credit_hold:
             ctx.skip("credit hold is off (SYNCMESH_BILLING_CREDIT_HOLD)")
             return None
-        hold = holds.hold_from_subscription(obj, kind)
+        hold = holds.hold_from_subscription(obj, kind, event.created)
         if hold is None:
             ctx.skip("subscription change does not put the customer on hold")
             return None
@@ -138,10 +140,15 @@ def _read_charge(item: BatchItem) -> EventFacts | None:
         if payment is not None and payment.stripe_invoice_id:
             facts.append(payment)
             settles.append(payment.stripe_invoice_id)
+        # Current-shape charges name no invoice, but they are where a payment's charge id is:
+        # stored by payment intent, joined with the intent's invoice payment (`facts`).
+        seen = payment_mapping.charge_seen(event.object)
+        if seen is not None:
+            facts.append(seen)
     if event.type == "charge.refunded":
         facts.extend(payment_mapping.refunds_from_charge(event.object))
     elif not facts:
-        item.ctx.skip("charge not linked to an invoice (basil charges are paid through invoice_payment)")
+        item.ctx.skip("charge neither succeeded with a payment intent nor linked to an invoice")
         return None
     return EventFacts(item, facts, settles)
 
@@ -187,6 +194,9 @@ def _keys(read: Sequence[EventFacts]) -> fact_store.FactKeys:
                     invoices.add(fact.stripe_invoice_id)
             elif isinstance(fact, HoldRequest):
                 hold_keys.add((fact.stripe_customer_id, fact.stripe_invoice_id))
+            elif isinstance(fact, ChargeSeen):
+                charges.add(fact.charge_id)
+                intents.add(fact.payment_intent_id)
             else:
                 customers.add(fact.stripe_customer_id)
     return fact_store.FactKeys(payments, charges, intents, refunds, notes, invoices, hold_keys, customers)
@@ -214,6 +224,8 @@ def _fold(fold: FactsFold, ef: EventFacts) -> tuple[list[Effect], list[str]]:
         elif isinstance(fact, HoldRequest):
             invoices.append(fact.stripe_invoice_id)
             effects.extend(fold.place_hold(fact))
+        elif isinstance(fact, ChargeSeen):
+            effects.extend(fold.apply_charge(fact))
         else:
             effects.extend(fold.link_customer(fact.stripe_customer_id, fact.erp_customer_id, fact.created))
     return effects, invoices
@@ -225,7 +237,7 @@ async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> N
     if not any(ef.facts for ef in read):  # e.g. snapshots that only marked their invoice uncollectible
         return
     loaded = await fact_store.load(conn, _keys(read))
-    fold = FactsFold(loaded.facts)
+    fold = FactsFold(loaded.facts, zone=batch.policy.ledger_zone)
     decided = [_fold(fold, ef) for ef in read]
     # Invoices learnt only now (a refund's, from its payment) are locked before anything is written.
     to_lock = sorted({i for _, invoices in decided for i in invoices} - batch.locked)
@@ -319,8 +331,17 @@ async def _announce(
         await ctx.emit(
             "credit_hold_changed",
             announce.credit_hold_changed(
-                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason
+                hold.stripe_customer_id, hold.stripe_invoice_id, active=True, reason=hold.reason, code=hold.code
             ),
         )
+    elif isinstance(effect, ChargeLinked):
+        p = effect.payment
+        if ("payment", p.stripe_payment_id) not in written.erp_ids:
+            return
+        erp_id = erp_ids["payment", p.stripe_payment_id]
+        batch.record(
+            event, "payment", p.stripe_payment_id, f"charge {p.charge_id} (payment intent {p.payment_intent_id})"
+        )
+        await ctx.emit("payment_applied", announce.payment_applied(PaymentWrite(erp_id, False), p))
     elif isinstance(effect, CustomerLinked) and effect.stripe_customer_id in written.customers:
         batch.record(event, "customer", effect.stripe_customer_id, f"linked to ERP customer {effect.erp_customer_id}")

@@ -21,14 +21,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
 from services.billing.revenue import RevenueEntry, allocate, revenue_schedule
 from services.billing.settings import BillingSettings
 from services.billing.statuses import STRIPE_STATUS_RANK
-from services.billing.stripe_fields import Json, as_dict, as_int, as_list, is_basil, opt_int, ref_id, to_date
+from services.billing.stripe_fields import (
+    Json,
+    as_dict,
+    as_int,
+    as_list,
+    is_basil,
+    opt_int,
+    ref_id,
+    service_days,
+    to_date,
+)
 
 LineKind = Literal["item", "discount"]
 
@@ -57,6 +67,12 @@ class ErpLine:
     stripe_line_id: str | None = None
     stripe_price_id: str | None = None
     discount_id: str | None = None
+    #: Discount lines: the discount's coupon, when the invoice names it (an expanded discount).
+    coupon_id: str | None = None
+    #: Item lines: the price's product.
+    stripe_product_id: str | None = None
+    #: Item lines: the tax Stripe computed on the line, exclusive and inclusive (minor units).
+    tax_amount: int = 0
     #: For posting discount lines: the revenue account the discount posts to.
     revenue_account: str | None = None
     schedule: tuple[RevenueEntry, ...] = ()
@@ -78,6 +94,7 @@ class ErpInvoice:
     transaction_date: date
     due_date: date
     period_start: date | None
+    #: Inclusive: the day before Stripe's `period_end` (periods are `[start, end)`).
     period_end: date | None
     subtotal: int
     discount_total: int
@@ -115,6 +132,20 @@ def line_price_id(line: Json) -> str | None:
     pricing = as_dict(line.get("pricing"))
     details = as_dict(pricing.get("price_details"))
     return ref_id(details.get("price")) or ref_id(line.get("price")) or ref_id(line.get("plan"))
+
+
+def line_product_id(line: Json) -> str | None:
+    """The product of the line's price: `pricing.price_details.product` (basil), else the
+    price's (or plan's) own `product`."""
+    details = as_dict(as_dict(line.get("pricing")).get("price_details"))
+    price = as_dict(line.get("price")) or as_dict(line.get("plan"))
+    return ref_id(details.get("product")) or ref_id(price.get("product"))
+
+
+def line_tax(line: Json) -> int:
+    """The line's own tax: `taxes[].amount` (basil) or `tax_amounts[].amount` (legacy)."""
+    taxes = line.get("taxes") if isinstance(line.get("taxes"), list) else line.get("tax_amounts")
+    return sum(as_int(tax.get("amount")) for tax in as_list(taxes) if isinstance(tax, dict))
 
 
 def line_proration(line: Json) -> bool:
@@ -243,6 +274,21 @@ def _discount_names(obj: Json) -> dict[str, str]:
     return names
 
 
+def _discount_coupons(obj: Json) -> dict[str, str]:
+    """Coupon ids of the invoice's discounts, from whatever discount objects it expanded
+    (`coupon` before 2025-03, `source.coupon` since)."""
+    coupons: dict[str, str] = {}
+    candidates = [d for d in as_list(obj.get("discounts")) if isinstance(d, dict)]
+    if isinstance(obj.get("discount"), dict):
+        candidates.append(obj["discount"])
+    for disc in candidates:
+        disc_id = ref_id(disc)
+        coupon = ref_id(disc.get("coupon")) or ref_id(as_dict(disc.get("source")).get("coupon"))
+        if disc_id and coupon:
+            coupons[disc_id] = coupon
+    return coupons
+
+
 def _taxes(obj: Json) -> tuple[int, int]:
     """(exclusive, inclusive) tax: only exclusive tax adds to the total."""
     exclusive = inclusive = 0
@@ -264,15 +310,10 @@ def _taxes(obj: Json) -> tuple[int, int]:
     return as_int(obj.get("tax")), 0
 
 
-def _period(line: Json) -> tuple[date | None, date | None]:
+def _period(line: Json, zone: tzinfo) -> tuple[date | None, date | None]:
+    """The line's service days: Stripe's `period` is `[start, end)` (see `service_days`)."""
     period = as_dict(line.get("period"))
-    start, end = opt_int(period.get("start")), opt_int(period.get("end"))
-    if start is None:
-        return None, None
-    if end is None or end <= start:
-        day = to_date(start)
-        return day, day
-    return to_date(start), to_date(end - 1)
+    return service_days(opt_int(period.get("start")), opt_int(period.get("end")), zone)
 
 
 def map_invoice(
@@ -298,8 +339,12 @@ def map_invoice(
     if obj.get("deleted") is True:
         status = "deleted"
     created = as_int(obj.get("created"))
-    transaction_date = to_date(opt_int(obj.get("effective_at")) or created) or date(1970, 1, 1)
-    due_date = to_date(opt_int(obj.get("due_date"))) or transaction_date
+    zone = billing.ledger_zone
+    # Stripe's accounting date (`effective_at`), else when it was finalized (payloads without
+    # `effective_at`), else when it was drafted.
+    finalized_at = opt_int(as_dict(obj.get("status_transitions")).get("finalized_at"))
+    transaction_date = to_date(opt_int(obj.get("effective_at")) or finalized_at or created, zone) or date(1970, 1, 1)
+    due_date = to_date(opt_int(obj.get("due_date")), zone) or transaction_date
     currency = str(obj.get("currency") or "").lower()
 
     # Item lines.
@@ -328,7 +373,7 @@ def map_invoice(
         if price_id and item is None:
             unmapped.add(price_id)
         unit, unit_text = _unit_amount(raw, amount, quantity)
-        start, end = _period(raw)
+        start, end = _period(raw, zone)
         share = per_line_discounts[index] if index < len(per_line_discounts) else 0
         recognized = amount - share if billing.discount_posting == "non_posting" else amount
         mapped_lines.append(
@@ -349,6 +394,8 @@ def map_invoice(
                 proration=line_proration(raw),
                 stripe_line_id=ref_id(raw.get("id")),
                 stripe_price_id=price_id,
+                stripe_product_id=line_product_id(raw),
+                tax_amount=line_tax(raw),
                 schedule=revenue_schedule(
                     recognized, rule=rule, start=start, end=end, transaction_date=transaction_date
                 ),
@@ -357,6 +404,7 @@ def map_invoice(
 
     # Discount lines: one per discount, negative, with no service period (as Stripe shows them).
     names = _discount_names(obj)
+    coupons = _discount_coupons(obj)
     posting = billing.discount_posting == "posting"
     for disc_id, amount in total_discounts:
         if amount == 0:
@@ -379,6 +427,7 @@ def map_invoice(
                 period_end=None,
                 proration=False,
                 discount_id=disc_id,
+                coupon_id=coupons.get(disc_id),
                 revenue_account=billing.discount_account if posting else None,
                 schedule=revenue_schedule(
                     negative, rule="immediate", start=None, end=None, transaction_date=transaction_date
@@ -400,8 +449,7 @@ def map_invoice(
         subscription = ref_id(as_dict(as_dict(obj.get("parent")).get("subscription_details")).get("subscription"))
     else:
         subscription = ref_id(obj.get("subscription"))
-    period_start = to_date(opt_int(obj.get("period_start")))
-    period_end = to_date(opt_int(obj.get("period_end")))
+    period_start, period_end = service_days(opt_int(obj.get("period_start")), opt_int(obj.get("period_end")), zone)
     return ErpInvoice(
         stripe_invoice_id=invoice_id,
         stripe_customer_id=ref_id(obj.get("customer")) or "",

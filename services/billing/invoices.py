@@ -121,6 +121,9 @@ async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) ->
         last = snaps[-1].item
         batch.settle_later(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
     await store.write_snapshots(conn, folds)
+    # Lines follow the current price -> item sheet whether or not they were rewritten: a replay
+    # after a mapping change rewrites none (its snapshots are not newer than the stored ones).
+    await store.remap_lines(conn, sorted(by_invoice))
     await store.note_unmapped(conn, unmapped)
     beyond = []
     for snap in read:
@@ -148,7 +151,7 @@ def _says_more(snap: Snapshot, billing: BillingSettings) -> bool:
     inv = snap.inv
     return (
         inv.uncollectible
-        or payment_mapping.payment_from_invoice(inv, snap.obj) is not None
+        or payment_mapping.payment_from_invoice(inv, snap.obj, snap.item.event.created) is not None
         or (snap.item.event.type == "invoice.payment_failed" and billing.credit_hold)
     )
 
@@ -159,14 +162,18 @@ async def _beyond_the_invoice(batch: Batch, snap: Snapshot) -> handlers.EventFac
     ctx, event, inv = snap.item.ctx, snap.item.event, snap.inv
     if inv.uncollectible:
         await store.note_uncollectible(
-            ctx.conn, inv.stripe_invoice_id, notified_on=notified_on(ctx, event), at=inv.uncollectible_at
+            ctx.conn,
+            inv.stripe_invoice_id,
+            notified_on=notified_on(ctx, event, batch.policy.ledger_zone),
+            at=inv.uncollectible_at,
+            event_at=event.created or None,
         )
     facts = handlers.EventFacts(snap.item)
-    payment = payment_mapping.payment_from_invoice(inv, snap.obj)
+    payment = payment_mapping.payment_from_invoice(inv, snap.obj, event.created)
     if payment is not None:
         facts.facts.append(payment)
     if event.type == "invoice.payment_failed" and batch.policy.credit_hold:
-        hold = holds.hold_from_invoice(inv)
+        hold = holds.hold_from_invoice(inv, event.created)
         if hold is not None:
             facts.facts.append(hold)
     return facts

@@ -9,12 +9,12 @@ kind, and the same facts always give the same ledger, whatever order they arrive
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Literal
 
 from services.billing.statuses import ERP_STATUS_RANK
 
-ErpStatus = Literal["open", "paid_in_full", "voided", "written_off"]
+ErpStatus = Literal["draft", "open", "paid_in_full", "voided", "written_off"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ def compute_ledger(f: LedgerFacts) -> LedgerState:
     unattributed = max(0, f.stripe_amount_paid - real) if f.stripe_status not in ("void", "deleted", "draft") else 0
     paid = real + unattributed
     base_credits = f.invoice_credits + f.balance_applied
+    if f.stripe_status == "draft":
+        # Not sent, maybe never sent: nothing is owed on it yet, so nothing counts as receivable.
+        return LedgerState(paid, unattributed, base_credits, 0, "draft", "none", 0)
     before_write_off = f.total - paid - base_credits
     write_off_wanted = f.write_off_enabled and f.uncollectible_seen
 
@@ -107,11 +110,14 @@ class LedgerHistory:
     #: Pre-payment credit notes voided since they were issued, with Stripe's voided_at: (memo
     #: date, amount, voided at). They are not in `facts.invoice_credits`, but counted until then.
     voided_credits: tuple[tuple[date, int, int], ...] = ()
+    #: The earliest event that said the invoice is uncollectible: when Stripe records no
+    #: `marked_uncollectible_at`, the write-off counts from it (as its memo is dated).
+    uncollectible_event_at: int | None = None
 
 
-def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
-    """The ledger at the end of `as_of` (UTC) from the facts true by then; None when the invoice
-    was no receivable then (a draft, deleted, or dated later).
+def ledger_as_of(h: LedgerHistory, as_of: date, zone: tzinfo = UTC) -> LedgerState | None:
+    """The ledger at the end of `as_of` (a day in the ledger's `zone`) from the facts true by
+    then; None when the invoice was no receivable then (a draft, deleted, or dated later).
 
     An ageing as of a month end must not lose an invoice to a payment that came on the 3rd of
     the next month. After the last fact this is exactly `compute_ledger(h.facts)`. What is not
@@ -122,9 +128,9 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
     f = h.facts
     if f.stripe_status in ("draft", "deleted") or h.invoice_date > as_of:
         return None
-    cutoff = int(datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=UTC).timestamp()) - 1
+    cutoff = int(datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=zone).timestamp()) - 1
     payments = tuple(p for p in f.payments if p.paid_at <= cutoff)
-    marked_at = f.uncollectible_at if f.uncollectible_at is not None else h.status_at
+    marked_at = next(t for t in (f.uncollectible_at, h.uncollectible_event_at, h.status_at) if t is not None)
     uncollectible = f.uncollectible_seen and marked_at <= cutoff
     paid_at = h.paid_at if h.paid_at is not None else h.status_at
     voided_at = h.voided_at if h.voided_at is not None else h.status_at
@@ -148,8 +154,12 @@ def ledger_as_of(h: LedgerHistory, as_of: date) -> LedgerState | None:
 
 
 def forward_status(stored: str | None, derived: ErpStatus) -> ErpStatus:
-    """ERP statuses only move forward (open -> written off -> paid in full / voided)."""
-    if stored is None or stored not in ERP_STATUS_RANK:
+    """ERP statuses only move forward (draft -> open -> written off -> paid in full / voided).
+
+    A draft is derived only while Stripe's newest snapshot is a draft, and snapshots only move
+    forward, so Stripe never finalized it: a stored `open` beside it is what the mapping before
+    drafts stored (or damage), never a later state, and it goes back to draft."""
+    if stored is None or stored not in ERP_STATUS_RANK or (derived == "draft" and stored == "open"):
         return derived
     if ERP_STATUS_RANK[derived] >= ERP_STATUS_RANK[stored]:
         return derived

@@ -11,11 +11,11 @@ Pure on purpose: no I/O, no clock. Both payload shapes are accepted:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, tzinfo
 
 from services.billing.invoice_mapping import ErpInvoice
 from services.billing.statuses import CREDIT_NOTE_STATUS_RANK, REFUND_STATUS_RANK
-from services.billing.stripe_fields import Json, as_dict, as_int, as_list, opt_int, ref_id, to_date
+from services.billing.stripe_fields import DateSource, Json, as_dict, as_int, as_list, opt_int, ref_id, to_date
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,13 @@ class ErpPayment:
     #: Which Stripe object told us; when two describe the same payment the higher priority wins.
     source: str
     priority: int
+    #: Where `paid_at` comes from (see `DateSource`).
+    date_source: DateSource = "stripe_transition"
 
 
-def payment_from_invoice_payment(obj: Json) -> ErpPayment | None:
-    """Basil: `invoice_payment.paid`. None when the payment is not (yet) paid."""
+def payment_from_invoice_payment(obj: Json, event_created: int) -> ErpPayment | None:
+    """Basil: `invoice_payment.paid`. None when the payment is not (yet) paid. Dated by Stripe's
+    `status_transitions.paid_at`, else by the event (never by when the mesh heard of it)."""
     if obj.get("status") != "paid":
         return None
     payment = as_dict(obj.get("payment"))
@@ -43,7 +46,7 @@ def payment_from_invoice_payment(obj: Json) -> ErpPayment | None:
     amount = opt_int(obj.get("amount_paid"))
     if amount is None:
         amount = as_int(obj.get("amount_requested"))
-    paid_at = opt_int(as_dict(obj.get("status_transitions")).get("paid_at")) or as_int(obj.get("created"))
+    paid_at = opt_int(as_dict(obj.get("status_transitions")).get("paid_at"))
     return ErpPayment(
         stripe_payment_id=str(obj["id"]),
         stripe_invoice_id=ref_id(obj.get("invoice")),
@@ -52,10 +55,11 @@ def payment_from_invoice_payment(obj: Json) -> ErpPayment | None:
         payment_intent_id=ref_id(payment.get("payment_intent")),
         amount=amount,
         currency=str(obj.get("currency") or "").lower(),
-        paid_at=paid_at,
+        paid_at=paid_at or event_created,
         method="out_of_band" if kind.startswith("out_of_band") else kind,
         source="invoice_payment",
         priority=3,
+        date_source="stripe_transition" if paid_at else "stripe_event",
     )
 
 
@@ -82,11 +86,33 @@ def payment_from_charge(obj: Json) -> ErpPayment | None:
     )
 
 
-def payment_from_invoice(inv: ErpInvoice, obj: Json) -> ErpPayment | None:
-    """Legacy fields: a paid invoice names its charge, or says it was paid out of band."""
+@dataclass(frozen=True)
+class ChargeSeen:
+    """A succeeded charge and its payment intent: in the current shape the only place a payment's
+    charge id is found (`invoice_payment` names the intent alone, and the charge no invoice)."""
+
+    charge_id: str
+    payment_intent_id: str
+    stripe_customer_id: str | None
+    created: int
+
+
+def charge_seen(obj: Json) -> ChargeSeen | None:
+    """Any succeeded charge that names its payment intent (either shape); None otherwise. A failed
+    charge of the same intent is left out: the payment is the charge that succeeded."""
+    charge, intent = ref_id(obj.get("id")), ref_id(obj.get("payment_intent"))
+    if not charge or not intent or obj.get("status") != "succeeded" or obj.get("paid") is False:
+        return None
+    return ChargeSeen(charge, intent, ref_id(obj.get("customer")), as_int(obj.get("created")))
+
+
+def payment_from_invoice(inv: ErpInvoice, obj: Json, event_created: int) -> ErpPayment | None:
+    """Legacy fields: a paid invoice names its charge, or says it was paid out of band. Dated by
+    Stripe's `status_transitions.paid_at`, else by the event (not the invoice's creation)."""
     if inv.stripe_status != "paid" or inv.stripe_amount_paid <= 0:
         return None
-    paid_at = inv.paid_at or inv.created
+    paid_at = inv.paid_at or event_created
+    date_source: DateSource = "stripe_transition" if inv.paid_at else "stripe_event"
     if inv.charge_id:
         return ErpPayment(
             stripe_payment_id=inv.charge_id,
@@ -100,6 +126,7 @@ def payment_from_invoice(inv: ErpInvoice, obj: Json) -> ErpPayment | None:
             method="charge",
             source="invoice",
             priority=1,
+            date_source=date_source,
         )
     if inv.paid_out_of_band:
         return ErpPayment(
@@ -114,6 +141,7 @@ def payment_from_invoice(inv: ErpInvoice, obj: Json) -> ErpPayment | None:
             method="out_of_band",
             source="invoice",
             priority=1,
+            date_source=date_source,
         )
     return None
 
@@ -208,7 +236,9 @@ class ErpCreditNote:
         return "customer_credit"
 
 
-def map_credit_note(obj: Json) -> ErpCreditNote:
+def map_credit_note(obj: Json, zone: tzinfo) -> ErpCreditNote:
+    """The credit memo of a credit note, dated by Stripe's `effective_at` (else `created`) in the
+    ledger's zone."""
     refund_ids: list[str] = []
     for entry in as_list(obj.get("refunds")):  # basil
         rid = ref_id(as_dict(entry).get("refund")) if isinstance(entry, dict) else ref_id(entry)
@@ -245,7 +275,7 @@ def map_credit_note(obj: Json) -> ErpCreditNote:
         status_rank=CREDIT_NOTE_STATUS_RANK.get(status, 0),
         note_type=str(obj.get("type") or "pre_payment"),
         created=created,
-        memo_date=to_date(opt_int(obj.get("effective_at")) or created) or date(1970, 1, 1),
+        memo_date=to_date(opt_int(obj.get("effective_at")) or created, zone) or date(1970, 1, 1),
         refund_ids=tuple(sorted(set(refund_ids))),
         out_of_band_amount=as_int(obj.get("out_of_band_amount")),
         reason=obj.get("reason") if isinstance(obj.get("reason"), str) else None,

@@ -77,6 +77,10 @@ class InvoiceLineRecord:
     period_end: date | None
     proration: bool
     revenue_account: str | None
+    discount_id: str | None
+    coupon_id: str | None
+    stripe_product_id: str | None
+    tax_amount: int
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class PaymentRecord:
     method: str
     charge_id: str | None
     payment_intent_id: str | None
+    #: Where `paid_at` comes from (`stripe_fields.DateSource`); None for rows stored before it was kept.
+    date_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,8 @@ class CreditMemoRecord:
     applied_to: str
     memo: str | None
     number: str | None
+    #: Where `memo_date` comes from (`stripe_fields.DateSource`).
+    date_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,11 @@ class HoldRecord:
     placed_at: datetime
     released_at: datetime | None
     release_reason: str | None
+    reason_code: str
+    release_reason_code: str | None
+    #: Where `placed_at` / `released_at` come from (`stripe_fields.DateSource`, or mesh_clock).
+    placed_date_source: str | None = None
+    released_date_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,17 @@ class StoredLedger:
     has_active_holds: bool
     #: The facts, with write-off as the running policy says (`decide.settle` sets it).
     facts: LedgerFacts
+    #: Stripe's own moments (`status_transitions`), when it recorded them: what dates a hold's
+    #: release and a write-off.
+    paid_at: int | None = None
+    voided_at: int | None = None
+    #: The newest snapshot's event time: the stand-in for a moment the invoice does not record.
+    status_at: int = 0
+    #: The earliest event that said the invoice is uncollectible (when Stripe records no
+    #: `marked_uncollectible_at`, e.g. a legacy forgiven invoice).
+    uncollectible_event_at: int | None = None
+    #: Holds of this invoice the ledger released (`decide.settle` re-dates them from the facts).
+    has_released_holds: bool = False
 
 
 @dataclass(frozen=True)

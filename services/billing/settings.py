@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, tzinfo
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.common.errors import SettingsError
 
@@ -32,6 +34,9 @@ class BillingSettings:
     discount_item: str = "STRIPE-DISCOUNT"
     revenue_rule: RevenueRule = "ratable_by_day"
     default_item: str = "STRIPE-UNMAPPED"
+    #: The zone the books close in (SYNCMESH_LEDGER_TIMEZONE): every ledger date (service periods,
+    #: revenue months, payments, memos, holds, an ageing's as_of) is a day in this zone.
+    ledger_zone: tzinfo = UTC
 
     def with_overrides(self, **changes: object) -> BillingSettings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -61,6 +66,18 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def ledger_zone(env: Mapping[str, str], name: str = "SYNCMESH_LEDGER_TIMEZONE") -> tzinfo:
+    """The ledger's time zone, an IANA name (default UTC): read once here so the mapping code gets
+    it as a value and never touches the time zone database itself."""
+    raw = (env.get(name) or "").strip()
+    if raw in ("", "UTC", "Etc/UTC"):
+        return UTC
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise SettingsError(f"{name}={raw[:60]!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+
+
 def load_billing_settings(env: Mapping[str, str] | None = None) -> BillingSettings:
     """Read and validate the SYNCMESH_BILLING_* variables; SettingsError names the first bad one."""
     env = os.environ if env is None else env
@@ -79,4 +96,5 @@ def load_billing_settings(env: Mapping[str, str] | None = None) -> BillingSettin
         discount_item=_text(env, "SYNCMESH_BILLING_DISCOUNT_ITEM", "STRIPE-DISCOUNT"),
         revenue_rule=rule,
         default_item=_text(env, "SYNCMESH_BILLING_DEFAULT_ITEM", "STRIPE-UNMAPPED"),
+        ledger_zone=ledger_zone(env),
     )

@@ -27,7 +27,14 @@ async def settle_noted(batch: Batch, conn: Conn) -> None:
     await store.save_ledgers(conn, [s for s in settlements if s.moved])
     memo_ids = await store.write_write_offs(conn, [s.write_off for s in settlements if s.write_off is not None])
     released = await store.release_holds(
-        conn, {s.invoice.stripe_invoice_id: s.release_reason for s in settlements if s.release_reason is not None}
+        conn,
+        {
+            s.invoice.stripe_invoice_id: store.Release(
+                s.release_reason, s.release_at, s.release_date_source, s.release_code or "invoice_paid"
+            )
+            for s in settlements
+            if s.release_reason is not None and s.release_at is not None and s.release_date_source is not None
+        },
     )
     # Invoices not stored yet settle with these facts when their snapshot arrives.
     for settlement in settlements:
@@ -61,5 +68,6 @@ async def _announce(
         reason = s.release_reason or ""
         batch.record(event, "credit_hold", customer, f"released: {reason}")
         await ctx.emit(
-            "credit_hold_changed", announce.credit_hold_changed(customer, invoice_id, active=False, reason=reason)
+            "credit_hold_changed",
+            announce.credit_hold_changed(customer, invoice_id, active=False, reason=reason, code=s.release_code),
         )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 #: Stripe invoice statuses only move forward; a snapshot of a lower rank never overwrites a higher.
 STRIPE_STATUS_RANK: dict[str, int] = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
-#: ERP statuses only move forward too: a paid invoice is never re-opened by a late event.
-ERP_STATUS_RANK: dict[str, int] = {"open": 0, "written_off": 1, "paid_in_full": 2, "voided": 2}
+#: ERP statuses only move forward too: a paid invoice is never re-opened by a late event, and an
+#: open one never goes back to draft (a draft is no receivable: not open, not aged, not owed).
+ERP_STATUS_RANK: dict[str, int] = {"draft": 0, "open": 1, "written_off": 2, "paid_in_full": 3, "voided": 3}
 REFUND_STATUS_RANK: dict[str, int] = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
 CREDIT_NOTE_STATUS_RANK: dict[str, int] = {"issued": 0, "void": 1}

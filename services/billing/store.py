@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, TypeVar
 
 from services.billing.decide import Settlement, WriteOffMemo
@@ -96,15 +96,20 @@ class ImportCounts:
     created: int
     updated: int
     unchanged: int
+    #: Stored invoice lines whose ERP item the sheet changed (would change, in a dry run).
+    lines_remapped: int = 0
 
 
 async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> ImportCounts:
-    """Count (and unless `write` is False, apply) a validated data sheet; a mapped price leaves
-    the unmapped list."""
+    """Count (and unless `write` is False, apply) a validated data sheet, in the caller's
+    transaction: the stored lines of its prices are re-mapped with it (a mapping that left them
+    on the default item would leave the ledger saying what the sheet contradicts), and a mapped
+    price leaves the unmapped list."""
     existing = await load_item_map(conn, [p for p, _ in rows])
     created = sum(1 for p, _ in rows if p not in existing)
     updated = sum(1 for p, item in rows if p in existing and existing[p] != item)
     unchanged = len(rows) - created - updated
+    remapped = await _remap_imported_lines(conn, rows, write=write)
     if write and rows:
         await conn.executemany(
             """
@@ -115,7 +120,72 @@ async def import_item_mappings(conn: Conn, rows: Sequence[tuple[str, str]], *, w
             sorted(rows),
         )
         await conn.execute("DELETE FROM unmapped_prices WHERE stripe_price_id = ANY($1::text[])", [p for p, _ in rows])
-    return ImportCounts(created, updated, unchanged)
+    return ImportCounts(created, updated, unchanged, remapped)
+
+
+#: Item lines of these (price, item) pairs that do not carry that item yet.
+_LINES_TO_REMAP = """
+    FROM invoice_lines l JOIN unnest($1::text[], $2::text[]) AS m(stripe_price_id, erp_item_id)
+      ON l.stripe_price_id = m.stripe_price_id
+   WHERE l.kind = 'item' AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+"""
+
+
+async def _remap_imported_lines(conn: Conn, rows: Sequence[tuple[str, str]], *, write: bool) -> int:
+    """Point the stored lines of the sheet's prices at their new items; how many changed (would
+    change, unless `write`). The invoices' advisory locks are taken first, in id order as every
+    batch takes them, so the import neither deadlocks with nor interleaves a batch writing the
+    same invoices. Each changed invoice's history says which lines moved to which item."""
+    if not rows:
+        return 0
+    args = [p for p, _ in rows], [i for _, i in rows]
+    invoice_ids = [r[0] for r in await conn.fetch(f"SELECT DISTINCT l.stripe_invoice_id {_LINES_TO_REMAP}", *args)]
+    if not write or not invoice_ids:
+        return int(await conn.fetchval(f"SELECT count(*) {_LINES_TO_REMAP}", *args) or 0)
+    await lock_many(conn, sorted(invoice_ids))
+    changed = await conn.fetch(
+        """
+        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+          FROM unnest($1::text[], $2::text[]) AS m(stripe_price_id, erp_item_id)
+         WHERE l.stripe_price_id = m.stripe_price_id
+           AND l.kind = 'item' AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+        RETURNING l.stripe_invoice_id, l.line_no, l.stripe_price_id, l.erp_item_id
+        """,
+        *args,
+    )
+    by_invoice: dict[str, list[str]] = {}
+    for r in sorted(changed, key=lambda r: (r["stripe_invoice_id"], r["line_no"])):
+        by_invoice.setdefault(r["stripe_invoice_id"], []).append(
+            f"line {r['line_no']} ({r['stripe_price_id']}) -> {r['erp_item_id']}"
+        )
+    await add_history(
+        conn,
+        [
+            ("invoice", invoice_id, "", "item_mappings.imported", "item mapping imported: " + "; ".join(moved))
+            for invoice_id, moved in by_invoice.items()
+        ],
+    )
+    return len(changed)
+
+
+async def remap_lines(conn: Conn, invoice_ids: Sequence[str]) -> int:
+    """Point these invoices' stored item lines at their prices' current ERP items; how many
+    changed. Every batch runs it for the invoices it touched (whose locks it holds), so a replay
+    re-maps what a mapping written since left behind (an invoice's lines are only rewritten by
+    a newer snapshot), and reports exactly those lines."""
+    if not invoice_ids:
+        return 0
+    status = await conn.execute(
+        """
+        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+          FROM item_mappings m
+         WHERE l.stripe_invoice_id = ANY($1::text[]) AND l.kind = 'item'
+           AND l.stripe_price_id = m.stripe_price_id
+           AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+        """,
+        list(invoice_ids),
+    )
+    return int(status.split()[-1])
 
 
 # -- invoices -----------------------------------------------------------------------------------
@@ -258,8 +328,10 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
         """
         INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
             erp_item_id, item_mapped, description, quantity, unit_amount, unit_amount_decimal, amount,
-            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account,
+            coupon_id, stripe_product_id, tax_amount)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                $21, $22, $23)
         """,
         [
             (
@@ -283,6 +355,9 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
                 line.period_end,
                 line.proration,
                 line.revenue_account,
+                line.coupon_id,
+                line.stripe_product_id,
+                line.tax_amount,
             )
             for inv in invoices
             for line in inv.lines
@@ -302,30 +377,24 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
         )
 
 
-async def note_uncollectible(conn: Conn, invoice_id: str, *, notified_on: date, at: int | None) -> None:
-    """Stripe gave up on this invoice: remember it (and the earliest day we were told), whatever
-    snapshot ends up newest."""
+async def note_uncollectible(
+    conn: Conn, invoice_id: str, *, notified_on: date, at: int | None, event_at: int | None = None
+) -> None:
+    """Stripe gave up on this invoice: remember it (Stripe's moment, the earliest event that said
+    so, and the earliest day we were told), whatever snapshot ends up newest."""
+    # LEAST ignores NULLs, so a first value seeds each column and an earlier one replaces it.
     await conn.execute(
         """
         UPDATE invoices SET uncollectible_seen = true,
                uncollectible_at = LEAST(uncollectible_at, $3),
-               uncollectible_notified_on = LEAST(uncollectible_notified_on, $2)
+               uncollectible_notified_on = LEAST(uncollectible_notified_on, $2),
+               uncollectible_event_at = LEAST(uncollectible_event_at, $4)
          WHERE stripe_invoice_id = $1
         """,
         invoice_id,
         notified_on,
         at,
-    )
-    # LEAST ignores NULLs only when one side is non-null; seed the first values explicitly.
-    await conn.execute(
-        """
-        UPDATE invoices SET uncollectible_at = COALESCE(uncollectible_at, $3),
-               uncollectible_notified_on = COALESCE(uncollectible_notified_on, $2)
-         WHERE stripe_invoice_id = $1
-        """,
-        invoice_id,
-        notified_on,
-        at,
+        event_at,
     )
 
 
@@ -380,7 +449,10 @@ async def stored_ledgers(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, St
                  WHERE m.stripe_invoice_id = i.stripe_invoice_id AND kind = 'credit_note'
                    AND applied_to = 'invoice' AND status = 'issued') AS credit_note_total,
                EXISTS (SELECT 1 FROM credit_holds h
-                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NULL) AS has_active_holds
+                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NULL) AS has_active_holds,
+               EXISTS (SELECT 1 FROM credit_holds h
+                        WHERE h.stripe_invoice_id = i.stripe_invoice_id AND released_at IS NOT NULL
+                          AND release_reason LIKE 'invoice %') AS has_released_holds
           FROM invoices i WHERE i.stripe_invoice_id = ANY($1::text[])
         """,
         list(invoice_ids),
@@ -402,6 +474,11 @@ async def stored_ledgers(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, St
             amount_remaining=r["amount_remaining"],
             has_active_holds=r["has_active_holds"],
             facts=_ledger_facts(r, write_off_enabled=False, invoice_credits=int(r["credit_note_total"])),
+            paid_at=r["paid_at"],
+            voided_at=r["voided_at"],
+            status_at=r["version_created"],
+            uncollectible_event_at=r["uncollectible_event_at"],
+            has_released_holds=r["has_released_holds"],
         )
         for r in rows
     }
@@ -447,6 +524,7 @@ def _ledger_history(row: Any) -> LedgerHistory:
         paid_at=row["paid_at"],
         status_at=row["version_created"],
         voided_at=row["voided_at"],
+        uncollectible_event_at=row["uncollectible_event_at"],
         voided_credits=tuple(
             (date(1970, 1, 1) + timedelta(days=day), amount, voided_at)
             for day, amount, voided_at in row["voided_credits"]
@@ -500,15 +578,17 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
     rows = await conn.fetch(
         """
         INSERT INTO credit_memos (memo_key, kind, stripe_invoice_id, stripe_customer_id, amount, currency,
-                                  memo_date, status, applied_to, reason, memo)
+                                  memo_date, status, applied_to, reason, memo, date_source)
         SELECT t.memo_key, 'write_off', t.invoice_id, t.customer_id, t.amount, t.currency, t.memo_date, t.status,
-               'invoice', 'uncollectible', t.memo
+               'invoice', 'uncollectible', t.memo, t.date_source
           FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::date[], $7::text[],
-                      $8::text[]) AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, memo)
+                      $8::text[], $9::text[])
+            AS t(memo_key, invoice_id, customer_id, amount, currency, memo_date, status, memo, date_source)
         ON CONFLICT (memo_key) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status,
-               memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, updated_at = now()
-         WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date)
-               IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date)
+               memo_date = EXCLUDED.memo_date, memo = EXCLUDED.memo, date_source = EXCLUDED.date_source,
+               updated_at = now()
+         WHERE (credit_memos.amount, credit_memos.status, credit_memos.memo_date, credit_memos.date_source)
+               IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.status, EXCLUDED.memo_date, EXCLUDED.date_source)
         RETURNING memo_key, erp_credit_memo_id
         """,
         [m.memo_key for m in ordered],
@@ -519,6 +599,7 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
         [m.memo_date for m in ordered],
         [m.status for m in ordered],
         [m.memo for m in ordered],
+        [m.date_source for m in ordered],
     )
     changed = {r["memo_key"]: str(r["erp_credit_memo_id"]) for r in rows}
     if changed:
@@ -534,32 +615,62 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
 # -- credit holds -------------------------------------------------------------------------------
 
 
-async def release_holds(conn: Conn, reasons: Mapping[str, str]) -> dict[str, list[str]]:
-    """Release the active holds of these invoices (invoice id -> reason), in one statement;
-    returns the customers released, by invoice."""
-    if not reasons:
+async def release_holds(conn: Conn, releases: Mapping[str, Release]) -> dict[str, list[str]]:
+    """Release the active holds of these invoices (invoice id -> reason and Stripe's moment), in
+    one statement; returns the customers released now, by invoice.
+
+    A hold this ledger released before is re-dated when the facts now give another moment (the
+    invoice's `paid_at` arriving after its payment), so the release date does not depend on the
+    order the facts came in; that is not a new release. A hold is never released before it was
+    placed."""
+    if not releases:
         return {}
-    invoice_ids = sorted(reasons)
+    invoice_ids = sorted(releases)
     rows = await conn.fetch(
         """
-        UPDATE credit_holds h SET released_at = now(), release_reason = t.reason
-          FROM unnest($1::text[], $2::text[]) AS t(invoice_id, reason)
-         WHERE h.stripe_invoice_id = t.invoice_id AND h.released_at IS NULL
-        RETURNING h.stripe_invoice_id, h.stripe_customer_id
+        UPDATE credit_holds h
+           SET released_at = GREATEST(to_timestamp(t.at), h.placed_at), release_reason = t.reason,
+               release_reason_code = t.code, released_date_source = t.source
+          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+            AS t(invoice_id, reason, at, source, code),
+               credit_holds old
+         WHERE h.stripe_invoice_id = t.invoice_id
+           AND old.stripe_customer_id = h.stripe_customer_id AND old.stripe_invoice_id = h.stripe_invoice_id
+           AND (h.released_at IS NULL
+                OR (h.release_reason LIKE 'invoice %'
+                    AND (h.released_at, h.released_date_source, h.release_reason_code)
+                        IS DISTINCT FROM (GREATEST(to_timestamp(t.at), h.placed_at), t.source, t.code)))
+        RETURNING h.stripe_invoice_id, h.stripe_customer_id, old.released_at IS NULL AS released_now
         """,
         invoice_ids,
-        [reasons[i] for i in invoice_ids],
+        [releases[i].reason for i in invoice_ids],
+        [releases[i].at for i in invoice_ids],
+        [releases[i].source for i in invoice_ids],
+        [releases[i].code for i in invoice_ids],
     )
     released: dict[str, list[str]] = {}
     for r in sorted(rows, key=lambda r: (r["stripe_invoice_id"], r["stripe_customer_id"])):
-        released.setdefault(r["stripe_invoice_id"], []).append(r["stripe_customer_id"])
+        if r["released_now"]:
+            released.setdefault(r["stripe_invoice_id"], []).append(r["stripe_customer_id"])
     return released
 
 
-async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None) -> bool:
-    """Whether a hold stands now, or stood at the end of `as_of` (UTC). A hold is the mesh's own
-    act, so it is dated by when the mesh placed and released it; a released hold is never placed
-    again (`facts.hold_change`), so each row is one interval."""
+@dataclass(frozen=True)
+class Release:
+    """Why an invoice's holds are released, and when Stripe says that happened."""
+
+    reason: str
+    at: int
+    source: str
+    #: The reason as a code (`holds.HoldCode`): invoice_paid or invoice_voided.
+    code: str = "invoice_paid"
+
+
+async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None = None, zone: tzinfo = UTC) -> bool:
+    """Whether a hold stands now, or stood at the end of `as_of` (a day in the ledger's `zone`).
+    A hold is dated by Stripe's moments for what placed and released it (`facts.hold_dated`,
+    `decide.release_moment`); a released hold is never placed again (`facts.hold_change`), so
+    each row is one interval."""
     if as_of is None:
         return bool(
             await conn.fetchval(
@@ -567,7 +678,7 @@ async def customer_on_hold(conn: Conn, customer_id: str, *, as_of: date | None =
                 customer_id,
             )
         )
-    day_after = datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=UTC)
+    day_after = datetime.combine(as_of + timedelta(days=1), time.min, tzinfo=zone)
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1 AND placed_at < $2 "
@@ -641,7 +752,13 @@ async def list_payments(
 
 
 async def list_credit_memos(
-    conn: Conn, *, customer: str | None, invoice: str | None, after: tuple[date, str] | None, limit: int
+    conn: Conn,
+    *,
+    customer: str | None,
+    invoice: str | None,
+    after: tuple[date, str] | None,
+    limit: int,
+    include_superseded: bool = False,
 ) -> list[CreditMemoRecord]:
     return _all(
         CreditMemoRecord,
@@ -652,6 +769,7 @@ async def list_credit_memos(
              WHERE ($1::text IS NULL OR COALESCE(m.stripe_customer_id, i.stripe_customer_id) = $1)
                AND ($2::text IS NULL OR m.stripe_invoice_id = $2)
                AND ($3::date IS NULL OR (m.memo_date, m.memo_key) > ($3, $4))
+               AND ($6 OR m.status <> 'superseded')
              ORDER BY m.memo_date, m.memo_key
              LIMIT $5
             """,
@@ -660,6 +778,7 @@ async def list_credit_memos(
             after[0] if after else None,
             after[1] if after else "",
             limit,
+            include_superseded,
         ),
     )
 
@@ -702,6 +821,23 @@ async def list_refunds(
             after[1] if after else "",
             limit,
         ),
+    )
+
+
+async def customer_known(conn: Conn, customer: str) -> bool:
+    """Whether the ledger has seen the customer at all: an invoice, a payment, a memo, a hold or
+    a link to its ERP customer. A balance of a customer never seen is NOT_FOUND, not empty."""
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT EXISTS (SELECT 1 FROM invoices WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM customers WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM payments WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM credit_memos WHERE stripe_customer_id = $1)
+                OR EXISTS (SELECT 1 FROM credit_holds WHERE stripe_customer_id = $1)
+            """,
+            customer,
+        )
     )
 
 

@@ -9,6 +9,19 @@
                                      the memo of that note      customer links
     refunds          refunds         ListRefunds (all of them,  status, amount, currency, charge
                                      once per run)
+    charges          payments        ListPayments (all of them, the charge id of the payment of a
+                                     once per run), by payment  succeeded charge's payment intent
+                                     intent or charge id        (or of the charge itself)
+    invoices         credit_holds    ListCreditHolds(customer)  a hold for every invoice whose final
+                                                                payment failed (open, attempted, no
+                                                                next attempt); none active on a paid
+                                                                or voided one when holds are released
+                                                                on payment; only when holds are on
+
+A draft is judged like any invoice: Stripe's draft must be the ledger's DRAFT (never OPEN: it is
+no receivable). Repairs re-sync the Stripe object: a charge re-joins its payment by intent, an
+invoice whose final payment failed is re-sent as `invoice.payment_failed` (ops.backfill), which
+places the hold, and a paid or voided one releases it.
 
 Statuses are judged with the rank tables billing applies events with (services.billing.statuses),
 so "stale" means a state billing itself would let Stripe's overwrite.
@@ -16,12 +29,18 @@ so "stale" means a state billing itself would let Stripe's overwrite.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from syncmesh.billing.v1 import billing_service_pb2 as billing_pb
 from syncmesh.billing.v1 import billing_service_pb2_grpc
 
-from services.billing.statuses import CREDIT_NOTE_STATUS_RANK, REFUND_STATUS_RANK, STRIPE_STATUS_RANK
+from services.billing.statuses import (
+    CREDIT_NOTE_STATUS_RANK,
+    ERP_STATUS_RANK,
+    REFUND_STATUS_RANK,
+    STRIPE_STATUS_RANK,
+)
 from services.common.verification import (
     MISMATCH,
     MISSING,
@@ -46,7 +65,7 @@ SERVICE = "billing"
 
 #: ERP statuses each Stripe invoice status may legitimately show (write-off and credits vary).
 ERP_STATUSES_ALLOWED: dict[str, frozenset[int]] = {
-    "draft": frozenset({billing_pb.INVOICE_STATUS_OPEN}),
+    "draft": frozenset({billing_pb.INVOICE_STATUS_DRAFT}),
     "open": frozenset({billing_pb.INVOICE_STATUS_OPEN, billing_pb.INVOICE_STATUS_PAID_IN_FULL}),
     "paid": frozenset({billing_pb.INVOICE_STATUS_PAID_IN_FULL}),
     "void": frozenset({billing_pb.INVOICE_STATUS_VOIDED}),
@@ -81,7 +100,9 @@ def invoice_differences(obj: StripeObject, inv: billing_pb.Invoice | None) -> li
     allowed = ERP_STATUSES_ALLOWED.get(status)
     if allowed is not None and inv.status not in allowed:
         expected = " or ".join(_erp_name(s) for s in sorted(allowed))
-        out.append(differ(STALE, "erp_status", expected, _erp_name(inv.status)))
+        # Behind every status Stripe's allows is stale; ahead of them (an open draft) a mismatch.
+        behind = ERP_STATUS_RANK.get(_erp_name(inv.status), -1) < min(ERP_STATUS_RANK[_erp_name(s)] for s in allowed)
+        out.append(differ(STALE if behind else MISMATCH, "erp_status", expected, _erp_name(inv.status)))
     customer = ref(obj.get("customer"))
     if customer != inv.stripe_customer_id:
         out.append(differ(MISMATCH, "customer", customer, inv.stripe_customer_id))
@@ -232,5 +253,167 @@ REFUNDS: Check[billing_pb.Refund] = Check(
     compare=refund_differences,
 )
 
+# -- payments' charge ids -------------------------------------------------------------------------
+
+
+async def all_payments(mesh: Mesh) -> dict[str, billing_pb.Payment]:
+    """Every payment billing holds, read once per run, by payment intent, by charge id and by
+    Stripe payment id: a current-shape payment is found by its intent (its charge id may be what
+    is missing), a legacy one by its charge (the stand-ins' charges may name no intent)."""
+
+    async def load() -> dict[str, billing_pb.Payment]:
+        stub = _stub(mesh)
+        payments: list[billing_pb.Payment] = await mesh.every_page(
+            SERVICE,
+            lambda token: stub.ListPayments(
+                billing_pb.ListPaymentsRequest(page_size=500, page_token=token), timeout=RPC_TIMEOUT
+            ),
+            "payments",
+        )
+        found: dict[str, billing_pb.Payment] = {}
+        for p in sorted(payments, key=lambda p: p.stripe_payment_id):
+            for key in (f"pid:{p.stripe_payment_id}", f"ch:{p.charge_id}", f"pi:{p.payment_intent_id}"):
+                if not key.endswith(":"):
+                    found.setdefault(key, p)
+        return found
+
+    return await mesh.remembered("billing:payments", load)
+
+
+async def read_charge_payment(mesh: Mesh, obj: StripeObject) -> billing_pb.Payment | None:
+    found = await all_payments(mesh)
+    intent, charge = ref(obj.get("payment_intent")), str(obj["id"])
+    return found.get(f"pi:{intent}") or found.get(f"ch:{charge}") or found.get(f"pid:{charge}")
+
+
+def charge_payment_differences(obj: StripeObject, payment: billing_pb.Payment | None) -> list[Difference]:
+    """The payment of a succeeded charge names the charge and its intent. A charge with no payment
+    is not judged here: it may pay no invoice, and an invoice's lost payment is the invoices
+    check's finding (unattributed)."""
+    if payment is None:
+        return []
+    out = []
+    charge, intent = str(obj["id"]), ref(obj.get("payment_intent"))
+    if payment.charge_id != charge:
+        out.append(differ(MISSING if not payment.charge_id else MISMATCH, "charge_id", charge, payment.charge_id))
+    if intent and payment.payment_intent_id != intent:
+        out.append(
+            differ(
+                MISSING if not payment.payment_intent_id else MISMATCH,
+                "payment_intent",
+                intent,
+                payment.payment_intent_id,
+            )
+        )
+    return out
+
+
+def _succeeded_charge(obj: StripeObject) -> bool:
+    return obj.get("status") == "succeeded" and obj.get("paid") is not False
+
+
+PAYMENTS: Check[billing_pb.Payment] = Check(
+    kind="payments",
+    source="charges",
+    service=SERVICE,
+    position=75,
+    read=read_charge_payment,
+    compare=charge_payment_differences,
+    applies=_succeeded_charge,
+)
+
+
+# -- credit holds ----------------------------------------------------------------------------------
+
+
+async def _hold_policy(mesh: Mesh) -> billing_pb.ListCreditHoldsResponse:
+    """What the service says of its hold policy (on, released on payment), read once per run."""
+
+    async def load() -> billing_pb.ListCreditHoldsResponse:
+        request = billing_pb.ListCreditHoldsRequest(page_size=1)
+        reply: billing_pb.ListCreditHoldsResponse | None = await mesh.call(
+            SERVICE, _stub(mesh).ListCreditHolds(request, timeout=RPC_TIMEOUT)
+        )
+        assert reply is not None
+        return reply
+
+    return await mesh.remembered("billing:hold-policy", load, lasting=True)
+
+
+async def holds_disabled_because(mesh: Mesh) -> str | None:
+    if not (await _hold_policy(mesh)).credit_hold_enabled:
+        return "billing places no credit holds (SYNCMESH_BILLING_CREDIT_HOLD is off)"
+    return None
+
+
+@dataclass(frozen=True)
+class InvoiceHolds:
+    """The holds billing placed for one invoice (none is a record too), and whether it releases
+    holds on payment (else an active hold on a paid invoice is right)."""
+
+    holds: tuple[billing_pb.CreditHold, ...]
+    release_on_pay: bool
+
+
+async def read_holds(mesh: Mesh, obj: StripeObject) -> InvoiceHolds:
+    customer, invoice_id = ref(obj.get("customer")), str(obj["id"])
+    release = (await _hold_policy(mesh)).release_on_pay
+    if not customer:
+        return InvoiceHolds((), release)
+
+    async def load() -> list[billing_pb.CreditHold]:
+        stub = _stub(mesh)
+        holds: list[billing_pb.CreditHold] = await mesh.every_page(
+            SERVICE,
+            lambda token: stub.ListCreditHolds(
+                billing_pb.ListCreditHoldsRequest(stripe_customer_id=customer, page_size=500, page_token=token),
+                timeout=RPC_TIMEOUT,
+            ),
+            "holds",
+        )
+        return holds
+
+    holds = await mesh.remembered(f"billing:holds:{customer}", load)
+    return InvoiceHolds(tuple(h for h in holds if h.stripe_invoice_id == invoice_id), release)
+
+
+def final_payment_failed(obj: StripeObject) -> bool:
+    """Stripe has given up collecting the invoice: open, attempted, and no next attempt."""
+    attempts = obj.get("attempt_count")
+    return (
+        obj.get("status") == "open"
+        and isinstance(attempts, int)
+        and attempts > 0
+        and obj.get("next_payment_attempt") is None
+    )
+
+
+def _hold_judged(obj: StripeObject) -> bool:
+    return final_payment_failed(obj) or obj.get("status") in ("paid", "void")
+
+
+def hold_differences(obj: StripeObject, record: InvoiceHolds | None) -> list[Difference]:
+    """A hold where Stripe gave up collecting; no active one on an invoice paid or voided since."""
+    holds = record.holds if record is not None else ()
+    status = text(obj.get("status"))
+    if final_payment_failed(obj) and not holds:
+        return [differ(MISSING, "hold", "final payment failed", "none")]
+    if record is not None and record.release_on_pay and status in ("paid", "void") and any(h.active for h in holds):
+        return [differ(STALE, "hold", f"released (invoice {status})", "active")]
+    return []
+
+
+CREDIT_HOLDS: Check[InvoiceHolds] = Check(
+    kind="credit_holds",
+    source="invoices",
+    service=SERVICE,
+    position=80,
+    read=read_holds,
+    compare=hold_differences,
+    applies=_hold_judged,
+    disabled_because=holds_disabled_because,
+    omit_when_disabled=True,
+)
+
 #: What `syncmesh verify` checks in this service.
-CHECKS: tuple[Check[Any], ...] = (INVOICES, CREDIT_MEMOS, REFUNDS)
+CHECKS: tuple[Check[Any], ...] = (INVOICES, CREDIT_MEMOS, REFUNDS, PAYMENTS, CREDIT_HOLDS)

@@ -1,9 +1,11 @@
 """Who is calling a gRPC method, and may they: identities, roles and each service's policy.
 
-A caller proves who it is with a bearer token (`authorization: Bearer <token>` metadata) listed
-in `SYNCMESH_GRPC_TOKENS_FILE`, or with a client certificate the server's client CA signed
-(mutual TLS; its subject's common name is looked up in the same file as `cert:<CN>`). Each
-identity has one role; roles are ordered, each allowing what the ones below it allow:
+A caller proves who it is with a bearer token (`authorization: Bearer <token>` metadata): one
+listed in `SYNCMESH_GRPC_TOKENS_FILE`, or a JWT signed by a key of `SYNCMESH_GRPC_JWKS_FILE`
+(services.common.jwt_auth: its `sub` is the identity, a claim its role); or with a client
+certificate the server's client CA signed (mutual TLS; its subject's common name is looked up in
+the tokens file as `cert:<CN>`). Each identity has one role; roles are ordered, each allowing
+what the ones below it allow:
 
     reader    reads of the ledger and of the mappings
     operator  changes data (unlink, imports, sync to Stripe, portal links, settings) and reads
@@ -21,7 +23,8 @@ The tokens file, one entry a line (`#` starts a comment):
     <token or sha256:<hex of the token's SHA-256>>   <identity>   <role>
     cert:<certificate common name>                   <identity>   <role>
 
-It is re-read when it changes, so a token is added, rotated or revoked without a restart.
+It is re-read when it changes, so a token is added, rotated or revoked without a restart; so
+is the JWKS file, so signing keys rotate the same way.
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ import enum
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
 
 from services.common.errors import AuthenticationError, PermissionDeniedError, SettingsError
+from services.common.jwt_auth import JwtSettings, JwtVerifier
 from services.common.settings import Settings
+from services.common.watched_file import WatchedFile
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +64,17 @@ Policy = Mapping[str, Role]
 @dataclasses.dataclass(frozen=True)
 class Identity:
     name: str
-    role: Role
-    #: How the caller proved it: "token" or "certificate".
+    #: None: a proven identity with no role here (a JWT without one): refused everything.
+    role: Role | None
+    #: How the caller proved it: "token", "jwt" or "certificate".
     via: str
+
+
+def highest_role(names: Iterable[str]) -> Role | None:
+    """The highest of the mesh's roles among `names` (case ignored); names it does not know
+    (another application's roles in the same claim) are not an error, and count for nothing."""
+    known = [Role[name.upper()] for name in names if name.upper() in Role.__members__]
+    return max(known, default=None)
 
 
 _CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("syncmesh_grpc_caller", default=None)
@@ -121,31 +133,8 @@ def parse_tokens(text: str, *, source: str) -> _Table:
     return _Table(tokens, certificates)
 
 
-class _TokensFile:
-    """The tokens file, re-read when its modification time or size changes."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
-        self._table = _Table({}, {})
-        self.current()  # a missing or malformed file stops start-up, not the first call
-
-    def current(self) -> _Table:
-        try:
-            stat = os.stat(self.path)
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp != self._stamp:
-                self._table = parse_tokens(self.path.read_text(encoding="utf-8"), source=str(self.path))
-                self._stamp = stamp
-        except OSError as exc:
-            if self._stamp is None:
-                raise SettingsError(f"SYNCMESH_GRPC_TOKENS_FILE={self.path} cannot be read: {exc.strerror}") from exc
-            log.warning("tokens file %s cannot be read (%s): keeping the entries read before", self.path, exc)
-        except SettingsError:
-            if self._stamp is None:
-                raise
-            log.exception("tokens file %s changed but is malformed: keeping the entries read before", self.path)
-        return self._table
+def _tokens_file(path: str) -> WatchedFile[_Table]:
+    return WatchedFile(path, lambda text: parse_tokens(text, source=path), variable="SYNCMESH_GRPC_TOKENS_FILE")
 
 
 def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -167,8 +156,11 @@ def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:
 class Authenticator:
     """The runtime's guard (services.common.grpc_server.Guard) for one service's policy."""
 
-    def __init__(self, tokens_file: str | None, policy: Policy, *, service: str) -> None:
-        self.tokens = _TokensFile(tokens_file) if tokens_file else None
+    def __init__(
+        self, tokens_file: str | None, policy: Policy, *, service: str, jwt: JwtVerifier | None = None
+    ) -> None:
+        self.tokens = _tokens_file(tokens_file) if tokens_file else None
+        self.jwt = jwt
         self.policy = dict(policy)
         self.service = service
 
@@ -180,6 +172,9 @@ class Authenticator:
             for known_hash, identity in table.by_token_hash.items():
                 if hmac.compare_digest(known_hash, digest):
                     return identity
+            if self.jwt is not None and token.count(".") == 2:
+                verified = self.jwt.verify(token)
+                return Identity(verified.subject, highest_role(verified.roles), "jwt")
             raise AuthenticationError("the bearer token is not known (revoked or mistyped?)")
         common_name = _certificate_name(context)
         if common_name is not None:
@@ -200,9 +195,14 @@ class Authenticator:
         needed = self._needed(method)
         if needed is None:
             raise PermissionDeniedError(f"{name} has no access policy in {self.service}: refused to everyone")
+        if identity.role is None:
+            raise PermissionDeniedError(
+                f"{identity.name[:64]} has no reader, operator or admin role here: it needs {needed.name.lower()}"
+            )
         if identity.role < needed:
             raise PermissionDeniedError(
-                f"{identity.name} ({identity.role.name.lower()}) may not call {name}: it needs {needed.name.lower()}"
+                f"{identity.name[:64]} ({identity.role.name.lower()}) may not call {name}: "
+                f"it needs {needed.name.lower()}"
             )
 
     def audited(self, method: str) -> bool:
@@ -210,22 +210,41 @@ class Authenticator:
         needed = self._needed(method)
         return needed is None or needed > Role.READER
 
-    def who(self) -> str:
-        return caller_name(default="unauthenticated")
+
+def jwt_verifier_for(settings: Settings) -> JwtVerifier | None:
+    """The JWT check `SYNCMESH_GRPC_JWKS_FILE` asks for (None without it); issuer and audience
+    settings without a key set would silently do nothing, so they are refused."""
+    if not settings.grpc_jwks_file:
+        if settings.grpc_jwt_issuer or settings.grpc_jwt_audience or settings.grpc_jwt_role_claim:
+            raise SettingsError(
+                "SYNCMESH_GRPC_JWT_ISSUER, _AUDIENCE and _ROLE_CLAIM need SYNCMESH_GRPC_JWKS_FILE (the signing keys)"
+            )
+        return None
+    return JwtVerifier(
+        JwtSettings(
+            jwks_file=settings.grpc_jwks_file,
+            issuer=settings.grpc_jwt_issuer or "",
+            audience=settings.grpc_jwt_audience or "",
+            role_claim=settings.grpc_jwt_role_claim,
+            leeway_seconds=settings.grpc_jwt_leeway_seconds,
+        )
+    )
 
 
 def authenticator_for(settings: Settings, policy: Policy, *, service: str) -> Authenticator | None:
-    """The guard for `service`, or None when `SYNCMESH_GRPC_TOKENS_FILE` is not set: then
-    authentication is off (only a client CA, if set, stands between callers and every method, as
-    before), which is said loudly at start; `syncmesh up` always sets one."""
-    if not settings.grpc_tokens_file:
+    """The guard for `service`, or None when neither `SYNCMESH_GRPC_TOKENS_FILE` nor
+    `SYNCMESH_GRPC_JWKS_FILE` is set: then authentication is off (only a client CA, if set, stands
+    between callers and every method, as before), which is said loudly at start; `syncmesh up`
+    always sets a tokens file."""
+    verifier = jwt_verifier_for(settings)
+    if not settings.grpc_tokens_file and verifier is None:
         log.warning(
-            "gRPC authentication is OFF for %s: set SYNCMESH_GRPC_TOKENS_FILE so that only known "
-            "callers may read or change data (SECURITY.md)",
+            "gRPC authentication is OFF for %s: set SYNCMESH_GRPC_TOKENS_FILE or SYNCMESH_GRPC_JWKS_FILE so "
+            "that only known callers may read or change data (SECURITY.md)",
             service,
         )
         return None
-    return Authenticator(settings.grpc_tokens_file, policy, service=service)
+    return Authenticator(settings.grpc_tokens_file, policy, service=service, jwt=verifier)
 
 
 def local_tokens(data_dir: Path) -> tuple[Path, str]:

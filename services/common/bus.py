@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
+import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import nats.errors
@@ -26,7 +29,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
-from services.common.errors import PublishError
+from services.common.errors import PublishError, SettingsError
+from services.common.logs import redact
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,72 @@ def stream_specs(settings: Settings) -> list[StreamSpec]:
     ]
 
 
+def inbox_prefix(user: str | None) -> str:
+    """Where replies to `user` arrive: `_INBOX_<user>`, a prefix no other identity may subscribe
+    to. Pull consumers receive their messages and publishers their acks as replies, so on the
+    shared `_INBOX.>` any identity could read another's deliveries (SECURITY.md). Anonymous and
+    URL-credential connections keep NATS's default `_INBOX`."""
+    return f"_INBOX_{user}" if user else "_INBOX"
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """The identity and TLS arguments of `nats.connect` for these settings.
+
+    Raises SettingsError for what no retry can fix (a TLS file that does not load, an NKEY seed
+    without the `nkeys` package), never echoing a password."""
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(settings.nats_user)}
+    if settings.nats_user and settings.nats_password:
+        options |= {"user": settings.nats_user, "password": settings.nats_password}
+    if settings.nats_nkey_seed_file:
+        if importlib.util.find_spec("nkeys") is None:
+            raise SettingsError(
+                "SYNCMESH_NATS_NKEY_SEED_FILE needs the nkeys package (pip install nkeys): "
+                "or use SYNCMESH_NATS_USER with SYNCMESH_NATS_PASSWORD_FILE"
+            )
+        options["nkeys_seed"] = settings.nats_nkey_seed_file
+    tls_url = any(u.strip().startswith("tls://") for u in (settings.nats_url or "").split(","))
+    if settings.nats_tls_ca_file or settings.nats_tls_cert_file or tls_url:
+        try:
+            context = ssl.create_default_context(cafile=settings.nats_tls_ca_file)
+            if settings.nats_tls_cert_file and settings.nats_tls_key_file:
+                context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"the NATS TLS files do not load: {exc}") from None
+        options["tls"] = context
+    return options
+
+
+def _same_stream(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether a stream already has what the mesh asks of it. Only a change is sent as an
+    update: the services' identities may create a missing stream but not change one
+    (SECURITY.md), so an unchanged stream must cost them no update."""
+    return (
+        sorted(current.subjects or []) == sorted(wanted.subjects or [])
+        and current.storage == wanted.storage
+        and current.num_replicas == wanted.num_replicas
+        and current.description == wanted.description
+        and round(current.max_age or 0) == round(wanted.max_age or 0)
+        and round(current.duplicate_window or 0) == round(wanted.duplicate_window or 0)
+    )
+
+
+async def _cancel(task: asyncio.Task[None], *, within: float = 5.0) -> None:
+    """Cancel `task` and wait for it to end.
+
+    nats-py swallows a cancellation that lands while it flushes, and a connect that NATS keeps
+    refusing (a wrong password) retries inside nats-py, flushing each time: one cancel may be
+    lost (seen as a close that hung), so it is repeated until it takes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.done():
+        log.warning("the NATS connect task did not stop within %.0fs", within)
+    elif not task.cancelled():
+        task.exception()  # retrieved, so an error in it is not reported again at exit
+
+
 class Bus:
     """A NATS connection that keeps trying, plus the JetStream operations the mesh needs."""
 
@@ -69,6 +139,9 @@ class Bus:
         self._closing = False
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._options = connect_options(settings)
+        self._refused = False
+        self._connecting: NATS | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -87,26 +160,33 @@ class Bus:
         assert self.settings.nats_url
         while self._nc is None:
             try:
-                nc = await nats.connect(
-                    servers=self.settings.nats_url.split(","),
-                    name=self.name,
-                    connect_timeout=self.settings.nats_connect_timeout_seconds,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=self.settings.nats_reconnect_wait_seconds,
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
+                nc = self._connecting = NATS()
+                options: dict[str, Any] = {
+                    "servers": self.settings.nats_url.split(","),
+                    "name": self.name,
+                    "connect_timeout": self.settings.nats_connect_timeout_seconds,
+                    "allow_reconnect": True,
+                    "max_reconnect_attempts": -1,
+                    "reconnect_time_wait": self.settings.nats_reconnect_wait_seconds,
+                    "ping_interval": 5,
+                    "max_outstanding_pings": 2,
+                    "error_cb": self._on_error,
+                    "disconnected_cb": self._on_disconnected,
+                    "reconnected_cb": self._on_reconnected,
+                }
+                await nc.connect(**options, **self._options)
             except (OSError, nats.errors.Error, TimeoutError) as exc:
+                # nats-py leaves the socket of a refused attempt (a bad identity) open: close it,
+                # or a retry loop that runs for hours leaks one descriptor per attempt.
+                with contextlib.suppress(Exception):
+                    await nc.close()
                 log.warning("NATS connect failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self._nc = nc
             self._js = nc.jetstream(timeout=self.settings.publish_timeout_seconds)
+            self._refused = False
             self._connected.set()
             log.info("connected to NATS")
         # A cluster that has just started answers no JetStream request until it has elected its
@@ -123,7 +203,21 @@ class Bus:
                 await asyncio.sleep(0.25)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS error: %s", exc)
+        """A refused identity or a permission violation is an operator's to fix: said once, as a
+        warning naming the user (never the password); other errors stay at debug."""
+        text = redact(str(exc))
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            if not self._refused:
+                self._refused = True
+                who = f"user {self.settings.nats_user!r}" if self.settings.nats_user else "no credentials"
+                log.warning(
+                    "NATS refused this identity (%s): check SYNCMESH_NATS_USER and SYNCMESH_NATS_PASSWORD_FILE", who
+                )
+            return
+        if "permissions violation" in text.lower():
+            log.warning("NATS refused an operation to %s: %s", self.settings.nats_user or "this identity", text)
+            return
+        log.debug("NATS error: %s", text)
 
     async def _on_disconnected(self) -> None:
         if self._closing:  # our own drain/close: a deliberate stop, not an outage
@@ -155,6 +249,11 @@ class Bus:
             raise PublishError("not connected to NATS")
         return self._js
 
+    @property
+    def identity_refused(self) -> bool:
+        """NATS turned this identity away (no, or wrong, credentials) since the last connection."""
+        return self._refused
+
     def is_connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
@@ -164,10 +263,11 @@ class Bus:
     async def close(self) -> None:
         """Drain (finish in-flight work, flush publishes) and close."""
         self._closing = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is not None:
+            await _cancel(self._task)
+        if self._connecting is not None and self._connecting is not self._nc:
+            with contextlib.suppress(Exception):  # a connect still being refused: its socket too
+                await self._connecting.close()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), 2)
@@ -189,7 +289,9 @@ class Bus:
                 duplicate_window=float(self.settings.stream_duplicate_window_seconds),
             )
             try:
-                await self.js.stream_info(spec.name)
+                info = await self.js.stream_info(spec.name)
+                if _same_stream(info.config, config):
+                    continue
             except nats.js.errors.NotFoundError:
                 try:
                     await self.js.add_stream(config)

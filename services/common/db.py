@@ -7,15 +7,25 @@ applied file is recorded with a checksum; editing a file after it shipped is ref
 start-up, because replicas would otherwise disagree about what the schema is.
 
 The runtime's own tables (idempotency record, outbox) are migration source `runtime`, applied
-before the service's files, so every service has them without copying them.
+before the service's files, so every service has them without copying them: they live in each
+service's schema, so each service's role reaches its own copy and no other.
+
+Database identities (SECURITY.md): the schemas and everything in them belong to the migration
+role (`MIGRATION_ROLE`), the only one that changes their shape; each service runs as its own
+login role (`runtime_role(schema)`, e.g. `syncmesh_billing`) with USAGE on its schema and
+SELECT/INSERT/UPDATE/DELETE on its tables, nothing else. `provision_roles` sets that up from
+the schema's name; `grant_runtime` (run again after every migration) keeps it true for new tables.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +43,7 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 #: The runtime's own tables in every service's schema (its migrations above): not the service's
 #: records, so tools that compare a service's records (replay) leave them out.
-RUNTIME_TABLES = ("processed_events", "outbox", "delivery_failures", "schema_migrations")
+RUNTIME_TABLES = ("processed_events", "outbox", "delivery_failures", "schema_migrations", "audit_log")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -89,9 +99,14 @@ async def create_pool(
         raise ValueError(f"bad schema name {schema!r}")
     conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     try:
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        # Checked first: a service's own role may not create schemas, and needs not when its
+        # schema is there (made by the migration role).
+        if not await _schema_exists(conn, schema):
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     except asyncpg.UniqueViolationError:
         pass  # a concurrent replica created it between the check and the create
+    except asyncpg.InsufficientPrivilegeError:
+        pass  # a service's own role: `pending_migrations` says to run migrate
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(
@@ -110,7 +125,7 @@ async def create_pool(
 
 async def migrate(pool: asyncpg.Pool, schema: str, sources: Iterable[tuple[str, Path]]) -> list[Migration]:
     """Apply every migration not yet recorded, in order; return those applied now."""
-    wanted: list[Migration] = [m for source, folder in sources for m in load_migrations(source, folder)]
+    wanted = _wanted(sources)
     applied_now: list[Migration] = []
     async with pool.acquire() as conn, conn.transaction():
         # Held until commit: replicas starting together apply the migrations exactly once.
@@ -159,6 +174,203 @@ async def migrate(pool: asyncpg.Pool, schema: str, sources: Iterable[tuple[str, 
             applied_now.append(migration)
             log.info("applied migration %s/%04d_%s", migration.source, migration.version, migration.name)
     return applied_now
+
+
+def _wanted(sources: Iterable[tuple[str, Path]]) -> list[Migration]:
+    return [m for source, folder in sources for m in load_migrations(source, folder)]
+
+
+def migration_file(migration: Migration) -> str:
+    """How a migration is named to people: `billing/0003_credit_note_voided_at.sql`."""
+    return f"{migration.source}/{migration.version:04d}_{migration.name}.sql"
+
+
+async def _schema_exists(conn: Conn, schema: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema))
+
+
+async def pending_migrations(pool: asyncpg.Pool, schema: str, sources: Iterable[tuple[str, Path]]) -> list[Migration]:
+    """The migrations this build has that `schema` lacks, read-only (a service's own role may
+    run it); SettingsError when an applied one was edited since."""
+    wanted = _wanted(sources)
+    async with pool.acquire() as conn:
+        # A schema this role may not even look into (its grants not made yet) is as good as missing.
+        usable = await conn.fetchval(
+            """
+            SELECT CASE WHEN n.oid IS NULL THEN false ELSE has_schema_privilege(n.oid, 'USAGE') END
+            FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = $1
+            """,
+            schema,
+        )
+        table = await conn.fetchval("SELECT to_regclass($1)::text", f"{schema}.schema_migrations") if usable else None
+        if table is None:
+            return wanted
+        rows = await conn.fetch(f"SELECT source, version, checksum FROM {schema}.schema_migrations")
+    done = {(r["source"], r["version"]): r["checksum"] for r in rows}
+    for migration in wanted:
+        checksum = done.get((migration.source, migration.version))
+        if checksum is not None and checksum != migration.checksum:
+            raise SettingsError(
+                f"migration {migration_file(migration)} was changed after it was applied: "
+                "add a new migration instead of editing this one"
+            )
+    return [m for m in wanted if (m.source, m.version) not in done]
+
+
+async def may_migrate(pool: asyncpg.Pool, schema: str) -> bool:
+    """Whether this connection's role may change `schema`'s shape: it owns the schema (or is a
+    member of its owner, a superuser included), or the schema is missing and it may create it.
+    True is the single-role set-up of before (and of tests); False is a service's own role."""
+    async with pool.acquire() as conn:
+        return bool(
+            await conn.fetchval(
+                """
+                SELECT CASE WHEN n.oid IS NULL
+                            THEN has_database_privilege(current_database(), 'CREATE')
+                            ELSE pg_has_role(current_user, n.nspowner, 'USAGE') END
+                FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = $1
+                """,
+                schema,
+            )
+        )
+
+
+async def migrate_as(
+    dsn: str, schema: str, sources: Iterable[tuple[str, Path]], *, connect_timeout: float = 5.0
+) -> list[Migration]:
+    """The migration step, under the migration role's URL: create the schema if it is missing,
+    apply what is pending, and grant the service's own role (when it exists) what it may do on
+    the tables as they now are. Returns the migrations applied now."""
+    pool = await create_pool(dsn, schema, min_size=1, max_size=1, connect_timeout=connect_timeout)
+    try:
+        applied = await migrate(pool, schema, sources)
+        async with pool.acquire() as conn:
+            await grant_runtime(conn, schema)
+        return applied
+    finally:
+        await pool.close()
+
+
+#: The role that owns every service's schema and runs the migrations.
+MIGRATION_ROLE = "syncmesh_migrator"
+
+
+def runtime_role(schema: str) -> str:
+    """The login role a service runs as: `billing` -> `syncmesh_billing`."""
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"bad schema name {schema!r}")
+    return f"syncmesh_{schema}"
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (as psql's \\password sends
+    it): the password itself never crosses the wire nor lands in a server log."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+async def _login_role(conn: Conn, role: str, password: str) -> None:
+    """Create `role` (a login with no other attribute) or set its password."""
+    verifier = scram_verifier(password).replace("'", "''")
+    exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role)
+    verb = "ALTER" if exists else "CREATE"
+    await conn.execute(
+        f"{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{verifier}'"
+    )
+
+
+async def provision_roles(
+    conn: Conn,
+    schema: str,
+    *,
+    runtime_password: str | None,
+    migration_password: str | None = None,
+    migration_role: str = MIGRATION_ROLE,
+) -> str:
+    """Set up the database identities for one service's schema, as a superuser (or a role with
+    CREATEROLE that owns the database); safe to run again. Returns the service's role.
+
+    - the migration role (password set when given) may create schemas in this database and owns
+      `schema` and everything in it (objects another role made are handed over);
+    - the service's role (`runtime_role`, password set when given) gets what `grant_runtime` grants;
+    - PUBLIC loses every right on `schema` and CREATE on `public`.
+    A role whose password is None must exist already (Kubernetes: CloudNativePG's `managed.roles`).
+    """
+    role = runtime_role(schema)
+    if migration_password is not None:
+        await _login_role(conn, migration_role, migration_password)
+    if runtime_password is not None:
+        await _login_role(conn, role, runtime_password)
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'GRANT CONNECT, CREATE ON DATABASE "{database}" TO {migration_role}')
+    await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {role}')
+    await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    if await _schema_exists(conn, schema):
+        await conn.execute(f"ALTER SCHEMA {schema} OWNER TO {migration_role}")
+    else:
+        await conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {migration_role}")
+    # Tables, views and sequences a former single role made: the migration role must own them to
+    # change them later. Sequences a column owns follow their table.
+    others = await conn.fetch(
+        """
+        SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+          AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $2)
+          AND NOT (c.relkind = 'S' AND EXISTS (
+              SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+        """,
+        schema,
+        migration_role,
+    )
+    for row in others:
+        kind = {"v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}.get(row["relkind"], "TABLE")
+        await conn.execute(f'ALTER {kind} {schema}."{row["relname"]}" OWNER TO {migration_role}')
+    functions = await conn.fetch(
+        """
+        SELECT p.oid::regprocedure::text AS signature FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1 AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = $2)
+        """,
+        schema,
+        migration_role,
+    )
+    for row in functions:
+        await conn.execute(f"ALTER FUNCTION {row['signature']} OWNER TO {migration_role}")
+    await conn.execute(f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")
+    await grant_runtime(conn, schema, owner=migration_role)
+    return role
+
+
+async def grant_runtime(conn: Conn, schema: str, *, owner: str | None = None) -> bool:
+    """Grant the service's role (when it exists) USAGE on `schema` and SELECT, INSERT, UPDATE,
+    DELETE on its tables (its sequences too), now and for tables `owner` (default: this
+    connection's role) creates later; `schema_migrations` is read-only to it. No CREATE, no
+    TRUNCATE, no REFERENCES or TRIGGER: the shape of the schema is the migration role's.
+    Returns whether the role exists."""
+    role = runtime_role(schema)
+    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role):
+        return False
+    owner = owner or str(await conn.fetchval("SELECT current_user"))
+    dml = "SELECT, INSERT, UPDATE, DELETE"
+    later = f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema}"
+    for statement in (
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"GRANT {dml} ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+        f"{later} GRANT {dml} ON TABLES TO {role}",
+        f"{later} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {role}",
+    ):
+        await conn.execute(statement)
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.schema_migrations"):
+        await conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON {schema}.schema_migrations FROM {role}")
+    return True
 
 
 #: What PostgreSQL being unreachable looks like to a client: no connection, a connection lost,

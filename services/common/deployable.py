@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from services.common.settings import Settings
 
+#: The metrics port of whichever deployable a process runs (a container runs one): the setting
+#: the Kubernetes manifests give every pod, so one ConfigMap value serves the gateway and every
+#: service. `SYNCMESH_<NAME>_METRICS_PORT` wins over it (`syncmesh up` runs all in one process,
+#: each on a port of its own).
+METRICS_PORT_VARIABLE = "SYNCMESH_METRICS_PORT"
+
 #: What a service needs by default: its stream, its database, and to know test from live.
 SERVICE_SETTINGS = ("SYNCMESH_NATS_URL", "SYNCMESH_DATABASE_URL", "SYNCMESH_MODE")
 
@@ -47,10 +53,21 @@ class Deployable:
         return metrics_port_variable(self.name)
 
     def metrics_port(self, settings: Settings) -> int | None:
-        """The metrics port from `SYNCMESH_<NAME>_METRICS_PORT` (0: the OS picks); None when it
-        is unset: no metrics server (tests run many services in one process)."""
+        """The metrics port from `SYNCMESH_<NAME>_METRICS_PORT`, else `SYNCMESH_METRICS_PORT`
+        (0: the OS picks); None when both are unset: no metrics server (tests run many services
+        in one process)."""
         port = settings.port_overrides.get(self.metrics_port_variable)
+        if port is None:
+            port = settings.port_overrides.get(METRICS_PORT_VARIABLE)
         return None if port is None else int(port)
+
+    def metrics_port_setting(self, settings: Settings) -> str:
+        """The variable the metrics port came from (what an error about it must name)."""
+        if self.metrics_port_variable in settings.port_overrides:
+            return self.metrics_port_variable
+        if METRICS_PORT_VARIABLE in settings.port_overrides:
+            return METRICS_PORT_VARIABLE
+        return self.metrics_port_variable
 
     def require(self, settings: Settings) -> Settings:
         """Fail start-up naming every variable this deployable needs and lacks."""

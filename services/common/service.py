@@ -7,7 +7,9 @@ services is `services/registry.py`). `ServiceRuntime` turns that into a process:
 
     start:  gRPC server up at once (health NOT_SERVING), so probes get an answer
             -> NATS connection and streams (retried in the background)
-            -> Postgres pool and migrations (retried until the database answers)
+            -> Postgres pool under the service's own role, its schema at the latest migration
+               (migrated under the migration role when given, else checked; retried until the
+               database answers)
             -> consumer loop + outbox relay + health watcher -> SERVING
     stop:   health NOT_SERVING -> stop fetching, finish the batch in flight -> flush the
             outbox -> drain NATS -> stop gRPC with a grace period -> close the pool
@@ -35,6 +37,7 @@ import grpc
 import stripe
 
 from services.common import db
+from services.common.audit import AuditTrail
 from services.common.auth import Policy, authenticator_for
 from services.common.bus import Bus
 from services.common.consumer import BatchApplier, Consumer
@@ -104,6 +107,11 @@ class ServiceDefinition:
         return Deployable(self.name, self.default_port, self.required_settings)
 
     @property
+    def migration_sources(self) -> list[tuple[str, Path]]:
+        """The runtime's migrations, then the service's own: what its schema is made of."""
+        return [("runtime", db.RUNTIME_MIGRATIONS), (self.name, self.migrations)]
+
+    @property
     def port_variable(self) -> str:
         return self.deployable.port_variable
 
@@ -168,6 +176,8 @@ class ServiceRuntime:
             guard=authenticator_for(
                 self.settings, self.definition.grpc_policy, service=self.definition.grpc_service_name
             ),
+            # Audited calls are stored in this service's schema and announced through its outbox.
+            audit=AuditTrail(self.definition.name, lambda: self.pool, self._wake_relay),
         )
         self.port = self.grpc.port
         metrics_port = self.definition.deployable.metrics_port(self.settings)
@@ -178,10 +188,15 @@ class ServiceRuntime:
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
-                    f"({self.definition.deployable.metrics_port_variable}): {exc.strerror}"
+                    f"({self.definition.deployable.metrics_port_setting(self.settings)}): {exc.strerror}"
                 ) from None
+            log.info("%s metrics on %s:%d/metrics", self.definition.name, metrics_host, self.metrics_server.port)
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    def _wake_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.wake()
 
     @property
     def ready(self) -> bool:
@@ -216,15 +231,12 @@ class ServiceRuntime:
                     self.definition.schema,
                     connect_timeout=self.settings.database_connect_timeout_seconds,
                 )
-                await db.migrate(
-                    pool,
-                    self.definition.schema,
-                    [("runtime", db.RUNTIME_MIGRATIONS), (self.definition.name, self.definition.migrations)],
-                )
+                await self._ensure_migrated(pool)
                 self._pool = pool
             except SettingsError as exc:
-                # A migration the database refuses, or one edited after it shipped: retrying would
-                # say "database not ready" forever while nothing is wrong with the database.
+                # A migration the database refuses, one edited after it shipped, or a schema behind
+                # this build: retrying would say "database not ready" forever while nothing is wrong
+                # with the database.
                 await _close_quietly(pool)
                 self._fail(str(exc))
                 return
@@ -263,6 +275,35 @@ class ServiceRuntime:
             *((f"background-{i}", c) for i, c in enumerate(self.definition.background(self))),
         ]:
             self._tasks.append(asyncio.create_task(coro, name=f"{self.definition.name}-{name}"))
+
+    async def _ensure_migrated(self, pool: asyncpg.Pool) -> None:
+        """The schema at this build's latest migration before anything is consumed.
+
+        With the migration role's URL (`SYNCMESH_MIGRATION_DATABASE_URL`) the service migrates its
+        schema itself, as `migrate` would (the local default). Without it, a role that may change
+        the schema's shape (the one-role set-up of before, tests) migrates it as it always did; the
+        service's own least-privilege role only checks, and a schema behind this build stops the
+        service with one line saying to run `migrate` (SECURITY.md)."""
+        schema, sources = self.definition.schema, self.definition.migration_sources
+        if self.settings.migration_database_url:
+            await db.migrate_as(
+                self.settings.migration_database_url,
+                schema,
+                sources,
+                connect_timeout=self.settings.database_connect_timeout_seconds,
+            )
+            return
+        pending = await db.pending_migrations(pool, schema, sources)
+        if not pending:
+            return
+        if await db.may_migrate(pool, schema):
+            await db.migrate(pool, schema, sources)
+            return
+        raise SettingsError(
+            f"schema {schema} is not at this build's latest migration ({len(pending)} pending, first "
+            f"{db.migration_file(pending[0])}): run `{migrate_command(self.definition)}` under the migration role "
+            "(SYNCMESH_MIGRATION_DATABASE_URL) first"
+        )
 
     async def _watch_health(self) -> None:
         assert self.grpc is not None and self._pool is not None
@@ -359,6 +400,75 @@ def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None
     if runtime.failure is not None:
         print(f"{definition.name}: cannot start: {runtime.failure}", file=sys.stderr)
     return code
+
+
+def migrate_command(definition: ServiceDefinition) -> str:
+    """How an operator runs a service's migrations."""
+    return f"python -m services.{definition.name.replace('-', '_')} migrate"
+
+
+def migrate(definition: ServiceDefinition, settings: Settings) -> int:
+    """`python -m services.<svc> migrate` / `syncmesh migrate <svc>`: bring the service's schema to
+    this build's latest migration under the migration role, and grant the service's own role its
+    rights on the tables as they now are; what a Kubernetes init container runs before the service.
+
+    Exit 0 with one line per applied file (or one saying nothing was pending); on failure exit 1
+    with one line on stderr naming the file or the reason, never a traceback nor a password."""
+    url = settings.migration_database_url or settings.database_url
+    if not url:
+        print(
+            f"{definition.name}: migrate failed: set SYNCMESH_MIGRATION_DATABASE_URL "
+            "(and SYNCMESH_MIGRATION_DATABASE_PASSWORD_FILE) to the migration role",
+            file=sys.stderr,
+        )
+        return 2
+    setup_logging(settings.log_level, service=definition.name)
+    try:
+        applied = asyncio.run(
+            db.migrate_as(
+                url,
+                definition.schema,
+                definition.migration_sources,
+                connect_timeout=settings.database_connect_timeout_seconds,
+            )
+        )
+    except SettingsError as exc:
+        print(f"{definition.name}: migrate failed: {exc}", file=sys.stderr)
+        return 1
+    except db.UNAVAILABLE as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"{definition.name}: migrate failed: {type(exc).__name__}: {reason}".rstrip(": "), file=sys.stderr)
+        return 1
+    for migration in applied:
+        print(f"{definition.name}: applied {db.migration_file(migration)}")
+    if not applied:
+        print(f"{definition.name}: schema {definition.schema} is at the latest migration; nothing to apply")
+    return 0
+
+
+def main_for_service(
+    definition: Callable[[], ServiceDefinition], argv: Sequence[str] | None = None, *, prog: str | None = None
+) -> int:
+    """A service's own `__main__`: `serve` (the default) or `migrate`; `definition` is called
+    only once the arguments parsed, so `--help` stays fast."""
+    parser = argparse.ArgumentParser(prog=prog, description="run one service, or migrate its schema")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "migrate"),
+        default="serve",
+        help="serve (default) or migrate: bring its schema to the latest migration and exit",
+    )
+    parser.add_argument("--port", type=int, default=None, help="listening port (default from the settings)")
+    args = parser.parse_args(argv)
+    service = definition()
+    if args.command == "migrate":
+        return main_for(service.name, lambda settings, _port: migrate(service, settings), [])
+    return main_for(service.name, lambda settings, port: serve(service, settings, port=port), _port_argv(args.port))
+
+
+def _port_argv(port: int | None) -> list[str]:
+    return [] if port is None else ["--port", str(port)]
 
 
 def main_for(

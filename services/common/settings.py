@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from services.common.errors import SettingsError
 
@@ -43,6 +44,10 @@ SECRET_VARIABLES = (
     "SYNCMESH_STRIPE_API_KEY",
     "SYNCMESH_DATABASE_URL",
     "SYNCMESH_GRPC_TOKEN",
+    "SYNCMESH_DATABASE_PASSWORD",
+    "SYNCMESH_MIGRATION_DATABASE_URL",
+    "SYNCMESH_MIGRATION_DATABASE_PASSWORD",
+    "SYNCMESH_NATS_PASSWORD",
 )
 
 
@@ -51,7 +56,13 @@ class Settings:
     """Validated configuration. Construct with `load_settings`; tests use `dataclasses.replace`."""
 
     nats_url: str | None = None
+    #: The service's own database role (SECURITY.md): `SYNCMESH_DATABASE_URL`, with
+    #: `SYNCMESH_DATABASE_PASSWORD(_FILE)` put into it when the URL names none.
     database_url: str | None = None
+    #: The migration role, which owns the schemas (`SYNCMESH_MIGRATION_DATABASE_URL` plus
+    #: `SYNCMESH_MIGRATION_DATABASE_PASSWORD(_FILE)`): set for `migrate`, or for a service that
+    #: migrates its own schema at start (`services.common.service`).
+    migration_database_url: str | None = None
     webhook_secrets: tuple[str, ...] = ()
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
@@ -128,8 +139,28 @@ class Settings:
     grpc_tokens_file: str | None = None
     #: The bearer token the mesh's own gRPC clients present (`syncmesh up` writes a local one).
     grpc_token: str | None = None
+    #: JWT bearer tokens (services.common.jwt_auth): the identity provider's public keys (a JWKS
+    #: file, re-read when it changes), the `iss` and `aud` a token must carry (both required with
+    #: the keys), the claim naming the role (None: `role`, else `roles`), and the clock skew
+    #: allowed on `exp`/`nbf`/`iat`.
+    grpc_jwks_file: str | None = None
+    grpc_jwt_issuer: str | None = None
+    grpc_jwt_audience: str | None = None
+    grpc_jwt_role_claim: str | None = None
+    grpc_jwt_leeway_seconds: int = 30
     #: Hosts a billing-portal return URL may point at (empty: any https host).
     portal_return_hosts: tuple[str, ...] = ()
+    #: This process's NATS identity (SECURITY.md): a user and its password (best from a file,
+    #: `SYNCMESH_NATS_PASSWORD_FILE`), or an NKEY seed file; unset connects anonymously, which a
+    #: server with authorization refuses. Credentials in the URL (`nats://user:pw@host`) work too.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_nkey_seed_file: str | None = None
+    #: NATS TLS: the server's CA turns TLS on (a `tls://` URL too); a client certificate and key
+    #: on top are presented when the server verifies clients.
+    nats_tls_ca_file: str | None = None
+    nats_tls_cert_file: str | None = None
+    nats_tls_key_file: str | None = None
 
     def port_for(self, variable: str, default: int) -> int:
         """The port `variable` sets, or `default` when the environment leaves it alone."""
@@ -231,6 +262,24 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], *, listed:
     return raw
 
 
+def _database_url(env: Mapping[str, str], name: str, password_name: str) -> str | None:
+    """A PostgreSQL URL with the password from `password_name` (or its `_FILE`) put into it, so
+    the URL itself can live in a ConfigMap and the password in a mounted Secret. Neither value is
+    ever echoed in a refusal."""
+    url = _url(env, name, ("postgres", "postgresql"))
+    password = _read(env, password_name)
+    if url is None or password is None:
+        return url
+    scheme, rest = url.split("://", 1)
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at or not userinfo:
+        raise SettingsError(f"{name} names no user, so {password_name} has nobody to log in as: add user@ to it")
+    if ":" in userinfo:
+        raise SettingsError(f"{name} carries a password and {password_name} is set too: keep one")
+    return f"{scheme}://{userinfo}:{quote(password, safe='')}@{hosts}{slash}{tail}"
+
+
 def _replicas(env: Mapping[str, str]) -> int:
     """1, 3 or 5: JetStream keeps a stream while a majority of its replicas is up, so an even count
     survives no more lost nodes than the odd count below it, and costs a copy more per message."""
@@ -287,13 +336,24 @@ def _process_alive(pid: int) -> bool:
 
 def with_local_mesh(env: Mapping[str, str], folder: Path | None = None) -> dict[str, str]:
     """`env` plus the local mesh's variables for whatever `env` leaves unset; a variable set in
-    `env` directly or through its `_FILE` twin keeps its value."""
+    `env` directly or through its `_FILE` twin keeps its value.
+
+    The local NATS identity (the operator's, `NATS_IDENTITY_VARIABLES`) is taken whole or not
+    at all: an environment naming its own NATS server or identity keeps the local password away
+    from that server, and a user is never paired with another identity's password."""
     merged = dict(env)
+    own_nats = any(n in env for base in ("SYNCMESH_NATS_URL", *NATS_IDENTITY_VARIABLES) for n in (base, f"{base}_FILE"))
     for name, value in local_mesh_variables(folder).items():
         base = name.removesuffix("_FILE")
+        if own_nats and base in NATS_IDENTITY_VARIABLES:
+            continue
         if not any(n in env for n in (base, f"{base}_FILE")):
             merged[name] = value
     return merged
+
+
+#: The variables that together name one NATS identity.
+NATS_IDENTITY_VARIABLES = ("SYNCMESH_NATS_USER", "SYNCMESH_NATS_PASSWORD", "SYNCMESH_NATS_NKEY_SEED_FILE")
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = True) -> Settings:
@@ -336,7 +396,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
 
     return Settings(
         nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls"), listed=True),
-        database_url=_url(env, "SYNCMESH_DATABASE_URL", ("postgres", "postgresql")),
+        database_url=_database_url(env, "SYNCMESH_DATABASE_URL", "SYNCMESH_DATABASE_PASSWORD"),
+        migration_database_url=_database_url(
+            env, "SYNCMESH_MIGRATION_DATABASE_URL", "SYNCMESH_MIGRATION_DATABASE_PASSWORD"
+        ),
         webhook_secrets=secrets,
         stripe_api_key=api_key,
         stripe_api_base=_url(env, "SYNCMESH_STRIPE_API_BASE", ("http", "https")),
@@ -377,10 +440,45 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
         grpc_tls_client_key_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_KEY_FILE"),
         grpc_tokens_file=_read(env, "SYNCMESH_GRPC_TOKENS_FILE"),
         grpc_token=_read(env, "SYNCMESH_GRPC_TOKEN"),
+        grpc_jwks_file=_read(env, "SYNCMESH_GRPC_JWKS_FILE"),
+        grpc_jwt_issuer=_read(env, "SYNCMESH_GRPC_JWT_ISSUER"),
+        grpc_jwt_audience=_read(env, "SYNCMESH_GRPC_JWT_AUDIENCE"),
+        grpc_jwt_role_claim=_read(env, "SYNCMESH_GRPC_JWT_ROLE_CLAIM"),
+        # Small on purpose: every second of leeway is a second an expired token still works.
+        grpc_jwt_leeway_seconds=_int(env, "SYNCMESH_GRPC_JWT_LEEWAY_SECONDS", 30, minimum=0, maximum=300),
         portal_return_hosts=tuple(
             h.strip().lower() for h in (_read(env, "SYNCMESH_PORTAL_RETURN_HOSTS") or "").split(",") if h.strip()
         ),
+        **_nats_identity(env),
     )
+
+
+def _nats_identity(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The NATS identity and TLS files, checked together: a password without its user (or the
+    reverse) and a client key without its certificate are refused before anything connects.
+    Files are only named here; `services.common.bus` reads them, so a rotated file is read again
+    at the next connection."""
+    identity: dict[str, str | None] = {
+        "nats_user": _read(env, "SYNCMESH_NATS_USER"),
+        "nats_password": _read(env, "SYNCMESH_NATS_PASSWORD"),
+        "nats_nkey_seed_file": _read(env, "SYNCMESH_NATS_NKEY_SEED_FILE"),
+        "nats_tls_ca_file": _read(env, "SYNCMESH_NATS_TLS_CA_FILE"),
+        "nats_tls_cert_file": _read(env, "SYNCMESH_NATS_TLS_CERT_FILE"),
+        "nats_tls_key_file": _read(env, "SYNCMESH_NATS_TLS_KEY_FILE"),
+    }
+    if bool(identity["nats_user"]) != bool(identity["nats_password"]):
+        raise SettingsError(
+            "SYNCMESH_NATS_USER and SYNCMESH_NATS_PASSWORD (or SYNCMESH_NATS_PASSWORD_FILE) go together: set both"
+        )
+    if identity["nats_user"] and identity["nats_nkey_seed_file"]:
+        raise SettingsError("SYNCMESH_NATS_USER and SYNCMESH_NATS_NKEY_SEED_FILE are both set: keep one identity")
+    if bool(identity["nats_tls_cert_file"]) != bool(identity["nats_tls_key_file"]):
+        raise SettingsError("SYNCMESH_NATS_TLS_CERT_FILE and SYNCMESH_NATS_TLS_KEY_FILE go together: set both")
+    for name in ("nats_nkey_seed_file", "nats_tls_ca_file", "nats_tls_cert_file", "nats_tls_key_file"):
+        path = identity[name]
+        if path and not Path(path).is_file():
+            raise SettingsError(f"SYNCMESH_{name.upper()}={path} is not a readable file")
+    return identity
 
 
 def check_stripe_api_key(key: str, mode: Mode, *, variable: str) -> None:

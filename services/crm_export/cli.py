@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 from syncmesh.crm_export.v1 import crm_export_service_pb2 as pb
 from syncmesh.crm_export.v1 import crm_export_service_pb2_grpc
-from tqdm import tqdm
 
 from services.common.grpc_client import Listening, default_target
 from services.common.grpc_client import channel as client_channel
+from services.common.progress import progress
 from services.common.settings import load_settings
 
 PHASE_NAMES = {
@@ -55,18 +55,18 @@ def import_crm(args: argparse.Namespace) -> int:
     last: pb.RunImportResponse | None = None
     with (
         client_channel(settings, target) as channel,
-        tqdm(unit=" objects", desc="importing", file=sys.stderr) as bar,
+        progress(total=None, desc="importing", unit="objects") as bar,
     ):
         api = crm_export_service_pb2_grpc.CrmExportServiceStub(channel)  # type: ignore[no-untyped-call]
         call = api.RunImport(pb.RunImportRequest(days_back=args.days_back, restart=args.restart))
         try:
-            for progress in call:
-                if last is None and progress.resumed:
+            for step in call:
+                if last is None and step.resumed:
                     bar.write("resuming the interrupted import from its checkpoint", file=sys.stderr)
-                bar.set_description(f"importing {PHASE_NAMES.get(progress.phase, '?')}")
-                bar.update(progress.total_done - bar.n)
-                bar.set_postfix(requests=progress.requests, rate_limited=progress.rate_limited)
-                last = progress
+                bar.set_description(f"importing {PHASE_NAMES.get(step.phase, '?')}")
+                bar.update(step.total_done - bar.n)
+                bar.set_postfix(requests=step.requests, rate_limited=step.rate_limited)
+                last = step
         except KeyboardInterrupt:
             call.cancel()
             bar.write(

@@ -6,15 +6,18 @@ payloads left out (`fetches_needed`, `unsettled_tie`), then `decide` folds the o
 stored facts in arrival order and returns the rows to write and the records to announce. Every
 rule lives here:
 
-- newest state wins: each row carries a version `(terminal, ts, rank, content_hash)` (see
-  mapping.py) and replaces the stored row only when strictly greater, so any order and any
+- newest state wins: each row carries a version `(terminal, ts, rank, settled, content_hash)`
+  (see mapping.py) and replaces the stored row only when strictly greater, so any order and any
   repetition of events, and any interleaving of import and live events, ends in the same rows
   (the store's upserts repeat the comparison, against a replica that wrote meanwhile);
 - statuses only move forward: a terminal state (deleted customer, cancelled subscription, paid
   invoice) outranks every live one, and payment facts (failed, paid) only ever turn on;
 - ties: two events of one kind in one Stripe second cannot be ordered from their payloads, so
   with a Stripe key the customer is taken as Stripe holds it now (the same whatever the arrival
-  order); without one, and for everything else, the content hash decides;
+  order) and that state is marked settled: it outranks every state of that second an event
+  brought (whatever their content hashes), and a later answer from Stripe replaces an earlier
+  one (`supersedes`); a later second still wins over it. Without a key, and for everything
+  else, the content hash decides;
 - a bare `customer.deleted` ({id, deleted}) keeps what is known of the customer;
 - each changed client, product and contract, and each changed health, is announced once, in
   its newest state, by the event that brought that state (so the domain event continues that
@@ -181,6 +184,7 @@ class StoredVersion:
     ts: int | None
     rank: int | None
     content_hash: str | None
+    settled: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -216,8 +220,11 @@ class Fetched:
 
 
 def is_tie(kept: Version, version: Version) -> bool:
-    """Two states of one customer that cannot be ordered: same second, same kind, neither final."""
-    return kept == version and not version.terminal
+    """Two states of one customer that cannot be ordered: same second, same kind, neither final.
+
+    A kept state Stripe settled still ties with an event of its second: Stripe may have changed
+    the customer again within that second after it answered, so it is asked again."""
+    return (kept.terminal, kept.ts, kept.rank) == (version.terminal, version.ts, version.rank) and not version.terminal
 
 
 def _customer_version(inc: Incoming) -> Version:
@@ -242,15 +249,27 @@ def unsettled_tie(
         if before is not None and is_tie(before, version):
             if index not in current:
                 return index
-            if current[index].get("deleted"):
-                version = replace(version, terminal=True)
+            version = replace(version, terminal=version.terminal or bool(current[index].get("deleted")), settled=True)
         if before is None or _order(version) > _order(before):
             versions[inc.id] = version
     return None
 
 
-def _order(version: Version) -> tuple[bool, int, int]:
-    return (version.terminal, version.ts, version.rank)
+def _order(version: Version) -> tuple[bool, int, int, bool]:
+    return (version.terminal, version.ts, version.rank, version.settled)
+
+
+#: A row's full order: (terminal, ts, rank, settled, content hash).
+Order = tuple[bool, int, int, bool, str]
+
+
+def supersedes(new: Order, old: Order) -> bool:
+    """Whether a row replaces another: strictly newer, or both settled by Stripe for the same
+    version with different content (Stripe's later answer is its more recent state; the store's
+    guard says the same in SQL, see store._GUARD)."""
+    if new[3] and old[3] and new[:4] == old[:4]:
+        return new[4] != old[4]
+    return new > old
 
 
 # ---------------------------------------------------------------- the decision
@@ -272,8 +291,8 @@ class Guarded(Generic[R]):
     raw: Mapping[str, Any] | None = None
 
     @property
-    def order(self) -> tuple[bool, int, int, str]:
-        return (self.version.terminal, self.version.ts, self.version.rank, self.content)
+    def order(self) -> Order:
+        return (self.version.terminal, self.version.ts, self.version.rank, self.version.settled, self.content)
 
 
 @dataclass(frozen=True)
@@ -323,7 +342,7 @@ def decide(incoming: Sequence[Incoming], stored: StoredFacts, fetched: Fetched, 
             current = fetched.current_customers.get(index) if settle_ties else None
             row, client_obj, deleted = _customer(inc, kept.get(inc.id), current, settle_ties)
             k = kept.get(inc.id)
-            if k is None or row.order > (*_order(k.version), k.content_hash):
+            if k is None or supersedes(row.order, (*_order(k.version), k.content_hash)):
                 kept[inc.id] = KeptCustomer(row.record.raw, row.version)
             customers.append(row)
             if settings.pulls_customers:
@@ -392,6 +411,7 @@ def _customer(
             deleted = True
             obj = {**kept.raw, **obj}
             version = mapping.customer_version(obj, inc.ts, deleted=True, event_type=inc.event_type)
+        version = replace(version, settled=True)
     customer = mapping.stripe_customer(obj, deleted=deleted)
     return Guarded(customer.id, version, content_hash(customer.raw), customer, inc.source), obj, deleted
 
@@ -410,12 +430,13 @@ def _row(
 
 
 def newest(rows: Iterable[Guarded[R]]) -> dict[str, Guarded[R]]:
-    """Per key, the row the guard keeps whatever order the rows are written in (the first of
-    equals: later equal rows are not newer)."""
+    """Per key, the row the guard keeps when the rows are written in this order (the first of
+    equals: later equal rows are not newer; of two states Stripe settled for one version, the
+    later answer)."""
     out: dict[str, Guarded[R]] = {}
     for row in rows:
         kept = out.get(row.key)
-        if kept is None or row.order > kept.order:
+        if kept is None or supersedes(row.order, kept.order):
             out[row.key] = row
     return out
 
@@ -423,9 +444,15 @@ def newest(rows: Iterable[Guarded[R]]) -> dict[str, Guarded[R]]:
 def _newer(row: Guarded[Any], stored: StoredVersion | None) -> bool:
     if stored is None:
         return True
-    if stored.terminal is None or stored.ts is None or stored.rank is None or stored.content_hash is None:
+    if (
+        stored.terminal is None
+        or stored.ts is None
+        or stored.rank is None
+        or stored.settled is None
+        or stored.content_hash is None
+    ):
         return False  # SQL compares a NULL version as unknown: the guard never passes
-    return row.order > (stored.terminal, stored.ts, stored.rank, stored.content_hash)
+    return supersedes(row.order, (stored.terminal, stored.ts, stored.rank, stored.settled, stored.content_hash))
 
 
 def _applied(candidates: Iterable[Guarded[R]], stored: Mapping[str, StoredVersion]) -> TableChanges[R]:

@@ -36,7 +36,7 @@ from services.common import outbox
 from services.common.db import Conn
 from services.common.errors import ConflictError, UpstreamError
 from services.common.settings import Mode, check_stripe_api_key
-from services.common.stripe_api import upstream_error
+from services.common.stripe_api import TracedAIOHTTPClient, upstream_error
 from services.crm_export import handlers, mapping, store
 from services.crm_export.crm_settings import CrmSettings
 from services.crm_export.decide import Incoming, Kind
@@ -106,7 +106,7 @@ class RequestStats:
     rate_limited: int = 0
 
 
-class RateLimitedHTTPClient(stripe.AIOHTTPClient):
+class RateLimitedHTTPClient(TracedAIOHTTPClient):
     """The SDK's aiohttp client behind a token bucket, waiting out 429s before the SDK sees them."""
 
     def __init__(self, bucket: TokenBucket, stats: RequestStats, *, max_429_retries: int = 8) -> None:

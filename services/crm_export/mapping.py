@@ -5,12 +5,13 @@ read: the pre-2025-03 ("legacy", and localstripe's 2017-era) shape and the curre
 one, because accounts on old API versions are common and the import, which lists objects with
 the SDK's pinned version, must agree with events shaped by the webhook endpoint's version.
 
-Version keys make the store order-independent: `(terminal, ts, rank, content_hash)` compared
-as a tuple, where `ts` is the event's `created` for live events and the moment the import read
+Version keys make the store order-independent: `(terminal, ts, rank, settled, content_hash)`
+compared as a tuple, where `ts` is the event's `created` for live events and the moment the import read
 the object for imported ones (the object's state is true as of that read), `terminal` marks
 states nothing may leave (deleted customer, cancelled subscription), `rank` orders statuses
-within one second, and the content hash breaks the remaining ties the same way whatever order
-events arrive in.
+within one second, `settled` marks a customer Stripe was asked for to settle a same-second tie
+(set in decide.py, never here), and the content hash breaks the remaining ties the same way
+whatever order events arrive in.
 """
 
 from __future__ import annotations
@@ -259,7 +260,9 @@ def contract_from_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[st
         created=_int(invoice.get("created")),
         canceled_at=None,
         stripe_subscription_id=invoice_subscription_id(invoice),
-        lines=tuple(sorted(mapped, key=lambda line: line.stripe_line_id)),
+        # In the invoice's own order (as Stripe lists it, in events and in the API alike): the
+        # order a customer-success manager reads the invoice in.
+        lines=tuple(mapped),
     )
 
 

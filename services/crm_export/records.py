@@ -1,7 +1,7 @@
 """The records of the customer-success view (clients, products, contracts, and the Stripe facts
 health is computed from) and their version keys: plain frozen values, no I/O.
 
-A version `(terminal, ts, rank)` plus the record's content hash orders the states of one record
+A version `(terminal, ts, rank, settled)` plus the record's content hash orders the states of one record
 (see mapping.py for how each kind gets its version); `content_hash` is what the store compares,
 so it must stay byte-for-byte what `dataclasses.asdict` gave when rows were first written.
 """
@@ -19,6 +19,10 @@ class Version:
     terminal: bool
     ts: int
     rank: int = 0
+    #: The state was fetched from Stripe to settle a same-second tie: it is what Stripe held
+    #: after every event of that second, so it outranks whatever those events carried (their
+    #: content hashes only order them arbitrarily); a later second still outranks it.
+    settled: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 For a batch it reads, in bulk, what the decision needs (`stored_facts`, `health_by_customer`)
 and writes what it decided (`write_changes`). Which rows win is decided in decide.py; every
-upsert of a Stripe-derived row still carries its version `(v_terminal, v_ts, v_rank,
-content_hash)` and replaces the stored row only when the new version is strictly greater, so a
-replica that wrote between the read and the write is never overwritten with older state.
+upsert of a Stripe-derived row still carries its version `(v_terminal, v_ts, v_rank, v_settled,
+content_hash)` and replaces the stored row only when the new version is strictly greater (or,
+for two states Stripe settled for one version, is Stripe's later answer), so a replica that wrote
+between the read and the write is never overwritten with older state.
 """
 
 from __future__ import annotations
@@ -128,35 +129,47 @@ async def stored_facts(conn: Conn, settings: CrmSettings, keys: BatchKeys) -> St
         args.append(sorted(wanted))
         raw = "raw" if table == decide.CUSTOMERS else "NULL::jsonb"
         selects.append(
-            f"SELECT '{table}' AS t, {_KEY_COLUMNS[table]} AS k, v_terminal, v_ts, v_rank, content_hash, {raw} AS raw "
+            f"SELECT '{table}' AS t, {_KEY_COLUMNS[table]} AS k, v_terminal, v_ts, v_rank, v_settled, content_hash, "
+            f"{raw} AS raw "
             f"FROM {table} WHERE {_KEY_COLUMNS[table]} = ANY(${len(args)}::text[])"
         )
     versions: dict[str, dict[str, StoredVersion]] = {table: {} for table in decide.GUARDED_TABLES}
     customers: dict[str, KeptCustomer] = {}
     if selects:
         for r in await conn.fetch(" UNION ALL ".join(selects), *args):
-            versions[r["t"]][r["k"]] = StoredVersion(r["v_terminal"], r["v_ts"], r["v_rank"], r["content_hash"])
+            versions[r["t"]][r["k"]] = StoredVersion(
+                r["v_terminal"], r["v_ts"], r["v_rank"], r["content_hash"], r["v_settled"]
+            )
             if r["t"] == decide.CUSTOMERS:
-                customers[r["k"]] = KeptCustomer(r["raw"], Version(r["v_terminal"], r["v_ts"], r["v_rank"]))
+                version = Version(r["v_terminal"], r["v_ts"], r["v_rank"], r["v_settled"])
+                customers[r["k"]] = KeptCustomer(r["raw"], version)
     return StoredFacts(settings, versions, customers)
 
 
+#: decide.supersedes in SQL: strictly newer, or Stripe's later answer for one settled version.
 _GUARD = (
-    "(EXCLUDED.v_terminal, EXCLUDED.v_ts, EXCLUDED.v_rank, EXCLUDED.content_hash)"
-    " > (t.v_terminal, t.v_ts, t.v_rank, t.content_hash)"
+    "((EXCLUDED.v_terminal, EXCLUDED.v_ts, EXCLUDED.v_rank, EXCLUDED.v_settled, EXCLUDED.content_hash)"
+    " > (t.v_terminal, t.v_ts, t.v_rank, t.v_settled, t.content_hash)"
+    " OR (EXCLUDED.v_settled AND t.v_settled"
+    " AND (EXCLUDED.v_terminal, EXCLUDED.v_ts, EXCLUDED.v_rank) = (t.v_terminal, t.v_ts, t.v_rank)"
+    " AND EXCLUDED.content_hash <> t.content_hash))"
+)
+#: The version columns every guarded upsert sets.
+_SET_VERSION = (
+    "v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank, "
+    "v_settled = EXCLUDED.v_settled, content_hash = EXCLUDED.content_hash"
 )
 
 
-def _v(row: Guarded[Any]) -> tuple[bool, int, int, str]:
-    return (row.version.terminal, row.version.ts, row.version.rank, row.content)
+def _v(row: Guarded[Any]) -> tuple[bool, int, int, bool, str]:
+    return (row.version.terminal, row.version.ts, row.version.rank, row.version.settled, row.content)
 
 
 _UPSERT_CUSTOMER = f"""
-    INSERT INTO stripe_customers AS t (id, email, deleted, raw, v_terminal, v_ts, v_rank, content_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    INSERT INTO stripe_customers AS t (id, email, deleted, raw, v_terminal, v_ts, v_rank, v_settled, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, raw = EXCLUDED.raw,
-        v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
-        content_hash = EXCLUDED.content_hash
+        {_SET_VERSION}
     WHERE {_GUARD}
 """
 
@@ -168,13 +181,12 @@ def _customer_args(row: Guarded[StripeCustomer]) -> tuple[Any, ...]:
 
 _UPSERT_CLIENT = f"""
     INSERT INTO clients AS t (client_id, origin, stripe_customer_id, name, email, line1, line2, city, state,
-        postal_code, country, custom_fields, deleted, v_terminal, v_ts, v_rank, content_hash)
-    VALUES ($1, 'STRIPE', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        postal_code, country, custom_fields, deleted, v_terminal, v_ts, v_rank, v_settled, content_hash)
+    VALUES ($1, 'STRIPE', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
     ON CONFLICT (client_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
         line1 = EXCLUDED.line1, line2 = EXCLUDED.line2, city = EXCLUDED.city, state = EXCLUDED.state,
         postal_code = EXCLUDED.postal_code, country = EXCLUDED.country, custom_fields = EXCLUDED.custom_fields,
-        deleted = EXCLUDED.deleted, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts,
-        v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash, updated_at = now()
+        deleted = EXCLUDED.deleted, {_SET_VERSION}, updated_at = now()
     WHERE {_GUARD}
 """
 
@@ -200,12 +212,11 @@ def _client_args(row: Guarded[Client]) -> tuple[Any, ...]:
 
 _UPSERT_PRODUCT = f"""
     INSERT INTO products AS t (stripe_product_id, name, description, active, custom_fields, deleted, raw,
-        v_terminal, v_ts, v_rank, content_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        v_terminal, v_ts, v_rank, v_settled, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (stripe_product_id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
         active = EXCLUDED.active, custom_fields = EXCLUDED.custom_fields, deleted = EXCLUDED.deleted,
-        raw = EXCLUDED.raw, v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
-        content_hash = EXCLUDED.content_hash, updated_at = now()
+        raw = EXCLUDED.raw, {_SET_VERSION}, updated_at = now()
     WHERE {_GUARD}
 """
 
@@ -222,15 +233,14 @@ def _date(iso: str) -> date | None:
 _UPSERT_CONTRACT = f"""
     INSERT INTO contracts AS t (contract_id, source, stripe_customer_id, customer_email, status, currency,
         total_minor, discount_minor, start_date, end_date, created, canceled_at, stripe_subscription_id,
-        v_terminal, v_ts, v_rank, content_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+        v_terminal, v_ts, v_rank, v_settled, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
     ON CONFLICT (contract_id) DO UPDATE SET source = EXCLUDED.source,
         stripe_customer_id = EXCLUDED.stripe_customer_id, customer_email = EXCLUDED.customer_email,
         status = EXCLUDED.status, currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor,
         discount_minor = EXCLUDED.discount_minor, start_date = EXCLUDED.start_date,
         end_date = EXCLUDED.end_date, created = EXCLUDED.created, canceled_at = EXCLUDED.canceled_at,
-        stripe_subscription_id = EXCLUDED.stripe_subscription_id, v_terminal = EXCLUDED.v_terminal,
-        v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank, content_hash = EXCLUDED.content_hash,
+        stripe_subscription_id = EXCLUDED.stripe_subscription_id, {_SET_VERSION},
         updated_at = now()
     WHERE {_GUARD}
 """
@@ -258,12 +268,13 @@ def _contract_args(row: Guarded[Contract]) -> tuple[Any, ...]:
 
 _INSERT_CONTRACT_LINE = """
     INSERT INTO contract_lines (contract_id, stripe_line_id, stripe_product_id, description, quantity,
-        start_date, end_date, amount_minor, discount_minor, currency)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        start_date, end_date, amount_minor, discount_minor, currency, ordinal)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 
 
-def _line_args(contract_id: str, line: ContractLine) -> tuple[Any, ...]:
+def _line_args(contract_id: str, ordinal: int, line: ContractLine) -> tuple[Any, ...]:
+    """`ordinal`: the line's place in its contract (an invoice's own line order), read back in it."""
     return (
         contract_id,
         line.stripe_line_id,
@@ -275,15 +286,15 @@ def _line_args(contract_id: str, line: ContractLine) -> tuple[Any, ...]:
         line.amount_minor,
         line.discount_minor,
         line.currency,
+        ordinal,
     )
 
 
 _UPSERT_SUBSCRIPTION = f"""
-    INSERT INTO subscriptions AS t (id, stripe_customer_id, status, v_terminal, v_ts, v_rank, content_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO subscriptions AS t (id, stripe_customer_id, status, v_terminal, v_ts, v_rank, v_settled, content_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
-        v_terminal = EXCLUDED.v_terminal, v_ts = EXCLUDED.v_ts, v_rank = EXCLUDED.v_rank,
-        content_hash = EXCLUDED.content_hash
+        {_SET_VERSION}
     WHERE {_GUARD}
 """
 
@@ -321,7 +332,8 @@ async def write_changes(conn: Conn, changes: BatchChanges) -> None:
         contracts = changes.contracts.records()
         await conn.execute("DELETE FROM contract_lines WHERE contract_id = ANY($1::text[])", changed)
         await conn.executemany(
-            _INSERT_CONTRACT_LINE, [_line_args(c, line) for c in changed for line in contracts[c].lines]
+            _INSERT_CONTRACT_LINE,
+            [_line_args(c, ordinal, line) for c in changed for ordinal, line in enumerate(contracts[c].lines, 1)],
         )
 
 
@@ -334,7 +346,7 @@ async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]
     if not settings.pulls_customers:
         return []
     changed = []
-    rows = await conn.fetch("SELECT raw, v_terminal, v_ts, v_rank FROM stripe_customers ORDER BY id")
+    rows = await conn.fetch("SELECT raw, v_terminal, v_ts, v_rank, v_settled FROM stripe_customers ORDER BY id")
     for row in rows:
         client = mapping.client_from_customer(row["raw"], settings, deleted=row["v_terminal"])
         existing = await conn.fetchval(
@@ -343,7 +355,7 @@ async def rebuild_stripe_clients(conn: Conn, settings: CrmSettings) -> list[str]
         if existing == client.content_hash():
             continue
         await conn.execute("DELETE FROM clients WHERE client_id = $1 AND origin = 'STRIPE'", client.stripe_customer_id)
-        version = Version(row["v_terminal"], row["v_ts"], row["v_rank"])
+        version = Version(row["v_terminal"], row["v_ts"], row["v_rank"], row["v_settled"])
         guarded = Guarded(client.stripe_customer_id, version, client.content_hash(), client, source=0)
         await conn.execute(_UPSERT_CLIENT, *_client_args(guarded))
         changed.append(client.stripe_customer_id)
@@ -547,7 +559,7 @@ async def _contract_records(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[
         """
         SELECT l.*, p.name AS product_name FROM contract_lines l
         LEFT JOIN products p ON p.stripe_product_id = l.stripe_product_id
-        WHERE l.contract_id = ANY($1) ORDER BY l.contract_id, l.stripe_line_id
+        WHERE l.contract_id = ANY($1) ORDER BY l.contract_id, l.ordinal, l.stripe_line_id
         """,
         ids,
     ):

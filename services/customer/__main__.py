@@ -1,8 +1,13 @@
-"""`python -m services.customer [--port N]`: this service alone, as its container runs it."""
+"""`python -m services.customer [serve] [--port N]`: this service alone, as its container runs it;
+`python -m services.customer migrate`: its schema to the latest migration (the migration step)."""
 
-from services.common.service import main_for, serve
+from services.common.service import ServiceDefinition, main_for_service
 
 if __name__ == "__main__":
-    from services.customer.app import DEFINITION
 
-    raise SystemExit(main_for(DEFINITION.name, lambda settings, port: serve(DEFINITION, settings, port=port)))
+    def definition() -> ServiceDefinition:
+        from services.customer.app import DEFINITION
+
+        return DEFINITION
+
+    raise SystemExit(main_for_service(definition, prog="python -m services.customer"))

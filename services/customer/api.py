@@ -4,9 +4,11 @@ portal links. Every argument is validated here, naming the field and what to do 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -16,7 +18,7 @@ from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import customer_service_pb2_grpc, events_pb2
 
 from services.common import outbox, paging
-from services.common.auth import Policy, Role, caller
+from services.common.auth import Policy, Role
 from services.common.errors import ConflictError, NotFoundError, SyncMeshError, ValidationError
 from services.common.grpc_input import quote
 from services.common.grpc_server import current_trace_id, status_for
@@ -45,12 +47,15 @@ POLICY: Policy = {
     "GetCustomerHistory": Role.READER,
     "UnlinkCustomer": Role.OPERATOR,
     "ImportCustomerMappings": Role.OPERATOR,
+    "ImportCustomerMappingsWithProgress": Role.OPERATOR,
     "SyncCustomerToStripe": Role.OPERATOR,
     "MassSyncCustomersToStripe": Role.OPERATOR,
     "CreatePortalSession": Role.OPERATOR,
 }
 
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
+#: While one step of an import runs long, its progress is sent again this often.
+PROGRESS_HEARTBEAT_SECONDS = 2.0
 MAX_PROBLEMS_REPORTED = 1000
 MAX_MASS_SYNC = 10_000
 
@@ -94,14 +99,6 @@ def _check_return_url(url: str, allowed_hosts: tuple[str, ...]) -> None:
         raise ValidationError("return_url", "must be an absolute https:// URL")
     if allowed_hosts and host.lower() not in allowed_hosts:
         raise ValidationError("return_url", f"host {quote(host)} is not allowed (SYNCMESH_PORTAL_RETURN_HOSTS)")
-
-
-def _unlink_outcome(reason: str) -> str:
-    """The history's outcome of an unlink: who did it (the authenticated caller, when there is
-    one; never the request) and why."""
-    identity = caller()
-    applied = f"applied by {identity.name}" if identity is not None else "applied"
-    return f"{applied}: {reason}" if reason else applied
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
@@ -209,7 +206,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 erp_customer_id=erp_id,
                 stripe_customer_id=previous,
                 action="unlink",
-                outcome=_unlink_outcome(request.reason),
+                outcome=stripe_sync.applied_by(request.reason),
             )
             await outbox.add_event(
                 conn,
@@ -227,8 +224,63 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     ) -> pb.ImportCustomerMappingsResponse:
         return await self._import(request_iterator)
 
+    async def ImportCustomerMappingsWithProgress(
+        self,
+        request_iterator: AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ImportCustomerMappingsWithProgressResponse]:
+        """The import, with a message per step (and per chunk of rows copied), repeated every
+        `PROGRESS_HEARTBEAT_SECONDS` while one statement runs long, then the result."""
+        queue: asyncio.Queue[pb.ImportCustomerMappingsWithProgressResponse] = asyncio.Queue()
+        steps = len(store.IMPORT_STEPS)
+        rows = 0
+
+        def step(name: str, rows_done: int) -> None:
+            number = store.IMPORT_STEPS.index(name) + 1
+            queue.put_nowait(
+                pb.ImportCustomerMappingsWithProgressResponse(
+                    step=name, step_number=number, steps=steps, rows_done=rows_done, rows=rows
+                )
+            )
+
+        def sized(count: int) -> None:
+            nonlocal rows
+            rows = count
+
+        task = asyncio.create_task(self._import(request_iterator, step=step, sized=sized))
+        last: pb.ImportCustomerMappingsWithProgressResponse | None = None
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {task, getter}, timeout=PROGRESS_HEARTBEAT_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in done:
+                    last = getter.result()
+                    yield last
+                    continue
+                getter.cancel()
+                if not done and last is not None:
+                    yield last  # still at it: say so, so the caller's log keeps moving
+            while not queue.empty():
+                yield queue.get_nowait()
+            result = task.result()
+            yield pb.ImportCustomerMappingsWithProgressResponse(
+                step="done", step_number=steps, steps=steps, rows_done=result.rows, rows=result.rows, result=result
+            )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     async def _import(
-        self, request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest]
+        self,
+        request_iterator: AsyncIterator[pb.ImportCustomerMappingsRequest]
+        | AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest],
+        *,
+        step: store.ImportStep = lambda _name, _done: None,
+        sized: Callable[[int], None] = lambda _rows: None,
     ) -> pb.ImportCustomerMappingsResponse:
         chunks: list[bytes] = []
         size = 0
@@ -248,7 +300,10 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             raise ValidationError(
                 "csv_chunk", f"the file is not UTF-8 (byte {exc.start}): save it as UTF-8 CSV"
             ) from None
+        sized(0)
+        step("reading the file", 0)
         sheet = parse_mapping_csv(text)
+        sized(sheet.data_rows)
         response = pb.ImportCustomerMappingsResponse(dry_run=dry_run, rows=sheet.data_rows)
         if not sheet.rows and not sheet.problems:
             raise ValidationError("csv_chunk", "the file has no data rows")
@@ -260,7 +315,9 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             transaction = conn.transaction()
             await transaction.start()
             try:
-                outcome = await store.import_mappings(conn, sheet.rows, apply=apply)
+                outcome = await store.import_mappings(
+                    conn, sheet.rows, apply=apply, step=step, outcome_text=stripe_sync.applied_by()
+                )
                 if outcome.problems:  # all or nothing: a refused file created and linked nothing
                     await transaction.rollback()
                     return _with_problems(response, outcome.problems)
@@ -272,6 +329,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 if not apply:
                     await transaction.rollback()
                     return response
+                step("queueing events", len(sheet.rows))
                 links = [
                     (
                         "customer_linked",
@@ -297,6 +355,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             except BaseException:
                 await transaction.rollback()
                 raise
+            step("committing", len(sheet.rows))
             await transaction.commit()
         self._wake_relay()
         response.applied = True

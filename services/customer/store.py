@@ -9,7 +9,7 @@ refuses it). Writes of Stripe state take a whole batch of records per statement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -375,6 +375,24 @@ async def unlink(conn: Conn, erp_customer_id: str) -> CustomerRecord:
 # --- the mapping import ---------------------------------------------------------------------
 
 
+#: The import's steps as the caller's progress names them (`ImportStep` gets the name and rows done).
+IMPORT_STEPS = (
+    "reading the file",
+    "copying rows",
+    "checking links",
+    "writing customers",
+    "queueing events",
+    "committing",
+)
+ImportStep = Callable[[str, int], None]
+#: Rows per COPY: small enough that progress moves every second or so on a large sheet.
+IMPORT_COPY_CHUNK = 10_000
+
+
+def _no_step(_step: str, _rows_done: int) -> None:
+    return None
+
+
 @dataclass
 class ImportOutcome:
     created: int = 0
@@ -384,8 +402,16 @@ class ImportOutcome:
     new_links: list[tuple[str, str]] | None = None
 
 
-async def import_mappings(conn: Conn, rows: Sequence[MappingRow], *, apply: bool) -> ImportOutcome:
-    """Check `rows` against existing links and, if `apply` and nothing conflicts, write them.
+async def import_mappings(
+    conn: Conn,
+    rows: Sequence[MappingRow],
+    *,
+    apply: bool,
+    step: ImportStep = _no_step,
+    outcome_text: str = "applied",
+) -> ImportOutcome:
+    """Check `rows` against existing links and, if `apply` and nothing conflicts, write them;
+    each new link's history says `outcome_text` (who imported it, from the caller's identity).
 
     Runs in the caller's transaction: the caller commits only a clean, non-dry-run import. The
     rows go to a temporary table by COPY and are checked and applied with a few set-based
@@ -399,11 +425,18 @@ async def import_mappings(conn: Conn, rows: Sequence[MappingRow], *, apply: bool
         "CREATE TEMP TABLE import_rows (line integer NOT NULL, stripe_customer_id text NOT NULL, "
         "erp_customer_id text NOT NULL, email text, email_lower text, kind text) ON COMMIT DROP"
     )
-    await conn.copy_records_to_table(
-        "import_rows",
-        records=[(r.line, r.stripe_customer_id, r.erp_customer_id, r.email, normalize_email(r.email)) for r in rows],
-        columns=["line", "stripe_customer_id", "erp_customer_id", "email", "email_lower"],
-    )
+    step("copying rows", 0)
+    for start in range(0, len(rows), IMPORT_COPY_CHUNK):
+        chunk = rows[start : start + IMPORT_COPY_CHUNK]
+        await conn.copy_records_to_table(
+            "import_rows",
+            records=[
+                (r.line, r.stripe_customer_id, r.erp_customer_id, r.email, normalize_email(r.email)) for r in chunk
+            ],
+            columns=["line", "stripe_customer_id", "erp_customer_id", "email", "email_lower"],
+        )
+        step("copying rows", start + len(chunk))
+    step("checking links", len(rows))
     await conn.execute("CREATE INDEX ON import_rows (erp_customer_id)")
     await conn.execute("CREATE INDEX ON import_rows (stripe_customer_id)")
     await conn.execute("ANALYZE import_rows")
@@ -437,6 +470,7 @@ async def import_mappings(conn: Conn, rows: Sequence[MappingRow], *, apply: bool
     if outcome.problems or not apply:
         return outcome
 
+    step("writing customers", len(rows))
     await conn.execute(
         """
         INSERT INTO customers (erp_customer_id, stripe_customer_id, email, email_lower, origin)
@@ -454,9 +488,10 @@ async def import_mappings(conn: Conn, rows: Sequence[MappingRow], *, apply: bool
     await conn.execute(
         """
         INSERT INTO customer_history (erp_customer_id, stripe_customer_id, action, outcome)
-        SELECT erp_customer_id, stripe_customer_id, 'import.linked', 'applied'
+        SELECT erp_customer_id, stripe_customer_id, 'import.linked', $1::text
         FROM import_rows WHERE kind IN ('create', 'link') ORDER BY line
-        """
+        """,
+        outcome_text,
     )
     highest = max((n for n in (assigned_number(r.erp_customer_id) for r in rows) if n is not None), default=0)
     if highest:

@@ -21,6 +21,7 @@ import stripe
 from syncmesh.customer.v1 import customer_service_pb2 as pb
 from syncmesh.customer.v1 import events_pb2
 
+from services.common.auth import caller
 from services.common.errors import ConflictError, NotFoundError, UpstreamError, ValidationError
 from services.common.outbox import add_event
 from services.common.stripe_api import upstream_error
@@ -38,6 +39,14 @@ PORTAL_NOT_CONFIGURED = (
     "Stripe Dashboard > Settings > Billing > Customer portal (in the same test/live mode as the "
     "API key), then try again"
 )
+
+
+def applied_by(reason: str = "") -> str:
+    """A history outcome naming who did it: the authenticated caller (never the request), when
+    there is one; and why, when a reason was given."""
+    identity = caller()
+    applied = f"applied by {identity.name}" if identity is not None else "applied"
+    return f"{applied}: {reason}" if reason else applied
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,11 @@ async def sync_customer(
             )
         linked = await store.link(conn, erp_customer_id, stripe_id)
         await store.record_history(
-            conn, erp_customer_id=erp_customer_id, stripe_customer_id=stripe_id, action="sync.linked", outcome="applied"
+            conn,
+            erp_customer_id=erp_customer_id,
+            stripe_customer_id=stripe_id,
+            action="sync.linked",
+            outcome=applied_by(),
         )
         await add_event(
             conn,

@@ -64,6 +64,29 @@ def test_a_stored_status_never_moves_back() -> None:
     assert settled.status == "paid_in_full"
 
 
+def test_a_draft_owes_nothing_and_never_comes_back_over_a_later_status() -> None:
+    draft = stored(erp_status="draft", amount_remaining=0)
+    draft = replace(draft, facts=replace(draft.facts, stripe_status="draft"))
+    settled = decide.settle(draft, BillingSettings())
+    assert (settled.status, settled.state.amount_remaining, settled.moved) == ("draft", 0, False)
+    # what the mapping before drafts stored for one (open, owing its total) is corrected
+    settled = decide.settle(replace(draft, erp_status="open", amount_remaining=1000), BillingSettings())
+    assert (settled.status, settled.state.amount_remaining, settled.moved) == ("draft", 0, True)
+    # a later status is never moved back by a draft
+    assert decide.settle(replace(draft, erp_status="paid_in_full"), BillingSettings()).status == "paid_in_full"
+    finalized = replace(draft, facts=replace(draft.facts, stripe_status="open"))
+    assert decide.settle(finalized, BillingSettings()).status == "open"
+
+
+def test_holds_are_released_with_a_reason_code() -> None:
+    invoice = stored(has_active_holds=True)
+    voided = replace(invoice, facts=replace(invoice.facts, stripe_status="void"))
+    assert decide.settle(voided, BillingSettings()).release_code == "invoice_voided"
+    paid = replace(invoice, facts=replace(invoice.facts, stripe_status="paid", payments=(PaymentFact(1000, 5),)))
+    assert decide.settle(paid, BillingSettings()).release_code == "invoice_paid"
+    assert decide.settle(invoice, BillingSettings()).release_code is None
+
+
 def test_write_off_follows_the_policy() -> None:
     invoice = stored(uncollectible_notified_on=date(2025, 2, 3))
     invoice = replace(invoice, facts=replace(invoice.facts, stripe_status="uncollectible", uncollectible_seen=True))

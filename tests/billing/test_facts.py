@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from services.billing import facts
 from services.billing.facts import FactsFold, MemoState, StoredCustomer, StoredFacts
 from services.billing.holds import HoldRequest
-from services.billing.payment_mapping import ErpCreditNote, ErpPayment, ErpRefund
+from services.billing.payment_mapping import ChargeSeen, ErpCreditNote, ErpPayment, ErpRefund
 
 PROPERTY = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INVOICE, CUSTOMER, CHARGE, INTENT = "in_1", "cus_1", "ch_1", "pi_1"
@@ -77,7 +77,7 @@ def note(status: str = "issued", created: int = 1_700_000_200, refund_ids: tuple
 
 
 #: A customer link: (customer, ERP customer, event created).
-Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | tuple[str, str, int]
+Fact = ErpPayment | ErpRefund | ErpCreditNote | HoldRequest | ChargeSeen | tuple[str, str, int]
 
 
 def apply(fold: FactsFold, fact: Fact) -> None:
@@ -89,6 +89,8 @@ def apply(fold: FactsFold, fact: Fact) -> None:
         fold.apply_credit_note(fact)
     elif isinstance(fact, HoldRequest):
         fold.place_hold(fact)
+    elif isinstance(fact, ChargeSeen):
+        fold.apply_charge(fact)
     else:
         customer_id, erp_id, created = fact
         fold.link_customer(customer_id, erp_id, created)
@@ -114,6 +116,7 @@ def stored_after(events: list[Fact], stored: StoredFacts | None = None) -> Store
         fold.invoice_customers,
         fold.holds,
         fold.customers,
+        charges=fold.charges,
     )
 
 
@@ -274,3 +277,40 @@ def test_the_newest_state_wins_whatever_the_order(order: list[Fact]) -> None:
 def test_a_batch_split_anywhere_leaves_what_one_batch_would(order: list[Fact], split: int) -> None:
     """The second batch folds over what the first one stored (what its load would read)."""
     assert stored_after(order[split:], stored_after(order[:split])) == stored_after(WORLD)
+
+
+#: The current API shape: the invoice payment names only its intent, the succeeded charge only its
+#: intent and id; a legacy payment keyed by its own charge keeps it; another intent is untouched.
+CHARGES_WORLD: list[Fact] = [
+    payment("invoice_payment", 3, stripe_payment_id="inpay_2", charge_id=None, payment_intent_id="pi_2"),
+    ChargeSeen("ch_2", "pi_2", CUSTOMER, 1_700_000_050),
+    payment("invoice_payment", 3, stripe_payment_id="inpay_3", charge_id=None, payment_intent_id="pi_3"),
+    payment("charge", 2, stripe_payment_id="ch_4", charge_id="ch_4", payment_intent_id="pi_4"),
+    ChargeSeen("ch_4", "pi_4", CUSTOMER, 1_700_000_060),
+]
+
+
+@PROPERTY
+@given(order=any_order(CHARGES_WORLD), split=st.integers(min_value=0, max_value=len(CHARGES_WORLD) + 4))
+def test_an_invoice_payment_takes_its_intents_charge_whichever_came_first(order: list[Fact], split: int) -> None:
+    after = stored_after(order[split:], stored_after(order[:split]))
+    assert after.payments == {
+        "inpay_2": payment(
+            "invoice_payment", 3, stripe_payment_id="inpay_2", charge_id="ch_2", payment_intent_id="pi_2"
+        ),
+        "inpay_3": payment("invoice_payment", 3, stripe_payment_id="inpay_3", charge_id=None, payment_intent_id="pi_3"),
+        "ch_4": payment("charge", 2, stripe_payment_id="ch_4", charge_id="ch_4", payment_intent_id="pi_4"),
+    }
+    assert after.charges == {"pi_2": "ch_2", "pi_4": "ch_4"}
+
+
+def test_a_charge_corrects_the_wrong_charge_of_an_invoice_payment_only() -> None:
+    stored = StoredFacts(
+        payments={
+            "inpay_5": payment(stripe_payment_id="inpay_5", charge_id="ch_wrong", payment_intent_id="pi_5"),
+            "ch_6": payment("charge", 2, stripe_payment_id="ch_6", charge_id="ch_6", payment_intent_id="pi_6"),
+        }
+    )
+    fold = folded([ChargeSeen("ch_5", "pi_5", None, 1), ChargeSeen("ch_other", "pi_6", None, 1)], stored)
+    assert fold.payments["inpay_5"].charge_id == "ch_5" and fold.payments["ch_6"].charge_id == "ch_6"
+    assert fold.payments_changed == {"inpay_5"}

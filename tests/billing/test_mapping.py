@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -230,7 +230,7 @@ def test_invoice_payment_from_published_example() -> None:
     obj = invoice_payment_object(
         spec, 13229, payment_id="inpay_1RaQ6", intent="pi_3RaQ6", paid_at=ts("2025-06-15T01:02")
     )
-    p = payment_mapping.payment_from_invoice_payment(obj)
+    p = payment_mapping.payment_from_invoice_payment(obj, spec.created)
     assert p is not None
     assert (p.stripe_invoice_id, p.amount, p.currency, p.payment_intent_id, p.method) == (
         spec.invoice_id,
@@ -240,7 +240,7 @@ def test_invoice_payment_from_published_example() -> None:
         "payment_intent",
     )
     obj["status"] = "open"
-    assert payment_mapping.payment_from_invoice_payment(obj) is None
+    assert payment_mapping.payment_from_invoice_payment(obj, spec.created) is None
 
 
 def test_legacy_charge_pays_its_invoice_and_basil_charge_does_not() -> None:
@@ -261,11 +261,11 @@ def test_legacy_paid_invoice_names_its_charge_or_out_of_band() -> None:
     spec = coupon_spec()
     obj = invoice_object("legacy", spec, status="paid", amount_paid=14029, charge="ch_3RaQ8")
     inv = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY)
-    p = payment_mapping.payment_from_invoice(inv, obj)
+    p = payment_mapping.payment_from_invoice(inv, obj, spec.created)
     assert p is not None and (p.stripe_payment_id, p.amount) == ("ch_3RaQ8", inv.total)
     obj.update(charge=None, paid_out_of_band=True)
     inv = invoice_mapping.map_invoice(obj, item_map={}, billing=POLICY)
-    p = payment_mapping.payment_from_invoice(inv, obj)
+    p = payment_mapping.payment_from_invoice(inv, obj, spec.created)
     assert p is not None and (p.stripe_payment_id, p.method) == (f"oob_{spec.invoice_id}", "out_of_band")
 
 
@@ -289,10 +289,10 @@ def test_credit_note_in_both_shapes(shape: str) -> None:
     obj = credit_note_object(
         shape, spec, note_id="cn_1RaQ9", amount=1500, created=spec.created, note_type="post_payment", refund="re_77"
     )  # type: ignore[arg-type]
-    note = payment_mapping.map_credit_note(obj)
+    note = payment_mapping.map_credit_note(obj, UTC)
     assert (note.amount, note.refund_ids, note.applied_to, note.status_rank) == (1500, ("re_77",), "refund", 0)
     assert [(x.description, x.amount) for x in note.lines] == [("Service credit for downtime", 1500)]
-    published = payment_mapping.map_credit_note(fixture("credit_note", legacy=shape == "legacy"))
+    published = payment_mapping.map_credit_note(fixture("credit_note", legacy=shape == "legacy"), UTC)
     assert published.amount == 1690 and [x.amount for x in published.lines] == [1190, 500]
     assert published.applied_to == "invoice"
 

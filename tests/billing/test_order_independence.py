@@ -202,6 +202,7 @@ TABLES = (
     "credit_memos",
     "refunds",
     "payments",
+    "charges",
     "revenue_schedule",
     "invoice_lines",
     "invoices",
@@ -217,6 +218,7 @@ LEDGER_QUERIES = {
     "invoice_lines": "SELECT * FROM invoice_lines ORDER BY stripe_invoice_id, line_no",
     "revenue_schedule": "SELECT * FROM revenue_schedule ORDER BY stripe_invoice_id, line_no, period",
     "payments": "SELECT * FROM payments ORDER BY stripe_payment_id",
+    "charges": "SELECT charge_id, payment_intent_id, stripe_created FROM charges ORDER BY charge_id",
     "refunds": "SELECT * FROM refunds ORDER BY stripe_refund_id",
     "credit_memos": "SELECT * FROM credit_memos ORDER BY memo_key",
     "credit_memo_lines": "SELECT * FROM credit_memo_lines ORDER BY memo_key, line_no",
@@ -374,6 +376,8 @@ def test_expected_ledgers_are_what_finance_expects(migrated: str, settings: Sett
         0,
     )
     assert inv["version_paid"] == TOTAL and inv["stripe_status"] == "paid"
+    # the current shape's invoice payment names only its intent: the charge event gives the charge id
+    assert [(p["charge_id"], p["payment_intent_id"]) for p in paid["payments"]] == [("ch_prop1", "pi_prop1")]
     memos = {m["memo_key"]: (m["kind"], m["status"], m["amount"]) for m in paid["credit_memos"]}
     assert memos == {
         "cn_propB": ("credit_note", "issued", 1500),
@@ -395,7 +399,9 @@ def test_expected_ledgers_are_what_finance_expects(migrated: str, settings: Sett
         TOTAL - 2029,
         0,
     )
-    assert [p["stripe_payment_id"] for p in legacy["payments"]] == ["ch_propL"]
+    assert [(p["stripe_payment_id"], p["charge_id"], p["payment_intent_id"]) for p in legacy["payments"]] == [
+        ("ch_propL", "ch_propL", "pi_propL")
+    ]
     assert [(r["stripe_refund_id"], r["stripe_invoice_id"]) for r in legacy["refunds"]] == [
         ("re_propL", "in_propLegacy01")
     ]

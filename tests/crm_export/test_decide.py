@@ -16,7 +16,7 @@ BOTH = CrmSettings(contract_sources=(INVOICE, SUBSCRIPTION))
 def _stored(**customers: KeptCustomer) -> StoredFacts:
     versions = {
         decide.CUSTOMERS: {
-            cid: StoredVersion(k.version.terminal, k.version.ts, k.version.rank, k.content_hash)
+            cid: StoredVersion(k.version.terminal, k.version.ts, k.version.rank, k.content_hash, k.version.settled)
             for cid, k in customers.items()
         }
     }
@@ -45,6 +45,38 @@ def test_a_same_second_tie_is_settled_by_stripe_s_present_state() -> None:
     plain = decide.decide(batch, _stored(cus_A=kept), Fetched(), settle_ties=False)
     newer = content_hash(batch[0].obj) > content_hash(kept.raw)
     assert bool(plain.customers.rows) == newer
+
+
+def _hashing_above(name_of: str, above: str) -> str:
+    """A name whose customer state hashes above `above`: a tie-break by hash would keep it."""
+    return next(n for i in range(1000) if content_hash(customer(name=(n := f"{name_of} {i}"))) > above)
+
+
+def test_stripe_s_answer_outranks_every_tied_state_whatever_their_hashes() -> None:
+    now = customer(name="Ada Now")
+    stale = customer(name=_hashing_above("Stale", content_hash(now)))
+    kept = KeptCustomer(stale, Version(False, T0, 1))
+    batch = [_updated(0, "Ada Tied")]
+    changes = decide.decide(batch, _stored(cus_A=kept), Fetched(current_customers={0: now}), settle_ties=True)
+    [row] = changes.customers.rows
+    assert row.record.raw["name"] == "Ada Now" and row.version == Version(False, T0, 1, settled=True)
+    [client] = changes.clients.rows
+    assert client.record.name == "Ada Now" and client.version.settled
+
+    # Settled, it is asked again on the next tie (Stripe may have moved on within that second),
+    # and Stripe's later answer replaces its earlier one; an event of that second alone does not.
+    settled = KeptCustomer(now, Version(False, T0, 1, settled=True))
+    assert decide.unsettled_tie(batch, {"cus_A": settled}, {}) == 0
+    moved = customer(name="Ada Moved")
+    again = decide.decide(batch, _stored(cus_A=settled), Fetched(current_customers={0: moved}), settle_ties=True)
+    assert [r.record.raw["name"] for r in again.customers.rows] == ["Ada Moved"]
+    same = decide.decide(batch, _stored(cus_A=settled), Fetched(current_customers={0: now}), settle_ties=True)
+    assert same.customers.rows == []
+
+    # A later second still wins over a settled state.
+    later = Incoming(Kind.CUSTOMER, customer(name="Ada Later"), T0 + 1, 0, event_type="customer.updated")
+    after = decide.decide([later], _stored(cus_A=settled), Fetched(), settle_ties=True)
+    assert [r.record.raw["name"] for r in after.customers.rows] == ["Ada Later"]
 
 
 def test_a_customer_deleted_in_stripe_meanwhile_ends_deleted_and_later_ties_are_not_asked() -> None:

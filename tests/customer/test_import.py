@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -168,8 +169,15 @@ async def test_empty_or_binary_upload_is_invalid_argument(stub: Stub) -> None:
 
 @pytest.mark.slow
 async def test_hundred_thousand_rows_through_the_cli(
-    runtime: ServiceRuntime, stub: Stub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    runtime: ServiceRuntime,
+    stub: Stub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from services.common import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.1)  # stderr is not a terminal here: lines
     path = tmp_path / "customers.csv"
     rows = 100_000
     lines = ["stripe_customer_id,erp_customer_id,email"]
@@ -188,6 +196,10 @@ async def test_hundred_thousand_rows_through_the_cli(
     assert code == 0, out.err
     assert "created 100000" in out.out
     assert "uploading customers.csv" in out.err  # the progress bar
+    # after the upload, the service's own steps, with rows: never a bar stuck at 100 %
+    assert out.err.index("uploading customers.csv") < out.err.index("service: ")
+    assert re.search(r"service: copying rows \(2/6\): [\d,]+/100000 rows", out.err), out.err[-2000:]
+    assert "service: committing (6/6)" in out.err or "service: queueing events (5/6)" in out.err, out.err[-2000:]
     print(f"\n100,000-row import through the CLI: {elapsed:.1f} s")
     last = await stub.GetCustomer(pb.GetCustomerRequest(stripe_customer_id=f"cus_bulk{rows - 1:09d}"))
     assert last.customer.erp_customer_id == f"NS-{rows - 1:07d}"
@@ -207,3 +219,52 @@ async def test_cli_prints_problems_and_fails(
     assert code == 1
     assert "line 2: stripe_customer_id: cus_Fine00001 also appears on line 1" in err
     assert "nothing was written" in err
+
+
+async def test_the_streamed_import_reports_each_step_and_keeps_talking_while_one_runs_long(
+    stub: Stub, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's bar must not sit still while the service writes: a step per message, the
+    rows copied, and the last step repeated while a statement runs long; then the result."""
+    from services.customer import api, store
+
+    monkeypatch.setattr(api, "PROGRESS_HEARTBEAT_SECONDS", 0.2)
+    real_import = store.import_mappings
+
+    async def slow_import(conn, rows, *, apply, step, **kwargs):  # type: ignore[no-untyped-def]
+        outcome = await real_import(conn, rows, apply=apply, step=step, **kwargs)
+        await asyncio.sleep(1.0)  # a long statement in "writing customers"
+        return outcome
+
+    monkeypatch.setattr(store, "import_mappings", slow_import)
+    text = "stripe_customer_id,erp_customer_id\n" + "".join(f"cus_step{i:04d},STEP-{i:04d}\n" for i in range(25))
+    data = text.encode()
+
+    async def chunks() -> AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest]:
+        for start in range(0, len(data), 100):
+            yield pb.ImportCustomerMappingsWithProgressRequest(csv_chunk=data[start : start + 100])
+
+    seen = [m async for m in stub.ImportCustomerMappingsWithProgress(chunks())]
+    steps = [m.step for m in seen]
+    assert steps[0] == "reading the file" and steps[-1] == "done", steps
+    assert [s for s in dict.fromkeys(steps)] == [*store.IMPORT_STEPS, "done"], steps
+    assert steps.count("writing customers") >= 3, steps  # repeated while the slow step ran
+    copied = [m.rows_done for m in seen if m.step == "copying rows"]
+    assert copied[-1] == 25 and all(m.rows == 25 and m.steps == 6 for m in seen[1:]), seen
+    assert seen[-1].HasField("result") and seen[-1].result.created == 25 and seen[-1].result.applied
+    assert not any(m.HasField("result") for m in seen[:-1])
+
+
+async def test_a_refused_streamed_import_ends_with_its_problems(stub: Stub) -> None:
+    async def chunks() -> AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest]:
+        yield pb.ImportCustomerMappingsWithProgressRequest(csv_chunk=b"stripe_customer_id,erp_customer_id\nnope,X-1\n")
+
+    seen = [m async for m in stub.ImportCustomerMappingsWithProgress(chunks())]
+    assert seen[-1].result.problem_count == 1 and not seen[-1].result.applied
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+
+        async def empty() -> AsyncIterator[pb.ImportCustomerMappingsWithProgressRequest]:
+            yield pb.ImportCustomerMappingsWithProgressRequest()
+
+        _ = [m async for m in stub.ImportCustomerMappingsWithProgress(empty())]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

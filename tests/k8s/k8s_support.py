@@ -45,6 +45,8 @@ DEPLOYABLES: dict[str, Deployable] = {d.name: d for d in (GATEWAY, *(s.deployabl
 SERVICES = registry.names()
 DEFAULT_PORTS = {name: d.default_port for name, d in DEPLOYABLES.items()}
 REQUIRED_BY = {name: d.required_settings for name, d in DEPLOYABLES.items()}
+#: The metrics port every pod serves Prometheus on (SYNCMESH_METRICS_PORT in k8s/base).
+METRICS_PORT = 9090
 #: The gRPC health name each service reports SERVING on once PostgreSQL and NATS are ready.
 HEALTH_NAMES = {d.name: d.grpc_service_name for d in registry.definitions()}
 

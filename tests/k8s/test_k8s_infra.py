@@ -13,6 +13,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from services import registry
+from services.common import db
 from services.common.db import create_pool
 
 from .k8s_support import (
@@ -22,6 +24,7 @@ from .k8s_support import (
     Obj,
     by_name,
     container_env,
+    containers,
     load_yaml,
     main_container,
     of_kind,
@@ -77,6 +80,47 @@ def test_dev_postgres_is_one_instance_without_a_standby_to_wait_for() -> None:
     assert _cluster("infra/postgres-dev")["metadata"]["name"] == _cluster("infra/postgres")["metadata"]["name"]
 
 
+@pytest.mark.parametrize("kustomization", ["infra/postgres", "infra/postgres-dev"])
+def test_postgres_declares_a_role_per_service_and_the_migration_role_owns_the_database(kustomization: str) -> None:
+    spec = _cluster(kustomization)["spec"]
+    assert spec["bootstrap"]["initdb"]["owner"] == db.MIGRATION_ROLE, "the migration role creates the schemas"
+    roles = {r["name"]: r for r in spec["managed"]["roles"]}
+    wanted = {db.MIGRATION_ROLE, *(db.runtime_role(d.schema) for d in registry.definitions())}
+    assert set(roles) == wanted
+    for name, role in roles.items():
+        assert role["login"] is True and role.get("ensure", "present") == "present", name
+        for power in ("superuser", "createdb", "createrole", "replication", "bypassrls"):
+            assert not role.get(power), f"{name} must not have {power}"
+        assert role["passwordSecret"]["name"].startswith("syncmesh-pg-"), name
+    assert spec["bootstrap"]["initdb"]["secret"]["name"] == roles[db.MIGRATION_ROLE]["passwordSecret"]["name"]
+
+
+def test_production_postgres_archives_wal_and_backs_up_nightly_for_point_in_time_recovery() -> None:
+    objs = render("infra/postgres")
+    spec = _cluster("infra/postgres")["spec"]
+    store = spec["backup"]["barmanObjectStore"]
+    assert store["destinationPath"] and store["wal"]["compression"]
+    assert spec["backup"]["retentionPolicy"].endswith("d")
+    assert spec["postgresql"]["parameters"]["archive_timeout"], "a quiet ledger still ships its WAL"
+    (scheduled,) = of_kind(objs, "ScheduledBackup")
+    assert scheduled["spec"]["cluster"]["name"] == _cluster("infra/postgres")["metadata"]["name"]
+    assert scheduled["spec"]["method"] == "barmanObjectStore"
+    assert len(scheduled["spec"]["schedule"].split()) == 6, "CloudNativePG's schedule has a seconds field"
+    text = README.read_text(encoding="utf-8")
+    assert "## Restoring to a point in time" in text and "recoveryTarget" in text and "targetTime" in text
+    # And every Secret the Cluster reads is one the README creates.
+    secrets = {store["s3Credentials"]["accessKeyId"]["name"]}
+    secrets |= {r["passwordSecret"]["name"] for r in spec["managed"]["roles"]}
+    for name in secrets:
+        assert re.search(rf"create secret generic {re.escape(name)}\b", text), f"k8s/README.md never creates {name}"
+
+
+def test_dev_postgres_has_the_roles_but_no_backups_without_an_object_store() -> None:
+    objs = render("infra/postgres-dev")
+    assert "backup" not in _cluster("infra/postgres-dev")["spec"]
+    assert not of_kind(objs, "ScheduledBackup")
+
+
 def _nats_values(name: str) -> dict[str, Any]:
     values: dict[str, Any] = load_yaml(K8S / "infra" / name)
     return values
@@ -124,7 +168,7 @@ def test_readme_creates_every_secret_the_manifests_reference(overlay: str) -> No
     objs = render(f"overlays/{overlay}")
     app_secret = f"{_cluster('infra/postgres')['metadata']['name']}-app"
     for dep in by_name(objs, "Deployment").values():
-        for var in main_container(dep).get("env") or []:
+        for var in [v for c in containers(dep) for v in c.get("env") or []]:
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")
             if not ref or ref["name"] == app_secret:  # written by CloudNativePG
                 continue
@@ -147,3 +191,45 @@ def test_postgres_connection_budget_covers_the_autoscaled_services() -> None:
     assert peak + headroom <= max_connections, (
         f"at maxReplicas the services open {peak} connections; max_connections is {max_connections}"
     )
+
+
+@pytest.mark.parametrize("name", ["nats-values.yaml", "nats-values-dev.yaml"])
+def test_nats_values_authenticate_every_client_as_the_roster_says(name: str) -> None:
+    """The users are the ones `syncmesh nats-auth` derives from the roster (a fourth service
+    fails here until its user is added), each password from the `nats-users` Secret; any other
+    user is a subscriber team with exactly a subscriber's permissions. JetStream syncs every
+    write to disk before acking, as the README promises and the embedded server does."""
+    from launcher.natsauth import helm_values, password_variable, roster_identities, subscriber_identity
+
+    values = _nats_values(name)
+    declared = {u["user"]: u for u in values["config"]["merge"]["authorization"]["users"]}
+    wanted = helm_values(roster_identities())
+    for user in wanted["config"]["merge"]["authorization"]["users"]:  # type: ignore[index]
+        differs = f"{name}: user {user['user']} differs from `syncmesh nats-auth`"
+        assert declared.pop(user["user"], None) == user, differs
+    for team, user in declared.items():
+        expected = helm_values([subscriber_identity(team)])["config"]["merge"]["authorization"]["users"][0]  # type: ignore[index]
+        assert user == expected, f"{name}: {team} is neither a mesh identity nor a subscriber"
+    env = values["container"]["env"]
+    for user in values["config"]["merge"]["authorization"]["users"]:
+        ref = env[password_variable(user["user"])]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "nats-users", "key": user["user"]}
+        assert user["password"] == f"<< ${password_variable(user['user'])} >>"
+    assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+
+
+def test_only_the_mesh_nats_box_and_labelled_namespaces_reach_nats() -> None:
+    policy = load_yaml(K8S / "infra" / "nats-network-policy.yaml")
+    for version in sorted({OLDEST_KUBERNETES, f"{kubernetes_validate.latest_version()}.0"}):
+        kubernetes_validate.validate(policy, version, strict=True)
+    assert policy["metadata"]["namespace"] == "nats" and policy["spec"]["policyTypes"] == ["Ingress"]
+    nats_pods = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == nats_pods
+    by_port = {port["port"]: rule["from"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    clients = by_port[4222]
+    assert {"namespaceSelector": {"matchLabels": {"syncmesh.io/nats-client": "true"}}} in clients
+    assert {"podSelector": {}} in clients  # nats-box, in NATS's own namespace
+    mesh = {"matchLabels": {"kubernetes.io/metadata.name": "syncmesh"}}
+    assert any(peer.get("namespaceSelector") == mesh and "podSelector" in peer for peer in clients)
+    assert all(peer.get("namespaceSelector") != {} for peer in clients), "no namespace may reach NATS unlabelled"
+    assert by_port[6222] == [{"podSelector": {"matchLabels": nats_pods}}], "routes only between NATS servers"

@@ -19,12 +19,15 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 
+from services import registry
+from services.common import db
 from services.common.settings import SECRET_VARIABLES, Settings, load_settings
 
 from .k8s_support import (
     DEFAULT_PORTS,
     HEALTH_NAMES,
     K8S,
+    METRICS_PORT,
     OLDEST_KUBERNETES,
     OVERLAYS,
     REQUIRED_BY,
@@ -47,6 +50,8 @@ from .k8s_support import DEPLOYABLES as FACTS
 
 DEPLOYABLES = tuple(FACTS)
 POSTGRES_KUSTOMIZATION = "infra/postgres"
+#: Custom resources the overlays render (the Prometheus Operator's), checked field by field elsewhere.
+CUSTOM_RESOURCES = ("monitoring.coreos.com/v1",)
 #: What a secret's value looks like, should one ever be pasted into a manifest.
 SECRET_VALUE = re.compile(r"whsec_[A-Za-z0-9]|\b[sr]k_(live|test)_[A-Za-z0-9]|postgres(ql)?://[^/\s:@]+:[^@\s]+@")
 
@@ -89,6 +94,8 @@ def test_overlay_renders_and_validates_against_kubernetes_schemas(objs: list[Obj
         assert key not in seen, f"{key} rendered twice"
         seen.add(key)
         assert obj["metadata"].get("namespace") == "syncmesh", f"{key} has no namespace syncmesh"
+        if obj["apiVersion"] in CUSTOM_RESOURCES:
+            continue  # no schema in kubernetes-validate: tests/k8s/test_k8s_monitoring.py reads them
         for version in versions:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -148,8 +155,9 @@ def test_every_container_is_hardened_bounded_and_probed(objs: list[Obj]) -> None
                 for resource in ("cpu", "memory"):
                     assert resource in (resources.get(bound) or {}), f"{where}: no {bound}.{resource}"
 
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                assert probe in container, f"{where}: no {probe}"
+            if container in pod_spec(dep)["containers"]:  # an init container cannot be probed; it exits
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    assert probe in container, f"{where}: no {probe}"
 
             env = container_env(objs, container)
             assert env.get("PYTHONDONTWRITEBYTECODE") == "1", f"{where}: PYTHONDONTWRITEBYTECODE=1"
@@ -196,7 +204,7 @@ def test_ports_match_the_codes_defaults(objs: list[Obj]) -> None:
         port = DEFAULT_PORTS[deployable]
         assert FACTS[deployable].port(settings) == port, f"{deployable}: the manifests override the default port"
         container = main_container(deployment(objs, deployable))
-        declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+        declared = {p["name"]: p["containerPort"] for p in container["ports"] if p["name"] != "metrics"}
         assert list(declared.values()) == [port], f"{deployable}: containerPort {declared} != {port}"
         service = services[deployment_name(deployable)]
         (service_port,) = service["spec"]["ports"]
@@ -254,10 +262,14 @@ def test_secrets_are_references_never_values(objs: list[Obj]) -> None:
     for dep, container in all_containers_with_env(objs):
         env = container_env(objs, container)
         for variable in SECRET_VARIABLES:
-            if variable in env:
-                assert isinstance(env[variable], Secretish), (
-                    f"{dep}: {variable} must come from a secretKeyRef, not a literal"
-                )
+            value = env.get(variable)
+            if value is None or isinstance(value, Secretish):
+                continue
+            # A database URL is secret only for the password it may carry: without one it is an
+            # address and a role name, and the password comes from its own Secret.
+            assert variable.endswith("DATABASE_URL") and urlsplit(value).password is None, (
+                f"{dep}: {variable} must come from a secretKeyRef, not a literal"
+            )
 
 
 def all_containers_with_env(objs: list[Obj]) -> list[tuple[str, Obj]]:
@@ -272,20 +284,39 @@ def test_no_secret_value_anywhere_under_k8s(overlay: str) -> None:
             assert not hit, f"{path.relative_to(K8S)} holds what looks like a secret: {hit[0]!r}"
 
 
-def test_database_url_comes_from_the_cloudnativepg_app_secret(objs: list[Obj]) -> None:
+def test_each_service_logs_in_as_its_own_role_and_migrates_as_the_migration_role(objs: list[Obj]) -> None:
+    """SECURITY.md's database identities: the service's own role for serving, with the password the
+    Cluster's managed role reads; the migration role only in the init container that migrates."""
     (cluster,) = [o for o in render(POSTGRES_KUSTOMIZATION) if o["kind"] == "Cluster"]
-    app_secret = f"{cluster['metadata']['name']}-app"
+    roles = {r["name"]: r["passwordSecret"]["name"] for r in cluster["spec"]["managed"]["roles"]}
+    primary = f"{cluster['metadata']['name']}-rw"
+    definitions = {d.name: d for d in registry.definitions()}
     for deployable in DEPLOYABLES:
+        dep = deployment(objs, deployable)
         _, env = _settings_for(objs, deployable)
-        url = env.get("SYNCMESH_DATABASE_URL")
-        if "SYNCMESH_DATABASE_URL" in REQUIRED_BY[deployable]:
-            assert isinstance(url, Secretish), f"{deployable}: SYNCMESH_DATABASE_URL must be a secretKeyRef"
-            assert (url.secret, url.key) == (app_secret, "uri"), (
-                f"{deployable}: SYNCMESH_DATABASE_URL from {url!r}, expected CloudNativePG's {app_secret}/uri"
+        if "SYNCMESH_DATABASE_URL" not in REQUIRED_BY[deployable]:
+            assert "SYNCMESH_DATABASE_URL" not in env, (
+                f"{deployable} needs no database and must not get its credentials"
             )
-        else:
-            assert url is None, f"{deployable} needs no database and must not get its credentials"
-    assert cluster["metadata"]["namespace"] == "syncmesh", "the app secret must be in the pods' namespace"
+            assert not pod_spec(dep).get("initContainers"), f"{deployable} has no schema to migrate"
+            continue
+        role = db.runtime_role(definitions[deployable].schema)
+        url = urlsplit(str(env["SYNCMESH_DATABASE_URL"]))
+        assert (url.username, url.password, url.hostname) == (role, None, primary), f"{deployable}: {url.geturl()}"
+        password = env["SYNCMESH_DATABASE_PASSWORD"]
+        assert isinstance(password, Secretish) and (password.secret, password.key) == (roles[role], "password"), (
+            f"{deployable}: the password must be the one CloudNativePG sets on {role}"
+        )
+        assert "SYNCMESH_MIGRATION_DATABASE_URL" not in env, f"{deployable} serves without the migration role"
+        (migrate,) = pod_spec(dep)["initContainers"]
+        assert migrate["args"] == ["migrate", deployable]
+        init_env = container_env(objs, migrate)
+        migration_url = urlsplit(str(init_env["SYNCMESH_MIGRATION_DATABASE_URL"]))
+        assert (migration_url.username, migration_url.password) == (db.MIGRATION_ROLE, None)
+        secret = init_env["SYNCMESH_MIGRATION_DATABASE_PASSWORD"]
+        assert isinstance(secret, Secretish) and secret.secret == roles[db.MIGRATION_ROLE]
+        assert migrate["image"] == main_container(dep)["image"], "the migrations of the image that serves"
+    assert cluster["metadata"]["namespace"] == "syncmesh", "the role Secrets must be in the pods' namespace"
 
 
 def test_telemetry_names_each_deployable(objs: list[Obj], overlay: str) -> None:
@@ -379,7 +410,7 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed(objs: list[O
         ingress_ports = {port["port"] for p in ingress for r in p["spec"].get("ingress") or [] for port in r["ports"]}
         own_port = DEFAULT_PORTS[deployable]
         assert own_port in ingress_ports, f"{deployable}: its port {own_port} is unreachable"
-        assert ingress_ports <= set(DEFAULT_PORTS.values()), f"{deployable}: ingress on {ingress_ports}"
+        assert ingress_ports <= {*DEFAULT_PORTS.values(), METRICS_PORT}, f"{deployable}: ingress on {ingress_ports}"
         from_ingress = [
             r
             for p in ingress
@@ -411,3 +442,14 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed(objs: list[O
             assert {5432, 443} <= ports, f"{deployable}: no egress to PostgreSQL and Stripe"
         allowed = {53, 443, 4222, 4317, 4318, 5432, *DEFAULT_PORTS.values()} - {DEFAULT_PORTS["gateway"]}
         assert ports <= allowed, f"{deployable}: unexpected egress ports {ports - allowed}"
+
+
+def test_each_deployable_connects_to_nats_as_itself(objs: list[Obj]) -> None:
+    """User = the deployable's name, password from the `syncmesh-nats` Secret under that name:
+    the identities launcher/natsauth.py derives from the roster (and nats-values.yaml declares)."""
+    for deployable in DEPLOYABLES:
+        env = container_env(objs, main_container(deployment(objs, deployable)))
+        assert env.get("SYNCMESH_NATS_USER") == deployable, f"{deployable} does not connect to NATS as itself"
+        password = env.get("SYNCMESH_NATS_PASSWORD")
+        assert isinstance(password, Secretish), f"{deployable}: SYNCMESH_NATS_PASSWORD must come from a Secret"
+        assert (password.secret, password.key) == ("syncmesh-nats", deployable)

@@ -301,3 +301,18 @@ async def test_backfill_with_the_default_types_skips_what_the_api_does_not_list(
     assert "  prices: NOT SERVED, skipped: this Stripe API does not serve prices (404)" in lines
     assert any("backfill skips prices" in r.getMessage() for r in caplog.records)
     assert report.checkpoint_removed
+
+
+@pytest.mark.unit
+def test_the_checkpoint_goes_beside_the_local_mesh_or_where_it_is_told(tmp_path: Path) -> None:
+    from ops.backfill import CHECKPOINT_VARIABLE, checkpoint_location
+    from services.common.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=f"--checkpoint PATH or {CHECKPOINT_VARIABLE}"):
+        checkpoint_location(None, {}, tmp_path)  # no local mesh: never the current folder by default
+    assert not list(tmp_path.iterdir())
+    assert checkpoint_location(None, {CHECKPOINT_VARIABLE: "/data/cp.json"}, tmp_path) == Path("/data/cp.json")
+    assert checkpoint_location("cp.json", {CHECKPOINT_VARIABLE: "/data/cp.json"}, tmp_path) == tmp_path / "cp.json"
+    (tmp_path / ".syncmesh").mkdir()
+    (tmp_path / ".syncmesh" / "mesh.json").write_text("{}")
+    assert checkpoint_location(None, {}, tmp_path) == tmp_path / ".syncmesh" / "backfill-checkpoint.json"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ops import register
+from services.common import progress
 from services.common.bus import Bus
 from services.common.consumer import Consumer
 from services.common.errors import SettingsError
@@ -48,6 +49,7 @@ def env(monkeypatch: pytest.MonkeyPatch, settings: Settings, restore_logging) ->
     monkeypatch.setenv("SYNCMESH_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("SYNCMESH_MODE", "test")
     monkeypatch.setenv("SYNCMESH_LOG_LEVEL", "WARNING")
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)  # stderr is not a terminal: a line per update
     return monkeypatch
 
 
@@ -101,8 +103,9 @@ async def test_sweep_and_backfill_commands(env, localstripe, ls_client, bus: Bus
     await ls_client.v1.customers.create_async({"name": "Two"})
 
     assert await run(["sweep", "--since", "2h"]) == 0
-    out = capsys.readouterr().out
-    assert "found in Stripe's Events API: 2" in out and "published now: 2" in out
+    swept = capsys.readouterr()
+    assert "found in Stripe's Events API: 2" in swept.out and "published now: 2" in swept.out
+    assert "events: 2 evt in 00:0" in swept.err, swept.err  # progress, as a log line
     assert await run(["sweep", "--since", (datetime.now(UTC) - timedelta(days=45)).date().isoformat()]) == 0
     out = capsys.readouterr().out
     assert "missing from the stream: 0" in out and "clamped to 30 days" in out
@@ -110,7 +113,11 @@ async def test_sweep_and_backfill_commands(env, localstripe, ls_client, bus: Bus
     checkpoint = tmp_path / "cp.json"
     argv = ["backfill", "--since", "1d", "--types", "customers", "--checkpoint", str(checkpoint), "--rate", "50"]
     assert await run(argv) == 0
-    assert "customers: listed 2, already in stream 0, published 2" in capsys.readouterr().out
+    first = capsys.readouterr()
+    assert "customers: listed 2, already in stream 0, published 2" in first.out
+    assert "customers: 2 obj in 00:0" in first.err  # progress, as a log line
+    assert f"backfill: checkpoint {checkpoint}" in first.err  # says where, before it starts
+    assert f"  checkpoint: {checkpoint} (removed: every type is done)" in first.out
     assert await run(argv) == 0
     assert "customers: listed 2, already in stream 2, published 0" in capsys.readouterr().out
     assert len(await stripe_messages(bus)) == 4
@@ -124,7 +131,9 @@ async def test_replay_command(env, bus: Bus, capsys) -> None:
     env.setattr("services.registry.by_name", lambda name: record_toy.DEFINITION)
     await publish(bus, customer_event("cus_r", name="Replayed", created=10))
     assert await run(["replay", "customer"]) == 0
-    out = capsys.readouterr().out
+    replayed = capsys.readouterr()
+    out = replayed.out
     assert "replayed 1 messages into customer" in out and "toy_customers: rows 0 -> 1" in out
+    assert "replay record-toy: 1/1 msg (100 %)" in replayed.err or "/1 msg (100 %)" in replayed.err, replayed.err
     assert await run(["replay", "customer", "--since", "1h"]) == 0
     assert "changed 0 rows in total" in capsys.readouterr().out

@@ -71,7 +71,15 @@ async def test_verify_reports_exactly_the_damage_and_repair_fixes_it(
     clean = await verify(client, view(mesh), s)
     assert clean.clean, "\n".join(clean.lines())
     checked = {kind: summary.checked for kind, summary in clean.summaries.items()}
-    assert checked == {"customers": 3, "invoices": 3, "clients": 3, "products": 2, "contracts": 3, "refunds": 0}
+    assert checked == {
+        "customers": 3,
+        "invoices": 3,
+        "clients": 3,
+        "products": 2,
+        "contracts": 3,
+        "refunds": 0,
+        "payments": 3,
+    }
     # localstripe has no credit notes: that type is reported as not verified, never as clean
     assert set(clean.unverified) == {"credit_memos"}
     assert "  credit_memos: NOT VERIFIED: this Stripe API does not serve credit_notes (404)" in clean.lines()
@@ -264,8 +272,78 @@ def test_types_and_masking() -> None:
         "contracts",
         "credit_memos",
         "refunds",
+        "payments",
+        "credit_holds",
     )
     with pytest.raises(SettingsError, match="unknown coupons"):
         parse_verify_types("coupons")
     assert mask_email("grace.hopper@navy.example") == "g***@n***"
     assert "hopper" not in mask_email("grace.hopper@navy.example")
+
+
+async def test_verify_bounded_by_sample_estimates_the_full_run_and_reports_progress_in_a_log(
+    mesh: RunningMesh, ls_client, monkeypatch, capsys
+) -> None:
+    """Not a terminal (pytest captures stderr): progress is a line per interval, each phase
+    names itself with its count and rate; the estimate of the full run comes from a measured
+    rate; --sample compares only the most recent objects."""
+    import ops.verify
+    from services.common import progress
+
+    client = ls_client
+    _, pro = await catalogue(client, "Pro", 1500)
+    for name in ("Ada", "Grace", "Alan"):
+        await subscribed_customer(client, pro, name=name, email=f"{name.lower()}@example.com")
+    await mesh.settle(stream_messages=await stripe_event_count(client))
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    monkeypatch.setattr(ops.verify.Estimate, "MEASURE_OBJECTS", 1)
+    said: list[str] = []
+
+    full = await verify(client, view(mesh), mesh.settings, show_progress=True, say=said.append)
+    assert full.clean, "\n".join(full.lines())
+    (estimate,) = said
+    assert estimate.startswith("verify: about ") and "records to compare at" in estimate, estimate
+    assert "the full run takes about" in estimate and "--since DATE or --sample N" in estimate
+    err = capsys.readouterr().err
+    assert "verify customers: 3/3 obj (100 %)" in err, err  # the total is what the mesh holds
+    assert " obj/s" in err and "\r" not in err
+
+    sampled = await verify(client, view(mesh), mesh.settings, sample=1)
+    assert sampled.summaries["customers"].checked == 1 and sampled.summaries["invoices"].checked == 1
+    assert sampled.clean
+    assert "a sample: the 1 most recent of each Stripe listing" in sampled.lines()[0]
+
+
+async def test_an_interrupted_verify_leaves_no_coroutine_unawaited() -> None:
+    import gc
+    import warnings
+
+    from ops.verify import _gather_limited
+
+    started: list[int] = []
+
+    async def slow() -> None:
+        started.append(1)
+        await asyncio.sleep(30)
+
+    task = asyncio.ensure_future(_gather_limited([slow] * 10, 2))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert len(started) == 2
+
+
+def test_ctrl_c_on_verify_is_one_line(capsys) -> None:
+    from ops.common import run_command
+
+    async def work(_settings: Settings) -> int:
+        raise KeyboardInterrupt
+
+    assert run_command(work, interrupted="verify interrupted: nothing was written") == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "syncmesh: verify interrupted: nothing was written"

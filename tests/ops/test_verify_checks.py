@@ -16,8 +16,14 @@ from syncmesh.crm_export.v1 import crm_export_service_pb2 as crm_pb
 from syncmesh.customer.v1 import customer_service_pb2 as customer_pb
 
 from ops.verify import CHECKS, VERIFY_TYPES
-from services.billing.verify import invoice_differences, refund_differences
-from services.common.verification import MISMATCH, STALE, Mesh
+from services.billing.verify import (
+    InvoiceHolds,
+    charge_payment_differences,
+    hold_differences,
+    invoice_differences,
+    refund_differences,
+)
+from services.common.verification import MISMATCH, MISSING, STALE, Mesh
 from services.crm_export.verify import subscription_contract_differences
 from services.customer.verify import customer_differences
 
@@ -76,6 +82,51 @@ def test_invoices_and_refunds_are_judged_with_billings_ranks() -> None:
     }
 
 
+def test_drafts_charge_ids_and_holds_are_judged() -> None:
+    obj = {"id": "in_1", "status": "draft", "customer": "cus_1", "currency": "usd"}
+    draft = billing_pb.Invoice(
+        stripe_invoice_id="in_1",
+        stripe_status="draft",
+        status=billing_pb.INVOICE_STATUS_DRAFT,
+        stripe_customer_id="cus_1",
+        currency="usd",
+    )
+    assert invoice_differences(obj, draft) == []
+    # a draft shown as an open receivable is ahead of Stripe; a finalized one shown as a draft behind
+    assert _problems(invoice_differences(obj, billing_pb.Invoice(**{**_fields(draft), "status": 1}))) == {
+        (MISMATCH, "erp_status")
+    }
+    opened = {**obj, "status": "open"}
+    assert _problems(
+        invoice_differences(opened, billing_pb.Invoice(**{**_fields(draft), "stripe_status": "open"}))
+    ) == {(STALE, "erp_status")}
+
+    charge = {"id": "ch_1", "payment_intent": "pi_1", "status": "succeeded"}
+    good = billing_pb.Payment(stripe_payment_id="inpay_1", charge_id="ch_1", payment_intent_id="pi_1")
+    assert charge_payment_differences(charge, good) == []
+    assert charge_payment_differences(charge, None) == []  # not every charge pays an invoice
+    assert _problems(charge_payment_differences(charge, billing_pb.Payment(payment_intent_id="pi_1"))) == {
+        (MISSING, "charge_id")
+    }
+    assert _problems(
+        charge_payment_differences(charge, billing_pb.Payment(charge_id="ch_2", payment_intent_id="pi_1"))
+    ) == {(MISMATCH, "charge_id")}
+
+    gave_up = {"id": "in_2", "status": "open", "attempt_count": 4, "next_payment_attempt": None}
+    active = billing_pb.CreditHold(stripe_invoice_id="in_2", active=True)
+    assert _problems(hold_differences(gave_up, InvoiceHolds((), True))) == {(MISSING, "hold")}
+    assert hold_differences(gave_up, InvoiceHolds((active,), True)) == []
+    paid = {**gave_up, "status": "paid"}
+    assert _problems(hold_differences(paid, InvoiceHolds((active,), True))) == {(STALE, "hold")}
+    assert hold_differences(paid, InvoiceHolds((active,), False)) == []  # holds stay on payment
+    retrying = {**gave_up, "next_payment_attempt": 1_800_000_000}
+    assert hold_differences(retrying, InvoiceHolds((), True)) == []
+
+
+def _fields(message: billing_pb.Invoice) -> dict[str, object]:
+    return {f.name: v for f, v in message.ListFields()}
+
+
 def test_customer_comparison_masks_emails_and_sees_deletions() -> None:
     record = customer_pb.Customer(stripe_customer_id="cus_1", email="ada@example.com", name="Ada", active=True)
     changed = customer_differences({"id": "cus_1", "email": "grace@example.com", "name": "Ada"}, record)
@@ -85,12 +136,24 @@ def test_customer_comparison_masks_emails_and_sees_deletions() -> None:
 
 
 def test_the_engine_learns_types_order_and_services_from_the_checks() -> None:
-    assert VERIFY_TYPES == ("customers", "invoices", "clients", "products", "contracts", "credit_memos", "refunds")
+    assert VERIFY_TYPES == (
+        "customers",
+        "invoices",
+        "clients",
+        "products",
+        "contracts",
+        "credit_memos",
+        "refunds",
+        "payments",
+        "credit_holds",
+    )
     assert {c.kind: c.service for c in CHECKS} == {
         "customers": "customer",
         "invoices": "billing",
         "credit_memos": "billing",
         "refunds": "billing",
+        "payments": "billing",
+        "credit_holds": "billing",
         "clients": "crm-export",
         "products": "crm-export",
         "contracts": "crm-export",

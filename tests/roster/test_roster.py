@@ -33,12 +33,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from gateway.deployable import GATEWAY
 from services import registry
+from services.common import db
 from services.common.settings import load_settings
 from tests.k8s.k8s_support import by_name, of_kind, render
 
@@ -169,8 +171,13 @@ def test_every_service_is_in_every_list_kept_by_hand() -> None:
         assert d.name in base["resources"], f"k8s/base/kustomization.yaml does not list {d.name}"
         values = _values(d.name)
         assert values["kind"] == "GrpcService" and values["metadata"]["name"] == d.name
-        assert values["spec"] == {"name": d.name, "port": d.default_port, "health": d.grpc_service_name}, (
+        spec = dict(values["spec"])
+        database_user = urlsplit(spec.pop("databaseUrl", "")).username
+        assert spec == {"name": d.name, "port": d.default_port, "health": d.grpc_service_name}, (
             f"k8s/base/{d.name}/values.yaml differs from the service's definition"
+        )
+        assert database_user == db.runtime_role(d.schema), (
+            f"k8s/base/{d.name}/values.yaml: databaseUrl must log in as {db.runtime_role(d.schema)} (its own role)"
         )
         assert f"syncmesh-{d.name}" in deployments, f"no Deployment for {d.name}"
         assert d.default_port in _policy_ports(objs, "syncmesh-services-grpc-ingress", "ingress"), (

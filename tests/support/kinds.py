@@ -25,6 +25,7 @@ RUNS_PROGRAMS = {
     "tests/test_demo.py": "`syncmesh up --demo` as a child process",
     "tests/test_metrics.py": "`syncmesh up --demo` as a child process, scraped",
     "tests/test_up.py": "`syncmesh up` and the tools as child processes, in a fresh folder",
+    "tests/security/test_up_credentials.py": "`syncmesh up` and a tool as child processes, in a fresh folder",
     "tests/test_self_contained.py": "git ls-files",
     "tests/common/test_gc_tuning.py": "a child Python (GC settings are process-wide)",
     "tests/common/test_grpc_tls.py": "openssl, to make the certificates",

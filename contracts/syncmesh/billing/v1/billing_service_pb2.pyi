@@ -15,6 +15,7 @@ class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVOICE_STATUS_PAID_IN_FULL: _ClassVar[InvoiceStatus]
     INVOICE_STATUS_VOIDED: _ClassVar[InvoiceStatus]
     INVOICE_STATUS_WRITTEN_OFF: _ClassVar[InvoiceStatus]
+    INVOICE_STATUS_DRAFT: _ClassVar[InvoiceStatus]
 
 class LineKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,11 +29,21 @@ class CreditMemoKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREDIT_MEMO_KIND_CREDIT_NOTE: _ClassVar[CreditMemoKind]
     CREDIT_MEMO_KIND_REFUND: _ClassVar[CreditMemoKind]
     CREDIT_MEMO_KIND_WRITE_OFF: _ClassVar[CreditMemoKind]
+
+class HoldReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOLD_REASON_UNSPECIFIED: _ClassVar[HoldReason]
+    HOLD_REASON_FINAL_PAYMENT_FAILURE: _ClassVar[HoldReason]
+    HOLD_REASON_SUBSCRIPTION_DELINQUENT: _ClassVar[HoldReason]
+    HOLD_REASON_MANUAL: _ClassVar[HoldReason]
+    HOLD_REASON_INVOICE_PAID: _ClassVar[HoldReason]
+    HOLD_REASON_INVOICE_VOIDED: _ClassVar[HoldReason]
 INVOICE_STATUS_UNSPECIFIED: InvoiceStatus
 INVOICE_STATUS_OPEN: InvoiceStatus
 INVOICE_STATUS_PAID_IN_FULL: InvoiceStatus
 INVOICE_STATUS_VOIDED: InvoiceStatus
 INVOICE_STATUS_WRITTEN_OFF: InvoiceStatus
+INVOICE_STATUS_DRAFT: InvoiceStatus
 LINE_KIND_UNSPECIFIED: LineKind
 LINE_KIND_ITEM: LineKind
 LINE_KIND_DISCOUNT: LineKind
@@ -40,6 +51,12 @@ CREDIT_MEMO_KIND_UNSPECIFIED: CreditMemoKind
 CREDIT_MEMO_KIND_CREDIT_NOTE: CreditMemoKind
 CREDIT_MEMO_KIND_REFUND: CreditMemoKind
 CREDIT_MEMO_KIND_WRITE_OFF: CreditMemoKind
+HOLD_REASON_UNSPECIFIED: HoldReason
+HOLD_REASON_FINAL_PAYMENT_FAILURE: HoldReason
+HOLD_REASON_SUBSCRIPTION_DELINQUENT: HoldReason
+HOLD_REASON_MANUAL: HoldReason
+HOLD_REASON_INVOICE_PAID: HoldReason
+HOLD_REASON_INVOICE_VOIDED: HoldReason
 
 class RevenueScheduleEntry(_message.Message):
     __slots__ = ("period", "amount")
@@ -50,7 +67,7 @@ class RevenueScheduleEntry(_message.Message):
     def __init__(self, period: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class InvoiceLine(_message.Message):
-    __slots__ = ("line_no", "kind", "erp_item_id", "item_mapped", "stripe_price_id", "description", "quantity", "unit_amount", "unit_amount_decimal", "amount", "discount_amount", "recognized_amount", "period_start", "period_end", "proration", "revenue_account", "stripe_line_id")
+    __slots__ = ("line_no", "kind", "erp_item_id", "item_mapped", "stripe_price_id", "description", "quantity", "unit_amount", "unit_amount_decimal", "amount", "discount_amount", "recognized_amount", "period_start", "period_end", "proration", "revenue_account", "stripe_line_id", "stripe_discount_id", "stripe_coupon_id", "stripe_product_id", "tax_amount")
     LINE_NO_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ERP_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +85,10 @@ class InvoiceLine(_message.Message):
     PRORATION_FIELD_NUMBER: _ClassVar[int]
     REVENUE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     STRIPE_LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_DISCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_COUPON_ID_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    TAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     line_no: int
     kind: LineKind
     erp_item_id: str
@@ -85,7 +106,11 @@ class InvoiceLine(_message.Message):
     proration: bool
     revenue_account: str
     stripe_line_id: str
-    def __init__(self, line_no: _Optional[int] = ..., kind: _Optional[_Union[LineKind, str]] = ..., erp_item_id: _Optional[str] = ..., item_mapped: _Optional[bool] = ..., stripe_price_id: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., unit_amount_decimal: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., discount_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., recognized_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., proration: _Optional[bool] = ..., revenue_account: _Optional[str] = ..., stripe_line_id: _Optional[str] = ...) -> None: ...
+    stripe_discount_id: str
+    stripe_coupon_id: str
+    stripe_product_id: str
+    tax_amount: _money_pb2.Money
+    def __init__(self, line_no: _Optional[int] = ..., kind: _Optional[_Union[LineKind, str]] = ..., erp_item_id: _Optional[str] = ..., item_mapped: _Optional[bool] = ..., stripe_price_id: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., unit_amount_decimal: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., discount_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., recognized_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., proration: _Optional[bool] = ..., revenue_account: _Optional[str] = ..., stripe_line_id: _Optional[str] = ..., stripe_discount_id: _Optional[str] = ..., stripe_coupon_id: _Optional[str] = ..., stripe_product_id: _Optional[str] = ..., tax_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class Invoice(_message.Message):
     __slots__ = ("erp_invoice_id", "stripe_invoice_id", "stripe_customer_id", "erp_customer_id", "subscription_id", "number", "status", "stripe_status", "transaction_date", "due_date", "currency", "subtotal", "discount", "tax", "total", "amount_paid", "credits_applied", "amount_remaining", "lines_complete", "lines", "api_shape", "unattributed_paid")
@@ -136,7 +161,7 @@ class Invoice(_message.Message):
     def __init__(self, erp_invoice_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., erp_customer_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., stripe_status: _Optional[str] = ..., transaction_date: _Optional[str] = ..., due_date: _Optional[str] = ..., currency: _Optional[str] = ..., subtotal: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., discount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., tax: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., total: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., amount_paid: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., credits_applied: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., amount_remaining: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., lines_complete: _Optional[bool] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., api_shape: _Optional[str] = ..., unattributed_paid: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("erp_payment_id", "stripe_payment_id", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "payment_date", "method", "charge_id", "payment_intent_id")
+    __slots__ = ("erp_payment_id", "stripe_payment_id", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "payment_date", "method", "charge_id", "payment_intent_id", "date_source")
     ERP_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STRIPE_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STRIPE_INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +172,7 @@ class Payment(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     erp_payment_id: str
     stripe_payment_id: str
     stripe_invoice_id: str
@@ -157,7 +183,8 @@ class Payment(_message.Message):
     method: str
     charge_id: str
     payment_intent_id: str
-    def __init__(self, erp_payment_id: _Optional[str] = ..., stripe_payment_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., payment_date: _Optional[str] = ..., method: _Optional[str] = ..., charge_id: _Optional[str] = ..., payment_intent_id: _Optional[str] = ...) -> None: ...
+    date_source: str
+    def __init__(self, erp_payment_id: _Optional[str] = ..., stripe_payment_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., payment_date: _Optional[str] = ..., method: _Optional[str] = ..., charge_id: _Optional[str] = ..., payment_intent_id: _Optional[str] = ..., date_source: _Optional[str] = ...) -> None: ...
 
 class CreditMemoLine(_message.Message):
     __slots__ = ("line_no", "description", "quantity", "unit_amount", "amount", "invoice_line_item")
@@ -176,7 +203,7 @@ class CreditMemoLine(_message.Message):
     def __init__(self, line_no: _Optional[int] = ..., description: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., invoice_line_item: _Optional[str] = ...) -> None: ...
 
 class CreditMemo(_message.Message):
-    __slots__ = ("erp_credit_memo_id", "source_id", "kind", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "memo_date", "status", "applied_to", "memo", "lines", "number")
+    __slots__ = ("erp_credit_memo_id", "source_id", "kind", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "memo_date", "status", "applied_to", "memo", "lines", "number", "date_source")
     ERP_CREDIT_MEMO_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +217,7 @@ class CreditMemo(_message.Message):
     MEMO_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
+    DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     erp_credit_memo_id: str
     source_id: str
     kind: CreditMemoKind
@@ -203,7 +231,8 @@ class CreditMemo(_message.Message):
     memo: str
     lines: _containers.RepeatedCompositeFieldContainer[CreditMemoLine]
     number: str
-    def __init__(self, erp_credit_memo_id: _Optional[str] = ..., source_id: _Optional[str] = ..., kind: _Optional[_Union[CreditMemoKind, str]] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., memo_date: _Optional[str] = ..., status: _Optional[str] = ..., applied_to: _Optional[str] = ..., memo: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[CreditMemoLine, _Mapping]]] = ..., number: _Optional[str] = ...) -> None: ...
+    date_source: str
+    def __init__(self, erp_credit_memo_id: _Optional[str] = ..., source_id: _Optional[str] = ..., kind: _Optional[_Union[CreditMemoKind, str]] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., memo_date: _Optional[str] = ..., status: _Optional[str] = ..., applied_to: _Optional[str] = ..., memo: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[CreditMemoLine, _Mapping]]] = ..., number: _Optional[str] = ..., date_source: _Optional[str] = ...) -> None: ...
 
 class Refund(_message.Message):
     __slots__ = ("erp_refund_id", "stripe_refund_id", "stripe_invoice_id", "erp_invoice_id", "stripe_customer_id", "amount", "refund_date", "status", "charge_id", "erp_credit_memo_id")
@@ -230,7 +259,7 @@ class Refund(_message.Message):
     def __init__(self, erp_refund_id: _Optional[str] = ..., stripe_refund_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., erp_invoice_id: _Optional[str] = ..., stripe_customer_id: _Optional[str] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., refund_date: _Optional[str] = ..., status: _Optional[str] = ..., charge_id: _Optional[str] = ..., erp_credit_memo_id: _Optional[str] = ...) -> None: ...
 
 class CreditHold(_message.Message):
-    __slots__ = ("stripe_customer_id", "stripe_invoice_id", "reason", "placed_at", "released_at", "release_reason", "active")
+    __slots__ = ("stripe_customer_id", "stripe_invoice_id", "reason", "placed_at", "released_at", "release_reason", "active", "reason_code", "release_reason_code", "placed_date_source", "released_date_source")
     STRIPE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     STRIPE_INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +267,10 @@ class CreditHold(_message.Message):
     RELEASED_AT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_REASON_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    PLACED_DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_DATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     stripe_customer_id: str
     stripe_invoice_id: str
     reason: str
@@ -245,7 +278,11 @@ class CreditHold(_message.Message):
     released_at: str
     release_reason: str
     active: bool
-    def __init__(self, stripe_customer_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., reason: _Optional[str] = ..., placed_at: _Optional[str] = ..., released_at: _Optional[str] = ..., release_reason: _Optional[str] = ..., active: _Optional[bool] = ...) -> None: ...
+    reason_code: HoldReason
+    release_reason_code: HoldReason
+    placed_date_source: str
+    released_date_source: str
+    def __init__(self, stripe_customer_id: _Optional[str] = ..., stripe_invoice_id: _Optional[str] = ..., reason: _Optional[str] = ..., placed_at: _Optional[str] = ..., released_at: _Optional[str] = ..., release_reason: _Optional[str] = ..., active: _Optional[bool] = ..., reason_code: _Optional[_Union[HoldReason, str]] = ..., release_reason_code: _Optional[_Union[HoldReason, str]] = ..., placed_date_source: _Optional[str] = ..., released_date_source: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
     __slots__ = ("stripe_event_id", "event_type", "record_type", "record_id", "change", "recorded_at")
@@ -364,16 +401,18 @@ class ListPaymentsResponse(_message.Message):
     def __init__(self, payments: _Optional[_Iterable[_Union[Payment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListCreditMemosRequest(_message.Message):
-    __slots__ = ("stripe_customer_id", "invoice_id", "page_size", "page_token")
+    __slots__ = ("stripe_customer_id", "invoice_id", "page_size", "page_token", "include_superseded")
     STRIPE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
     stripe_customer_id: str
     invoice_id: str
     page_size: int
     page_token: str
-    def __init__(self, stripe_customer_id: _Optional[str] = ..., invoice_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    include_superseded: bool
+    def __init__(self, stripe_customer_id: _Optional[str] = ..., invoice_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_superseded: _Optional[bool] = ...) -> None: ...
 
 class ListCreditMemosResponse(_message.Message):
     __slots__ = ("credit_memos", "next_page_token")
@@ -436,12 +475,16 @@ class ListCreditHoldsRequest(_message.Message):
     def __init__(self, stripe_customer_id: _Optional[str] = ..., active_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCreditHoldsResponse(_message.Message):
-    __slots__ = ("holds", "next_page_token")
+    __slots__ = ("holds", "next_page_token", "credit_hold_enabled", "release_on_pay")
     HOLDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_HOLD_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ON_PAY_FIELD_NUMBER: _ClassVar[int]
     holds: _containers.RepeatedCompositeFieldContainer[CreditHold]
     next_page_token: str
-    def __init__(self, holds: _Optional[_Iterable[_Union[CreditHold, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    credit_hold_enabled: bool
+    release_on_pay: bool
+    def __init__(self, holds: _Optional[_Iterable[_Union[CreditHold, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., credit_hold_enabled: _Optional[bool] = ..., release_on_pay: _Optional[bool] = ...) -> None: ...
 
 class GetRevenueScheduleRequest(_message.Message):
     __slots__ = ("invoice_id",)
@@ -484,7 +527,7 @@ class ImportItemMappingsRequest(_message.Message):
     def __init__(self, csv: _Optional[bytes] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ImportItemMappingsResponse(_message.Message):
-    __slots__ = ("rows", "created", "updated", "unchanged", "problems", "dry_run", "applied")
+    __slots__ = ("rows", "created", "updated", "unchanged", "problems", "dry_run", "applied", "lines_remapped")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
@@ -492,6 +535,7 @@ class ImportItemMappingsResponse(_message.Message):
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LINES_REMAPPED_FIELD_NUMBER: _ClassVar[int]
     rows: int
     created: int
     updated: int
@@ -499,7 +543,8 @@ class ImportItemMappingsResponse(_message.Message):
     problems: _containers.RepeatedCompositeFieldContainer[ImportProblem]
     dry_run: bool
     applied: bool
-    def __init__(self, rows: _Optional[int] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ImportProblem, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., applied: _Optional[bool] = ...) -> None: ...
+    lines_remapped: int
+    def __init__(self, rows: _Optional[int] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ImportProblem, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., applied: _Optional[bool] = ..., lines_remapped: _Optional[int] = ...) -> None: ...
 
 class ListUnmappedPricesRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -22,25 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from syncmesh.billing.v1 import billing_service_pb2 as syncmesh_dot_billing_dot_v1_dot_billing__service__pb2
 from syncmesh.events.v1 import meta_pb2 as syncmesh_dot_events_dot_v1_dot_meta__pb2
 from syncmesh.type.v1 import money_pb2 as syncmesh_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n syncmesh/billing/v1/events.proto\x12\x13syncmesh.billing.v1\x1a\x1dsyncmesh/events/v1/meta.proto\x1a\x1csyncmesh/type/v1/money.proto\"\x8f\x02\n\x0eInvoiceChanged\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x16\n\x0e\x65rp_invoice_id\x18\x02 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x03 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12&\n\x05total\x18\x06 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x31\n\x10\x61mount_remaining\x18\x07 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x16\n\x0elines_complete\x18\x08 \x01(\x08\"\xb4\x01\n\x0ePaymentApplied\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x16\n\x0e\x65rp_payment_id\x18\x02 \x01(\t\x12\x19\n\x11stripe_payment_id\x18\x03 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\"\xd1\x01\n\x11\x43reditMemoChanged\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x1a\n\x12\x65rp_credit_memo_id\x18\x02 \x01(\t\x12\x11\n\tsource_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x05 \x01(\t\x12\'\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x0e\n\x06status\x18\x07 \x01(\t\"\xc2\x01\n\x0eRefundRecorded\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x15\n\rerp_refund_id\x18\x02 \x01(\t\x12\x18\n\x10stripe_refund_id\x18\x03 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x0e\n\x06status\x18\x06 \x01(\t\"\x97\x01\n\x11\x43reditHoldChanged\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x1a\n\x12stripe_customer_id\x18\x02 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n syncmesh/billing/v1/events.proto\x12\x13syncmesh.billing.v1\x1a)syncmesh/billing/v1/billing_service.proto\x1a\x1dsyncmesh/events/v1/meta.proto\x1a\x1csyncmesh/type/v1/money.proto\"\x8f\x02\n\x0eInvoiceChanged\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x16\n\x0e\x65rp_invoice_id\x18\x02 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x03 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12&\n\x05total\x18\x06 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x31\n\x10\x61mount_remaining\x18\x07 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x16\n\x0elines_complete\x18\x08 \x01(\x08\"\xe2\x01\n\x0ePaymentApplied\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x16\n\x0e\x65rp_payment_id\x18\x02 \x01(\t\x12\x19\n\x11stripe_payment_id\x18\x03 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x11\n\tcharge_id\x18\x06 \x01(\t\x12\x19\n\x11payment_intent_id\x18\x07 \x01(\t\"\xd1\x01\n\x11\x43reditMemoChanged\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x1a\n\x12\x65rp_credit_memo_id\x18\x02 \x01(\t\x12\x11\n\tsource_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x05 \x01(\t\x12\'\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x0e\n\x06status\x18\x07 \x01(\t\"\xc2\x01\n\x0eRefundRecorded\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x15\n\rerp_refund_id\x18\x02 \x01(\t\x12\x18\n\x10stripe_refund_id\x18\x03 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.syncmesh.type.v1.Money\x12\x0e\n\x06status\x18\x06 \x01(\t\"\xcd\x01\n\x11\x43reditHoldChanged\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1d.syncmesh.events.v1.EventMeta\x12\x1a\n\x12stripe_customer_id\x18\x02 \x01(\t\x12\x19\n\x11stripe_invoice_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x34\n\x0breason_code\x18\x06 \x01(\x0e\x32\x1f.syncmesh.billing.v1.HoldReasonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'syncmesh.billing.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVOICECHANGED']._serialized_start=119
-  _globals['_INVOICECHANGED']._serialized_end=390
-  _globals['_PAYMENTAPPLIED']._serialized_start=393
-  _globals['_PAYMENTAPPLIED']._serialized_end=573
-  _globals['_CREDITMEMOCHANGED']._serialized_start=576
-  _globals['_CREDITMEMOCHANGED']._serialized_end=785
-  _globals['_REFUNDRECORDED']._serialized_start=788
-  _globals['_REFUNDRECORDED']._serialized_end=982
-  _globals['_CREDITHOLDCHANGED']._serialized_start=985
-  _globals['_CREDITHOLDCHANGED']._serialized_end=1136
+  _globals['_INVOICECHANGED']._serialized_start=162
+  _globals['_INVOICECHANGED']._serialized_end=433
+  _globals['_PAYMENTAPPLIED']._serialized_start=436
+  _globals['_PAYMENTAPPLIED']._serialized_end=662
+  _globals['_CREDITMEMOCHANGED']._serialized_start=665
+  _globals['_CREDITMEMOCHANGED']._serialized_end=874
+  _globals['_REFUNDRECORDED']._serialized_start=877
+  _globals['_REFUNDRECORDED']._serialized_end=1071
+  _globals['_CREDITHOLDCHANGED']._serialized_start=1074
+  _globals['_CREDITHOLDCHANGED']._serialized_end=1279
 # @@protoc_insertion_point(module_scope)

@@ -252,6 +252,30 @@ class ImportCustomerMappingsResponse(_message.Message):
     problem_count: int
     def __init__(self, applied: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., rows: _Optional[int] = ..., created: _Optional[int] = ..., linked: _Optional[int] = ..., unchanged: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ImportProblem, _Mapping]]] = ..., problem_count: _Optional[int] = ...) -> None: ...
 
+class ImportCustomerMappingsWithProgressRequest(_message.Message):
+    __slots__ = ("dry_run", "csv_chunk")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    CSV_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    csv_chunk: bytes
+    def __init__(self, dry_run: _Optional[bool] = ..., csv_chunk: _Optional[bytes] = ...) -> None: ...
+
+class ImportCustomerMappingsWithProgressResponse(_message.Message):
+    __slots__ = ("step", "step_number", "steps", "rows_done", "rows", "result")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    step_number: int
+    steps: int
+    rows_done: int
+    rows: int
+    result: ImportCustomerMappingsResponse
+    def __init__(self, step: _Optional[str] = ..., step_number: _Optional[int] = ..., steps: _Optional[int] = ..., rows_done: _Optional[int] = ..., rows: _Optional[int] = ..., result: _Optional[_Union[ImportCustomerMappingsResponse, _Mapping]] = ...) -> None: ...
+
 class SyncCustomerToStripeRequest(_message.Message):
     __slots__ = ("erp_customer_id", "email", "name")
     ERP_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]

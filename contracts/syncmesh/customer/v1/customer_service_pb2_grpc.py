@@ -66,6 +66,11 @@ class CustomerServiceStub:
                 request_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsRequest.SerializeToString,
                 response_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsResponse.FromString,
                 _registered_method=True)
+        self.ImportCustomerMappingsWithProgress = channel.stream_stream(
+                '/syncmesh.customer.v1.CustomerService/ImportCustomerMappingsWithProgress',
+                request_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressRequest.SerializeToString,
+                response_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressResponse.FromString,
+                _registered_method=True)
         self.SyncCustomerToStripe = channel.unary_unary(
                 '/syncmesh.customer.v1.CustomerService/SyncCustomerToStripe',
                 request_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.SyncCustomerToStripeRequest.SerializeToString,
@@ -134,6 +139,15 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportCustomerMappingsWithProgress(self, request_iterator, context):
+        """The same import, streaming back what the service is doing with the file once it has it all
+        (checking, copying, writing, committing, with rows done), then the result: a large sheet
+        takes the service a while after the upload, and the caller should see it working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SyncCustomerToStripe(self, request, context):
         """"Sync to Stripe" for one ERP customer: the linked Stripe customer (updated with the ERP
         email/name), else the Stripe customer with its email, else a new one; then linked.
@@ -188,6 +202,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.ImportCustomerMappings,
                     request_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsRequest.FromString,
                     response_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsResponse.SerializeToString,
+            ),
+            'ImportCustomerMappingsWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.ImportCustomerMappingsWithProgress,
+                    request_deserializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressRequest.FromString,
+                    response_serializer=syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressResponse.SerializeToString,
             ),
             'SyncCustomerToStripe': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncCustomerToStripe,
@@ -369,6 +388,33 @@ class CustomerService:
             '/syncmesh.customer.v1.CustomerService/ImportCustomerMappings',
             syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsRequest.SerializeToString,
             syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportCustomerMappingsWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/syncmesh.customer.v1.CustomerService/ImportCustomerMappingsWithProgress',
+            syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressRequest.SerializeToString,
+            syncmesh_dot_customer_dot_v1_dot_customer__service__pb2.ImportCustomerMappingsWithProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,
