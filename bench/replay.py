@@ -1,4 +1,5 @@
-"""5. Replay: 100,000 events (10% duplicates, shuffled) rebuilt by one service, then again.
+"""5. Replay: 100,000 events (10% duplicates, shuffled) rebuilt by one service, then again; and
+the same stream through the operator tool, `syncmesh replay SERVICE` (ops/replay.py).
 
 The stream is filled with events the service subscribes to (90% distinct, 10% resent copies,
 in random order: a rebuild from history is never in order), and the service drains it with a
@@ -6,20 +7,36 @@ fresh durable on an empty database. Then its durable is deleted and it replays t
 over the records it built: every event is already in its idempotency record, so no row may
 change. Rows changed are counted from PostgreSQL's own statistics (n_tup_ins/upd/del of the
 service's tables) and checked against a checksum of every table's content.
+
+The operator tool is what an operator runs to rebuild after a mapping change: it reads the
+stream with its own ephemeral consumer (no durable, no acks) and re-applies every event through
+the runtime's `BatchRunner`, forgetting each event id first. It is run as its own process, as
+`syncmesh replay NAME` would be, first on an empty database (a rebuild) and then over what it
+built (every event re-applied: the tool itself must report 0 changed rows). Its CPU per event is
+its own process's, read with `wait4`, beside PostgreSQL's and nats-server's over the same span.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
 from bench.consumer import fill, subject_matches, timed_drain
 from bench.env import definition
 from bench.events import BenchEvent, EventFactory
+from bench.procs import TICK, cpu_jiffies, tree_jiffies
 from bench.stats import fmt
 from bench.suite import Suite
+from services import registry
 from services.common.events import subject_for
 
 TITLE = "5. Replay"
@@ -147,4 +164,129 @@ async def run(suite: Suite) -> None:
                 )
             finally:
                 await env.drop_database(database)
+            await run_tool_section(suite, spec, count, deadline)
         await env.reset_stream()
+
+
+@dataclass
+class ToolRun:
+    """One `syncmesh replay` process: its wall time, CPU and what it reported."""
+
+    seconds: float
+    cpu_ms: float
+    postgres_cpu_ms: float
+    nats_cpu_ms: float
+    messages: int
+    changed_rows: int
+    failures: int
+    exit_code: int
+    output: str
+
+    def per_event(self, cpu_ms: float) -> float | None:
+        return cpu_ms / self.messages if self.messages else None
+
+
+def _reported(pattern: str, text: str) -> int:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else -1
+
+
+def _run_process(
+    argv: list[str], env: dict[str, str], out_path: Path, log_path: Path, deadline: float
+) -> tuple[float, int, float]:
+    """Run to the end (killed at `deadline`); wall seconds, exit code and its own CPU in ms
+    (wait4's rusage: this child's alone, whatever else the bench reaps meanwhile)."""
+    with log_path.open("w") as stderr, out_path.open("w") as stdout:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - started > deadline:
+                proc.kill()
+            time.sleep(0.02)
+        seconds = time.monotonic() - started
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    return seconds, code, (usage.ru_utime + usage.ru_stime) * 1000
+
+
+async def run_tool(suite: Suite, spec: str, database: str, deadline: float) -> ToolRun:
+    """`syncmesh replay SPEC` on `database`, as its own process; its CPU from wait4, so nothing
+    else the bench reaps is counted."""
+    env = suite.env
+    log_path = env.data_dir / f"replay-tool-{database}.log"
+    argv = [sys.executable, "-m", "launcher.cli", "replay", spec]
+    child_env = env.child_env(SYNCMESH_DATABASE_URL=env.pg.dsn(database))
+    pg_pid = env.pg.process.pid if env.pg.process is not None else None
+    nats_pid = env.nats.process.pid if env.nats.process is not None else None
+    pg_before = tree_jiffies(pg_pid) if pg_pid else 0
+    nats_before = cpu_jiffies(nats_pid, children=False) if nats_pid else 0
+    out_path = env.data_dir / f"replay-tool-{database}.out"
+    seconds, code, cpu_ms = await asyncio.to_thread(_run_process, argv, child_env, out_path, log_path, deadline)
+    pg_ms = ((tree_jiffies(pg_pid) - pg_before) * 1000 / TICK) if pg_pid else 0.0
+    nats_ms = ((cpu_jiffies(nats_pid, children=False) - nats_before) * 1000 / TICK) if nats_pid else 0.0
+    text = out_path.read_text()
+    return ToolRun(
+        seconds=seconds,
+        cpu_ms=cpu_ms,
+        postgres_cpu_ms=pg_ms,
+        nats_cpu_ms=nats_ms,
+        messages=_reported(r"replayed (\d+) messages", text),
+        changed_rows=_reported(r"changed (\d+) rows in total", text),
+        failures=_reported(r"(\d+) events FAILED", text),
+        exit_code=code,
+        output=text,
+    )
+
+
+async def run_tool_section(suite: Suite, spec: str, count: int, deadline: float) -> None:
+    """The operator tool on the stream the service just drained: a rebuild, then again."""
+    if spec not in registry.names():
+        suite.note(TITLE, f"the operator tool replays registered services only; {spec} not measured")
+        return
+    rebuild = suite.figure(
+        TITLE, "replay.tool.time", f"`syncmesh replay {spec}`: {count:,} events on an empty database", "s", target=20
+    )
+    rate = suite.figure(TITLE, "replay.tool.rate", f"`syncmesh replay {spec}`: rate", "events/s")
+    cpu = suite.figure(TITLE, "replay.tool.cpu", f"`syncmesh replay {spec}`: its own CPU per event", "ms")
+    again = suite.figure(
+        TITLE, "replay.tool.changed", f"`syncmesh replay {spec}` again: rows it reports changed", "rows", target=0
+    )
+    again_time = suite.figure(TITLE, "replay.tool.again_time", f"`syncmesh replay {spec}` again", "s")
+    env = suite.env
+    database = await env.fresh_database("replay_tool")
+    try:
+        for label, figure_time in (("rebuild", rebuild), ("again", again_time)):
+            suite.say(f"  `syncmesh replay {spec}` ({label}) on {database}")
+            result = await run_tool(suite, spec, database, deadline)
+            if result.exit_code != 0 or result.messages <= 0:
+                suite.note(
+                    TITLE,
+                    f"`syncmesh replay {spec}` ({label}) exited {result.exit_code} after {result.seconds:.1f} s: "
+                    + " | ".join(result.output.strip().splitlines()[-5:]),
+                )
+                return
+            suite.record(figure_time, result.seconds)
+            per_event = {
+                name: f"{ms / result.messages:.3f}"
+                for name, ms in (
+                    ("tool", result.cpu_ms),
+                    ("postgresql", result.postgres_cpu_ms),
+                    ("nats-server", result.nats_cpu_ms),
+                )
+            }
+            figure_time.notes.append(
+                f"{label}: {result.messages:,} messages in {result.seconds:.2f} s "
+                f"({fmt(result.messages / result.seconds)}/s); CPU ms per event "
+                + ", ".join(f"{k} {v}" for k, v in per_event.items())
+                + f"; tool reports {result.changed_rows} rows changed, {max(result.failures, 0)} failures"
+            )
+            if label == "rebuild":
+                suite.record(rate, result.messages / result.seconds)
+                if (value := result.per_event(result.cpu_ms)) is not None:
+                    suite.record(cpu, value)
+            else:
+                suite.record(again, result.changed_rows)
+    finally:
+        await env.drop_database(database)

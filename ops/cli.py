@@ -206,7 +206,10 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from ops.common import connected_bus, parse_since
-    from ops.replay import replay
+    from ops.replay import BATCH_SIZE, replay
+    from services.common.service import tune_gc
+
+    tune_gc()  # a long batch run, like a service's: collections less often (see tune_gc)
 
     async def work(settings: Settings) -> int:
         definition = registry.by_name(args.service)
@@ -215,7 +218,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         since = parse_since("--since", args.since) if args.since else None
         async with connected_bus(settings) as bus:
             report = await replay(
-                definition, settings, bus, since=since, emit_events=args.emit_events, show_progress=True
+                definition,
+                settings,
+                bus,
+                since=since,
+                emit_events=args.emit_events,
+                show_progress=True,
+                batch_size=args.batch_size or BATCH_SIZE,
             )
         print("\n".join(report.lines()))
         return EXIT_FAILED if report.failures else 0
@@ -295,6 +304,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     replay.add_argument(
         "--dry-run", action="store_true", help="compute and report what would change, write nothing (SYNCMESH_DRY_RUN)"
+    )
+    replay.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="events applied per transaction (default 1000; smaller holds row locks for less time)",
     )
     replay.set_defaults(func=_cmd_replay)
 

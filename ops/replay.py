@@ -6,7 +6,10 @@ can be recomputed from it. Replay reads the stream (from the start, or from `--s
 ephemeral consumer filtered on the service's subjects, and applies the messages with the
 runtime's own `BatchRunner` and the service's own applier (one transaction per batch, a
 savepoint per message only when one fails, the idempotency record). So a replayed event is
-applied exactly as it was live, by the same code.
+applied exactly as it was live, by the same code. Being a backlog, it goes in batches of 1,000
+(`--batch-size`), and the next batches are read (no acks: the consumer is ephemeral) and
+decoded, each message once, while PostgreSQL applies the one before; batches are still applied
+one at a time, in stream order. Progress is a line every few seconds (`services.common.progress`).
 
 To make the applier run again, the batch's event ids are removed from `processed_events` in
 the same transaction that re-applies them (the runner's transaction nests in it as a
@@ -30,7 +33,8 @@ unmarked in processed_events, so the next replay (or a redrive) tries it again.
 
 What changed is measured on the service's own tables (the runtime's processed_events,
 outbox and schema_migrations are left out): row counts before and after, rows that differ
-(compared as whole rows), and a checksum per table. A second replay of the same history
+(compared as whole rows, by a hash of each kept in a temporary table, so each table is read
+once before and once after), and a checksum per table. A second replay of the same history
 reports 0 changed rows.
 
 The service may keep running meanwhile (the guarded upserts make concurrent writes safe), but
@@ -41,6 +45,8 @@ as of its start.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,14 +189,30 @@ async def _count_and_checksum(conn: db.Conn, relation: str) -> tuple[int, str]:
 async def _compare(
     conn: db.Conn, schema: str, tables: Sequence[str], before: dict[str, tuple[int, str]]
 ) -> list[TableChange]:
+    """Hash every row once more (into a temporary table beside the one `_snapshot` kept), then
+    count and compare the two sets of hashes: one pass over each table, however it changed."""
     changes = []
     for i, table in enumerate(tables):
-        rows = f"SELECT md5(t::text) AS h FROM {_ident(schema)}.{_ident(table)} t"
-        before_rows = f"SELECT h FROM pg_temp.replay_before_{i}"
-        rows_after, checksum_after = await _count_and_checksum(conn, f"({rows}) AS now_rows")
-        new_or_changed = await conn.fetchval(f"SELECT count(*) FROM ({rows} EXCEPT ALL {before_rows}) d")
-        removed_or_changed = await conn.fetchval(f"SELECT count(*) FROM ({before_rows} EXCEPT ALL {rows}) d")
+        before_rows = f"pg_temp.replay_before_{i}"
+        after_rows = f"pg_temp.replay_after_{i}"
+        await conn.execute(f"DROP TABLE IF EXISTS {after_rows}")
+        await conn.execute(
+            f"CREATE TEMP TABLE replay_after_{i} AS SELECT md5(t::text) AS h FROM {_ident(schema)}.{_ident(table)} t"
+        )
+        rows_after, checksum_after = await _count_and_checksum(conn, after_rows)
         rows_before, checksum_before = before[table]
+        if checksum_after == checksum_before:
+            new_or_changed = removed_or_changed = 0  # the same multiset of row hashes
+        elif not rows_before or not rows_after:  # a rebuild from nothing, or everything gone
+            new_or_changed, removed_or_changed = rows_after, rows_before
+        else:
+            new_or_changed = await conn.fetchval(
+                f"SELECT count(*) FROM (SELECT h FROM {after_rows} EXCEPT ALL SELECT h FROM {before_rows}) d"
+            )
+            removed_or_changed = await conn.fetchval(
+                f"SELECT count(*) FROM (SELECT h FROM {before_rows} EXCEPT ALL SELECT h FROM {after_rows}) d"
+            )
+        await conn.execute(f"DROP TABLE IF EXISTS {after_rows}, {before_rows}")
         changes.append(
             TableChange(
                 table=table,
@@ -205,6 +227,29 @@ async def _compare(
     return changes
 
 
+#: Messages per batch. A replay is a backlog by definition, and the appliers are set-based (a
+#: few statements per batch whatever its size), so larger batches cost less per event. The
+#: price is paid only when an event fails: the runner then redoes its batch one at a time.
+BATCH_SIZE = 1000
+
+#: Batches read and decoded ahead of the one being applied: the stream is read and decoded
+#: while PostgreSQL works on the batch before, instead of each waiting for the other.
+READ_AHEAD = 2
+
+
+@dataclass
+class _Decoded:
+    """A batch read from the stream and decoded, with the event ids to forget before applying it."""
+
+    count: int
+    batch: Batch
+    forget: list[str]
+
+
+#: What the reader hands over: a batch, what stopped it, or None at the end of the window.
+_Item = _Decoded | Exception | None
+
+
 async def replay(
     definition: ServiceDefinition,
     settings: Settings,
@@ -212,7 +257,7 @@ async def replay(
     *,
     since: datetime | None = None,
     emit_events: bool = False,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     show_progress: bool = False,
 ) -> ReplayReport:
     """Re-handle the service's events from the stream and report what changed in its tables."""
@@ -265,24 +310,44 @@ async def _run(
     reader = StreamReader(bus, STRIPE_STREAM, subjects=definition.subjects, start_time=since, batch=batch_size)
     window = await reader.window()
     bar = progress(total=window.pending, desc=f"replay {definition.name}", unit="msg", enabled=show_progress)
-    replayed: set[str] = set()
+    queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
+    reading = asyncio.get_running_loop().create_task(_read(reader, settings.mode, report, queue))
     try:
-        async for msgs in reader.batches():
-            batch = receive(msgs, settings.mode)
-            forget: list[str] = []
-            for d in batch.deliveries:
-                if d.event.id in replayed:
-                    report.repeats += 1
-                else:
-                    replayed.add(d.event.id)
-                    forget.append(d.event.id)
-            await _forget_then_apply(pool, runner, batch, forget, rollback=settings.dry_run)
-            _report(batch, report)
-            report.messages += len(msgs)
-            bar.update(len(msgs))
+        while (decoded := await queue.get()) is not None:
+            if isinstance(decoded, Exception):
+                raise decoded
+            await _forget_then_apply(pool, runner, decoded.batch, decoded.forget, rollback=settings.dry_run)
+            _report(decoded.batch, report)
+            report.messages += decoded.count
+            bar.update(decoded.count)
     finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
         bar.close()
     report.suppressed_events = suppressed[0]
+
+
+async def _read(reader: StreamReader, mode: str, report: ReplayReport, queue: asyncio.Queue[_Item]) -> None:
+    """Read and decode batches in stream order, each message once; then None, or what failed."""
+    replayed: set[str] = set()
+    try:
+        async with contextlib.aclosing(reader.batches()) as batches:  # its consumer deleted at once
+            async for msgs in batches:
+                batch = receive(msgs, mode)
+                forget: list[str] = []
+                for d in batch.deliveries:
+                    if d.event.id in replayed:
+                        report.repeats += 1
+                    else:
+                        replayed.add(d.event.id)
+                        forget.append(d.event.id)
+                await queue.put(_Decoded(len(msgs), batch, forget))
+    except Exception as exc:  # handed to the applying side, which raises it in order
+        await queue.put(exc)
+    else:
+        await queue.put(None)
 
 
 async def _forget_then_apply(

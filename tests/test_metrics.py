@@ -78,14 +78,20 @@ def _matches(pattern: str, subject: str) -> bool:
     return len(want) == len(have)
 
 
-def _stream_counts(nats_url: str) -> dict[str, int]:
-    """Messages per subject in stream STRIPE: what the gateway accepted from the demo."""
+def _stream_counts(env: dict[str, str]) -> dict[str, int]:
+    """Messages per subject in stream STRIPE: what the gateway accepted from the demo, read as
+    the operator identity `up` records for the tools."""
     import asyncio
 
     import nats
 
+    from services.common.bus import connect_options
+    from services.common.settings import load_settings
+
+    settings = load_settings(env, local_mesh=False)
+
     async def read() -> dict[str, int]:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(settings.nats_url, **connect_options(settings))
         try:
             info = await nc.jetstream().stream_info("STRIPE", subjects_filter=">")
             return dict(info.state.subjects or {})
@@ -103,7 +109,7 @@ def test_each_service_shows_every_demo_event_it_consumed_by_type(demo_mesh: dict
     """The issue's done-when: per event type, what the service's metrics say it settled is
     exactly what the demo put on its subjects, and most of it applied (none failed for good)."""
     definition = registry.by_name(service)
-    stream = _stream_counts(demo_mesh["env"]["SYNCMESH_NATS_URL"])
+    stream = _stream_counts(demo_mesh["env"])
     expected = {
         subject.removeprefix("stripe."): n
         for subject, n in stream.items()

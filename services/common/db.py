@@ -351,7 +351,8 @@ async def provision_roles(
 async def grant_runtime(conn: Conn, schema: str, *, owner: str | None = None) -> bool:
     """Grant the service's role (when it exists) USAGE on `schema` and SELECT, INSERT, UPDATE,
     DELETE on its tables (its sequences too), now and for tables `owner` (default: this
-    connection's role) creates later; `schema_migrations` is read-only to it. No CREATE, no
+    connection's role) creates later; `schema_migrations` is read-only to it and `audit_log`
+    append-only (INSERT and SELECT). No CREATE, no
     TRUNCATE, no REFERENCES or TRIGGER: the shape of the schema is the migration role's.
     Returns whether the role exists."""
     role = runtime_role(schema)
@@ -370,6 +371,10 @@ async def grant_runtime(conn: Conn, schema: str, *, owner: str | None = None) ->
         await conn.execute(statement)
     if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.schema_migrations"):
         await conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON {schema}.schema_migrations FROM {role}")
+    # The audit trail is append-only to the service: a compromised process can add to it but
+    # cannot rewrite or erase who did what (SECURITY.md).
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.audit_log"):
+        await conn.execute(f"REVOKE UPDATE, DELETE ON {schema}.audit_log FROM {role}")
     return True
 
 

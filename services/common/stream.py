@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,7 +80,7 @@ class StreamReader:
                     await self._delete_consumer(name)
         return self._window
 
-    async def batches(self) -> AsyncIterator[list[Msg]]:
+    async def batches(self) -> AsyncGenerator[list[Msg], None]:
         """Yield lists of messages in stream order, ending at the window's last sequence."""
         window = await self.window()
         if window.pending == 0:

@@ -233,3 +233,24 @@ def test_only_the_mesh_nats_box_and_labelled_namespaces_reach_nats() -> None:
     assert any(peer.get("namespaceSelector") == mesh and "podSelector" in peer for peer in clients)
     assert all(peer.get("namespaceSelector") != {} for peer in clients), "no namespace may reach NATS unlabelled"
     assert by_port[6222] == [{"podSelector": {"matchLabels": nats_pods}}], "routes only between NATS servers"
+
+
+@pytest.mark.parametrize("kustomization", ["infra/postgres", "infra/postgres-dev"])
+def test_only_the_mesh_its_instances_and_the_operator_reach_postgres(kustomization: str) -> None:
+    """Passwords are the second line: a pod of another app in the namespace cannot even try one."""
+    (policy,) = of_kind(render(kustomization), "NetworkPolicy")
+    for version in sorted({OLDEST_KUBERNETES, f"{kubernetes_validate.latest_version()}.0"}):
+        kubernetes_validate.validate(policy, version, strict=True)
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"cnpg.io/cluster": _cluster(kustomization)["metadata"]["name"]}
+    }
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    by_port = {port["port"]: rule["from"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    assert set(by_port) == {5432, 8000, 9187}
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "stripe-sync-mesh"}}} in by_port[5432]
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "cnpg-system"}}}
+    assert by_port[8000] == [operator]
+    for peers in by_port.values():
+        assert {"podSelector": {}} not in peers and all(p.get("namespaceSelector") != {} for p in peers), (
+            "no unlabelled pod or namespace may reach PostgreSQL"
+        )

@@ -453,3 +453,23 @@ def test_each_deployable_connects_to_nats_as_itself(objs: list[Obj]) -> None:
         password = env.get("SYNCMESH_NATS_PASSWORD")
         assert isinstance(password, Secretish), f"{deployable}: SYNCMESH_NATS_PASSWORD must come from a Secret"
         assert (password.secret, password.key) == ("syncmesh-nats", deployable)
+
+
+def test_each_service_requires_grpc_callers_to_authenticate(objs: list[Obj]) -> None:
+    """Authentication is on in every cluster (issue 17): each service reads its callers' tokens
+    from a file mounted from the `syncmesh-grpc-tokens` Secret, as a directory (a subPath mount
+    would never see a rotated token)."""
+    for name in registry.names():
+        spec = deployment(objs, name)["spec"]["template"]["spec"]
+        container = main_container(deployment(objs, name))
+        path = container_env(objs, container).get("SYNCMESH_GRPC_TOKENS_FILE")
+        assert isinstance(path, str) and path.startswith("/"), f"{name} runs with gRPC authentication off"
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = [
+            m
+            for m in container.get("volumeMounts", [])
+            if path.startswith(m["mountPath"].rstrip("/") + "/") and "subPath" not in m
+        ]
+        assert mounts, f"{name}: nothing is mounted where SYNCMESH_GRPC_TOKENS_FILE points ({path})"
+        secret = volumes[mounts[0]["name"]].get("secret", {})
+        assert secret.get("secretName") == "syncmesh-grpc-tokens", f"{name}: the tokens file must come from a Secret"

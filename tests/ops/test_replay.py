@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -136,3 +138,60 @@ async def test_replay_shows_a_handler_that_is_not_idempotent_at_record_level(set
     assert table.table == "toy_records" and table.changed_rows == 1
     rows = await fetch(settings, "SELECT times_applied FROM toy.toy_records")
     assert rows[0]["times_applied"] == 2
+
+
+async def test_replay_in_batches_of_one_reports_the_same(applied, settings: Settings, bus: Bus) -> None:
+    """Batches are read and decoded ahead of the one being applied: across many batches, repeats
+    are still found and every message is counted once, in stream order."""
+    late = customer_event("cus_c", name="Gamma", created=300)
+    await publish(bus, late)
+    await publish(bus, late, msg_id="resent-c")  # Stripe resent it past JetStream's dedup window
+    record_toy.NAME_STYLE["upper"] = True
+    report = await replay(record_toy.DEFINITION, settings, bus, batch_size=1)
+    assert (report.messages, report.applied, report.repeats, report.failures) == (6, 5, 1, [])
+    assert await records(settings) == [("cus_a", "ACME RENAMED", 200), ("cus_b", "BETA", 100), ("cus_c", "GAMMA", 300)]
+    assert report.changed_rows == 3
+    again = await replay(record_toy.DEFINITION, settings, bus, batch_size=2)
+    assert (again.messages, again.applied, again.repeats, again.changed_rows) == (6, 5, 1, 0)
+
+
+async def test_a_stream_that_fails_mid_replay_stops_it_with_that_error(
+    applied, settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader runs ahead in its own task: its failure must reach the caller, not hang the
+    replay, and the batches applied before it stay committed (each is its own transaction)."""
+    from services.common.stream import StreamReader
+
+    real = StreamReader.batches
+
+    async def failing(self: StreamReader):  # type: ignore[no-untyped-def]
+        batches = real(self)
+        try:
+            async for msgs in batches:
+                yield msgs
+                raise ConnectionResetError("the stream went away")
+        finally:
+            await batches.aclose()
+
+    monkeypatch.setattr(StreamReader, "batches", failing)
+    record_toy.NAME_STYLE["upper"] = True
+    with pytest.raises(ConnectionResetError, match="went away"):
+        await asyncio.wait_for(replay(record_toy.DEFINITION, settings, bus, batch_size=1), 30)
+    # Only the first message was re-applied (and changed nothing: its record is newer), and no
+    # event id was left forgotten without being applied again.
+    assert await records(settings) == applied
+    processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
+    assert processed[0]["n"] == 4
+
+
+async def test_a_rebuild_into_empty_tables_counts_every_row_as_new(applied, settings: Settings, bus: Bus) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("DELETE FROM record_toy.toy_customers")  # the records lost, the history kept
+    finally:
+        await conn.close()
+    report = await replay(record_toy.DEFINITION, settings, bus)
+    assert await records(settings) == applied
+    [table] = report.tables
+    assert (table.rows_before, table.rows_after, table.new_or_changed, table.removed_or_changed) == (0, 2, 2, 0)
+    assert report.changed_rows == 2

@@ -191,6 +191,11 @@ async def test_a_service_role_has_dml_on_its_own_schema_and_nothing_more(roles: 
             await conn.execute(
                 "INSERT INTO billing.outbox (subject, message_type, msg_id, payload) VALUES ('s', 't', 'm', '')"
             )
+            assert await conn.fetchval("SELECT count(*) FROM billing.audit_log") == 0
+            await conn.execute(
+                "INSERT INTO billing.audit_log (event_id, called_at, method, identity, outcome) "
+                "VALUES ('a1', now(), '/m', 'who', 'OK')"
+            )
         refused = [
             "SELECT count(*) FROM customer.customers",
             "SELECT count(*) FROM customer.processed_events",
@@ -204,6 +209,8 @@ async def test_a_service_role_has_dml_on_its_own_schema_and_nothing_more(roles: 
             "CREATE INDEX ON billing.outbox (subject)",
             "INSERT INTO billing.schema_migrations (source, version, name, checksum) VALUES ('x', 1, 'x', 'x')",
             "DELETE FROM billing.schema_migrations",
+            "UPDATE billing.audit_log SET identity = 'someone else'",
+            "DELETE FROM billing.audit_log",
         ]
         for statement in refused:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
