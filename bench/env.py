@@ -175,12 +175,16 @@ class BenchEnv:
         env.update(extra)
         return env
 
-    async def start_gateway(self) -> MeshProcess:
+    async def start_gateway(self, max_in_flight: int | None = None) -> MeshProcess:
+        """The gateway; `max_in_flight` overrides its shedding limit (--gateway-max-in-flight)."""
         port = free_port()
+        extra = {GATEWAY.port_variable: str(port)}
+        if max_in_flight is not None:
+            extra["SYNCMESH_GATEWAY_MAX_IN_FLIGHT"] = str(max_in_flight)
         proc = MeshProcess(
             GATEWAY.name,
             [sys.executable, "-m", "bench.serve", GATEWAY.name, "--port", str(port)],
-            self.child_env(**{GATEWAY.port_variable: str(port)}),
+            self.child_env(**extra),
             self.data_dir / f"{GATEWAY.name}.log",
             port,
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import grpc
+
 from bench.events import workload
 from bench.loadgen import count_for, due_times, open_loop, run_in_process
 from bench.readers import Reader, readers
@@ -58,11 +60,12 @@ async def run(suite: Suite) -> None:
                 suite.say(
                     f"  run {run_no + 1}: reads at {READ_RATE:.0f}/s + webhooks at {INGEST_RATE:.0f}/s, {seconds:.0f} s"
                 )
-                latencies, errors, missing_reads, lag = await _reads_with_ingest(suite, plan, seconds, rng)
+                latencies, errors, missing_reads, shed, lag = await _reads_with_ingest(suite, plan, seconds, rng)
                 suite.record(p50, percentile(latencies, 50))
                 suite.record(p99, percentile(latencies, 99))
                 p99.notes.append(
-                    f"run {run_no + 1}: {len(latencies)} reads answered, {errors} errors, {missing_reads} NOT_FOUND; "
+                    f"run {run_no + 1}: {len(latencies)} reads answered, {errors} errors, {missing_reads} NOT_FOUND, "
+                    f"{shed} shed (RESOURCE_EXHAUSTED); "
                     f"max {fmt(max(latencies) if latencies else float('nan'))} ms; generator lag p99 {fmt(lag)} ms"
                 )
     finally:
@@ -75,7 +78,7 @@ async def run(suite: Suite) -> None:
 
 async def _reads_with_ingest(
     suite: Suite, plan: list[tuple[Reader, list[str]]], seconds: float, rng: random.Random
-) -> tuple[list[float], int, int, float]:
+) -> tuple[list[float], int, int, int, float]:
     assert suite.mesh is not None
     loop = asyncio.get_running_loop()
     n = count_for(READ_RATE, seconds)
@@ -83,13 +86,17 @@ async def _reads_with_ingest(
     targets = [(plan[i % len(plan)][0], rng.choice(plan[i % len(plan)][1])) for i in range(n)]
     latencies: list[float] = []
     lags: list[float] = []
-    counts = {"errors": 0, "not_found": 0}
+    counts = {"errors": 0, "not_found": 0, "shed": 0}
 
     async def fire(i: int) -> None:
         reader, object_id = targets[i]
         lags.append((loop.time() - dues[i]) * 1000)
         try:
             found = await reader.read(object_id)
+        except grpc.aio.AioRpcError as exc:
+            # RESOURCE_EXHAUSTED: refused at once past SYNCMESH_GRPC_MAX_CONCURRENT_RPCS, not an error.
+            counts["shed" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "errors"] += 1
+            return
         except Exception:
             counts["errors"] += 1
             return
@@ -103,4 +110,4 @@ async def _reads_with_ingest(
     await open_loop(dues, fire, drain_timeout=15)
     await ingest
     suite.mesh.webhooks_sent += count_for(INGEST_RATE, seconds + 0.5)
-    return latencies, counts["errors"], counts["not_found"], percentile(lags, 99)
+    return latencies, counts["errors"], counts["not_found"], counts["shed"], percentile(lags, 99)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from bench import consumer, grpc_reads, ingest, limits, memory, queryable, replay, soak
+from bench import consumer, grpc_reads, ingest, limits, memory, peer, queryable, replay, soak
 from bench.env import ROOT, BenchEnv
 from bench.profile import py_spy
 from bench.report import Report, cpu_between, machine, render, sample_cpu, versions, write
@@ -34,6 +34,7 @@ MEASUREMENTS: dict[str, ModuleType] = {
     "grpc": grpc_reads,
     "memory": memory,
     "replay": replay,
+    "peer": peer,
     "soak": soak,
 }
 RESULTS = ROOT / "bench" / "results"
@@ -47,6 +48,8 @@ WEIGHTS = {
     "grpc": 0.07,
     "memory": 0.12,
     "replay": 0.18,
+    # On top of the 14 minutes: the side-by-side section needs npm's peer and ~3 minutes.
+    "peer": 0.25,
     "soak": 1.0,
 }
 
@@ -67,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak", action="store_true", help="also run the soak test (1 hour; never in CI)")
     parser.add_argument("--soak-minutes", type=float, default=60.0, help="soak duration (default 60)")
     parser.add_argument("--ingest-rate", type=float, default=2000.0, help="offered rate of the sustained ingest run")
+    parser.add_argument(
+        "--ingest-seconds", type=float, default=None, help="length of the sustained ingest run (default 60, quick 10)"
+    )
+    parser.add_argument(
+        "--gateway-max-in-flight",
+        type=int,
+        default=None,
+        help="the gateway's shedding limit in section 1 (default: its own; a huge value turns shedding off)",
+    )
     parser.add_argument("--clients", type=int, default=1, help="load generator processes for ingest (default 1)")
     parser.add_argument(
         "--replay-events", type=int, default=None, help="events to replay (default 100,000; --quick 10,000)"
@@ -97,6 +109,8 @@ async def suite_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         soak=args.soak,
         soak_minutes=args.soak_minutes,
         ingest_rate=args.ingest_rate,
+        ingest_seconds=args.ingest_seconds,
+        gateway_max_in_flight=args.gateway_max_in_flight,
         clients=args.clients,
         replay_events=args.replay_events or (10_000 if args.quick else 100_000),
         replay_service=args.replay_service,

@@ -31,6 +31,10 @@ class Config:
     soak: bool = False
     soak_minutes: float = 60.0
     ingest_rate: float = 2000.0
+    #: Length of the sustained (saturation) ingest run; None: 60 s (10 s with --quick).
+    ingest_seconds: float | None = None
+    #: The gateway's SYNCMESH_GATEWAY_MAX_IN_FLIGHT in section 1; None: its default.
+    gateway_max_in_flight: int | None = None
     clients: int = 1
     replay_events: int = 100_000
     replay_service: str | None = None

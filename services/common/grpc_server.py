@@ -347,6 +347,78 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+class SheddingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Past `limit` RPCs running at once, the next is refused with RESOURCE_EXHAUSTED at once.
+
+    grpc.aio starts every call as it arrives, so a read flood becomes thousands of calls sharing
+    one event loop and one connection pool: each waits seconds, and the process keeps the memory
+    of all of them (bench/README.md). Refused at once, a caller can back off or try another
+    replica. Health and reflection are never refused (grpc.aio's own `maximum_concurrent_rpcs`
+    would count the Kubernetes probes too, and a flood would then restart a busy replica).
+    Outermost of the interceptors, so a refused call costs no span and no guard.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.shed = 0
+
+    async def _refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        self.shed += 1
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"server busy ({self.limit} calls running): retry with backoff",
+        )
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(UNGUARDED_PREFIXES):
+            return handler
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            streaming_in = handler.unary_unary is None
+            inner = handler.stream_unary if streaming_in else handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if self.running >= self.limit:
+                    await self._refuse(context)
+                self.running += 1
+                try:
+                    return await inner(request, context)
+                finally:
+                    self.running -= 1
+
+            if streaming_in:
+                return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        streaming_in = handler.unary_stream is None
+        inner_stream = handler.stream_stream if streaming_in else handler.unary_stream
+        if inner_stream is None:
+            return handler
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if self.running >= self.limit:
+                await self._refuse(context)
+            self.running += 1
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            finally:
+                self.running -= 1
+
+        if streaming_in:
+            return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+
+
 class GrpcServer:
     """A started grpc.aio server with health and reflection for `service_names`."""
 
@@ -409,8 +481,9 @@ async def start_grpc_server(
 ) -> GrpcServer:
     """Start serving `service_name` (registered by `register`) with health and reflection."""
     tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
+    shedding = SheddingInterceptor(settings.grpc_max_concurrent_rpcs)
     server = grpc.aio.server(
-        interceptors=[tracing_interceptor, ErrorMappingInterceptor(guard, audit)],
+        interceptors=[shedding, tracing_interceptor, ErrorMappingInterceptor(guard, audit)],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     register(server)

@@ -102,6 +102,14 @@ class Settings:
     webhook_read_timeout_seconds: float = 10.0
     #: How long the gateway waits for JetStream's ack before answering 503.
     publish_timeout_seconds: float = 2.0
+    #: Webhooks a gateway process may be handling at once (reading, verifying, awaiting the ack);
+    #: past it the gateway sheds with 503 + Retry-After at once rather than queueing into timeouts.
+    #: At ~2,000 webhooks/s and a few ms each a gateway has 10-20 in hand; 128 bounds the queue
+    #: to ~60 ms of its CPU. Measured on a shared 2-core machine (bench/results/HISTORY.md,
+    #: 2026-12-07): 1,024 let sheds wait seconds behind admitted work; 128 held a plateau.
+    gateway_max_in_flight: int = 128
+    #: RPCs a service process runs at once (health excepted); past it: RESOURCE_EXHAUSTED at once.
+    grpc_max_concurrent_rpcs: int = 256
     #: Attempts before a message is dead-lettered.
     max_deliver: int = 5
     #: Bounds recovery after a consumer crash: an unacked message is redelivered after this.
@@ -415,6 +423,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
             env, "SYNCMESH_WEBHOOK_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=300
         ),
         publish_timeout_seconds=_float(env, "SYNCMESH_PUBLISH_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=30),
+        gateway_max_in_flight=_int(env, "SYNCMESH_GATEWAY_MAX_IN_FLIGHT", 128, minimum=1, maximum=1_000_000),
+        grpc_max_concurrent_rpcs=_int(env, "SYNCMESH_GRPC_MAX_CONCURRENT_RPCS", 256, minimum=1, maximum=1_000_000),
         max_deliver=_int(env, "SYNCMESH_MAX_DELIVER", 5, minimum=1, maximum=100),
         ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),
         fetch_batch=_int(env, "SYNCMESH_FETCH_BATCH", 256, minimum=1, maximum=10000),
