@@ -38,7 +38,21 @@ DURING_LIFECYCLES = 30
 RATE = 100.0  # webhooks per second while a node is down
 
 
-async def _js_info(cluster: NatsCluster, what: str, *names: str) -> Any:
+async def _js_info(cluster: NatsCluster, what: str, *names: str, patience: float = 15.0) -> Any:
+    """Stream or consumer info, asked again while JetStream answers 503 or not at all: right
+    after a leader is lost, or when the lost node comes back, the group may be between leaders
+    for a few seconds on a loaded machine; the test judges the mesh, not that instant."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await _js_info_once(cluster, what, *names)
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _js_info_once(cluster: NatsCluster, what: str, *names: str) -> Any:
     nc = await nats.connect(
         servers=[n.url for n in cluster.nodes.values() if n.running], connect_timeout=2, allow_reconnect=False
     )
