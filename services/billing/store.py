@@ -789,7 +789,7 @@ async def list_credit_memos(
              WHERE ($1::text IS NULL OR COALESCE(m.stripe_customer_id, i.stripe_customer_id) = $1)
                AND ($2::text IS NULL OR m.stripe_invoice_id = $2)
                AND ($3::date IS NULL OR (m.memo_date, m.memo_key) > ($3, $4))
-               AND ($6 OR m.status <> 'superseded')
+               AND ($6 OR m.status = 'issued')
              ORDER BY m.memo_date, m.memo_key
              LIMIT $5
             """,

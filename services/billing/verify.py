@@ -167,6 +167,7 @@ async def read_credit_memo(mesh: Mesh, obj: StripeObject) -> billing_pb.CreditMe
             stripe_customer_id="" if invoice_id else customer_id,
             page_size=500,
             page_token=token,
+            include_superseded=True,  # a voided note's memo is what verify compares it with
         )
         reply = await mesh.call(SERVICE, stub.ListCreditMemos(request, timeout=RPC_TIMEOUT))
         if reply is None:

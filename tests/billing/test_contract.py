@@ -346,8 +346,9 @@ async def test_credit_holds_carry_reason_codes_placed_and_released(start_billing
 
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_credit_memos_leave_superseded_out_unless_asked(start_billing: StartBilling, shape: Shape) -> None:
-    """A refund carried by a post-payment credit note has its own memo superseded: the default
-    list sums to the credit outstanding (the note and the other refund), counted once."""
+    """A refund carried by a post-payment credit note has its own memo superseded, and a voided
+    note credits nothing: the default list sums to the credit outstanding (the note and the
+    other refund), each counted once; the flag shows the history too."""
     billing = await start_billing()
     spec = InvoiceSpec(invoice_id=f"in_Memos{shape}")
     total, charge, intent = 14700, f"ch_3Memo{shape}", f"pi_3Memo{shape}"
@@ -362,11 +363,18 @@ async def test_credit_memos_leave_superseded_out_unless_asked(start_billing: Sta
         note_type="post_payment",
         refund=carried["id"],
     )
+    # A credit note issued, then voided: it no longer credits anything, so it is history too.
+    voided = credit_note_object(
+        shape, spec, note_id=f"cn_Void{shape}", amount=700, created=T0 + 400, note_type="post_payment"
+    )
+    voided_later = {**voided, "status": "void", "voided_at": T0 + 500}
     events = [
         *paid_lifecycle(shape, spec, total, charge=charge, intent=intent),
         ev("refund.created", carried, T0 + 200, shape),
         ev("refund.created", alone, T0 + 300, shape),
         ev("credit_note.created", note, T0 + 210, shape),
+        ev("credit_note.created", voided, T0 + 400, shape),
+        ev("credit_note.voided", voided_later, T0 + 500, shape),
     ]
     await deliver(billing, events, seed=5)
 
@@ -378,7 +386,11 @@ async def test_credit_memos_leave_superseded_out_unless_asked(start_billing: Sta
     default = await memos()
     assert default == {note["id"]: ("issued", 2000), alone["id"]: ("issued", 500)}
     assert sum(amount for _, amount in default.values()) == 2500
-    assert await memos(include_superseded=True) == {**default, carried["id"]: ("superseded", 2000)}
+    assert await memos(include_superseded=True) == {
+        **default,
+        carried["id"]: ("superseded", 2000),
+        voided["id"]: ("void", 700),
+    }
     one_page = (
         await billing.stub.ListCreditMemos(pb.ListCreditMemosRequest(invoice_id=spec.invoice_id, page_size=1))
     ).credit_memos

@@ -228,7 +228,11 @@ async def test_uncollectible_invoice_then_paid_later(start_billing: StartBilling
         total,
         0,
     )
-    memos = (await billing.stub.ListCreditMemos(pb.ListCreditMemosRequest(invoice_id=spec.invoice_id))).credit_memos
+    memos = (
+        await billing.stub.ListCreditMemos(
+            pb.ListCreditMemosRequest(invoice_id=spec.invoice_id, include_superseded=True)
+        )
+    ).credit_memos
     assert [(m.kind, m.status, m.amount.amount_minor) for m in memos] == (
         [(pb.CREDIT_MEMO_KIND_WRITE_OFF, "reversed", total)] if write_off else []
     )
@@ -601,7 +605,7 @@ async def test_failed_refund_voids_its_credit_memo(start_billing: StartBilling) 
         stripe_event("refund.created", refund, created=T0),
     )
     await billing.drained(2)
-    [memo] = (await billing.stub.ListCreditMemos(pb.ListCreditMemosRequest())).credit_memos
+    [memo] = (await billing.stub.ListCreditMemos(pb.ListCreditMemosRequest(include_superseded=True))).credit_memos
     assert (memo.kind, memo.status, memo.amount.amount_minor) == (pb.CREDIT_MEMO_KIND_REFUND, "void", 900)
     [r] = (await billing.stub.ListRefunds(pb.ListRefundsRequest())).refunds
     assert r.status == "failed"
