@@ -151,7 +151,8 @@ class Settings:
     #: Hosts a billing-portal return URL may point at (empty: any https host).
     portal_return_hosts: tuple[str, ...] = ()
     #: This process's NATS identity (SECURITY.md): a user and its password (best from a file,
-    #: `SYNCMESH_NATS_PASSWORD_FILE`), or an NKEY seed file; unset connects anonymously, which a
+    #: `SYNCMESH_NATS_PASSWORD_FILE`) or its NKEY seed file (the user then names only its reply
+    #: inbox); unset connects anonymously, which a
     #: server with authorization refuses. Credentials in the URL (`nats://user:pw@host`) work too.
     nats_user: str | None = None
     nats_password: str | None = None
@@ -466,12 +467,22 @@ def _nats_identity(env: Mapping[str, str]) -> dict[str, str | None]:
         "nats_tls_cert_file": _read(env, "SYNCMESH_NATS_TLS_CERT_FILE"),
         "nats_tls_key_file": _read(env, "SYNCMESH_NATS_TLS_KEY_FILE"),
     }
-    if bool(identity["nats_user"]) != bool(identity["nats_password"]):
+    # A user names the identity (and its private reply inbox); a password or an NKEY seed proves
+    # it. An NKEY identity still sets its user, or its replies would go to the shared inbox its
+    # permissions rightly refuse.
+    if identity["nats_password"] and not identity["nats_user"]:
         raise SettingsError(
             "SYNCMESH_NATS_USER and SYNCMESH_NATS_PASSWORD (or SYNCMESH_NATS_PASSWORD_FILE) go together: set both"
         )
-    if identity["nats_user"] and identity["nats_nkey_seed_file"]:
-        raise SettingsError("SYNCMESH_NATS_USER and SYNCMESH_NATS_NKEY_SEED_FILE are both set: keep one identity")
+    if identity["nats_user"] and not (identity["nats_password"] or identity["nats_nkey_seed_file"]):
+        raise SettingsError(
+            "SYNCMESH_NATS_USER needs its proof: SYNCMESH_NATS_PASSWORD (or _FILE) or SYNCMESH_NATS_NKEY_SEED_FILE; "
+            "the two go together: set both"
+        )
+    if identity["nats_password"] and identity["nats_nkey_seed_file"]:
+        raise SettingsError(
+            "SYNCMESH_NATS_PASSWORD and SYNCMESH_NATS_NKEY_SEED_FILE are both set: keep one proof of the identity"
+        )
     if bool(identity["nats_tls_cert_file"]) != bool(identity["nats_tls_key_file"]):
         raise SettingsError("SYNCMESH_NATS_TLS_CERT_FILE and SYNCMESH_NATS_TLS_KEY_FILE go together: set both")
     for name in ("nats_nkey_seed_file", "nats_tls_ca_file", "nats_tls_cert_file", "nats_tls_key_file"):

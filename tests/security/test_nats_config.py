@@ -93,7 +93,7 @@ def test_an_nkey_seed_without_the_nkeys_package_is_one_clear_line(tmp_path: Path
     seed.write_text("SUA...")
     settings = load_settings({"SYNCMESH_NATS_NKEY_SEED_FILE": str(seed)})
     try:
-        import nkeys  # type: ignore[import-not-found]  # noqa: F401
+        import nkeys  # noqa: F401
     except ImportError:
         with pytest.raises(SettingsError, match="pip install nkeys"):
             connect_options(settings)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,14 +26,15 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from gateway.app import Gateway
-from launcher.natsauth import GATEWAY_USER, OPERATOR_USER, LocalCredentials
+from launcher.natsauth import GATEWAY_USER, OPERATOR_USER, LocalCredentials, _permissions
 from launcher.up import as_nats_user
 from ops import dlq
-from services.common.bus import DLQ_STREAM, EVENTS_STREAM, STRIPE_STREAM, Bus
+from services import registry
+from services.common.bus import DLQ_STREAM, EVENTS_STREAM, STRIPE_STREAM, Bus, connect_options
 from services.common.embedded import NatsServer
 from services.common.errors import PublishError
 from services.common.service import ServiceRuntime
-from services.common.settings import Settings
+from services.common.settings import Settings, load_settings
 from services.common.stream import message_ids
 from tests.common.test_grpc_tls import pki  # noqa: F401  (the openssl-made CA, server and client)
 from tests.conftest import eventually
@@ -452,3 +455,83 @@ async def test_the_operator_walks_stripe_as_replay_and_backfill_do_and_publishes
         assert info.num_pending == 3
     finally:
         await operator.close()
+
+
+async def test_an_nkey_identity_logs_in_with_its_seed_and_keeps_its_permissions(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """An NKEY instead of a password: the server knows only the public key, the process proves
+    it with its seed, and the same least-privilege permissions (and private inbox) apply."""
+    import nkeys
+
+    from launcher.natsauth import gateway_identity
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    seed_file = tmp_path / "gateway.nk"
+    seed_file.write_bytes(seed)
+    seed_file.chmod(0o600)
+    user = {"nkey": public, "permissions": _permissions(gateway_identity(registry.names()))}
+    server = NatsServer(tmp_path / "nkey-nats", authorization=f"authorization {{ users = [{json.dumps(user)}] }}\n")
+    server.start()
+    try:
+        identity = load_settings(
+            {
+                "SYNCMESH_NATS_URL": server.url,
+                "SYNCMESH_NATS_USER": GATEWAY_USER,
+                "SYNCMESH_NATS_NKEY_SEED_FILE": str(seed_file),
+            },
+            local_mesh=False,
+        )
+        assert connect_options(identity)["inbox_prefix"] == f"_INBOX_{GATEWAY_USER}"
+        bus = Bus(
+            replace(
+                settings,
+                nats_url=server.url,
+                nats_user=GATEWAY_USER,
+                nats_password=None,
+                nats_nkey_seed_file=str(seed_file),
+            ),
+            name="gateway",
+        )
+        await bus.start()
+        try:
+            await bus.wait_ready(10)
+            ack = await bus.publish("stripe.customer.created", b"{}", msg_id="evt_nkey")
+            assert ack.stream == STRIPE_STREAM
+        finally:
+            await bus.close()
+        # The key proves the gateway, so it may not publish another's domain events.
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(server.url, error_cb=on_error, **connect_options(identity))
+        try:
+            await nc.publish("syncmesh.billing.payment_applied", b"{}")
+            await nc.flush()
+            await eventually(lambda: any("permissions violation" in e.lower() for e in errors), timeout=5)
+        finally:
+            await nc.close()
+        # Another key (a seed the server does not know) is refused.
+        stranger = tmp_path / "stranger.nk"
+        stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+        bus = Bus(
+            replace(
+                settings,
+                nats_url=server.url,
+                nats_user=GATEWAY_USER,
+                nats_password=None,
+                nats_nkey_seed_file=str(stranger),
+            ),
+            name="gateway",
+        )
+        await bus.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await bus.wait_ready(1.5)
+        finally:
+            await bus.close()
+    finally:
+        server.stop()
