@@ -180,6 +180,14 @@ def _numbering(
     return [order.get(k) for k in keys], [known.get((table, k)) for k in keys]
 
 
+#: What a payment's source of higher priority rewrites (a charge over an invoice's own fields);
+#: its references are filled apart, from whichever source names them.
+_BY_PRIORITY = ",\n            ".join(
+    f"{c} = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.{c} ELSE payments.{c} END"
+    for c in ("amount", "paid_at", "paid_on", "method", "source", "date_source")
+)
+
+
 async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
     ps = [fold.payments[k] for k in sorted(fold.payments_changed)]
     if not ps:
@@ -204,13 +212,7 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
             stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, payments.stripe_customer_id),
             charge_id = COALESCE(EXCLUDED.charge_id, payments.charge_id),
             payment_intent_id = COALESCE(EXCLUDED.payment_intent_id, payments.payment_intent_id),
-            amount = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.amount ELSE payments.amount END,
-            paid_at = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_at ELSE payments.paid_at END,
-            paid_on = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.paid_on ELSE payments.paid_on END,
-            method = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.method ELSE payments.method END,
-            source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.source ELSE payments.source END,
-            date_source = CASE WHEN EXCLUDED.priority > payments.priority THEN EXCLUDED.date_source
-                               ELSE payments.date_source END,
+            {_BY_PRIORITY},
             priority = GREATEST(EXCLUDED.priority, payments.priority)
         WHERE EXCLUDED.priority > payments.priority
            -- a reference still missing is filled (a charge id from its intent's charge), and an

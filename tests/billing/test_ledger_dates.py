@@ -11,6 +11,7 @@ from __future__ import annotations
 import calendar
 import copy
 import random
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,6 +45,7 @@ from tests.billing.builders import (
     ts,
 )
 from tests.billing.conftest import Billing, StartBilling, assert_invariants, publish
+from tests.billing.test_decide import stored
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ZONES: list[tzinfo] = [UTC, BERLIN, ZoneInfo("America/Los_Angeles"), ZoneInfo("Asia/Kolkata")]
@@ -174,37 +176,18 @@ def test_ledger_timezone_setting_is_validated() -> None:
 
 
 def _stored(**changes: Any) -> StoredLedger:
-    ledger_facts = LedgerFacts(
-        total=1000,
-        stripe_status="uncollectible",
-        stripe_amount_paid=0,
-        balance_applied=0,
-        payments=(),
-        invoice_credits=0,
-        uncollectible_seen=True,
-        uncollectible_at=None,
-        write_off_enabled=True,
-    )
-    base: dict[str, Any] = dict(
-        stripe_invoice_id="in_1",
+    """An uncollectible invoice with write-offs on (`test_decide.stored` otherwise); a change
+    naming a `LedgerFacts` field goes to the facts."""
+    fact_changes = {k: changes.pop(k) for k in list(changes) if k in LedgerFacts.__dataclass_fields__}
+    base = stored(
         erp_invoice_id="INV-1",
         stripe_customer_id=CUSTOMER,
-        currency="usd",
-        total=1000,
-        lines_complete=True,
         transaction_date=date(2025, 6, 1),
         uncollectible_notified_on=date(2026, 12, 7),
-        erp_status="open",
-        amount_paid=0,
-        unattributed_paid=0,
-        credits_applied=0,
-        amount_remaining=1000,
-        has_active_holds=False,
-        facts=ledger_facts,
     )
-    fact_changes = {k: changes.pop(k) for k in list(changes) if k in LedgerFacts.__dataclass_fields__}
-    base["facts"] = LedgerFacts(**{**ledger_facts.__dict__, **fact_changes})
-    return StoredLedger(**{**base, **changes})
+    uncollectible = {"stripe_status": "uncollectible", "uncollectible_seen": True, "write_off_enabled": True}
+    ledger_facts = replace(base.facts, **{**uncollectible, **fact_changes})
+    return replace(base, facts=ledger_facts, **changes)
 
 
 def test_a_write_off_is_dated_by_stripe_and_by_the_notification_only_as_a_last_resort() -> None:

@@ -474,6 +474,15 @@ async def test_an_nkey_identity_logs_in_with_its_seed_and_keeps_its_permissions(
     user = {"nkey": public, "permissions": _permissions(gateway_identity(registry.names()))}
     server = NatsServer(tmp_path / "nkey-nats", authorization=f"authorization {{ users = [{json.dumps(user)}] }}\n")
     server.start()
+
+    def gateway_with(seed: Path) -> Bus:
+        return Bus(
+            replace(
+                settings, nats_url=server.url, nats_user=GATEWAY_USER, nats_password=None, nats_nkey_seed_file=str(seed)
+            ),
+            name="gateway",
+        )
+
     try:
         identity = load_settings(
             {
@@ -484,16 +493,7 @@ async def test_an_nkey_identity_logs_in_with_its_seed_and_keeps_its_permissions(
             local_mesh=False,
         )
         assert connect_options(identity)["inbox_prefix"] == f"_INBOX_{GATEWAY_USER}"
-        bus = Bus(
-            replace(
-                settings,
-                nats_url=server.url,
-                nats_user=GATEWAY_USER,
-                nats_password=None,
-                nats_nkey_seed_file=str(seed_file),
-            ),
-            name="gateway",
-        )
+        bus = gateway_with(seed_file)
         await bus.start()
         try:
             await bus.wait_ready(10)
@@ -517,16 +517,7 @@ async def test_an_nkey_identity_logs_in_with_its_seed_and_keeps_its_permissions(
         # Another key (a seed the server does not know) is refused.
         stranger = tmp_path / "stranger.nk"
         stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
-        bus = Bus(
-            replace(
-                settings,
-                nats_url=server.url,
-                nats_user=GATEWAY_USER,
-                nats_password=None,
-                nats_nkey_seed_file=str(stranger),
-            ),
-            name="gateway",
-        )
+        bus = gateway_with(stranger)
         await bus.start()
         try:
             with pytest.raises(TimeoutError):
