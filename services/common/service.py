@@ -61,6 +61,16 @@ from services.common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
+#: How often a SERVING service checks that PostgreSQL still answers (a `SELECT 1`; NATS's state is
+#: known without asking). Every second was a query and a wake-up of the service and of a backend
+#: per second for as long as the mesh idles; 5 s is what the readiness probe waits between two of
+#: its own checks (k8s: `periodSeconds: 5`, two failures to turn unready), so an orchestrator sees
+#: a lost database no later than before.
+HEALTH_SERVING_SECONDS = 5.0
+#: How often a service that is not SERVING checks again: it is back within a second of PostgreSQL
+#: and NATS (a failover's promotion, measured in tests/clusters), as before.
+HEALTH_RECOVERING_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class ServiceDefinition:
@@ -143,6 +153,7 @@ class ServiceRuntime:
         self.failure: str | None = None
         self.metrics = ServiceMetrics(definition.name)
         self.metrics_server: MetricsServer | None = None
+        self._sampler: MetricsSampler | None = None
 
     @property
     def stripe(self) -> stripe.StripeClient | None:
@@ -184,7 +195,9 @@ class ServiceRuntime:
         if metrics_port is not None:
             try:
                 metrics_host = "0.0.0.0" if self.host == "[::]" else self.host
-                self.metrics_server = serve_metrics(self.metrics.registry, metrics_port, metrics_host)
+                self.metrics_server = serve_metrics(
+                    self.metrics.registry, metrics_port, metrics_host, refresh=self._sample_metrics
+                )
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
@@ -193,6 +206,11 @@ class ServiceRuntime:
             log.info("%s metrics on %s:%d/metrics", self.definition.name, metrics_host, self.metrics_server.port)
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    async def _sample_metrics(self) -> None:
+        """The gauges' values now, for a scrape; none before the database is up."""
+        if self._sampler is not None:
+            await self._sampler.refresh()
 
     def _wake_relay(self) -> None:
         if self.relay is not None:
@@ -258,8 +276,8 @@ class ServiceRuntime:
             metrics=self.metrics,
         )
         consumer = self.consumer
-        # The gauges are sampled only when someone can read them: no extra queries otherwise.
-        sampler = MetricsSampler(
+        # The gauges are sampled when a scrape asks for them (`_sample_metrics`): nothing otherwise.
+        self._sampler = MetricsSampler(
             self.metrics,
             [
                 pool_sample(self._pool),
@@ -268,7 +286,6 @@ class ServiceRuntime:
             ],
         )
         for name, coro in [
-            *([("metrics", sampler.run())] if self.metrics_server is not None else []),
             ("consumer", self.consumer.run()),
             ("outbox", self.relay.run()),
             ("health", self._watch_health()),
@@ -306,13 +323,15 @@ class ServiceRuntime:
         )
 
     async def _watch_health(self) -> None:
+        """SERVING while NATS and PostgreSQL both answer, checked every `HEALTH_SERVING_SECONDS`
+        while serving and every `HEALTH_RECOVERING_SECONDS` while not (see there)."""
         assert self.grpc is not None and self._pool is not None
         while True:
             ready = self.bus.is_ready() and await db.ping(self._pool)
             await self.grpc.set_serving(ready)
             if ready:
                 self._ready.set()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(HEALTH_SERVING_SECONDS if ready else HEALTH_RECOVERING_SECONDS)
 
     async def stop(self) -> None:
         token = current_service.set(self.definition.name)
