@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -61,15 +62,18 @@ from services.common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
-#: How often a SERVING service checks that PostgreSQL still answers (a `SELECT 1`; NATS's state is
-#: known without asking). Every second was a query and a wake-up of the service and of a backend
-#: per second for as long as the mesh idles; 5 s is what the readiness probe waits between two of
-#: its own checks (k8s: `periodSeconds: 5`, two failures to turn unready), so an orchestrator sees
-#: a lost database no later than before.
-HEALTH_SERVING_SECONDS = 5.0
-#: How often a service that is not SERVING checks again: it is back within a second of PostgreSQL
-#: and NATS (a failover's promotion, measured in tests/clusters), as before.
-HEALTH_RECOVERING_SECONDS = 1.0
+#: How often health looks at what it knows without asking anyone: NATS's connection state and
+#: whether a pooled PostgreSQL connection was lost (a killed or failed-over primary closes them,
+#: and asyncpg sees it at once). Costs a wake-up of the loop and no I/O. A service that is not
+#: SERVING asks PostgreSQL this often, so it is back within a second of its return (a failover's
+#: promotion, measured in tests/clusters).
+HEALTH_CHECK_SECONDS = 1.0
+#: How often a SERVING service asks PostgreSQL (`SELECT 1`) when nothing says it is gone: for a
+#: database that stopped answering without closing its connections (a network partition).
+#: Every second was a query and a wake-up of the service and of a backend for as long as the mesh
+#: idles; 5 s is what the readiness probe waits between two of its own checks (k8s:
+#: `periodSeconds: 5`, two failures to turn unready), so an orchestrator sees it no later.
+HEALTH_PING_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -323,15 +327,26 @@ class ServiceRuntime:
         )
 
     async def _watch_health(self) -> None:
-        """SERVING while NATS and PostgreSQL both answer, checked every `HEALTH_SERVING_SECONDS`
-        while serving and every `HEALTH_RECOVERING_SECONDS` while not (see there)."""
+        """SERVING while NATS and PostgreSQL both answer. PostgreSQL is asked every
+        `HEALTH_PING_SECONDS` while serving, at once when a pooled connection was lost, and every
+        `HEALTH_CHECK_SECONDS` while not serving (see there)."""
         assert self.grpc is not None and self._pool is not None
+        loop = asyncio.get_running_loop()
+        ready, pinged_at, connections = False, -math.inf, 0
         while True:
-            ready = self.bus.is_ready() and await db.ping(self._pool)
+            if not self.bus.is_ready():
+                ready = False
+            elif (
+                not ready
+                or loop.time() - pinged_at >= HEALTH_PING_SECONDS
+                or self._pool.get_size() < connections  # one was closed under us: is it gone?
+            ):
+                ready = await db.ping(self._pool)
+                pinged_at, connections = loop.time(), self._pool.get_size()
             await self.grpc.set_serving(ready)
             if ready:
                 self._ready.set()
-            await asyncio.sleep(HEALTH_SERVING_SECONDS if ready else HEALTH_RECOVERING_SECONDS)
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
     async def stop(self) -> None:
         token = current_service.set(self.definition.name)
