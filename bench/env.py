@@ -175,10 +175,13 @@ class BenchEnv:
         env.update(extra)
         return env
 
-    async def start_gateway(self, max_in_flight: int | None = None) -> MeshProcess:
-        """The gateway; `max_in_flight` overrides its shedding limit (--gateway-max-in-flight)."""
+    async def start_gateway(
+        self, max_in_flight: int | None = None, *, env: dict[str, str] | None = None
+    ) -> MeshProcess:
+        """The gateway; `max_in_flight` overrides its shedding limit (--gateway-max-in-flight),
+        `env` adds variables (the idle section turns metrics on, as deployed)."""
         port = free_port()
-        extra = {GATEWAY.port_variable: str(port)}
+        extra = {**(env or {}), GATEWAY.port_variable: str(port)}
         if max_in_flight is not None:
             extra["SYNCMESH_GATEWAY_MAX_IN_FLIGHT"] = str(max_in_flight)
         proc = MeshProcess(

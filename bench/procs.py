@@ -69,3 +69,47 @@ def cpu_jiffies(pid: int, *, children: bool = True) -> int:
 
 def tree_jiffies(root: int) -> int:
     return sum(cpu_jiffies(pid) for pid in [root, *descendants(root)])
+
+
+def on_cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every live thread of `pid` (/proc/<pid>/task/*/schedstat).
+
+    Finer than `cpu_jiffies` (10 ms ticks): an idle process uses a few ms a second, which ticks
+    would round to nothing or to a whole tick."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def wakeups(pid: int) -> int:
+    """Context switches of every live thread of `pid`: each time one slept and ran again (or was
+    preempted), i.e. how often something woke it."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def command_line(pid: int) -> str:
+    """The process's command line as `ps` shows it (PostgreSQL rewrites its own: `postgres: checkpointer`)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from bench import consumer, grpc_reads, ingest, limits, memory, peer, queryable, replay, soak
+from bench import consumer, grpc_reads, idle, ingest, limits, memory, peer, queryable, replay, soak
 from bench.env import ROOT, BenchEnv
 from bench.profile import py_spy
 from bench.report import Report, cpu_between, machine, render, sample_cpu, versions, write
@@ -33,6 +33,7 @@ MEASUREMENTS: dict[str, ModuleType] = {
     "queryable": queryable,
     "grpc": grpc_reads,
     "memory": memory,
+    "idle": idle,
     "replay": replay,
     "peer": peer,
     "soak": soak,
@@ -42,12 +43,14 @@ RESULTS = ROOT / "bench" / "results"
 #: only while it stays within its share, so a slow machine still finishes on time.
 WEIGHTS = {
     "limits": 0.03,
-    "ingest": 0.33,
-    "consumer": 0.15,
-    "queryable": 0.12,
+    "ingest": 0.30,
+    "consumer": 0.14,
+    "queryable": 0.11,
     "grpc": 0.07,
-    "memory": 0.12,
-    "replay": 0.18,
+    "memory": 0.11,
+    # ~75 s: 8 s of nats-server and PostgreSQL alone, the mesh's start, 30 s idle, ~25 s of latency.
+    "idle": 0.09,
+    "replay": 0.15,
     # On top of the 14 minutes: the side-by-side section needs npm's peer and ~3 minutes.
     "peer": 0.25,
     "soak": 1.0,

@@ -10,21 +10,29 @@ its outbox draining (`syncmesh_outbox_backlog`) and is its database pool exhaust
 A registry per service, never the process-global one: `syncmesh up` runs every service in one
 process, each on a metrics port of its own (`SYNCMESH_<NAME>_METRICS_PORT`; unset: no metrics
 server, 0: a port the OS picks). Counters are bumped by the consumer as it settles messages;
-the gauges are sampled every few seconds by `MetricsSampler`, since a scrape (another thread)
-cannot query NATS or PostgreSQL.
+the gauges (NATS's consumer info, the outbox's backlog) are sampled when a scrape asks for them:
+the scrape's thread has the event loop run `MetricsSampler.refresh` and waits for it, so a mesh
+nobody scrapes asks NATS and PostgreSQL nothing (sampled every 2 s, they were a fifth of an idle
+service's work), and a scrape reads values of that moment.
+
+The HTTP server's thread blocks in `select` until a request comes, where prometheus_client's
+wakes every half second to look for a shutdown request: stopping it pokes its socket instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +94,65 @@ class MetricsServer:
         return int(self.server.server_port)
 
     def stop(self) -> None:
-        self.server.shutdown()
+        """Stop serving: `shutdown` is seen once `select` returns, so the socket is poked until it is."""
+        stopper = threading.Thread(target=self.server.shutdown, daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            self._poke()
+            stopper.join(0.05)
         self.server.server_close()
         self.thread.join(5)
 
+    def _poke(self) -> None:
+        host = str(self.server.server_address[0])
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        with contextlib.suppress(OSError), socket.create_connection((host, self.port), timeout=0.5):
+            pass
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> MetricsServer:
-    """Serve `registry` on `port` (0: any free port; see `.port`) at `/metrics`."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
+
+#: How long a scrape waits for the gauges' sample before it serves the values it has.
+REFRESH_TIMEOUT_SECONDS = 2.0
+
+
+def serve_metrics(
+    registry: CollectorRegistry,
+    port: int,
+    host: str = "0.0.0.0",
+    *,
+    refresh: Callable[[], Awaitable[None]] | None = None,
+) -> MetricsServer:
+    """Serve `registry` on `port` (0: any free port; see `.port`) at `/metrics`; with `refresh`,
+    each scrape first has the running event loop await it (the gauges' sample)."""
+    app = make_wsgi_app(registry)
+    if refresh is not None:
+        app = _refreshing(app, refresh, asyncio.get_running_loop())
+
+    class Server(ThreadingWSGIServer):
+        """prometheus_client's server, with the address family of `host`."""
+
+    Server.address_family, addr = _get_best_family(host, port)  # type: ignore[no-untyped-call]
+    server = make_server(addr, port, app, Server, handler_class=_SilentHandler)
+    # poll_interval None: no wake-up until a request (or `stop`'s poke) comes.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": None}, daemon=True)
+    thread.start()
     return MetricsServer(server, thread)
+
+
+def _refreshing(app: Any, refresh: Callable[[], Awaitable[None]], loop: asyncio.AbstractEventLoop) -> Any:
+    """`app`, after `refresh()` has run on `loop` (or failed, or taken too long: the gauges then
+    keep their last values, as a failed sample does)."""
+
+    async def run() -> None:
+        await refresh()
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            asyncio.run_coroutine_threadsafe(run(), loop).result(REFRESH_TIMEOUT_SECONDS)
+        except Exception as exc:  # a closed loop, a timeout: serve what there is
+            log.debug("metrics refresh failed: %s", exc)
+        return app(environ, start_response)  # type: ignore[no-any-return]
+
+    return wrapped
 
 
 #: One sample: the gauges' values now (NATS and PostgreSQL queries), set on the metrics.
@@ -102,16 +160,20 @@ Sample = Callable[[ServiceMetrics], Awaitable[None]]
 
 
 class MetricsSampler:
-    """Runs each `Sample` every `interval` seconds until cancelled; a failed sample (NATS or the
-    database away) leaves the gauges at their last value and is tried again next time."""
+    """Runs each `Sample` when a scrape asks (`refresh`); a failed sample (NATS or the database
+    away) leaves the gauges at their last value and is tried again at the next scrape."""
 
-    def __init__(self, metrics: ServiceMetrics, samples: list[Sample], interval: float = 2.0) -> None:
+    def __init__(self, metrics: ServiceMetrics, samples: list[Sample]) -> None:
         self.metrics = metrics
         self.samples = samples
-        self.interval = interval
+        #: Scrapes that arrive together share one sample rather than querying once each.
+        self._lock = asyncio.Lock()
 
-    async def run(self) -> None:
-        while True:
+    async def refresh(self) -> None:
+        if self._lock.locked():
+            async with self._lock:  # the sample under way is fresh enough
+                return
+        async with self._lock:
             for sample in self.samples:
                 try:
                     await sample(self.metrics)
@@ -119,7 +181,6 @@ class MetricsSampler:
                     raise
                 except Exception as exc:
                     log.debug("metrics sample failed: %s", exc)
-            await asyncio.sleep(self.interval)
 
 
 def pool_sample(pool: Any) -> Sample:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -60,6 +61,19 @@ from services.common.stripe_api import close_stripe_clients, stripe_client_for
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
+
+#: How often health looks at what it knows without asking anyone: NATS's connection state and
+#: whether a pooled PostgreSQL connection was lost (a killed or failed-over primary closes them,
+#: and asyncpg sees it at once). Costs a wake-up of the loop and no I/O. A service that is not
+#: SERVING asks PostgreSQL this often, so it is back within a second of its return (a failover's
+#: promotion, measured in tests/clusters).
+HEALTH_CHECK_SECONDS = 1.0
+#: How often a SERVING service asks PostgreSQL (`SELECT 1`) when nothing says it is gone: for a
+#: database that stopped answering without closing its connections (a network partition).
+#: Every second was a query and a wake-up of the service and of a backend for as long as the mesh
+#: idles; 5 s is what the readiness probe waits between two of its own checks (k8s:
+#: `periodSeconds: 5`, two failures to turn unready), so an orchestrator sees it no later.
+HEALTH_PING_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,7 @@ class ServiceRuntime:
         self.failure: str | None = None
         self.metrics = ServiceMetrics(definition.name)
         self.metrics_server: MetricsServer | None = None
+        self._sampler: MetricsSampler | None = None
 
     @property
     def stripe(self) -> stripe.StripeClient | None:
@@ -184,7 +199,9 @@ class ServiceRuntime:
         if metrics_port is not None:
             try:
                 metrics_host = "0.0.0.0" if self.host == "[::]" else self.host
-                self.metrics_server = serve_metrics(self.metrics.registry, metrics_port, metrics_host)
+                self.metrics_server = serve_metrics(
+                    self.metrics.registry, metrics_port, metrics_host, refresh=self._sample_metrics
+                )
             except OSError as exc:
                 raise SettingsError(
                     f"cannot serve {self.definition.name}'s metrics on port {metrics_port} "
@@ -193,6 +210,11 @@ class ServiceRuntime:
             log.info("%s metrics on %s:%d/metrics", self.definition.name, metrics_host, self.metrics_server.port)
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.definition.name}-bring-up"))
+
+    async def _sample_metrics(self) -> None:
+        """The gauges' values now, for a scrape; none before the database is up."""
+        if self._sampler is not None:
+            await self._sampler.refresh()
 
     def _wake_relay(self) -> None:
         if self.relay is not None:
@@ -258,8 +280,8 @@ class ServiceRuntime:
             metrics=self.metrics,
         )
         consumer = self.consumer
-        # The gauges are sampled only when someone can read them: no extra queries otherwise.
-        sampler = MetricsSampler(
+        # The gauges are sampled when a scrape asks for them (`_sample_metrics`): nothing otherwise.
+        self._sampler = MetricsSampler(
             self.metrics,
             [
                 pool_sample(self._pool),
@@ -268,7 +290,6 @@ class ServiceRuntime:
             ],
         )
         for name, coro in [
-            *([("metrics", sampler.run())] if self.metrics_server is not None else []),
             ("consumer", self.consumer.run()),
             ("outbox", self.relay.run()),
             ("health", self._watch_health()),
@@ -306,13 +327,26 @@ class ServiceRuntime:
         )
 
     async def _watch_health(self) -> None:
+        """SERVING while NATS and PostgreSQL both answer. PostgreSQL is asked every
+        `HEALTH_PING_SECONDS` while serving, at once when a pooled connection was lost, and every
+        `HEALTH_CHECK_SECONDS` while not serving (see there)."""
         assert self.grpc is not None and self._pool is not None
+        loop = asyncio.get_running_loop()
+        ready, pinged_at, connections = False, -math.inf, 0
         while True:
-            ready = self.bus.is_ready() and await db.ping(self._pool)
+            if not self.bus.is_ready():
+                ready = False
+            elif (
+                not ready
+                or loop.time() - pinged_at >= HEALTH_PING_SECONDS
+                or self._pool.get_size() < connections  # one was closed under us: is it gone?
+            ):
+                ready = await db.ping(self._pool)
+                pinged_at, connections = loop.time(), self._pool.get_size()
             await self.grpc.set_serving(ready)
             if ready:
                 self._ready.set()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
     async def stop(self) -> None:
         token = current_service.set(self.definition.name)

@@ -117,10 +117,14 @@ class Settings:
     fetch_batch: int = 256
     #: How long an idle fetch waits for a first message before the loop asks again. It returns
     #: with the first message that arrives, so this is not latency (measured: first event after a
-    #: quiet spell in 3-5 ms p50 with 0.02, 1 and 5 s alike); it is what an idle mesh costs: at
-    #: 0.02 s each service asked 50 times a second and an idle `syncmesh up` used 0.137 of a core,
-    #: at 1 s 0.013 (the rest is health checks and NATS pings).
-    fetch_timeout_seconds: float = 1.0
+    #: quiet spell in 3-5 ms p50 with 0.02, 1 and 5 s alike); it is what an idle mesh costs: each
+    #: expiry is a status message from JetStream and a new pull request, a wake-up of the service
+    #: and of nats-server. At 0.02 s an idle `syncmesh up` used 0.137 of a core, at 1 s 0.013
+    #: (`scripts/bench --only idle`). Longer is not free either: a pull request lives in the
+    #: nats-server that took it, so after that server restarts (or a cluster moves the consumer's
+    #: leader) the service asks again only when its own request expires; 5 s keeps that within
+    #: the ack wait and a cluster's leader election (about 5 s, docs/scaling.md).
+    fetch_timeout_seconds: float = 5.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
     #: Under dry run the services compute every record they would write, log it, and roll back.
@@ -429,7 +433,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
         max_deliver=_int(env, "SYNCMESH_MAX_DELIVER", 5, minimum=1, maximum=100),
         ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),
         fetch_batch=_int(env, "SYNCMESH_FETCH_BATCH", 256, minimum=1, maximum=10000),
-        fetch_timeout_seconds=_float(env, "SYNCMESH_FETCH_TIMEOUT_SECONDS", 1.0, minimum=0.001, maximum=30),
+        fetch_timeout_seconds=_float(env, "SYNCMESH_FETCH_TIMEOUT_SECONDS", 5.0, minimum=0.001, maximum=30),
         shutdown_grace_seconds=_float(env, "SYNCMESH_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0, maximum=300),
         log_level=log_level,
         dry_run=dry_run_raw in ("true", "1", "yes"),

@@ -134,3 +134,14 @@ def test_the_yardstick_does_the_work_the_event_code_does_with_its_own_frozen_cop
         frozen.ClearField("received_at")
         real.ClearField("received_at")
         assert frozen == real
+
+
+def test_idle_usage_counts_a_process_born_meanwhile_from_zero() -> None:
+    """A PostgreSQL backend forked during the idle window (a pool reconnecting) is the mesh's
+    doing too: its whole time counts, where a process known before counts its difference."""
+    from bench.idle import Usage, usage_between
+
+    before = {"pg": {10: Usage(cpu_ns=1_000_000_000, wakeups=100)}}
+    after = {"pg": {10: Usage(cpu_ns=1_500_000_000, wakeups=150), 11: Usage(cpu_ns=500_000_000, wakeups=50)}}
+    cores, wakeups = usage_between(before, after, seconds=10.0)["pg"]
+    assert cores == pytest.approx(0.1) and wakeups == pytest.approx(10.0)
