@@ -364,7 +364,7 @@ class BatchRunner:
             # a batch of its own, and left BEGIN and COMMIT outside every trace.
             with self._batch_span(work, "apply batch"):
                 try:
-                    async with conn.transaction():
+                    async with db.UntracedTransaction(conn):  # the batch span covers BEGIN to COMMIT
                         fresh = await _claim(conn, work)
                         for d in work:
                             if d.event.id not in fresh:
