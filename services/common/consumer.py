@@ -364,8 +364,7 @@ class BatchRunner:
             # a batch of its own, and left BEGIN and COMMIT outside every trace.
             with self._batch_span(work, "apply batch"):
                 try:
-                    async with conn.transaction():
-                        fresh = await _claim(conn, work)
+                    async with _BatchTransaction(conn, work) as fresh:  # the batch span covers BEGIN to COMMIT
                         for d in work:
                             if d.event.id not in fresh:
                                 d.received.outcome = Outcome.DUPLICATE
@@ -742,13 +741,114 @@ async def _count_failures(conn: Conn, failed: Sequence[Delivery]) -> None:
         d.received.failures = by_id.get(d.event.id, 0)
 
 
-async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:
-    """Record the batch's event ids as processed; return those that were not already.
+class _BatchTransaction:
+    """The batch's transaction, entered with its claim (`_claim`): gives the ids claimed now.
 
-    Sorted by id, so two replicas claiming overlapping redeliveries lock rows in the same order
-    and cannot deadlock.
+    At the top level, BEGIN and the claim go to PostgreSQL as one simple query, the claim's values
+    written as SQL literals (`_literal`): a batch of one, every event at a trickle, paid a round
+    trip for BEGIN alone, the service's CPU for it and PostgreSQL's. The INSERT's row count says
+    whether every id was new (the common case); only when some were not does a second statement
+    ask which rows this transaction wrote. Nested (the isolation pass, replay) it is a savepoint
+    and the claim its own statement, as before. BEGIN, COMMIT and ROLLBACK get no span of their
+    own (`db.UntracedTransaction`); the claim keeps its span (named after the BEGIN before it).
     """
-    rows = sorted({(d.event.id, d.event.type, _sequence(d.received.msg)) for d in work}, key=lambda r: r[0])
+
+    __slots__ = ("_conn", "_nested", "_work")
+
+    def __init__(self, conn: Conn, work: Sequence[Delivery]) -> None:
+        self._conn = conn
+        self._work = work
+        self._nested: db.UntracedTransaction | None = None
+
+    async def __aenter__(self) -> set[str]:
+        conn = self._conn
+        rows = _claim_rows(self._work)
+        values = None if conn.is_in_transaction() else _literal_rows(conn, rows)
+        if values is None:
+            self._nested = db.UntracedTransaction(conn)
+            await self._nested.__aenter__()
+            try:
+                return await _claim(conn, self._work)
+            except BaseException as exc:
+                await self._nested.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        try:
+            status = await conn.execute(
+                "BEGIN; INSERT INTO processed_events (event_id, event_type, stream_sequence) VALUES "
+                f"{values} ON CONFLICT (event_id) DO NOTHING"
+            )
+            claimed = int(status.split()[-1])
+            if claimed == len(rows):
+                return {r[0] for r in rows}
+            if claimed == 0:
+                return set()
+            mine = await conn.fetch(
+                "SELECT event_id FROM processed_events WHERE event_id = ANY($1::text[]) "
+                "AND xmin = pg_current_xact_id()::xid",
+                [r[0] for r in rows],
+            )
+            return {r["event_id"] for r in mine}
+        except BaseException:
+            await self._end("ROLLBACK", quietly=True)
+            raise
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._nested is not None:
+            await self._nested.__aexit__(exc_type, exc, tb)
+        elif exc_type is None:
+            await self._end("COMMIT", quietly=False)
+        else:
+            await self._end("ROLLBACK", quietly=True)
+
+    async def _end(self, verb: str, *, quietly: bool) -> None:
+        """COMMIT or ROLLBACK without a span; a failed ROLLBACK is left to the pool, which rolls
+        back (or discards) a connection released inside a transaction."""
+        if quietly and not self._conn.is_in_transaction():
+            return
+        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            await self._conn.execute(verb)
+        except Exception:
+            if not quietly:
+                raise
+        finally:
+            otel_context.detach(token)
+
+
+def _claim_rows(work: Sequence[Delivery]) -> list[tuple[str, str, int | None]]:
+    """(event id, type, stream sequence) of each event of `work` once, sorted by id, so two
+    replicas claiming overlapping redeliveries lock rows in the same order and cannot deadlock."""
+    return sorted({(d.event.id, d.event.type, _sequence(d.received.msg)) for d in work}, key=lambda r: r[0])
+
+
+def _literal_rows(conn: Conn, rows: Sequence[tuple[str, str, int | None]]) -> str | None:
+    """The claim's rows as a VALUES list of SQL literals, or None where literals cannot be
+    written safely (standard_conforming_strings off, a NUL in a string): the claim is then a
+    statement with parameters."""
+    if conn.get_settings().standard_conforming_strings != "on":
+        return None
+    out = []
+    for event_id, event_type, sequence in rows:
+        quoted_id, quoted_type = _literal(event_id), _literal(event_type)
+        if quoted_id is None or quoted_type is None:
+            return None
+        out.append(f"({quoted_id}, {quoted_type}, {'NULL' if sequence is None else int(sequence)})")
+    return ", ".join(out)
+
+
+def _literal(value: str) -> str | None:
+    """A string as a standard SQL literal ('' for each quote; with standard_conforming_strings on
+    nothing else is special inside one, backslashes included); None for a string PostgreSQL's
+    text cannot hold."""
+    if "\x00" in value:
+        return None
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:
+    """Record the batch's event ids as processed; return those that were not already (in id
+    order, `_claim_rows`)."""
+    rows = _claim_rows(work)
     claimed = await conn.fetch(
         "INSERT INTO processed_events (event_id, event_type, stream_sequence) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT (event_id) DO NOTHING "
@@ -797,27 +897,40 @@ def _sequence(msg: Msg) -> int | None:
 
 
 def _take_delivered_at_once(psub: Any) -> None:
-    """Make the pull subscription's fetch take a message the server already delivered without a
-    task and a timer for it.
+    """Make the pull subscription's fetch take its messages without a task and a timer for each.
 
     nats-py's fetch asks for the batch once and then awaits each message with `next_msg`, which
-    creates a task and an `asyncio.wait_for` per message even when it is already in the
-    subscription's queue: ~35 us per message on the bench machine, a tenth of a service's CPU per
-    event draining a backlog, where the server has delivered most of a batch by the time the first
-    message is read. A message already queued is taken at once (with `next_msg`'s bookkeeping);
-    only an empty queue waits through `next_msg`. Left as it is when this nats-py keeps its
-    subscription otherwise (the fetch is then only slower).
+    creates two tasks (its own and `asyncio.wait_for`'s), a timer and a uuid4 per message even
+    when the message is already in the subscription's queue: ~35 us per message on the bench
+    machine, a tenth of a service's CPU per event draining a backlog, where the server has
+    delivered most of a batch by the time the first message is read. A message already queued is
+    taken at once; an empty queue (every fetch at a trickle, where each event is its own batch) is
+    waited on in this task under `asyncio.timeout`: one timer, no task. Either way with
+    `next_msg`'s bookkeeping (the pending byte count, `task_done`) and its errors (nats-py's
+    TimeoutError, ConnectionClosedError). Left as it is when this nats-py keeps its subscription
+    otherwise (the fetch is then only slower).
+
+    Unlike nats-py's, this wait is not registered for the connection's close to cancel: a fetch
+    waiting when the connection closes ends at its own timeout (`fetch_timeout_seconds`) instead,
+    which the consumer's loop, stopped before the bus is closed, never waits for.
     """
     sub = getattr(psub, "_sub", None)
     queue = getattr(sub, "_pending_queue", None)
-    if sub is None or not isinstance(queue, asyncio.Queue) or not hasattr(sub, "_pending_size"):
+    conn = getattr(sub, "_conn", None)
+    if sub is None or conn is None or not isinstance(queue, asyncio.Queue) or not hasattr(sub, "_pending_size"):
         return
-    waiting: Callable[[float | None], Awaitable[Msg]] = sub.next_msg
 
     async def next_msg(timeout: float | None = 1.0) -> Msg:
         if queue.empty():
-            return await waiting(timeout)
-        msg: Msg = queue.get_nowait()
+            if conn.is_closed:
+                raise nats.errors.ConnectionClosedError
+            try:
+                async with asyncio.timeout(timeout):
+                    msg: Msg = await queue.get()
+            except TimeoutError:
+                raise nats.errors.TimeoutError from None
+        else:
+            msg = queue.get_nowait()
         sub._pending_size -= len(msg.data)
         queue.task_done()
         return msg

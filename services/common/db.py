@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from opentelemetry import context as otel_context
 
 from services.common.errors import SettingsError
 
@@ -89,6 +90,35 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     the one session lock (the CRM import's) is released explicitly, its connection terminated
     if that fails.
     """
+
+
+class UntracedTransaction:
+    """`conn.transaction()` whose BEGIN and COMMIT (ROLLBACK, or SAVEPOINT and RELEASE when nested)
+    get no span of their own: every other statement inside keeps its asyncpg span.
+
+    For the consumer's batch, whose own span ("<service> apply batch") runs from BEGIN to COMMIT,
+    so the commit's time is in that span already; at a trickle, where every event is a batch of
+    its own, the two spans were a fifth of the spans per event (~20 us of CPU each).
+    """
+
+    __slots__ = ("_transaction",)
+
+    def __init__(self, conn: Conn) -> None:
+        self._transaction = conn.transaction()
+
+    async def __aenter__(self) -> None:
+        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            await self._transaction.__aenter__()
+        finally:
+            otel_context.detach(token)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            await self._transaction.__aexit__(*exc)
+        finally:
+            otel_context.detach(token)
 
 
 async def create_pool(

@@ -12,7 +12,6 @@ Several replicas relay safely: rows are claimed with FOR UPDATE SKIP LOCKED.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -254,9 +253,7 @@ class OutboxRelay:
             until = next_scan
             if self._unmarked:
                 until = min(until, self._unmarked_since + self.mark_seconds)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, until - loop.time()))
-            self._wake.clear()
+            await self._sleep_until(until)
             if loop.time() >= next_scan:
                 self._scan = True
             handed, self._handed = self._handed, []
@@ -281,6 +278,23 @@ class OutboxRelay:
                 log.warning("outbox relay paused: %s", exc)
                 behind = self._scan = True
                 next_scan = loop.time() + self.retry_seconds
+
+    async def _sleep_until(self, until: float) -> None:
+        """Wait for a wake (a hand-over, `wake`, `stop`) or loop time `until`, whichever is first.
+
+        A timer that sets the event, not `asyncio.wait_for`: wait_for wraps the wait in a task of
+        its own, so a hand-over reached this task three loop turns after the consumer's commit,
+        after NATS's flusher had already written the batch's acks and next pull request; now the
+        relay's publish joins them in the same write (one socket write, and one read in
+        nats-server, fewer per batch: at a trickle, per event).
+        """
+        if not self._wake.is_set():
+            timer = asyncio.get_running_loop().call_at(until, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+        self._wake.clear()
 
     async def _publish_handed(self, handed: Sequence[tuple[int, OutboxRow]]) -> bool:
         """Publish rows handed over (their marks wait for `_mark_published`); whether JetStream

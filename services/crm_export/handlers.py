@@ -4,8 +4,8 @@ Order and duplication do not matter (the rules are in decide.py). A batch, of li
 (`apply`) or of objects the initial import listed (`apply_objects`), is applied in four steps:
 
 1. load: the settings (versioned; a change made meanwhile applies from the next batch, as it
-   would from the next event), then in bulk what the batch touches: the stored versions of the
-   rows it may replace and the kept Stripe customers in one statement, and the health of the
+   would from the next event), then in bulk what the batch touches, in one statement: the stored
+   versions of the rows it may replace, the kept Stripe customers and the health of the
    customers it may change;
 2. fetch: what the payloads left out (truncated lines and items) and, with a Stripe key, the
    customers of same-second ties as Stripe holds them now, each in the consume span of its
@@ -101,8 +101,7 @@ async def apply_objects(
     if settings is None:
         settings = (await store.current_settings(conn)).settings
     keys = decide.keys_of(incoming, settings)
-    stored = await store.stored_facts(conn, settings, keys)
-    health_before = await store.health_by_customer(conn, keys.health)
+    stored, health_before = await store.stored_facts(conn, settings, keys, keys.health)
     fetched = await _fetch(incoming, stored, fetcher, sources, settle_ties=settle_ties)
     changes = decide.decide(incoming, stored, fetched, settle_ties=settle_ties)
     await store.write_changes(conn, changes)

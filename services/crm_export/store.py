@@ -117,9 +117,13 @@ _KEY_COLUMNS = {
 }
 
 
-async def stored_facts(conn: Conn, settings: CrmSettings, keys: BatchKeys) -> StoredFacts:
-    """The stored versions of every row the batch may replace, and the kept Stripe customers, in
-    one statement (whatever the number of tables and rows)."""
+async def stored_facts(
+    conn: Conn, settings: CrmSettings, keys: BatchKeys, health_of: Iterable[str] = ()
+) -> tuple[StoredFacts, dict[str, Health]]:
+    """The stored versions of every row the batch may replace, the kept Stripe customers, and the
+    health of the customers in `health_of` (`health_by_customer`), in one statement (whatever
+    the number of tables and rows): at a trickle every event is a batch of its own, and the
+    health read of its own was a round trip per event."""
     selects: list[str] = []
     args: list[list[str]] = []
     for table in decide.GUARDED_TABLES:
@@ -130,20 +134,29 @@ async def stored_facts(conn: Conn, settings: CrmSettings, keys: BatchKeys) -> St
         raw = "raw" if table == decide.CUSTOMERS else "NULL::jsonb"
         selects.append(
             f"SELECT '{table}' AS t, {_KEY_COLUMNS[table]} AS k, v_terminal, v_ts, v_rank, v_settled, content_hash, "
-            f"{raw} AS raw "
-            f"FROM {table} WHERE {_KEY_COLUMNS[table]} = ANY(${len(args)}::text[])"
+            f"{raw} AS raw, NULL::text AS status, NULL::text AS invoice_id, NULL::boolean AS failed, "
+            f"NULL::boolean AS paid FROM {table} WHERE {_KEY_COLUMNS[table]} = ANY(${len(args)}::text[])"
         )
+    ids = sorted(set(health_of))
+    if ids:
+        args.append(ids)
+        selects.append(_HEALTH_FACTS.format(n=len(args), versions=", NULL" * 6))
     versions: dict[str, dict[str, StoredVersion]] = {table: {} for table in decide.GUARDED_TABLES}
     customers: dict[str, KeptCustomer] = {}
+    health_rows: list[asyncpg.Record] = []
     if selects:
-        for r in await conn.fetch(" UNION ALL ".join(selects), *args):
+        order = " ORDER BY invoice_id NULLS FIRST" if ids else ""
+        for r in await conn.fetch(" UNION ALL ".join(selects) + order, *args):
+            if r["t"] == _HEALTH:
+                health_rows.append(r)
+                continue
             versions[r["t"]][r["k"]] = StoredVersion(
                 r["v_terminal"], r["v_ts"], r["v_rank"], r["content_hash"], r["v_settled"]
             )
             if r["t"] == decide.CUSTOMERS:
                 version = Version(r["v_terminal"], r["v_ts"], r["v_rank"], r["v_settled"])
                 customers[r["k"]] = KeptCustomer(r["raw"], version)
-    return StoredFacts(settings, versions, customers)
+    return StoredFacts(settings, versions, customers), _health_of(ids, health_rows)
 
 
 #: decide.supersedes in SQL: strictly newer, or Stripe's later answer for one settled version.
@@ -387,8 +400,12 @@ async def health_for(conn: Conn, stripe_customer_ids: Sequence[str]) -> Health:
     ids = sorted(set(stripe_customer_ids))
     if not ids:
         return Health((), ())
-    statuses, payments = await _health_facts(conn, ids)
-    return health_from([s for _, s in statuses], payments)
+    rows = await _health_rows(conn, ids)
+    statuses = [r["status"] for r in rows if r["invoice_id"] is None]
+    payments = [
+        InvoicePayment(r["invoice_id"], r["k"], r["failed"], r["paid"]) for r in rows if r["invoice_id"] is not None
+    ]
+    return health_from(statuses, payments)
 
 
 async def health_by_customer(conn: Conn, stripe_customer_ids: Iterable[str]) -> dict[str, Health]:
@@ -396,33 +413,38 @@ async def health_by_customer(conn: Conn, stripe_customer_ids: Iterable[str]) -> 
     ids = sorted(set(stripe_customer_ids))
     if not ids:
         return {}
-    statuses, payments = await _health_facts(conn, ids)
+    return _health_of(ids, await _health_rows(conn, ids))
+
+
+async def _health_rows(conn: Conn, ids: list[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(_HEALTH_FACTS.format(n=1, versions="") + " ORDER BY invoice_id NULLS FIRST", ids)
+
+
+#: `t` of the health rows `_HEALTH_FACTS` adds to a read.
+_HEALTH = "health"
+
+#: The customers' (`${n}`) subscription statuses and invoice payments, as rows of `t` = 'health'
+#: (`versions`: nothing, or the NULLs that stand for the version columns of `stored_facts`'s rows); the
+#: caller orders by invoice_id NULLS FIRST. It is read before and after each batch that touches
+#: health, and at a trickle every event is a batch.
+_HEALTH_FACTS = (
+    "SELECT 'health' AS t, stripe_customer_id AS k{versions}, status, NULL::text AS invoice_id, "
+    "NULL::boolean AS failed, NULL::boolean AS paid FROM subscriptions WHERE stripe_customer_id = ANY(${n}::text[]) "
+    "UNION ALL SELECT 'health', stripe_customer_id{versions}, NULL, invoice_id, failed, paid FROM invoice_payments "
+    "WHERE stripe_customer_id = ANY(${n}::text[])"
+)
+
+
+def _health_of(ids: Sequence[str], rows: Iterable[asyncpg.Record]) -> dict[str, Health]:
+    """Each of `ids`'s health from its `_HEALTH_FACTS` rows (statuses first, then payments by id)."""
     by_status: dict[str, list[str]] = {i: [] for i in ids}
     by_payment: dict[str, list[InvoicePayment]] = {i: [] for i in ids}
-    for customer, status in statuses:
-        by_status[customer].append(status)
-    for payment in payments:
-        by_payment[payment.stripe_customer_id].append(payment)
-    return {i: health_from(by_status[i], by_payment[i]) for i in ids}
-
-
-async def _health_facts(conn: Conn, ids: list[str]) -> tuple[list[tuple[str, str]], list[InvoicePayment]]:
-    """The customers' subscription statuses and invoice payments, in one round trip: it is read
-    before and after each batch that touches health, and at a trickle every event is a batch."""
-    statuses: list[tuple[str, str]] = []
-    payments: list[InvoicePayment] = []
-    for r in await conn.fetch(
-        "SELECT stripe_customer_id, status, NULL::text AS invoice_id, NULL::boolean AS failed, "
-        "NULL::boolean AS paid FROM subscriptions WHERE stripe_customer_id = ANY($1::text[]) "
-        "UNION ALL SELECT stripe_customer_id, NULL, invoice_id, failed, paid FROM invoice_payments "
-        "WHERE stripe_customer_id = ANY($1::text[]) ORDER BY invoice_id NULLS FIRST",
-        ids,
-    ):
+    for r in rows:
         if r["invoice_id"] is None:
-            statuses.append((r["stripe_customer_id"], r["status"]))
+            by_status[r["k"]].append(r["status"])
         else:
-            payments.append(InvoicePayment(r["invoice_id"], r["stripe_customer_id"], r["failed"], r["paid"]))
-    return statuses, payments
+            by_payment[r["k"]].append(InvoicePayment(r["invoice_id"], r["k"], r["failed"], r["paid"]))
+    return {i: health_from(by_status[i], by_payment[i]) for i in ids}
 
 
 # ---------------------------------------------------------------- CRM clients

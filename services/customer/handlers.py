@@ -81,11 +81,12 @@ async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     incoming = [x for x in map(_parse, items) if x is not None]
     if not incoming:
         return
-    seen, now = await store.seen_events_at(conn, [x.item.event.id for x in incoming])
+    seen, now, records = await store.seen_and_locked(
+        conn, [x.item.event.id for x in incoming], [x.state.stripe_customer_id for x in incoming]
+    )
     incoming = [x for x in incoming if x.item.event.id not in seen]
     if not incoming:
         return
-    records = await store.lock_by_stripe_ids(conn, [x.state.stripe_customer_id for x in incoming])
     creating = _to_create(incoming, set(records))
     erp_ids = dict(zip(creating, await store.allocate_erp_ids(conn, len(creating)), strict=True))
     inserts: dict[str, CustomerRecord] = {}

@@ -160,19 +160,6 @@ async def seen_events(conn: Conn, stripe_event_ids: Sequence[str]) -> set[str]:
     return {r["stripe_event_id"] for r in rows}
 
 
-async def seen_events_at(conn: Conn, stripe_event_ids: Sequence[str]) -> tuple[set[str], datetime]:
-    """`seen_events`, and the transaction's time (`transaction_time`: now() is the same throughout
-    a transaction) in the same round trip: at a trickle every event is a batch of its own, and
-    each round trip a batch saves is a share of its CPU."""
-    row = await conn.fetchrow(
-        "SELECT now() AS now, ARRAY(SELECT stripe_event_id FROM customer_history "
-        "WHERE stripe_event_id = ANY($1::text[])) AS seen",
-        list(stripe_event_ids),
-    )
-    assert row is not None and isinstance(row["now"], datetime)
-    return set(row["seen"]), row["now"]
-
-
 async def lock_by_stripe_ids(conn: Conn, stripe_customer_ids: Sequence[str]) -> dict[str, CustomerRecord]:
     """The records of these Stripe customers, locked for the transaction.
 
@@ -186,6 +173,33 @@ async def lock_by_stripe_ids(conn: Conn, stripe_customer_ids: Sequence[str]) -> 
     return {r["stripe_customer_id"]: _record(r) for r in rows}
 
 
+async def seen_and_locked(
+    conn: Conn, stripe_event_ids: Sequence[str], stripe_customer_ids: Sequence[str]
+) -> tuple[set[str], datetime, dict[str, CustomerRecord]]:
+    """`seen_events` and `lock_by_stripe_ids` in one round trip: which of these events already
+    reached a record, the transaction's time (now(): the same throughout a transaction, what
+    every write of it is stamped with), and the records of these customers, locked (in id
+    order) for the transaction.
+
+    A batch's first statements, whose answers do not depend on each other: at a trickle every
+    event is a batch of its own and pays each round trip whole (the service's CPU for it, and
+    PostgreSQL's). The records of customers whose events turn out to be seen are locked too,
+    which changes nothing but when another transaction waits.
+    """
+    rows = await conn.fetch(
+        "SELECT head.now, head.seen, c.* FROM (SELECT now() AS now, ARRAY(SELECT stripe_event_id "
+        "FROM customer_history WHERE stripe_event_id = ANY($1::text[])) AS seen) AS head "
+        f"LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM customers WHERE stripe_customer_id = ANY($2::text[]) "
+        "ORDER BY stripe_customer_id FOR UPDATE) AS c ON true",
+        list(stripe_event_ids),
+        sorted(set(stripe_customer_ids)),
+    )
+    now = rows[0]["now"]
+    assert isinstance(now, datetime)
+    records = {r["stripe_customer_id"]: _record(r) for r in rows if r["stripe_customer_id"] is not None}
+    return set(rows[0]["seen"]), now, records
+
+
 async def transaction_time(conn: Conn) -> datetime:
     """now(): the time every write of this transaction is stamped with."""
     value = await conn.fetchval("SELECT now()")
@@ -194,20 +208,19 @@ async def transaction_time(conn: Conn) -> datetime:
 
 
 async def allocate_erp_ids(conn: Conn, count: int) -> list[str]:
-    """The next `count` free CUST-000123 ids, in order; numbers an import already took are skipped."""
+    """The next `count` free CUST-000123 ids, in order; numbers an import already took are skipped.
+
+    Each round draws the numbers and learns which of them are taken in one statement (the id is
+    spelled in SQL as `format_erp_id` spells it: six digits at least, zero-padded)."""
     out: list[str] = []
     while len(out) < count:
-        numbers = await conn.fetchval(
-            "SELECT array_agg(n ORDER BY n) FROM "
-            "(SELECT nextval('erp_customer_number') AS n FROM generate_series(1, $1::int)) AS s",
+        rows = await conn.fetch(
+            "SELECT n, EXISTS (SELECT 1 FROM customers "
+            "WHERE erp_customer_id = 'CUST-' || lpad(n::text, greatest(6, length(n::text)), '0')) AS taken "
+            "FROM (SELECT nextval('erp_customer_number') AS n FROM generate_series(1, $1::int)) AS s ORDER BY n",
             count - len(out),
         )
-        candidates = [format_erp_id(int(n)) for n in numbers]
-        taken = await conn.fetch(
-            "SELECT erp_customer_id FROM customers WHERE erp_customer_id = ANY($1::text[])", candidates
-        )
-        skip = {r["erp_customer_id"] for r in taken}
-        out.extend(c for c in candidates if c not in skip)
+        out.extend(format_erp_id(int(r["n"])) for r in rows if not r["taken"])
     return out
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.common.bus import STRIPE_STREAM, Bus
-from services.common.consumer import _take_delivered_at_once
+from services.common.consumer import _literal_rows, _take_delivered_at_once
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
@@ -152,3 +153,41 @@ async def test_a_fetch_takes_delivered_messages_without_a_task_each(bus: Bus, se
     for m in msgs:
         await m.ack()
     await psub.unsubscribe()
+
+
+async def test_a_claim_sent_with_begin_tells_new_events_from_seen(bus: Bus, settings: Settings) -> None:
+    """The claim goes with BEGIN, and its row count alone says whether every id was new: a batch
+    where it writes fewer rows than it has ids (a second copy in the batch) learns which are its
+    own; a batch of only seen events, that none is."""
+    first, second = customer_event("cus_first"), customer_event("cus_second")
+    await publish(bus, first)
+    await publish(bus, second)
+    await publish(bus, first, msg_id="first-again")  # a second copy in the same batch
+    toy_service.batches_written.clear()
+    rt = await _start(settings)
+    try:
+        await eventually(lambda: _has_all(settings, {"cus_first", "cus_second"}))
+        await eventually(lambda: _consumer_settled(rt))
+        assert toy_service.batches_written == [2]
+        assert rt.consumer.duplicates == 1 and rt.consumer.handled == 2
+        await publish(bus, first, msg_id="first-third")  # alone: a batch whose claim writes nothing
+        await eventually(lambda: rt.consumer.duplicates == 2)
+        written = await rows(settings)
+        assert written["cus_first"]["times_applied"] == 1 and written["cus_second"]["times_applied"] == 1
+    finally:
+        await rt.stop()
+
+
+async def test_claim_literals_hold_any_string_postgresql_can(settings: Settings) -> None:
+    """What the claim writes as literals reads back as it was (quotes, backslashes, a semicolon
+    and a comment); a string text cannot hold is left to a statement with parameters."""
+    odd = ["evt_it's", "evt_\\x27'; DROP TABLE x;--", "evt_''", "evt_\\", "evt_é\u2028"]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        values = _literal_rows(conn, [(value, "customer.updated", None) for value in odd])
+        assert values is not None
+        back = await conn.fetch(f"SELECT column1 AS v FROM (VALUES {values}) AS v")
+        assert [r["v"] for r in back] == odd
+        assert _literal_rows(conn, [("evt_\x00", "customer.updated", 1)]) is None
+    finally:
+        await conn.close()

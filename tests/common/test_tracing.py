@@ -53,3 +53,32 @@ async def test_one_trace_from_webhook_to_the_consumers_database_write(settings: 
     finally:
         await rt.stop()
         await gw.stop()
+
+
+def test_a_process_that_exports_nothing_records_nothing_but_keeps_its_ids() -> None:
+    """Without a span processor spans gather nothing (their recording was CPU no one read), yet
+    each has valid ids for log lines and propagation; once spans go somewhere they are recorded,
+    also under an unsampled parent from a process that exports nothing."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from services.common.tracing import _RecordWhenExported
+
+    sampler = _RecordWhenExported(ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON))
+    provider = sampler.provider = TracerProvider(sampler=sampler)
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("quiet", attributes={"a": 1}) as quiet:
+        assert not quiet.is_recording()
+        assert quiet.get_span_context().is_valid
+        with tracer.start_as_current_span("child") as child:
+            assert child.get_span_context().trace_id == quiet.get_span_context().trace_id
+
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    unsampled = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    with tracer.start_as_current_span("heard", context=trace.set_span_in_context(NonRecordingSpan(unsampled))) as heard:
+        assert heard.is_recording()
+    [span] = exporter.get_finished_spans()
+    assert span.name == "heard" and span.context.trace_id == 0x1234
