@@ -222,3 +222,18 @@ async def test_replay_collects_cycles_rarely_while_it_runs_and_restores_the_thre
     finally:
         gc.set_threshold(*before)
     assert report.applied == 4 and seen and all(t == REPLAY_GC_THRESHOLD for t in seen)
+
+
+async def test_replay_counts_the_domain_events_it_drops_without_building_them(
+    applied, settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common import outbox
+
+    def never(**_: object) -> list[outbox.OutboxRow]:
+        raise AssertionError("a suppressed domain event was built")
+
+    monkeypatch.setattr(outbox, "prepare_events", never)
+    record_toy.NAME_STYLE["upper"] = True
+    report = await replay(record_toy.DEFINITION, settings, bus)
+    assert (report.applied, report.failures, report.suppressed_events) == (4, [], 4)
+    assert report.changed_rows == 2
