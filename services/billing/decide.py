@@ -69,7 +69,10 @@ class Settlement:
 
 def settle(invoice: StoredLedger, policy: BillingSettings) -> Settlement:
     """The invoice's ledger under the running policy; a stored status never moves back."""
-    state = compute_ledger(replace(invoice.facts, write_off_enabled=policy.write_off_uncollectible))
+    facts = invoice.facts
+    if facts.write_off_enabled != policy.write_off_uncollectible:  # a copy only when it differs (replace is slow)
+        facts = replace(facts, write_off_enabled=policy.write_off_uncollectible)
+    state = compute_ledger(facts)
     status = forward_status(invoice.erp_status, state.erp_status)
     stored = (invoice.amount_paid, invoice.unattributed_paid, invoice.credits_applied, invoice.amount_remaining)
     new = (state.amount_paid, state.unattributed_paid, state.credits_applied, state.amount_remaining)

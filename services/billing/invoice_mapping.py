@@ -202,6 +202,12 @@ def payment_keys(event_type: str, obj: Json) -> set[str]:
     return keys
 
 
+def more_lines(obj: Json) -> bool:
+    """The event holds only the first page of the invoice's lines (a deleted invoice has none to fetch)."""
+    lines = as_dict(obj.get("lines"))
+    return bool(lines.get("has_more")) and obj.get("deleted") is not True
+
+
 def invoice_price_ids(lines: Iterable[Json]) -> list[str]:
     return sorted({p for p in (line_price_id(line) for line in lines) if p})
 
@@ -324,17 +330,47 @@ def map_invoice(
     item_map: Mapping[str, str],
     billing: BillingSettings,
 ) -> ErpInvoice:
-    """The ERP invoice for a Stripe invoice object (either shape).
+    """The ERP invoice for a Stripe invoice object (either shape): `map_header`, then `map_lines`.
 
     `lines` overrides the event's first page when the full list was fetched from the API;
     `lines_complete` must then say whether it is the whole list.
     """
-    invoice_id = str(obj.get("id") or "")
-    if not invoice_id:
-        raise ValueError("invoice has no id")
+    raw_lines, complete = raw_invoice_lines(obj, lines, lines_complete)
+    header = map_header(obj, raw_lines=raw_lines, lines_complete=complete, billing=billing)
+    return map_lines(header, obj, raw_lines, item_map=item_map, billing=billing)
+
+
+def raw_invoice_lines(
+    obj: Json, lines: Sequence[Json] | None = None, lines_complete: bool | None = None
+) -> tuple[list[Json], bool]:
+    """The invoice's raw lines (`lines`, else the event's first page) and whether they are all of them."""
     line_list = as_dict(obj.get("lines"))
     raw_lines = list(lines) if lines is not None else [x for x in as_list(line_list.get("data")) if isinstance(x, dict)]
     complete = lines_complete if lines_complete is not None else not bool(line_list.get("has_more"))
+    return raw_lines, complete
+
+
+def _total_discounts(obj: Json, raw_lines: Sequence[Json]) -> list[tuple[str, int]]:
+    """The invoice's discounts as (discount, amount): Stripe's totals, else the lines' summed."""
+    total_discounts = _discount_entries(obj.get("total_discount_amounts"))
+    if not total_discounts:
+        merged: dict[str, int] = {}
+        for raw in raw_lines:
+            for disc_id, amount in _discount_entries(raw.get("discount_amounts")):
+                merged[disc_id] = merged.get(disc_id, 0) + amount
+        total_discounts = sorted(merged.items())
+    return total_discounts
+
+
+def map_header(obj: Json, *, raw_lines: Sequence[Json], lines_complete: bool, billing: BillingSettings) -> ErpInvoice:
+    """The ERP invoice without its lines (`lines` empty): everything that decides whether the
+    snapshot is newer than the stored one (`snapshots.snapshot_version`) and what it says beyond
+    its lines (a payment, an uncollectible mark, a credit hold). Mapping the lines, their
+    discounts and revenue schedules costs several times more, so a batch maps them only for the
+    snapshots whose lines it may write (`map_lines`)."""
+    invoice_id = str(obj.get("id") or "")
+    if not invoice_id:
+        raise ValueError("invoice has no id")
     status = str(obj.get("status") or "draft")
     if obj.get("deleted") is True:
         status = "deleted"
@@ -346,20 +382,76 @@ def map_invoice(
     transaction_date = to_date(opt_int(obj.get("effective_at")) or finalized_at or created, zone) or date(1970, 1, 1)
     due_date = to_date(opt_int(obj.get("due_date")), zone) or transaction_date
     currency = str(obj.get("currency") or "").lower()
+    discount_total = sum(a for _, a in _total_discounts(obj, raw_lines))
+    exclusive_tax, inclusive_tax = _taxes(obj)
+    total = as_int(obj.get("total"))
+    amount_due = as_int(obj.get("amount_due"))
+    ppcn = as_int(obj.get("pre_payment_credit_notes_amount"))
+    transitions = as_dict(obj.get("status_transitions"))
+    uncollectible_at = opt_int(transitions.get("marked_uncollectible_at"))
+    legacy_forgiven = bool(obj.get("forgiven")) or (bool(obj.get("closed")) and not obj.get("paid"))
+    uncollectible = status == "uncollectible" or (legacy_forgiven and status not in ("paid", "void", "deleted"))
+    basil = is_basil(obj)
+    if basil:
+        subscription = ref_id(as_dict(as_dict(obj.get("parent")).get("subscription_details")).get("subscription"))
+    else:
+        subscription = ref_id(obj.get("subscription"))
+    period_start, period_end = service_days(opt_int(obj.get("period_start")), opt_int(obj.get("period_end")), zone)
+    return ErpInvoice(
+        stripe_invoice_id=invoice_id,
+        stripe_customer_id=ref_id(obj.get("customer")) or "",
+        subscription_id=subscription,
+        number=obj.get("number") if isinstance(obj.get("number"), str) else None,
+        stripe_status=status,
+        status_rank=STRIPE_STATUS_RANK.get(status, 0),
+        api_shape="basil" if basil else "legacy",
+        billing_reason=obj.get("billing_reason") if isinstance(obj.get("billing_reason"), str) else None,
+        collection_method=obj.get("collection_method") if isinstance(obj.get("collection_method"), str) else None,
+        currency=currency,
+        created=created,
+        transaction_date=transaction_date,
+        due_date=due_date,
+        period_start=period_start,
+        period_end=period_end,
+        subtotal=as_int(obj.get("subtotal")),
+        discount_total=discount_total,
+        tax=exclusive_tax,
+        tax_inclusive=inclusive_tax,
+        total=total,
+        amount_due=amount_due,
+        stripe_amount_paid=as_int(obj.get("amount_paid")),
+        stripe_amount_remaining=as_int(obj.get("amount_remaining")),
+        pre_payment_credit_notes=ppcn,
+        balance_applied=max(0, total - amount_due - ppcn) if status not in ("draft", "void", "deleted") else 0,
+        attempt_count=as_int(obj.get("attempt_count")),
+        next_payment_attempt=opt_int(obj.get("next_payment_attempt")),
+        uncollectible=uncollectible,
+        uncollectible_at=uncollectible_at,
+        paid_at=opt_int(transitions.get("paid_at")),
+        voided_at=opt_int(transitions.get("voided_at")),
+        lines=(),
+        lines_complete=lines_complete,
+        # Fields only the legacy shape has: read wherever they appear (localstripe sends them
+        # beside a current-shape `parent`), absent from current payloads, where payments come
+        # as invoice_payment objects instead.
+        charge_id=ref_id(obj.get("charge")),
+        paid_out_of_band=bool(obj.get("paid_out_of_band")),
+    )
 
-    # Item lines.
+
+def map_lines(
+    header: ErpInvoice, obj: Json, raw_lines: Sequence[Json], *, item_map: Mapping[str, str], billing: BillingSettings
+) -> ErpInvoice:
+    """`header` (from `map_header` on the same object and lines) with its item and discount
+    lines, each with its revenue schedule, and the prices that had no ERP item."""
+    zone = billing.ledger_zone
+    transaction_date = header.transaction_date
     rule = billing.revenue_rule
     mapped_lines: list[ErpLine] = []
     unmapped: set[str] = set()
     per_line_discounts = [sum(a for _, a in _discount_entries(raw.get("discount_amounts"))) for raw in raw_lines]
-    total_discounts = _discount_entries(obj.get("total_discount_amounts"))
-    if not total_discounts:
-        merged: dict[str, int] = {}
-        for raw in raw_lines:
-            for disc_id, amount in _discount_entries(raw.get("discount_amounts")):
-                merged[disc_id] = merged.get(disc_id, 0) + amount
-        total_discounts = sorted(merged.items())
-    discount_total = sum(a for _, a in total_discounts)
+    total_discounts = _total_discounts(obj, raw_lines)
+    discount_total = header.discount_total
     if discount_total and not any(per_line_discounts):
         # Stripe normally says per line how much of each discount it took; when it does not
         # (lines fetched without it), spread the discount over the discountable lines.
@@ -436,61 +528,8 @@ def map_invoice(
                 else (),
             )
         )
-
-    exclusive_tax, inclusive_tax = _taxes(obj)
-    total = as_int(obj.get("total"))
-    amount_due = as_int(obj.get("amount_due"))
-    ppcn = as_int(obj.get("pre_payment_credit_notes_amount"))
-    transitions = as_dict(obj.get("status_transitions"))
-    uncollectible_at = opt_int(transitions.get("marked_uncollectible_at"))
-    legacy_forgiven = bool(obj.get("forgiven")) or (bool(obj.get("closed")) and not obj.get("paid"))
-    uncollectible = status == "uncollectible" or (legacy_forgiven and status not in ("paid", "void", "deleted"))
-    if is_basil(obj):
-        subscription = ref_id(as_dict(as_dict(obj.get("parent")).get("subscription_details")).get("subscription"))
-    else:
-        subscription = ref_id(obj.get("subscription"))
-    period_start, period_end = service_days(opt_int(obj.get("period_start")), opt_int(obj.get("period_end")), zone)
-    return ErpInvoice(
-        stripe_invoice_id=invoice_id,
-        stripe_customer_id=ref_id(obj.get("customer")) or "",
-        subscription_id=subscription,
-        number=obj.get("number") if isinstance(obj.get("number"), str) else None,
-        stripe_status=status,
-        status_rank=STRIPE_STATUS_RANK.get(status, 0),
-        api_shape="basil" if is_basil(obj) else "legacy",
-        billing_reason=obj.get("billing_reason") if isinstance(obj.get("billing_reason"), str) else None,
-        collection_method=obj.get("collection_method") if isinstance(obj.get("collection_method"), str) else None,
-        currency=currency,
-        created=created,
-        transaction_date=transaction_date,
-        due_date=due_date,
-        period_start=period_start,
-        period_end=period_end,
-        subtotal=as_int(obj.get("subtotal")),
-        discount_total=discount_total,
-        tax=exclusive_tax,
-        tax_inclusive=inclusive_tax,
-        total=total,
-        amount_due=amount_due,
-        stripe_amount_paid=as_int(obj.get("amount_paid")),
-        stripe_amount_remaining=as_int(obj.get("amount_remaining")),
-        pre_payment_credit_notes=ppcn,
-        balance_applied=max(0, total - amount_due - ppcn) if status not in ("draft", "void", "deleted") else 0,
-        attempt_count=as_int(obj.get("attempt_count")),
-        next_payment_attempt=opt_int(obj.get("next_payment_attempt")),
-        uncollectible=uncollectible,
-        uncollectible_at=uncollectible_at,
-        paid_at=opt_int(transitions.get("paid_at")),
-        voided_at=opt_int(transitions.get("voided_at")),
-        lines=tuple(mapped_lines),
-        lines_complete=complete,
-        unmapped_price_ids=tuple(sorted(unmapped)),
-        # Fields only the legacy shape has: read wherever they appear (localstripe sends them
-        # beside a current-shape `parent`), absent from current payloads, where payments come
-        # as invoice_payment objects instead.
-        charge_id=ref_id(obj.get("charge")),
-        paid_out_of_band=bool(obj.get("paid_out_of_band")),
-    )
+    # `dataclasses.replace` re-reads every field through Python: twice the cost of this.
+    return ErpInvoice(**{**vars(header), "lines": tuple(mapped_lines), "unmapped_price_ids": tuple(sorted(unmapped))})
 
 
 def lines_fingerprint(inv: ErpInvoice) -> str:

@@ -13,8 +13,8 @@ What the batch notes travels in its `Batch`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
@@ -41,16 +41,37 @@ def is_snapshot_event(event_type: str) -> bool:
     return event_type.startswith("invoice.")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
+    """An invoice event's invoice, read: its header mapped, its lines mapped when first asked for
+    (`mapped`), which the fold does only for a snapshot whose lines it may write."""
+
     item: BatchItem
     obj: dict[str, Any]
+    #: The invoice without its lines (`invoice_mapping.map_header`).
     inv: ErpInvoice
     version: InvoiceVersion
+    raw_lines: list[dict[str, Any]]
+    policy: BillingSettings
+    #: The batch's price -> ERP item map, holding every price of `raw_lines` that has one.
+    item_map: Mapping[str, str]
+    _mapped: ErpInvoice | None = field(default=None, repr=False)
+
+    def mapped(self) -> ErpInvoice:
+        """The whole invoice: lines, discount lines and revenue schedules (mapped once)."""
+        if self._mapped is None:
+            self._mapped = invoice_mapping.map_lines(
+                self.inv, self.obj, self.raw_lines, item_map=self.item_map, billing=self.policy
+            )
+        return self._mapped
+
+    def candidate(self) -> snapshots.Candidate:
+        return snapshots.Candidate(self.inv, self.version, self.mapped)
 
 
 async def read_snapshot(batch: Batch, item: BatchItem) -> Snapshot | None:
-    """The event's invoice, mapped; None (with the reason recorded) when it changes no invoice."""
+    """The event's invoice, its header mapped; None (with the reason recorded) when it changes no
+    invoice."""
     ctx, event = item.ctx, item.event
     obj = event.object
     if event.type in _NOT_A_RECORD or not obj.get("id"):
@@ -64,13 +85,15 @@ async def read_snapshot(batch: Batch, item: BatchItem) -> Snapshot | None:
     if event.type == "invoice.deleted":
         obj = {**obj, "deleted": True}
     raw_lines, complete = await fetch_all_lines(ctx, obj)
-    items = await handlers.item_map(batch, ctx.conn, invoice_mapping.invoice_price_ids(raw_lines))
-    inv = invoice_mapping.map_invoice(
-        obj, lines=raw_lines, lines_complete=complete, item_map=items, billing=batch.policy
-    )
+    if invoice_mapping.more_lines(obj):
+        # The batch read the items of the prices the event's own lines name (`batch._apply`);
+        # lines fetched from Stripe may name others.
+        await handlers.item_map(batch, ctx.conn, invoice_mapping.invoice_price_ids(raw_lines))
+    inv = invoice_mapping.map_header(obj, raw_lines=raw_lines, lines_complete=complete, billing=batch.policy)
     if not inv.stripe_customer_id:
         raise PermanentError(f"invoice {inv.stripe_invoice_id} has no customer")
-    return Snapshot(item, obj, inv, snapshots.snapshot_version(inv, event_created=event.created, event_id=event.id))
+    version = snapshots.snapshot_version(inv, event_created=event.created, event_id=event.id)
+    return Snapshot(item, obj, inv, version, raw_lines, batch.policy, batch.item_map)
 
 
 async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -82,7 +105,7 @@ async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[lis
     lines = obj.get("lines") if isinstance(obj.get("lines"), dict) else {}
     assert isinstance(lines, dict)
     data = [x for x in lines.get("data") or [] if isinstance(x, dict)]
-    if not lines.get("has_more") or obj.get("deleted") is True:
+    if not invoice_mapping.more_lines(obj):
         return data, True
     client = ctx.stripe
     if client is None:
@@ -112,12 +135,12 @@ async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) ->
     folds = []
     unmapped: list[tuple[str, str]] = []
     for invoice_id, snaps in sorted(by_invoice.items()):
-        fold = snapshots.fold_snapshots(stored.get(invoice_id), [(s.inv, s.version) for s in snaps])
+        fold = snapshots.fold_snapshots(stored.get(invoice_id), [s.candidate() for s in snaps])
         folds.append(fold)
         for snap, step in zip(snaps, fold.steps, strict=True):
             _record_step(batch, snap, step)
             if step.lines_replaced:
-                unmapped.extend((price_id, invoice_id) for price_id in snap.inv.unmapped_price_ids)
+                unmapped.extend((price_id, invoice_id) for price_id in snap.mapped().unmapped_price_ids)
         last = snaps[-1].item
         batch.settle_later(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
     await store.write_snapshots(conn, folds)
@@ -140,9 +163,10 @@ def _record_step(batch: Batch, snap: Snapshot, step: snapshots.SnapshotStep) -> 
         change = f"{verb} from Stripe status {inv.stripe_status}, total {inv.total} {inv.currency}"
         batch.record(event, "invoice", inv.stripe_invoice_id, change)
     if step.lines_replaced:
-        problems = invoice_mapping.invoice_problems(inv)
+        whole = snap.mapped()
+        problems = invoice_mapping.invoice_problems(whole)
         note = f"; does not balance: {'; '.join(problems)}" if problems else ""
-        batch.record(event, "invoice", inv.stripe_invoice_id, f"{len(inv.lines)} lines written{note}")
+        batch.record(event, "invoice", inv.stripe_invoice_id, f"{len(whole.lines)} lines written{note}")
         if problems:
             log.warning("invoice %s: %s", inv.stripe_invoice_id, "; ".join(problems))
 

@@ -7,7 +7,7 @@ forward, and a repeated or older event changes nothing. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.billing.invoice_mapping import ErpInvoice, lines_fingerprint
@@ -40,10 +40,23 @@ class SnapshotStep:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A snapshot as the fold sees it: its invoice without lines (`invoice_mapping.map_header`),
+    its version, and how to map its lines, which the fold asks for only when it may write them
+    (mapping lines, discounts and revenue schedules costs several times the header, and most of
+    a replay's snapshots are older than what is stored)."""
+
+    header: ErpInvoice
+    version: InvoiceVersion
+    #: The whole invoice, lines included (pure; the caller maps it once).
+    mapped: Callable[[], ErpInvoice]
+
+
+@dataclass(frozen=True)
 class SnapshotFold:
     """The net effect of an invoice's snapshots on the ledger, and each one's step."""
 
-    #: The newest snapshot and its version, when one is newer than what is stored.
+    #: The newest snapshot (its header: no lines) and its version, when one is newer than what is stored.
     header: tuple[ErpInvoice, InvoiceVersion] | None
     #: The snapshot whose lines the ledger ends with, when the lines change.
     lines: ErpInvoice | None
@@ -52,31 +65,32 @@ class SnapshotFold:
     steps: tuple[SnapshotStep, ...]
 
 
-def fold_snapshots(
-    stored: StoredSnapshot | None, snapshots: Sequence[tuple[ErpInvoice, InvoiceVersion]]
-) -> SnapshotFold:
+def fold_snapshots(stored: StoredSnapshot | None, snapshots: Sequence[Candidate]) -> SnapshotFold:
     """Apply one invoice's snapshots in turn, in memory: the same decisions one write per event
     would make. A newer snapshot replaces the header; the lines are rewritten only when they
-    differ, and a truncated snapshot never replaces complete lines."""
+    differ, and a truncated snapshot never replaces complete lines. A snapshot's lines are
+    mapped only when they could be written (`Candidate.mapped`)."""
     version = stored.version if stored else None
     complete = stored.lines_complete if stored else False
     lines_hash = stored.lines_hash if stored else None
     header: tuple[ErpInvoice, InvoiceVersion] | None = None
     lines: ErpInvoice | None = None
     steps = []
-    for inv, v in snapshots:
+    for snap in snapshots:
+        inv, v = snap.header, snap.version
         exists = version is not None
         applied = version is None or v > version
         wanted = (applied and (inv.lines_complete or not complete)) or (
             not applied and inv.lines_complete and not complete
         )
-        fingerprint = lines_fingerprint(inv)
-        replaced = wanted and (not exists or lines_hash != fingerprint)
+        mapped = snap.mapped() if wanted else None
+        fingerprint = lines_fingerprint(mapped) if mapped is not None else None
+        replaced = mapped is not None and (not exists or lines_hash != fingerprint)
         steps.append(SnapshotStep(applied, replaced, created=not exists))
         if applied:
             header, version = (inv, v), v
         if applied or replaced:
             complete = complete or inv.lines_complete
         if replaced:
-            lines, lines_hash = inv, fingerprint
+            lines, lines_hash = mapped, fingerprint
     return SnapshotFold(header, lines, complete, lines_hash, tuple(steps))

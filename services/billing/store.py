@@ -54,12 +54,16 @@ async def lock_many(conn: Conn, keys: Sequence[str]) -> None:
 
 
 async def add_history(conn: Conn, rows: Sequence[HistoryRow]) -> None:
-    """(record_type, record_id, stripe_event_id, event_type, change) rows, in one round trip."""
+    """(record_type, record_id, stripe_event_id, event_type, change) rows, in one statement, ids
+    in the order given (a replay writes thousands per batch: one statement is one plan and one
+    executor run, where a row per execution cost PostgreSQL each again)."""
     if rows:
-        await conn.executemany(
+        columns = list(zip(*rows, strict=True))
+        await conn.execute(
             "INSERT INTO record_history (record_type, record_id, stripe_event_id, event_type, change) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            list(rows),
+            "SELECT t, r, e, y, c FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) "
+            "WITH ORDINALITY AS h(t, r, e, y, c, n) ORDER BY n",
+            *columns,
         )
 
 
@@ -97,17 +101,24 @@ async def lock_many_and_load_item_map(conn: Conn, keys: Sequence[str], price_ids
 
 
 async def note_unmapped(conn: Conn, seen: Iterable[tuple[str, str]]) -> None:
-    """(price id, invoice id) pairs: prices whose lines were written without an ERP item."""
-    rows = sorted(set(seen))  # in key order, so concurrent batches cannot deadlock
-    if rows:
-        await conn.executemany(
+    """(price id, invoice id) pairs: prices whose lines were written without an ERP item. Each
+    distinct pair counts one invoice seen, and the price's last invoice is the greatest id, as
+    when the pairs were written one at a time in order; one statement, one row per price."""
+    per_price: dict[str, list[str]] = {}
+    for price_id, invoice_id in sorted(set(seen)):  # in key order, so concurrent batches cannot deadlock
+        per_price.setdefault(price_id, []).append(invoice_id)
+    if per_price:
+        await conn.execute(
             """
-            INSERT INTO unmapped_prices (stripe_price_id, last_invoice_id) VALUES ($1, $2)
+            INSERT INTO unmapped_prices (stripe_price_id, last_invoice_id, invoices_seen)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
             ON CONFLICT (stripe_price_id) DO UPDATE
                SET last_seen_at = now(), last_invoice_id = EXCLUDED.last_invoice_id,
-                   invoices_seen = unmapped_prices.invoices_seen + 1
+                   invoices_seen = unmapped_prices.invoices_seen + EXCLUDED.invoices_seen
             """,
-            rows,
+            list(per_price),
+            [invoices[-1] for invoices in per_price.values()],
+            [len(invoices) for invoices in per_price.values()],
         )
 
 
@@ -340,49 +351,54 @@ async def write_snapshots(conn: Conn, folds: Sequence[SnapshotFold]) -> None:
 
 
 async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
-    """The invoices' lines and revenue schedules (which cascade from the lines), rewritten."""
+    """The invoices' lines and revenue schedules (which cascade from the lines), rewritten: one
+    statement per table, whatever the number of lines."""
     await conn.execute(
         "DELETE FROM invoice_lines WHERE stripe_invoice_id = ANY($1::text[])", [i.stripe_invoice_id for i in invoices]
     )
-    await conn.executemany(
-        """
-        INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
-            erp_item_id, item_mapped, description, quantity, unit_amount, unit_amount_decimal, amount,
-            discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account,
-            coupon_id, stripe_product_id, tax_amount)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                $21, $22, $23)
-        """,
-        [
-            (
-                inv.stripe_invoice_id,
-                line.line_no,
-                line.kind,
-                line.stripe_line_id,
-                line.stripe_price_id,
-                line.discount_id,
-                line.erp_item_id,
-                line.item_mapped,
-                line.description,
-                line.quantity,
-                line.unit_amount,
-                line.unit_amount_decimal,
-                line.amount,
-                line.discount_amount,
-                line.recognized_amount,
-                inv.currency,
-                line.period_start,
-                line.period_end,
-                line.proration,
-                line.revenue_account,
-                line.coupon_id,
-                line.stripe_product_id,
-                line.tax_amount,
-            )
-            for inv in invoices
-            for line in inv.lines
-        ],
-    )
+    rows = [
+        (
+            inv.stripe_invoice_id,
+            line.line_no,
+            line.kind,
+            line.stripe_line_id,
+            line.stripe_price_id,
+            line.discount_id,
+            line.erp_item_id,
+            line.item_mapped,
+            line.description,
+            line.quantity,
+            line.unit_amount,
+            line.unit_amount_decimal,
+            line.amount,
+            line.discount_amount,
+            line.recognized_amount,
+            inv.currency,
+            line.period_start,
+            line.period_end,
+            line.proration,
+            line.revenue_account,
+            line.coupon_id,
+            line.stripe_product_id,
+            line.tax_amount,
+        )
+        for inv in invoices
+        for line in inv.lines
+    ]
+    if rows:
+        await conn.execute(
+            """
+            INSERT INTO invoice_lines (stripe_invoice_id, line_no, kind, stripe_line_id, stripe_price_id, discount_id,
+                erp_item_id, item_mapped, description, quantity, unit_amount, unit_amount_decimal, amount,
+                discount_amount, recognized_amount, currency, period_start, period_end, proration, revenue_account,
+                coupon_id, stripe_product_id, tax_amount)
+            SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::boolean[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[],
+                $14::bigint[], $15::bigint[], $16::text[], $17::date[], $18::date[], $19::boolean[], $20::text[],
+                $21::text[], $22::text[], $23::bigint[])
+            """,
+            *(list(column) for column in zip(*rows, strict=True)),
+        )
     entries = [
         (inv.stripe_invoice_id, line.line_no, entry.period, entry.amount, inv.currency)
         for inv in invoices
@@ -390,10 +406,10 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
         for entry in line.schedule
     ]
     if entries:
-        await conn.executemany(
+        await conn.execute(
             "INSERT INTO revenue_schedule (stripe_invoice_id, line_no, period, amount, currency) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            entries,
+            "SELECT * FROM unnest($1::text[], $2::integer[], $3::date[], $4::bigint[], $5::text[])",
+            *(list(column) for column in zip(*entries, strict=True)),
         )
 
 

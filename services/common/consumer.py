@@ -127,9 +127,15 @@ class HandlerContext:
     #: When set, domain events are collected here and the runner writes the batch's in one
     #: insert; when None they go to the outbox at once (tools and tests that call an applier).
     outgoing: list[outbox.OutboxRow] | None = None
+    #: False: domain events are only counted in `emitted`, never built into outbox rows (a
+    #: replay drops them unless asked: building each cost an id, a serialization and headers).
+    announce: bool = True
 
     async def emit(self, event_name: str, message: Message, *, stripe_event_id: str = "") -> None:
         """Queue a domain event on `syncmesh.<service>.<event_name>`; it commits with the writes."""
+        if not self.announce:
+            self.emitted.append(f"{event_name}:{message.DESCRIPTOR.full_name}")
+            return
         rows = outbox.prepare_events(
             service=self.service,
             events=[(event_name, message)],

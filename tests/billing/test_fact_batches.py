@@ -15,7 +15,17 @@ from services.billing.app import make_definition
 from services.common import db
 from services.common.consumer import BatchItem, HandlerContext
 from services.common.settings import Settings
-from tests.billing.builders import InvoiceSpec, envelope_for, invoice_payment_object, refund_object, stripe_event
+from tests.billing.builders import (
+    PRICE_ADDON,
+    PRICE_PRO,
+    InvoiceSpec,
+    LineSpec,
+    envelope_for,
+    invoice_object,
+    invoice_payment_object,
+    refund_object,
+    stripe_event,
+)
 
 T0 = 1_750_000_000
 
@@ -108,3 +118,29 @@ async def test_a_batchs_statements_do_not_grow_with_its_size(conn: asyncpg.Conne
     # BEGIN, the locks, one read of the facts, payments, refunds, refund memos and their lines,
     # the settlement's two reads, the audit rows, COMMIT.
     assert counts[1:] == [11, 11], counts
+
+
+def finalized(name: str, n: int) -> dict[str, Any]:
+    spec = InvoiceSpec(invoice_id=f"in_{name}", lines=[LineSpec(), LineSpec(price=PRICE_ADDON, unit=1500)])
+    return stripe_event("invoice.finalized", invoice_object("basil", spec), created=T0 + n)
+
+
+async def test_unmapped_prices_count_each_invoice_and_name_the_last(
+    conn: asyncpg.Connection, settings: Settings
+) -> None:
+    """A batch's lines are written in one statement per table: a price seen on several invoices of
+    one batch counts each of them (as when the pairs were written one at a time), and the audit
+    rows keep the order they were noted in."""
+    await conn.execute("TRUNCATE unmapped_prices, invoices CASCADE")
+    await apply(conn, settings, [finalized("b", 1), finalized("a", 2)])
+    await apply(conn, settings, [finalized("c", 3)])
+    rows = await conn.fetch("SELECT stripe_price_id, last_invoice_id, invoices_seen FROM unmapped_prices ORDER BY 1")
+    assert [tuple(r) for r in rows] == sorted([(PRICE_PRO, "in_c", 3), (PRICE_ADDON, "in_c", 3)])
+    lines = await conn.fetch("SELECT stripe_invoice_id, line_no, stripe_price_id FROM invoice_lines ORDER BY 1, 2")
+    assert [tuple(r) for r in lines] == [
+        (f"in_{name}", n, price) for name in "abc" for n, price in ((1, PRICE_PRO), (2, PRICE_ADDON))
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM revenue_schedule") > 0
+    history = await conn.fetch("SELECT record_id, change FROM record_history ORDER BY id")
+    assert [r[0] for r in history] == ["in_a", "in_a", "in_b", "in_b", "in_a", "in_b", "in_c", "in_c", "in_c"]
+    assert [r[1].split(" ")[0] for r in history[:2]] == ["created", "2"]

@@ -195,3 +195,45 @@ async def test_a_rebuild_into_empty_tables_counts_every_row_as_new(applied, sett
     [table] = report.tables
     assert (table.rows_before, table.rows_after, table.new_or_changed, table.removed_or_changed) == (0, 2, 2, 0)
     assert report.changed_rows == 2
+
+
+async def test_replay_collects_cycles_rarely_while_it_runs_and_restores_the_threshold(
+    applied, settings: Settings, bus: Bus
+) -> None:
+    """The decoded batches a replay keeps alive are not traversed by the collector every 10,000
+    allocations (see REPLAY_GC_THRESHOLD); the process's own setting is back afterwards."""
+    import dataclasses
+    import gc
+
+    from ops.replay import REPLAY_GC_THRESHOLD
+
+    seen: list[int] = []
+    real = record_toy.DEFINITION.apply
+
+    async def apply(conn, items):  # type: ignore[no-untyped-def]
+        seen.append(gc.get_threshold()[0])
+        await real(conn, items)
+
+    before = gc.get_threshold()
+    gc.set_threshold(10_000, *before[1:])
+    try:
+        report = await replay(dataclasses.replace(record_toy.DEFINITION, apply=apply), settings, bus)
+        assert gc.get_threshold()[0] == 10_000
+    finally:
+        gc.set_threshold(*before)
+    assert report.applied == 4 and seen and all(t == REPLAY_GC_THRESHOLD for t in seen)
+
+
+async def test_replay_counts_the_domain_events_it_drops_without_building_them(
+    applied, settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common import outbox
+
+    def never(**_: object) -> list[outbox.OutboxRow]:
+        raise AssertionError("a suppressed domain event was built")
+
+    monkeypatch.setattr(outbox, "prepare_events", never)
+    record_toy.NAME_STYLE["upper"] = True
+    report = await replay(record_toy.DEFINITION, settings, bus)
+    assert (report.applied, report.failures, report.suppressed_events) == (4, [], 4)
+    assert report.changed_rows == 2
