@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from syncmesh.events.v1 import envelope_pb2
 
 from gateway.deployable import GATEWAY
+from gateway.http_span import http_span
 from gateway.metrics import GatewayMetrics
 from gateway.sweeper import Sweeper
 from gateway.verify import verify_event
@@ -187,8 +188,8 @@ class ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def create_app(settings: Settings, bus: Bus) -> web.Application:
     # client_max_size makes aiohttp itself refuse larger bodies, also when chunked.
-    setup_tracing("syncmesh-gateway")  # before the Application is built: instrumentation patches it
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    setup_tracing("syncmesh-gateway")
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[http_span])
     app[SETTINGS] = settings
     app[BUS] = bus
     app[METRICS] = GatewayMetrics()
