@@ -267,12 +267,15 @@ def serve(settings: Settings, *, port: int | None = None) -> None:
 
     The gateway is aiohttp + nats-py only, both at home on uvloop, which cuts the CPU each
     webhook costs; gRPC services stay on asyncio, whose loop grpc.aio is built and tested for.
+    Its garbage collector is tuned as a service's is (`tune_gc`): a webhook's objects die by
+    reference counting, and the imported modules are frozen out of every collection.
     """
     import uvloop
 
     from services.common.logs import setup_logging
-    from services.common.service import run_until_signalled
+    from services.common.service import run_until_signalled, tune_gc
 
     setup_logging(settings.log_level)
+    tune_gc()
     gateway = Gateway(settings, port=port)
     uvloop.run(run_until_signalled(gateway.start, gateway.stop))
