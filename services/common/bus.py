@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
@@ -108,6 +111,72 @@ def _same_stream(current: StreamConfig, wanted: StreamConfig) -> bool:
     )
 
 
+class AckInbox(asyncio.Queue[Msg]):
+    """This connection's JetStream publish acks: one wildcard subscription, a future per message.
+
+    nats-py's `js.publish` is a request: a reply subject made of a fresh NUID and random hex,
+    `asyncio.wait_for` (a task, a timer), the ack queued for its reply subscription's own task,
+    which sets the future, and the ack's JSON turned into a PubAck field by field. Measured, that
+    was most of what a publish cost the gateway beyond the socket writes (bench/results/
+    HISTORY.md, 2026-12-07 20:30). Here the reply subject is `<inbox>.<counter>`, and the reader
+    hands each ack straight to its waiting future: this queue stands in for the subscription's
+    message queue, and `put_nowait`, which nats-py's reader calls, resolves the future instead
+    of queueing. The queue itself stays empty, so nats-py's drain, unsubscribe and reconnect
+    (which re-subscribes every subscription) work on it unchanged. The ack is still awaited:
+    nothing about durability changes, only the bookkeeping around it.
+    """
+
+    def __init__(self, subject_prefix: str) -> None:
+        super().__init__()
+        self.prefix = subject_prefix
+        self._skip = len(subject_prefix)
+        self._tokens = itertools.count()
+        self.waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    @classmethod
+    async def open(cls, nc: NATS) -> AckInbox:
+        """Subscribe to `<a new inbox>.*` under the connection's own inbox prefix (an identity may
+        read replies only there, SECURITY.md) and route what arrives to the waiting futures."""
+        inbox = nc.new_inbox()
+        # No byte or message limit: nothing is ever queued, so nothing may count as a slow consumer.
+        sub = await nc.subscribe(f"{inbox}.*", pending_msgs_limit=0, pending_bytes_limit=0)
+        acks = cls(f"{inbox}.")
+        sub._pending_queue = acks
+        return acks
+
+    def expect(self) -> tuple[str, str, asyncio.Future[Msg]]:
+        """A token and reply subject for one publish, and the future its ack will resolve."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self.waiting[token] = future
+        return token, self.prefix + token, future
+
+    def forget(self, token: str) -> None:
+        self.waiting.pop(token, None)
+
+    def put_nowait(self, item: Msg) -> None:
+        future = self.waiting.pop(item.subject[self._skip :], None)
+        if future is not None and not future.done():
+            future.set_result(item)
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+def pub_ack(msg: Msg) -> PubAck:
+    """JetStream's answer to a publish, as nats-py's `js.publish` reads it; raises as it does."""
+    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        raise nats.js.errors.NoStreamResponseError
+    answer = orjson.loads(msg.data)
+    if "error" in answer:
+        raise nats.js.errors.APIError.from_error(answer["error"])
+    return PubAck(
+        stream=answer["stream"], seq=answer["seq"], domain=answer.get("domain"), duplicate=answer.get("duplicate")
+    )
+
+
 async def _cancel(task: asyncio.Task[None], *, within: float = 5.0) -> None:
     """Cancel `task` and wait for it to end.
 
@@ -142,6 +211,7 @@ class Bus:
         self._options = connect_options(settings)
         self._refused = False
         self._connecting: NATS | None = None
+        self._acks: AckInbox | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -175,6 +245,7 @@ class Bus:
                     "reconnected_cb": self._on_reconnected,
                 }
                 await nc.connect(**options, **self._options)
+                acks = await AckInbox.open(nc)
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 # nats-py leaves the socket of a refused attempt (a bad identity) open: close it,
                 # or a retry loop that runs for hours leaks one descriptor per attempt.
@@ -184,6 +255,7 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            self._acks = acks
             self._nc = nc
             self._js = nc.jetstream(timeout=self.settings.publish_timeout_seconds)
             self._refused = False
@@ -353,9 +425,7 @@ class Bus:
         pause = 0.005
         while True:
             try:
-                return await self.js.publish(
-                    subject, payload, timeout=max(0.01, deadline - loop.time()), headers=all_headers
-                )
+                return await self._publish_once(subject, payload, all_headers, max(0.01, deadline - loop.time()))
             except nats.js.errors.APIError as exc:
                 if exc.err_code != DUPLICATE_IN_PROCESS or loop.time() + pause >= deadline:
                     raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc
@@ -363,3 +433,16 @@ class Bus:
                 pause = min(pause * 2, 0.1)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc
+
+    async def _publish_once(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> PubAck:
+        """One publish and its ack (what `js.publish` does, through this connection's AckInbox)."""
+        nc, acks = self.nc, self._acks
+        assert acks is not None
+        token, reply, future = acks.expect()
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        try:
+            await nc.publish(subject, payload, reply=reply, headers=headers)
+            return pub_ack(await future)
+        finally:
+            timer.cancel()
+            acks.forget(token)
