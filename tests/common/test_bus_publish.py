@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats.protocol.command import hpub_cmd
 
-from services.common.bus import STRIPE_STREAM, Bus
+from services.common.bus import STRIPE_STREAM, Bus, hpub_command
 from services.common.errors import PublishError
 from services.common.settings import Settings
 
@@ -48,3 +49,22 @@ async def test_an_ack_that_never_comes_is_a_publish_error_within_the_timeout(bus
     with pytest.raises(PublishError):
         await bus.publish("stripe.customer.created", b"x", msg_id="evt_unacked", timeout=0.2)
     assert not bus._acks.waiting
+
+
+def test_the_hpub_written_directly_is_the_one_nats_py_would_write() -> None:
+    headers = {"Nats-Msg-Id": "evt_1", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+    expected = hpub_cmd("stripe.customer.created", "_INBOX_gw.x.7", block, b"payload")
+    assert hpub_command("stripe.customer.created", "_INBOX_gw.x.7", headers, b"payload") == expected
+    # Not plain: left to nats-py's publish, which checks or cleans it.
+    assert hpub_command("stripe.*", "r", headers, b"") is None
+    assert hpub_command("stripe.x", "r", {"Syncmesh-Reason": "two\r\nlines"}, b"") is None
+    assert hpub_command("stripe.x", "r", {"bad key": "v"}, b"") is None
+
+
+async def test_a_header_value_with_a_line_break_is_published_through_nats_py_and_cleaned(bus: Bus) -> None:
+    ack = await bus.publish("stripe.customer.created", b"x", msg_id="evt_lines", headers={"Syncmesh-Why": "a\r\nb"})
+    stored = await bus.js.get_msg(STRIPE_STREAM, seq=ack.seq)
+    assert stored.headers is not None
+    assert stored.headers["Nats-Msg-Id"] == "evt_lines"
+    assert "\n" not in stored.headers["Syncmesh-Why"]
