@@ -1,5 +1,5 @@
 """The gateway's own HTTP span (gateway/http_span.py): one SERVER span per request, the parent of
-the publish span, continuing a `traceparent` the sender sent, with the answer's status code."""
+the publish span, continuing a `traceparent` the sender sent (in any case), with the answer's status code."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ async def test_a_webhook_is_one_server_span_continuing_the_senders_trace_around_
     try:
         await gw.bus.wait_ready(10)
         body, headers = signed_request(event("customer.created", fixture("customer")))
-        headers["traceparent"] = f"00-{SENDER_TRACE}-{SENDER_SPAN}-01"
+        headers["TraceParent"] = f"00-{SENDER_TRACE}-{SENDER_SPAN}-01"
         unsigned = {"Stripe-Signature": "t=1,v1=00", "Content-Type": "application/json"}
         async with aiohttp.ClientSession() as http:
             async with http.post(f"http://127.0.0.1:{gw.port}/webhooks/stripe", data=body, headers=headers) as resp:
