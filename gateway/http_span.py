@@ -1,7 +1,7 @@
 """The gateway's HTTP server span: the root of each webhook's trace, made by one middleware.
 
 The OpenTelemetry aiohttp-server instrumentation did this before, at a cost measured at about a
-tenth of the gateway's CPU per webhook (bench/results/HISTORY.md, 2026-12-07 20:30): it builds
+tenth of the gateway's CPU per webhook (bench/results/HISTORY.md, 2026-12-07 20:00-20:52): it builds
 its attributes from the parsed URL and every header, records two histograms and an up-down
 counter through the metrics API on each request, and looks its configuration up as it goes.
 The gateway needs one SERVER span per request, continuing a `traceparent` the sender may have

@@ -119,7 +119,7 @@ class AckInbox(asyncio.Queue[Msg]):
     `asyncio.wait_for` (a task, a timer), the ack queued for its reply subscription's own task,
     which sets the future, and the ack's JSON turned into a PubAck field by field. Measured, that
     was most of what a publish cost the gateway beyond the socket writes (bench/results/
-    HISTORY.md, 2026-12-07 20:30). Here the reply subject is `<inbox>.<counter>`, and the reader
+    HISTORY.md, 2026-12-07 20:00-20:52). Here the reply subject is `<inbox>.<counter>`, and the reader
     hands each ack straight to its waiting future: this queue stands in for the subscription's
     message queue, and `put_nowait`, which nats-py's reader calls, resolves the future instead
     of queueing. The queue itself stays empty, so nats-py's drain, unsubscribe and reconnect
