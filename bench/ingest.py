@@ -12,6 +12,8 @@ import math
 
 from bench.events import workload
 from bench.loadgen import LoadResult, count_for, run_in_process, run_processes
+from bench.peer import drive
+from bench.peer_events import stream
 from bench.procs import TICK, cpu_jiffies
 from bench.stats import fmt, percentile
 from bench.suite import Suite
@@ -113,6 +115,15 @@ async def run(suite: Suite) -> None:
     )
     burst_time = suite.figure(TITLE, "ingest.burst_time", f"time to absorb a burst of {burst_n:,}", "s")
     gateway_cpu = suite.figure(TITLE, "ingest.gateway_cpu", "gateway CPU per webhook at 500/s", "ms")
+    # Closed loop, as the side by side with the peer sends (section 8): at concurrency 1 every
+    # webhook pays the gateway's per-request and per-wake-up costs alone, at 32 they are shared.
+    closed_cpu = {
+        c: suite.figure(
+            TITLE, f"ingest.gateway_cpu_c{c}", f"gateway CPU per webhook, closed loop, concurrency {c}", "ms"
+        )
+        for c in (1, 32)
+    }
+    closed_n = int(cfg.pick(3000, 1000))
 
     await env.reset_stream()
     gateway = await env.start_gateway(cfg.gateway_max_in_flight)
@@ -143,6 +154,17 @@ async def run(suite: Suite) -> None:
                     suite.record(p50[rate], result.summary()["p50_ms"])
                     suite.record(lat[rate], result.summary()["p99_ms"])
                     lat[rate].notes.append(f"run {run_no + 1}: {describe(result)}")
+                for concurrency, figure in closed_cpu.items():
+                    suite.say(f"  run {run_no + 1}: closed loop, concurrency {concurrency}, {closed_n:,} webhooks")
+                    bodies = stream(closed_n, suite.tag(), run_no * 100 + concurrency, 1_700_000_000).bodies
+                    cpu_before = cpu_jiffies(gateway.pid, children=False)
+                    answered = await drive(url, bodies, concurrency)
+                    cpu_ms = (cpu_jiffies(gateway.pid, children=False) - cpu_before) / TICK * 1000
+                    suite.record(figure, cpu_ms / max(1, len(bodies)))
+                    figure.notes.append(
+                        f"run {run_no + 1}: {answered.ok} of {len(bodies)} answered 2xx in {answered.seconds:.2f} s, "
+                        f"p50 {fmt(answered.p50)} ms, p99 {fmt(answered.p99)} ms"
+                    )
                 suite.say(f"  run {run_no + 1}: sustained, offered {cfg.ingest_rate:.0f}/s for {sustained_s:.0f} s")
                 result = await offer(
                     suite,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -32,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from syncmesh.events.v1 import envelope_pb2
 
 from gateway.deployable import GATEWAY
+from gateway.http_span import http_span
 from gateway.metrics import GatewayMetrics
 from gateway.sweeper import Sweeper
 from gateway.verify import verify_event
@@ -75,6 +77,9 @@ class InFlight:
 
 
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
+#: The two answers of a published webhook, serialised once.
+ACCEPTED = json.dumps({"received": True, "duplicate": False}).encode()
+DUPLICATE = json.dumps({"received": True, "duplicate": True}).encode()
 #: Seconds a shed sender is asked to wait; Stripe uses its own schedule, other senders honour it.
 SHED_RETRY_AFTER = "1"
 
@@ -110,7 +115,9 @@ async def _receive(request: web.Request, metrics: GatewayMetrics) -> web.Respons
     try:
         # A public endpoint bounds how long a body may take: a client trickling one byte every
         # few seconds would otherwise hold a connection (and its memory) for as long as it likes.
-        body = await asyncio.wait_for(request.read(), settings.webhook_read_timeout_seconds)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the read as a task of its own.
+        async with asyncio.timeout(settings.webhook_read_timeout_seconds):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _refuse(metrics, "too_large", 413, f"body larger than {settings.max_body_bytes} bytes")
     except TimeoutError:
@@ -143,8 +150,11 @@ async def _receive(request: web.Request, metrics: GatewayMetrics) -> web.Respons
     finally:
         current_event_id.reset(token)
     metrics.publish_seconds.observe(time.perf_counter() - started)
-    metrics.requests.labels("duplicate" if duplicate else "accepted").inc()
-    return web.json_response({"received": True, "duplicate": duplicate})
+    if duplicate:
+        metrics.duplicate.inc()
+        return web.Response(body=DUPLICATE, content_type="application/json")
+    metrics.accepted.inc()
+    return web.Response(body=ACCEPTED, content_type="application/json")
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -187,8 +197,8 @@ class ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def create_app(settings: Settings, bus: Bus) -> web.Application:
     # client_max_size makes aiohttp itself refuse larger bodies, also when chunked.
-    setup_tracing("syncmesh-gateway")  # before the Application is built: instrumentation patches it
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    setup_tracing("syncmesh-gateway")
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[http_span])
     app[SETTINGS] = settings
     app[BUS] = bus
     app[METRICS] = GatewayMetrics()
@@ -266,12 +276,15 @@ def serve(settings: Settings, *, port: int | None = None) -> None:
 
     The gateway is aiohttp + nats-py only, both at home on uvloop, which cuts the CPU each
     webhook costs; gRPC services stay on asyncio, whose loop grpc.aio is built and tested for.
+    Its garbage collector is tuned as a service's is (`tune_gc`): a webhook's objects die by
+    reference counting, and the imported modules are frozen out of every collection.
     """
     import uvloop
 
     from services.common.logs import setup_logging
-    from services.common.service import run_until_signalled
+    from services.common.service import run_until_signalled, tune_gc
 
     setup_logging(settings.log_level)
+    tune_gc()
     gateway = Gateway(settings, port=port)
     uvloop.run(run_until_signalled(gateway.start, gateway.stop))

@@ -47,3 +47,6 @@ class GatewayMetrics:
         )
         for outcome in self.OUTCOMES:
             self.requests.labels(outcome)
+        # The two outcomes of nearly every request, looked up once rather than per request.
+        self.accepted = self.requests.labels("accepted")
+        self.duplicate = self.requests.labels("duplicate")

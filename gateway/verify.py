@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-import stripe
+from stripe import SignatureVerificationError, WebhookSignature
 
 from services.common.errors import MalformedEventError, SignatureError
 from services.common.events import StripeEvent, check_mode, parse_event
@@ -52,12 +52,12 @@ def verify_signature(
         body.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedEventError("body is not UTF-8 text, so it cannot be a Stripe event") from None
-    last: stripe.SignatureVerificationError | None = None
+    last: SignatureVerificationError | None = None
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(body, header, secret, tolerance=tolerance)
+            WebhookSignature.verify_header(body, header, secret, tolerance=tolerance)
             return
-        except stripe.SignatureVerificationError as exc:
+        except SignatureVerificationError as exc:
             last = exc
     reason = str(last).split("\n")[0] if last else "no webhook secret configured"
     if "timestamp outside the tolerance" in reason.lower():

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,9 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
@@ -108,6 +112,99 @@ def _same_stream(current: StreamConfig, wanted: StreamConfig) -> bool:
     )
 
 
+class AckInbox(asyncio.Queue[Msg]):
+    """This connection's JetStream publish acks: one wildcard subscription, a future per message.
+
+    nats-py's `js.publish` is a request: a reply subject made of a fresh NUID and random hex,
+    `asyncio.wait_for` (a task, a timer), the ack queued for its reply subscription's own task,
+    which sets the future, and the ack's JSON turned into a PubAck field by field. Measured, that
+    was most of what a publish cost the gateway beyond the socket writes (bench/results/
+    HISTORY.md, 2026-12-07 20:00-20:52). Here the reply subject is `<inbox>.<counter>`, and the reader
+    hands each ack straight to its waiting future: this queue stands in for the subscription's
+    message queue, and `put_nowait`, which nats-py's reader calls, resolves the future instead
+    of queueing. The queue itself stays empty, so nats-py's drain, unsubscribe and reconnect
+    (which re-subscribes every subscription) work on it unchanged. The ack is still awaited:
+    nothing about durability changes, only the bookkeeping around it.
+    """
+
+    def __init__(self, subject_prefix: str) -> None:
+        super().__init__()
+        self.prefix = subject_prefix
+        self._skip = len(subject_prefix)
+        self._tokens = itertools.count()
+        self.waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    @classmethod
+    async def open(cls, nc: NATS) -> AckInbox:
+        """Subscribe to `<a new inbox>.*` under the connection's own inbox prefix (an identity may
+        read replies only there, SECURITY.md) and route what arrives to the waiting futures."""
+        inbox = nc.new_inbox()
+        # No byte or message limit: nothing is ever queued, so nothing may count as a slow consumer.
+        sub = await nc.subscribe(f"{inbox}.*", pending_msgs_limit=0, pending_bytes_limit=0)
+        acks = cls(f"{inbox}.")
+        sub._pending_queue = acks
+        return acks
+
+    def expect(self) -> tuple[str, str, asyncio.Future[Msg]]:
+        """A token and reply subject for one publish, and the future its ack will resolve."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self.waiting[token] = future
+        return token, self.prefix + token, future
+
+    def forget(self, token: str) -> None:
+        self.waiting.pop(token, None)
+
+    def put_nowait(self, item: Msg) -> None:
+        future = self.waiting.pop(item.subject[self._skip :], None)
+        if future is not None and not future.done():
+            future.set_result(item)
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+def pub_ack(msg: Msg) -> PubAck:
+    """JetStream's answer to a publish, as nats-py's `js.publish` reads it; raises as it does."""
+    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        raise nats.js.errors.NoStreamResponseError
+    answer = orjson.loads(msg.data)
+    if "error" in answer:
+        raise nats.js.errors.APIError.from_error(answer["error"])
+    return PubAck(
+        stream=answer["stream"], seq=answer["seq"], domain=answer.get("domain"), duplicate=answer.get("duplicate")
+    )
+
+
+#: What hpub_command writes as is; anything else goes through nats-py's publish, which checks it.
+_PLAIN_SUBJECT = re.compile(r"[A-Za-z0-9_$-]+(?:\.[A-Za-z0-9_$-]+)*")
+_PLAIN_HEADER_KEY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def hpub_command(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes | None:
+    """The protocol's HPUB for a message, or None when a subject or header is not plain enough to
+    write without nats-py's checks (a wildcard, a space, a line break in a value, an odd key)."""
+    if not _PLAIN_SUBJECT.fullmatch(subject):
+        return None
+    lines = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+    if lines.count("\r") != len(headers) or lines.count("\n") != len(headers):
+        return None
+    if not all(_PLAIN_HEADER_KEY.fullmatch(key) for key in headers):
+        return None
+    block = f"NATS/1.0\r\n{lines}\r\n".encode()
+    size = len(block)
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply.encode(),
+        size,
+        size + len(payload),
+        block,
+        payload,
+    )
+
+
 async def _cancel(task: asyncio.Task[None], *, within: float = 5.0) -> None:
     """Cancel `task` and wait for it to end.
 
@@ -142,6 +239,8 @@ class Bus:
         self._options = connect_options(settings)
         self._refused = False
         self._connecting: NATS | None = None
+        self._acks: AckInbox | None = None
+        self._write_soon = False
 
     # -- connection -------------------------------------------------------------------------
 
@@ -175,6 +274,7 @@ class Bus:
                     "reconnected_cb": self._on_reconnected,
                 }
                 await nc.connect(**options, **self._options)
+                acks = await AckInbox.open(nc)
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 # nats-py leaves the socket of a refused attempt (a bad identity) open: close it,
                 # or a retry loop that runs for hours leaks one descriptor per attempt.
@@ -184,6 +284,7 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            self._acks = acks
             self._nc = nc
             self._js = nc.jetstream(timeout=self.settings.publish_timeout_seconds)
             self._refused = False
@@ -353,9 +454,7 @@ class Bus:
         pause = 0.005
         while True:
             try:
-                return await self.js.publish(
-                    subject, payload, timeout=max(0.01, deadline - loop.time()), headers=all_headers
-                )
+                return await self._publish_once(subject, payload, all_headers, max(0.01, deadline - loop.time()))
             except nats.js.errors.APIError as exc:
                 if exc.err_code != DUPLICATE_IN_PROCESS or loop.time() + pause >= deadline:
                     raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc
@@ -363,3 +462,45 @@ class Bus:
                 pause = min(pause * 2, 0.1)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 raise PublishError(f"JetStream did not ack the publish to {subject}: {type(exc).__name__}") from exc
+
+    async def _publish_once(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> PubAck:
+        """One publish and its ack (what `js.publish` does, through this connection's AckInbox)."""
+        nc, acks = self.nc, self._acks
+        assert acks is not None
+        token, reply, future = acks.expect()
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            command = hpub_command(subject, reply, headers, payload)
+            if command is None or len(payload) > nc.max_payload or not nc.is_connected:
+                await nc.publish(subject, payload, reply=reply, headers=headers)  # nats-py checks and says why
+            else:
+                self._send(nc, command, loop)
+            return pub_ack(await future)
+        finally:
+            timer.cancel()
+            acks.forget(token)
+
+    def _send(self, nc: NATS, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue a PUB on nats-py's outgoing buffer and write the buffer once this turn of the
+        loop is over, as nats-py's flusher task would, without waking a task and a queue per
+        message: every publish of one turn still goes out in one write, in order."""
+        nc._pending.append(command)
+        nc._pending_data_size += len(command)
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += len(command)
+        if not self._write_soon:
+            self._write_soon = True
+            loop.call_soon(self._write_pending, nc)
+
+    def _write_pending(self, nc: NATS) -> None:
+        self._write_soon = False
+        transport = nc._transport
+        # Disconnected meanwhile: nats-py writes its buffer itself once it has reconnected.
+        if nc._pending and nc.is_connected and transport is not None:
+            try:
+                transport.writelines(nc._pending)
+            except OSError as exc:  # the reader sees the broken connection too; the acks time out
+                log.debug("NATS write failed: %s", exc)
+            nc._pending = []
+            nc._pending_data_size = 0

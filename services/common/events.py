@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -141,8 +142,14 @@ def check_mode(event: StripeEvent, mode: str) -> None:
 
 
 def to_envelope(event: StripeEvent, *, source: int, received_at: datetime | None = None) -> bytes:
-    received = Timestamp()
-    received.FromDatetime(received_at or datetime.now(UTC))
+    if received_at is None:
+        # The clock read directly, to the microsecond as FromDatetime has it: building a datetime
+        # and converting it back cost the gateway more than the rest of the envelope.
+        micros = time.time_ns() // 1000
+        received = Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
+    else:
+        received = Timestamp()
+        received.FromDatetime(received_at)
     envelope = envelope_pb2.StripeEventEnvelope(
         event_id=event.id,
         event_type=event.type,

@@ -1,9 +1,10 @@
 """OpenTelemetry set-up, and trace context across NATS.
 
 A Stripe webhook should be one trace: the gateway's HTTP span, its JetStream publish, each
-service's consume span, their Postgres queries and gRPC calls. HTTP, gRPC and asyncpg use the
-contrib instrumentations; NATS has none, so the W3C `traceparent` is injected into message
-headers on publish and extracted on receipt here.
+service's consume span, their Postgres queries and gRPC calls. gRPC and asyncpg use the contrib
+instrumentations; the gateway makes its HTTP span itself (gateway/http_span.py); NATS has no
+instrumentation, so the W3C `traceparent` is injected into message headers on publish and
+extracted on receipt here.
 
 Configuration is the standard `OTEL_*` environment: spans are exported over OTLP when
 `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and
@@ -38,7 +39,6 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
-_instrumented = False
 _asyncpg_instrumented = False
 
 
@@ -84,7 +84,7 @@ def _has_processors(provider: TracerProvider) -> bool:
 
 def setup_tracing(service_name: str, *, extra_processor: SpanProcessor | None = None) -> TracerProvider:
     """Install the tracer provider once per process; later calls only add `extra_processor`."""
-    global _instrumented, _asyncpg_instrumented
+    global _asyncpg_instrumented
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
@@ -104,12 +104,8 @@ def setup_tracing(service_name: str, *, extra_processor: SpanProcessor | None = 
         trace.set_tracer_provider(provider)
     if extra_processor is not None:
         provider.add_span_processor(extra_processor)
-    if not _instrumented:
-        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
-
-        # Replaces aiohttp.web.Application with a traced subclass: apps built after this are traced.
-        AioHttpServerInstrumentor().instrument()
-        _instrumented = True
+    # The gateway, the one aiohttp server, makes its HTTP span itself (gateway/http_span.py): the
+    # contrib aiohttp-server instrumentation cost it a tenth of its CPU per webhook.
     if not _asyncpg_instrumented and _has_processors(provider):
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
