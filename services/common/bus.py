@@ -135,15 +135,33 @@ class AckInbox(asyncio.Queue[Msg]):
         self.waiting: dict[str, asyncio.Future[Msg]] = {}
 
     @classmethod
-    async def open(cls, nc: NATS) -> AckInbox:
+    async def open(cls, nc: NATS) -> AckInbox | None:
         """Subscribe to `<a new inbox>.*` under the connection's own inbox prefix (an identity may
-        read replies only there, SECURITY.md) and route what arrives to the waiting futures."""
+        read replies only there, SECURITY.md) and route what arrives to the waiting futures.
+
+        None where this nats-py keeps its subscriptions or its outgoing buffer otherwise than
+        2.16 does (`fits`): publishes then go through `js.publish`, slower but the same."""
+        if not cls.fits(nc):
+            return None
         inbox = nc.new_inbox()
         # No byte or message limit: nothing is ever queued, so nothing may count as a slow consumer.
         sub = await nc.subscribe(f"{inbox}.*", pending_msgs_limit=0, pending_bytes_limit=0)
+        if not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue):
+            await sub.unsubscribe()
+            return None
         acks = cls(f"{inbox}.")
         sub._pending_queue = acks
         return acks
+
+    @staticmethod
+    def fits(nc: NATS) -> bool:
+        """Whether nc has the private fields the direct path uses (`Bus._send`), as nats-py 2.16 has."""
+        return (
+            isinstance(getattr(nc, "_pending", None), list)
+            and isinstance(getattr(nc, "_pending_data_size", None), int)
+            and isinstance(getattr(nc, "stats", None), dict)
+            and hasattr(nc, "_transport")
+        )
 
     def expect(self) -> tuple[str, str, asyncio.Future[Msg]]:
         """A token and reply subject for one publish, and the future its ack will resolve."""
@@ -466,7 +484,8 @@ class Bus:
     async def _publish_once(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> PubAck:
         """One publish and its ack (what `js.publish` does, through this connection's AckInbox)."""
         nc, acks = self.nc, self._acks
-        assert acks is not None
+        if acks is None:  # a nats-py whose internals the direct path does not know (AckInbox.fits)
+            return await self.js.publish(subject, payload, timeout=timeout, headers=headers)
         token, reply, future = acks.expect()
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, _expire, future)

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from nats.protocol.command import hpub_cmd
 
-from services.common.bus import STRIPE_STREAM, Bus, hpub_command
+from services.common.bus import STRIPE_STREAM, AckInbox, Bus, hpub_command
 from services.common.errors import PublishError
 from services.common.settings import Settings
 
@@ -68,3 +68,22 @@ async def test_a_header_value_with_a_line_break_is_published_through_nats_py_and
     assert stored.headers is not None
     assert stored.headers["Nats-Msg-Id"] == "evt_lines"
     assert "\n" not in stored.headers["Syncmesh-Why"]
+
+
+async def test_a_nats_py_without_the_fields_the_direct_path_uses_still_publishes_through_js_publish(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nats-py other than the one the direct path was written against (pyproject allows <3):
+    the bus opens no AckInbox and publishes through nats-py's own `js.publish`, acks awaited."""
+    monkeypatch.setattr(AckInbox, "fits", staticmethod(lambda nc: False))
+    bus = Bus(settings.with_overrides(publish_timeout_seconds=1.0), name="test-publish-fallback")
+    await bus.start(wait=10)
+    try:
+        await bus.wait_ready(10)
+        assert bus._acks is None
+        ack = await bus.publish("stripe.customer.created", b"fallback", msg_id="evt_fallback")
+        stored = await bus.js.get_msg(STRIPE_STREAM, seq=ack.seq)
+        assert stored.data == b"fallback" and not ack.duplicate
+        assert (await bus.publish("stripe.customer.created", b"again", msg_id="evt_fallback")).duplicate
+    finally:
+        await bus.close()
