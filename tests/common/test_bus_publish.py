@@ -87,3 +87,28 @@ async def test_a_nats_py_without_the_fields_the_direct_path_uses_still_publishes
         assert (await bus.publish("stripe.customer.created", b"again", msg_id="evt_fallback")).duplicate
     finally:
         await bus.close()
+
+
+async def test_a_pipelined_batch_says_which_messages_jetstream_stored(bus: Bus) -> None:
+    """The outbox relay's publish: in order, each message its own ack; one no stream takes is not
+    acked and does not take another's ack; a second copy is stored already, so it counts as acked."""
+    first = await bus.publish("stripe.customer.created", b"before", msg_id="evt_batch_0")
+    acked = await bus.publish_batch(
+        [
+            ("stripe.customer.created", b"one", "evt_batch_1", {}),
+            ("nowhere.at.all", b"lost", "evt_batch_lost", {}),
+            (
+                "stripe.customer.updated",
+                b"two",
+                "evt_batch_2",
+                {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+            ),
+            ("stripe.customer.created", b"resent", "evt_batch_0", {}),
+        ]
+    )
+    assert acked == [True, False, True, True]
+    one = await bus.js.get_msg(STRIPE_STREAM, seq=first.seq + 1)
+    two = await bus.js.get_msg(STRIPE_STREAM, seq=first.seq + 2)
+    assert (one.data, two.data) == (b"one", b"two")  # stored in the order sent, the resend dropped
+    assert two.headers is not None and two.headers["Nats-Msg-Id"] == "evt_batch_2"
+    assert bus._acks is not None and not bus._acks.waiting
