@@ -48,7 +48,7 @@ async def run(suite: Suite) -> None:
         for channel in channels:
             await channel.close()
         return
-    seconds = suite.config.pick(10, 5)
+    seconds = suite.config.pick(8, 4)
     flood_seconds = suite.config.pick(10, 3)
     points = [
         (
