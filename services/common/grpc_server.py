@@ -4,8 +4,11 @@ Health tells the truth: the service's own name is NOT_SERVING until its database
 ready, and goes back to NOT_SERVING when either is lost, so Kubernetes stops routing reads to a
 replica that cannot answer them. The empty name ("") reports the process itself (liveness).
 
-Servicers raise the mesh's errors and never touch status codes themselves; one interceptor, for
-every method of the mesh's services (health and reflection excepted):
+Servicers raise the mesh's errors and never touch status codes themselves; one interceptor
+(`MeshInterceptor`), for every method of the mesh's services (health and reflection excepted):
+- sheds: past `SYNCMESH_GRPC_MAX_CONCURRENT_RPCS` calls running at once, the next is refused with
+  RESOURCE_EXHAUSTED before anything else is done for it;
+- opens the call's server span, a child of the caller's `traceparent` when it sends one;
 - runs the guard: authentication and the service's access policy (services.common.auth),
   refusing with UNAUTHENTICATED or PERMISSION_DENIED before the request is looked at;
 - refuses input no RPC could accept (bytes that are not a message of the method's type, NUL
