@@ -48,8 +48,8 @@ async def run(suite: Suite) -> None:
         for channel in channels:
             await channel.close()
         return
-    seconds = suite.config.pick(8, 4)
-    flood_seconds = suite.config.pick(10, 3)
+    seconds = suite.config.pick(8, 3)
+    flood_seconds = suite.config.pick(10, 2)
     points = [
         (
             rate,
