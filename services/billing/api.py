@@ -251,10 +251,10 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         invoice_id = _stripe_id("invoice_id", request.invoice_id, required=True)
         assert invoice_id is not None
         async with self.runtime.pool.acquire() as conn:
-            row = await store.get_invoice(conn, invoice_id)
-            if row is None:
-                raise NotFoundError(f"no invoice {invoice_id} (give an ERP id INV-... or a Stripe id in_...)")
-            lines = await store.invoice_lines(conn, row.stripe_invoice_id)
+            found = await store.get_invoice_with_lines(conn, invoice_id)
+        if found is None:
+            raise NotFoundError(f"no invoice {invoice_id} (give an ERP id INV-... or a Stripe id in_...)")
+        row, lines = found
         return pb.GetInvoiceResponse(invoice=invoice_message(row, lines))
 
     async def ListInvoices(

@@ -4,8 +4,11 @@ Health tells the truth: the service's own name is NOT_SERVING until its database
 ready, and goes back to NOT_SERVING when either is lost, so Kubernetes stops routing reads to a
 replica that cannot answer them. The empty name ("") reports the process itself (liveness).
 
-Servicers raise the mesh's errors and never touch status codes themselves; one interceptor, for
-every method of the mesh's services (health and reflection excepted):
+Servicers raise the mesh's errors and never touch status codes themselves; one interceptor
+(`MeshInterceptor`), for every method of the mesh's services (health and reflection excepted):
+- sheds: past `SYNCMESH_GRPC_MAX_CONCURRENT_RPCS` calls running at once, the next is refused with
+  RESOURCE_EXHAUSTED before anything else is done for it;
+- opens the call's server span, a child of the caller's `traceparent` when it sends one;
 - runs the guard: authentication and the service's access policy (services.common.auth),
   refusing with UNAUTHENTICATED or PERMISSION_DENIED before the request is looked at;
 - refuses input no RPC could accept (bytes that are not a message of the method's type, NUL
@@ -42,8 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry import propagate, trace
 
 from services.common.audit import AuditEntry, AuditTrail, log_entry, target_of
 from services.common.auth import caller
@@ -60,6 +62,7 @@ from services.common.grpc_input import bounded, request_problem
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer(__name__)
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -210,158 +213,134 @@ async def _checked(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """For all four kinds of method: runs the guard (authentication), refuses input no RPC could
-    accept (undecodable bytes, NUL bytes, absurd strings), and turns the mesh's exceptions into
-    gRPC statuses. Health and reflection are left alone: they are not the mesh's services."""
+#: Methods every caller may use without an identity: health (Kubernetes probes) and reflection.
+UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-    def __init__(self, guard: Guard | None = None, audit: AuditTrail | None = None) -> None:
+#: Statuses that mark a server span as failed (OpenTelemetry's gRPC conventions: the server's
+#: fault); a caller's mistake (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED...) leaves it unset.
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class _Method:
+    """One method of the mesh's services, wrapped once (not per call): its server span's name and
+    attributes, whether it is audited, and the steps every call of it goes through."""
+
+    def __init__(self, method: str, guard: Guard | None, trail: AuditTrail | None, propagated: frozenset[str]):
+        self.method = method
+        self.guard = guard
+        self.trail = trail
+        self.audited = guard is not None and guard.audited(method)
+        self.propagated = propagated
+        service, _, name = method.lstrip("/").partition("/")
+        self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+    def span(self, context: grpc.aio.ServicerContext) -> trace.Span:
+        """The call's server span, a child of the caller's span when the metadata carries one (W3C
+        `traceparent`), so a trace continues across gRPC as it does across HTTP and NATS."""
+        carrier = {key: value for key, value in context.invocation_metadata() or () if key in self.propagated}
+        parent = propagate.extract(carrier) if carrier else None
+        return _TRACER.start_span(self.method, context=parent, kind=trace.SpanKind.SERVER, attributes=self.attributes)
+
+    def audit(self, request: Any = None) -> _Audit | None:
+        if not self.audited:
+            return None
+        record = _Audit(self.method, self.trail)
+        record.request = request
+        return record
+
+    async def admit(self, context: grpc.aio.ServicerContext, request: Any = None) -> None:
+        """Authentication and the access policy, then the checks no RPC's input may fail."""
+        if self.guard is not None:
+            await self.guard.admit(self.method, context)
+        if request is not None:
+            _check_request(request)
+
+    async def ok(self, record: _Audit | None, span: trace.Span) -> None:
+        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
+        if record is not None:
+            await record.done("OK")
+
+    def cancelled(self, record: _Audit | None, span: trace.Span) -> None:
+        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.CANCELLED.value[0])
+        if record is not None:
+            record.cancelled()
+
+    async def refuse(
+        self, context: grpc.aio.ServicerContext, exc: Exception, record: _Audit | None, span: trace.Span
+    ) -> NoReturn:
+        mapped = status_for(exc)
+        if not isinstance(exc, grpc.aio.AbortError):  # a servicer's own abort has its status set already
+            code = mapped[0] if mapped is not None else grpc.StatusCode.INTERNAL
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_FAULTS:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {bounded(str(exc), 200)}"))
+        # One trace id for the log's traceback, the caller's INTERNAL and the audit record.
+        trace_id = None if mapped is not None else current_trace_id()
+        if record is not None:
+            if mapped is not None:
+                await record.done(mapped[0].name, mapped[1])
+            else:
+                await record.done(grpc.StatusCode.INTERNAL.name, f"internal error (trace id {trace_id})", trace_id)
+        await abort_for(context, exc, self.method, trace_id=trace_id)
+
+
+def _current(span: trace.Span) -> Any:
+    """The span as the current one until the call ends, then ended (errors are recorded by
+    `_Method.refuse`, which knows the status they map to)."""
+    return trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False)
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Everything the runtime does around a call of the mesh's services, in one wrapper per method.
+
+    In this order: shedding (past `limit` calls running at once, the next is refused at once with
+    RESOURCE_EXHAUSTED, before any other work), the server span (continuing the caller's trace),
+    the guard (authentication, policy), the input checks, the servicer, the error mapping and the
+    audit record. Health and reflection are left alone: never shed, never guarded, so a flood
+    cannot make Kubernetes restart a busy replica (grpc.aio's own `maximum_concurrent_rpcs` would
+    count its probes too).
+
+    grpc.aio asks every interceptor for its handler on every call; each method's wrapped handler
+    is built on its first call and kept, so a call pays one dictionary lookup here instead of a
+    chain of interceptors each building closures and a handler (with OpenTelemetry's
+    interceptor, a third of a point read's Python time: bench/README.md). Unknown methods (the
+    caller's names) are not kept.
+    """
+
+    def __init__(self, limit: int, guard: Guard | None = None, audit: AuditTrail | None = None) -> None:
+        self.limit = limit
         self.guard = guard
         self.audit = audit
+        self.running = 0
+        self.shed = 0
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._propagated = frozenset(propagate.get_global_textmap().fields)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(UNGUARDED_PREFIXES):
-            return handler
-        guard = self.guard
-        audited = guard is not None and guard.audited(method)
-
-        def audit() -> _Audit | None:
-            return _Audit(method, self.audit) if audited else None
-
-        async def admit(context: grpc.aio.ServicerContext) -> None:
-            if guard is not None:
-                await guard.admit(method, context)
-
-        async def refuse(context: grpc.aio.ServicerContext, exc: Exception, record: _Audit | None) -> NoReturn:
-            mapped = status_for(exc)
-            # One trace id for the log's traceback, the caller's INTERNAL and the audit record.
-            trace_id = None if mapped is not None else current_trace_id()
-            if record is not None:
-                if mapped is not None:
-                    await record.done(mapped[0].name, mapped[1])
-                else:
-                    await record.done(grpc.StatusCode.INTERNAL.name, f"internal error (trace id {trace_id})", trace_id)
-            await abort_for(context, exc, method, trace_id=trace_id)
-
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                record = audit()
-                try:
-                    if record is not None:
-                        record.request = request
-                    await admit(context)
-                    _check_request(request)
-                    response = await inner_uu(request, context)
-                except asyncio.CancelledError:
-                    if record is not None:
-                        record.cancelled()
-                    raise
-                except Exception as exc:
-                    await refuse(context, exc, record)
-                if record is not None:
-                    await record.done("OK")
-                return response
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                record = audit()
-                try:
-                    if record is not None:
-                        record.request = request
-                    await admit(context)
-                    _check_request(request)
-                    async for item in inner_us(request, context):
-                        yield item
-                except asyncio.CancelledError:
-                    if record is not None:
-                        record.cancelled()
-                    raise
-                except Exception as exc:
-                    await refuse(context, exc, record)
-                if record is not None:
-                    await record.done("OK")
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                record = audit()
-                try:
-                    await admit(context)
-                    response = await inner_su(_checked(request_iterator), context)
-                except asyncio.CancelledError:
-                    if record is not None:
-                        record.cancelled()
-                    raise
-                except Exception as exc:
-                    await refuse(context, exc, record)
-                if record is not None:
-                    await record.done("OK")
-                return response
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                record = audit()
-                try:
-                    await admit(context)
-                    async for item in inner_ss(_checked(request_iterator), context):
-                        yield item
-                except asyncio.CancelledError:
-                    if record is not None:
-                        record.cancelled()
-                    raise
-                except Exception as exc:
-                    await refuse(context, exc, record)
-                if record is not None:
-                    await record.done("OK")
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-        return handler
-
-
-#: Methods every caller may use without an identity: health (Kubernetes probes) and reflection.
-UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-class SheddingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Past `limit` RPCs running at once, the next is refused with RESOURCE_EXHAUSTED at once.
-
-    grpc.aio starts every call as it arrives, so a read flood becomes thousands of calls sharing
-    one event loop and one connection pool: each waits seconds, and the process keeps the memory
-    of all of them (bench/README.md). Refused at once, a caller can back off or try another
-    replica. Health and reflection are never refused (grpc.aio's own `maximum_concurrent_rpcs`
-    would count the Kubernetes probes too, and a flood would then restart a busy replica).
-    Outermost of the interceptors, so a refused call costs no span and no guard.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.running = 0
-        self.shed = 0
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = handler if method.startswith(UNGUARDED_PREFIXES) else self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
 
     async def _refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
         self.shed += 1
@@ -371,52 +350,119 @@ class SheddingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(UNGUARDED_PREFIXES):
-            return handler
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None or handler.stream_unary is not None:
-            streaming_in = handler.unary_unary is None
-            inner = handler.stream_unary if streaming_in else handler.unary_unary
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        m = _Method(method, self.guard, self.audit, self._propagated)
+        deserializer = _tolerant(handler.request_deserializer)
+        serializer = handler.response_serializer
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 if self.running >= self.limit:
                     await self._refuse(context)
                 self.running += 1
                 try:
-                    return await inner(request, context)
+                    span = m.span(context)
+                    with _current(span):
+                        record = m.audit(request)
+                        try:
+                            await m.admit(context, request)
+                            response = await inner_uu(request, context)
+                        except asyncio.CancelledError:
+                            m.cancelled(record, span)
+                            raise
+                        except Exception as exc:
+                            await m.refuse(context, exc, record, span)
+                        await m.ok(record, span)
+                        return response
                 finally:
                     self.running -= 1
 
-            if streaming_in:
-                return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
-            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
-        streaming_in = handler.unary_stream is None
-        inner_stream = handler.stream_stream if streaming_in else handler.unary_stream
-        if inner_stream is None:
-            return handler
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=deserializer, response_serializer=serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if self.running >= self.limit:
-                await self._refuse(context)
-            self.running += 1
-            try:
-                async for item in inner_stream(request, context):
-                    yield item
-            finally:
-                self.running -= 1
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if self.running >= self.limit:
+                    await self._refuse(context)
+                self.running += 1
+                try:
+                    span = m.span(context)
+                    with _current(span):
+                        record = m.audit(request)
+                        try:
+                            await m.admit(context, request)
+                            async for item in inner_us(request, context):
+                                yield item
+                        except asyncio.CancelledError:
+                            m.cancelled(record, span)
+                            raise
+                        except Exception as exc:
+                            await m.refuse(context, exc, record, span)
+                        await m.ok(record, span)
+                finally:
+                    self.running -= 1
 
-        if streaming_in:
-            return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
-        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=deserializer, response_serializer=serializer
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                if self.running >= self.limit:
+                    await self._refuse(context)
+                self.running += 1
+                try:
+                    span = m.span(context)
+                    with _current(span):
+                        record = m.audit()
+                        try:
+                            await m.admit(context)
+                            response = await inner_su(_checked(request_iterator), context)
+                        except asyncio.CancelledError:
+                            m.cancelled(record, span)
+                            raise
+                        except Exception as exc:
+                            await m.refuse(context, exc, record, span)
+                        await m.ok(record, span)
+                        return response
+                finally:
+                    self.running -= 1
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, request_deserializer=deserializer, response_serializer=serializer
+            )
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if self.running >= self.limit:
+                    await self._refuse(context)
+                self.running += 1
+                try:
+                    span = m.span(context)
+                    with _current(span):
+                        record = m.audit()
+                        try:
+                            await m.admit(context)
+                            async for item in inner_ss(_checked(request_iterator), context):
+                                yield item
+                        except asyncio.CancelledError:
+                            m.cancelled(record, span)
+                            raise
+                        except Exception as exc:
+                            await m.refuse(context, exc, record, span)
+                        await m.ok(record, span)
+                finally:
+                    self.running -= 1
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, request_deserializer=deserializer, response_serializer=serializer
+            )
+        return handler
 
 
 class GrpcServer:
@@ -480,10 +526,8 @@ async def start_grpc_server(
     audit: AuditTrail | None = None,
 ) -> GrpcServer:
     """Start serving `service_name` (registered by `register`) with health and reflection."""
-    tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
-    shedding = SheddingInterceptor(settings.grpc_max_concurrent_rpcs)
     server = grpc.aio.server(
-        interceptors=[shedding, tracing_interceptor, ErrorMappingInterceptor(guard, audit)],
+        interceptors=[MeshInterceptor(settings.grpc_max_concurrent_rpcs, guard, audit)],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     register(server)
