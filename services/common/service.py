@@ -416,6 +416,15 @@ async def run_until_signalled(
 GC_GEN0_THRESHOLD = 10_000
 
 
+#: How long the event loop's thread may keep the GIL while grpc.aio's poller thread waits for it.
+#: Every RPC crosses from that thread to the loop several times (call, message, status); at
+#: Python's default 5 ms each crossing waited up to 5 ms whenever the loop was busy with ingest,
+#: and point reads queued behind it: section 4 at 500 reads/s under 200 webhooks/s, p50 39 and
+#: 10 ms, p99 338 and 335 ms at 5 ms; p50 5 and 23 ms, p99 172 and 194 ms at 0.5 ms
+#: (bench/results/HISTORY.md, 2026-12-07 21:20).
+GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+
+
 def tune_gc() -> None:
     """For a service process, once its modules are imported: the objects alive now live as long as
     the process, so they are frozen out of every collection, and collections come less often."""
@@ -429,6 +438,7 @@ def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None
     """Entry point for `syncmesh serve <service>` and `python -m services.<service>`; the exit code."""
     setup_logging(settings.log_level, service=definition.name)
     tune_gc()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     runtime = ServiceRuntime(definition, settings, port=port)
     code = asyncio.run(run_until_signalled(runtime.start, runtime.stop, runtime.failed))
     if runtime.failure is not None:
