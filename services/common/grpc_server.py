@@ -358,25 +358,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if self.running >= self.limit:
-                    await self._refuse(context)
-                self.running += 1
-                try:
-                    span = m.span(context)
-                    with _current(span):
-                        record = m.audit(request)
-                        try:
-                            await m.admit(context, request)
-                            response = await inner_uu(request, context)
-                        except asyncio.CancelledError:
-                            m.cancelled(record, span)
-                            raise
-                        except Exception as exc:
-                            await m.refuse(context, exc, record, span)
-                        await m.ok(record, span)
-                        return response
-                finally:
-                    self.running -= 1
+                return await self._answer(m, context, request, lambda: inner_uu(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=deserializer, response_serializer=serializer
@@ -385,25 +367,9 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if self.running >= self.limit:
-                    await self._refuse(context)
-                self.running += 1
-                try:
-                    span = m.span(context)
-                    with _current(span):
-                        record = m.audit(request)
-                        try:
-                            await m.admit(context, request)
-                            async for item in inner_us(request, context):
-                                yield item
-                        except asyncio.CancelledError:
-                            m.cancelled(record, span)
-                            raise
-                        except Exception as exc:
-                            await m.refuse(context, exc, record, span)
-                        await m.ok(record, span)
-                finally:
-                    self.running -= 1
+                # grpc.aio streams the answers of an async generator function only.
+                async for item in self._stream(m, context, request, lambda: inner_us(request, context)):
+                    yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, request_deserializer=deserializer, response_serializer=serializer
@@ -411,26 +377,8 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
-            async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                if self.running >= self.limit:
-                    await self._refuse(context)
-                self.running += 1
-                try:
-                    span = m.span(context)
-                    with _current(span):
-                        record = m.audit()
-                        try:
-                            await m.admit(context)
-                            response = await inner_su(_checked(request_iterator), context)
-                        except asyncio.CancelledError:
-                            m.cancelled(record, span)
-                            raise
-                        except Exception as exc:
-                            await m.refuse(context, exc, record, span)
-                        await m.ok(record, span)
-                        return response
-                finally:
-                    self.running -= 1
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self._answer(m, context, None, lambda: inner_su(_checked(requests), context))
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, request_deserializer=deserializer, response_serializer=serializer
@@ -438,31 +386,64 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.stream_stream is not None:
             inner_ss = handler.stream_stream
 
-            async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if self.running >= self.limit:
-                    await self._refuse(context)
-                self.running += 1
-                try:
-                    span = m.span(context)
-                    with _current(span):
-                        record = m.audit()
-                        try:
-                            await m.admit(context)
-                            async for item in inner_ss(_checked(request_iterator), context):
-                                yield item
-                        except asyncio.CancelledError:
-                            m.cancelled(record, span)
-                            raise
-                        except Exception as exc:
-                            await m.refuse(context, exc, record, span)
-                        await m.ok(record, span)
-                finally:
-                    self.running -= 1
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                # grpc.aio streams the answers of an async generator function only.
+                async for item in self._stream(m, context, None, lambda: inner_ss(_checked(requests), context)):
+                    yield item
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, request_deserializer=deserializer, response_serializer=serializer
             )
         return handler
+
+    async def _answer(
+        self, m: _Method, context: grpc.aio.ServicerContext, request: Any, call: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """A call with one response, in the order of the class docstring; `request` is None for a
+        request stream (its messages are checked as they are read, `_checked`)."""
+        if self.running >= self.limit:
+            await self._refuse(context)
+        self.running += 1
+        try:
+            span = m.span(context)
+            with _current(span):
+                record = m.audit(request)
+                try:
+                    await m.admit(context, request)
+                    response = await call()
+                except asyncio.CancelledError:
+                    m.cancelled(record, span)
+                    raise
+                except Exception as exc:
+                    await m.refuse(context, exc, record, span)
+                await m.ok(record, span)
+                return response
+        finally:
+            self.running -= 1
+
+    async def _stream(
+        self, m: _Method, context: grpc.aio.ServicerContext, request: Any, call: Callable[[], AsyncIterator[Any]]
+    ) -> AsyncIterator[Any]:
+        """A call with a response stream, as `_answer`."""
+        if self.running >= self.limit:
+            await self._refuse(context)
+        self.running += 1
+        try:
+            span = m.span(context)
+            with _current(span):
+                record = m.audit(request)
+                try:
+                    await m.admit(context, request)
+                    async for item in call():
+                        yield item
+                except asyncio.CancelledError:
+                    m.cancelled(record, span)
+                    raise
+                except Exception as exc:
+                    await m.refuse(context, exc, record, span)
+                await m.ok(record, span)
+        finally:
+            self.running -= 1
 
 
 class GrpcServer:
