@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -76,22 +77,25 @@ def on_cpu_ns(pid: int) -> int:
 
     Finer than `cpu_jiffies` (10 ms ticks): an idle process uses a few ms a second, which ticks
     would round to nothing or to a whole tick."""
-    total = 0
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return 0
-    for task in tasks:
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
+    return _sum_over_threads(pid, lambda task: int((task / "schedstat").read_text().split()[0]))
 
 
 def wakeups(pid: int) -> int:
     """Context switches of every live thread of `pid`: each time one slept and ran again (or was
     preempted), i.e. how often something woke it."""
+
+    def switches(task: Path) -> int:
+        return sum(
+            int(line.split()[1])
+            for line in (task / "status").read_text().splitlines()
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+        )
+
+    return _sum_over_threads(pid, switches)
+
+
+def _sum_over_threads(pid: int, read: Callable[[Path], int]) -> int:
+    """`read` of each live thread of `pid`, summed; a thread gone meanwhile counts nothing."""
     total = 0
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -99,9 +103,7 @@ def wakeups(pid: int) -> int:
         return 0
     for task in tasks:
         try:
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                    total += int(line.split()[1])
+            total += read(task)
         except (OSError, ValueError, IndexError):
             continue
     return total
