@@ -811,14 +811,12 @@ class _BatchTransaction:
         back (or discards) a connection released inside a transaction."""
         if quietly and not self._conn.is_in_transaction():
             return
-        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            await self._conn.execute(verb)
-        except Exception:
-            if not quietly:
-                raise
-        finally:
-            otel_context.detach(token)
+        with db.Untraced():
+            try:
+                await self._conn.execute(verb)
+            except Exception:
+                if not quietly:
+                    raise
 
 
 def _claim_rows(work: Sequence[Delivery]) -> list[tuple[str, str, int | None]]:

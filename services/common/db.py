@@ -107,18 +107,25 @@ class UntracedTransaction:
         self._transaction = conn.transaction()
 
     async def __aenter__(self) -> None:
-        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
+        with Untraced():
             await self._transaction.__aenter__()
-        finally:
-            otel_context.detach(token)
 
     async def __aexit__(self, *exc: Any) -> None:
-        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
+        with Untraced():
             await self._transaction.__aexit__(*exc)
-        finally:
-            otel_context.detach(token)
+
+
+class Untraced:
+    """While entered, the instrumentations make no span (asyncpg's statements included): for
+    transaction control whose time an enclosing span already covers."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)
 
 
 async def create_pool(

@@ -399,32 +399,20 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _answer(
         self, m: _Method, context: grpc.aio.ServicerContext, request: Any, call: Callable[[], Awaitable[Any]]
     ) -> Any:
-        """A call with one response, in the order of the class docstring; `request` is None for a
-        request stream (its messages are checked as they are read, `_checked`)."""
-        if self.running >= self.limit:
-            await self._refuse(context)
-        self.running += 1
-        try:
-            span = m.span(context)
-            with _current(span):
-                record = m.audit(request)
-                try:
-                    await m.admit(context, request)
-                    response = await call()
-                except asyncio.CancelledError:
-                    m.cancelled(record, span)
-                    raise
-                except Exception as exc:
-                    await m.refuse(context, exc, record, span)
-                await m.ok(record, span)
-                return response
-        finally:
-            self.running -= 1
+        """A call with one response: `_stream` over a stream of that one response, run to its end
+        so the call's status, span and audit record are settled before the response goes out."""
+
+        async def once() -> AsyncIterator[Any]:
+            yield await call()
+
+        (response,) = [item async for item in self._stream(m, context, request, once)]
+        return response
 
     async def _stream(
         self, m: _Method, context: grpc.aio.ServicerContext, request: Any, call: Callable[[], AsyncIterator[Any]]
     ) -> AsyncIterator[Any]:
-        """A call with a response stream, as `_answer`."""
+        """A call in the order of the class docstring; `request` is None for a request stream (its
+        messages are checked as they are read, `_checked`)."""
         if self.running >= self.limit:
             await self._refuse(context)
         self.running += 1

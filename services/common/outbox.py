@@ -129,21 +129,29 @@ def prepare_events(
     return rows
 
 
-async def insert_rows(conn: Conn, rows: Sequence[OutboxRow]) -> None:
-    """One INSERT over arrays, whatever the number of rows; a repeated msg_id is dropped."""
-    if not rows:
-        return
-    # jsonb travels as text (the pool's codec is text-only) and is cast.
-    await conn.execute(
-        "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) "
-        "SELECT s, t, m, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) "
-        "AS u(s, t, m, p, h) ON CONFLICT (msg_id) DO NOTHING",
+#: The outbox insert over arrays; jsonb travels as text (the pool's codec is text-only) and is cast.
+_INSERT = (
+    "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) "
+    "SELECT s, t, m, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) "
+    "AS u(s, t, m, p, h) ON CONFLICT (msg_id) DO NOTHING"
+)
+
+
+def _columns(rows: Sequence[OutboxRow]) -> tuple[list[str], list[str], list[str], list[bytes], list[str]]:
+    return (
         [r.subject for r in rows],
         [r.message_type for r in rows],
         [r.msg_id for r in rows],
         [r.payload for r in rows],
         [r.headers for r in rows],
     )
+
+
+async def insert_rows(conn: Conn, rows: Sequence[OutboxRow]) -> None:
+    """One INSERT over arrays, whatever the number of rows; a repeated msg_id is dropped."""
+    if not rows:
+        return
+    await conn.execute(_INSERT, *_columns(rows))
 
 
 async def insert_rows_returning(conn: Conn, rows: Sequence[OutboxRow]) -> list[tuple[int, OutboxRow]]:
@@ -152,16 +160,7 @@ async def insert_rows_returning(conn: Conn, rows: Sequence[OutboxRow]) -> list[t
     looking for them with a transaction of its own. A repeated msg_id is dropped, as there."""
     if not rows:
         return []
-    written = await conn.fetch(
-        "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) "
-        "SELECT s, t, m, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) "
-        "AS u(s, t, m, p, h) ON CONFLICT (msg_id) DO NOTHING RETURNING id, msg_id",
-        [r.subject for r in rows],
-        [r.message_type for r in rows],
-        [r.msg_id for r in rows],
-        [r.payload for r in rows],
-        [r.headers for r in rows],
-    )
+    written = await conn.fetch(_INSERT + " RETURNING id, msg_id", *_columns(rows))
     by_msg_id = {r.msg_id: r for r in rows}
     return [(int(w["id"]), by_msg_id[w["msg_id"]]) for w in written]
 
