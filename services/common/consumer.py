@@ -854,8 +854,16 @@ class _BatchTransaction:
 
 def _claim_rows(work: Sequence[Delivery]) -> list[tuple[str, str, int | None]]:
     """(event id, type, stream sequence) of each event of `work` once, sorted by id, so two
-    replicas claiming overlapping redeliveries lock rows in the same order and cannot deadlock."""
-    return sorted({(d.event.id, d.event.type, _sequence(d.received.msg)) for d in work}, key=lambda r: r[0])
+    replicas claiming overlapping redeliveries lock rows in the same order and cannot deadlock.
+    An event resent within the batch (a second message, another sequence) is recorded under its
+    first message in the stream, whatever order the batch holds them in."""
+    rows: dict[str, tuple[str, str, int | None]] = {}
+    for d in work:
+        sequence = _sequence(d.received.msg)
+        known = rows.get(d.event.id)
+        if known is None or (sequence is not None and (known[2] is None or sequence < known[2])):
+            rows[d.event.id] = (d.event.id, d.event.type, sequence)
+    return [rows[event_id] for event_id in sorted(rows)]
 
 
 def _literal_rows(conn: Conn, rows: Sequence[tuple[str, str, int | None]]) -> str | None:

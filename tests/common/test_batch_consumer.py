@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -15,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.common import outbox
 from services.common.bus import STRIPE_STREAM, Bus
-from services.common.consumer import _last_writes, _literal_rows, _take_delivered_at_once
+from services.common.consumer import _claim_rows, _last_writes, _literal_rows, _take_delivered_at_once
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
@@ -248,3 +250,19 @@ async def test_events_arriving_within_the_linger_after_a_batch_share_the_next_on
         assert toy_service.batches_written == [1, 5]
     finally:
         await rt.stop()
+
+
+def test_an_event_resent_within_a_batch_is_claimed_under_its_first_sequence_in_any_order() -> None:
+    """The claim's rows are one per event id, sorted by id, and an event that came twice in one
+    batch is recorded under its earlier stream sequence whichever copy the batch holds first."""
+
+    def delivery(event_id: str, sequence: int | None) -> SimpleNamespace:
+        meta = SimpleNamespace(sequence=SimpleNamespace(stream=sequence)) if sequence is not None else None
+        return SimpleNamespace(
+            event=SimpleNamespace(id=event_id, type="customer.updated"),
+            received=SimpleNamespace(msg=SimpleNamespace(metadata=meta)),
+        )
+
+    work = [delivery("evt_b", 7), delivery("evt_a", 9), delivery("evt_b", 3), delivery("evt_a", None)]
+    for order in itertools.permutations(work):
+        assert _claim_rows(order) == [("evt_a", "customer.updated", 9), ("evt_b", "customer.updated", 3)]  # type: ignore[arg-type]
