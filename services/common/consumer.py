@@ -63,7 +63,11 @@ whatever is pending at once; only when nothing is pending does it wait, up to
 `fetch_timeout_seconds`, and it returns with the first message that arrives (nats-py 2.16: a
 `no_wait` pull request with `expires`, which the server ends as soon as it has delivered what it
 had). Batches therefore grow by themselves with the backlog, and a lone event is picked up
-within a millisecond. A service may ask for the next batch to be fetched and decoded while this
+within a millisecond. Between the two, events arriving faster than one per
+`fetch_linger_seconds` (5 ms) would each be a batch of one, paying a transaction, a commit and an
+ack round apiece (at a steady 470 events/s, two thirds of the mesh's CPU per event went to that);
+so after a partial batch the next fetch waits until that long after the last one, and takes
+together what arrived meanwhile. A service may ask for the next batch to be fetched and decoded while this
 one waits on PostgreSQL (`ServiceDefinition.fetch_ahead`); it is applied only after this one is
 settled, and on stop it is nak'd for immediate redelivery.
 """
@@ -319,9 +323,9 @@ class BatchRunner:
         self.count_failures = count_failures and not settings.dry_run
         self.handled = 0
         self.duplicates = 0
-        #: The outbox rows (id, row) the last `run` wrote: committed once the caller's
-        #: transaction is, when the caller may hand them to the relay (`OutboxRelay.hand_over`).
-        self.written: list[tuple[int, outbox.OutboxRow]] = []
+        #: The outbox rows the last `run` wrote: committed once the caller's transaction is, when
+        #: the caller may hand them to the relay (`OutboxRelay.hand_over`).
+        self.written: list[outbox.OutboxRow] = []
 
     async def run(self, conn: Conn, deliveries: Sequence[Delivery]) -> None:
         self.written = []
@@ -361,7 +365,7 @@ class BatchRunner:
         tracked: list[Delivery | None] = [None]
         culprit: Delivery | None = None
         outgoing: list[outbox.OutboxRow] = []
-        written: list[tuple[int, outbox.OutboxRow]] = []
+        written: list[outbox.OutboxRow] = []
         fresh_work: list[Delivery] = []
         items: list[BatchItem] = []
         try:
@@ -370,7 +374,7 @@ class BatchRunner:
             # a batch of its own, and left BEGIN and COMMIT outside every trace.
             with self._batch_span(work, "apply batch"):
                 try:
-                    async with _BatchTransaction(conn, work) as fresh:  # the batch span covers BEGIN to COMMIT
+                    async with (transaction := _BatchTransaction(conn, work)) as fresh:  # the span covers BEGIN..COMMIT
                         for d in work:
                             if d.event.id not in fresh:
                                 d.received.outcome = Outcome.DUPLICATE
@@ -395,11 +399,14 @@ class BatchRunner:
                         skipped = [
                             (i.event.id, f"skipped: {i.ctx.skipped_reason}") for i in items if i.ctx.skipped_reason
                         ]
-                        written = await outbox.insert_rows_returning(conn, outgoing)
-                        if skipped:
-                            await conn.executemany(
-                                "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
-                            )
+                        if not self.dry_run and transaction.finish_with(_last_writes(conn, outgoing, skipped)):
+                            written = list(outgoing)
+                        else:
+                            written = await outbox.insert_rows_returning(conn, outgoing)
+                            if skipped:
+                                await conn.executemany(
+                                    "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
+                                )
                         if self.dry_run:
                             log.info(
                                 "dry run: %d events would write their records and emit %s; rolled back",
@@ -476,7 +483,7 @@ class Consumer:
         subjects: tuple[str, ...],
         settings: Settings,
         on_commit: Callable[[], None] | None = None,
-        on_outbox: Callable[[Sequence[tuple[int, outbox.OutboxRow]]], None] | None = None,
+        on_outbox: Callable[[Sequence[outbox.OutboxRow]], None] | None = None,
         durable: str | None = None,
         stream: str = STRIPE_STREAM,
         fetch_ahead: bool = False,
@@ -500,6 +507,8 @@ class Consumer:
         self._idle.set()
         self._psub: Any = None
         self.dead_lettered = 0
+        #: Loop time before which the next fetch waits (`fetch_linger_seconds`).
+        self._linger_until = 0.0
 
     @property
     def handled(self) -> int:
@@ -569,6 +578,9 @@ class Consumer:
             delay = min(delay * 2, self.settings.database_retry_max_seconds)
 
     async def _next_batch(self, psub: Any) -> Batch | None:
+        loop = asyncio.get_running_loop()
+        if (wait := self._linger_until - loop.time()) > 0:
+            await asyncio.sleep(wait)
         try:
             msgs = await psub.fetch(self.settings.fetch_batch, timeout=self.settings.fetch_timeout_seconds)
         except TimeoutError:
@@ -577,7 +589,11 @@ class Consumer:
             log.warning("fetch failed: %s", exc)
             await asyncio.sleep(0.2)
             return None
-        return receive(msgs, self.settings.mode) if msgs else None
+        if not msgs:
+            return None
+        partial = len(msgs) < self.settings.fetch_batch
+        self._linger_until = loop.time() + self.settings.fetch_linger_seconds if partial else 0.0
+        return receive(msgs, self.settings.mode)
 
     async def _give_back(self, ahead: asyncio.Task[Batch | None]) -> None:
         """A batch fetched ahead but not applied goes back for immediate redelivery; a fetch cut
@@ -757,14 +773,28 @@ class _BatchTransaction:
     ask which rows this transaction wrote. Nested (the isolation pass, replay) it is a savepoint
     and the claim its own statement, as before. BEGIN, COMMIT and ROLLBACK get no span of their
     own (`db.UntracedTransaction`); the claim keeps its span (named after the BEGIN before it).
+
+    Likewise at the end: the batch's last writes (its outbox rows, the outcomes of skipped
+    events) may go with the COMMIT as one simple query (`finish_with`), where they were a round
+    trip each before it.
     """
 
-    __slots__ = ("_conn", "_nested", "_work")
+    __slots__ = ("_conn", "_last", "_nested", "_work")
 
     def __init__(self, conn: Conn, work: Sequence[Delivery]) -> None:
         self._conn = conn
         self._work = work
         self._nested: db.UntracedTransaction | None = None
+        self._last: str | None = None
+
+    def finish_with(self, statements: str | None) -> bool:
+        """Run `statements` (literal SQL) in the COMMIT's round trip; False, and nothing taken,
+        when they cannot go there (a savepoint, or no statements to give): the caller runs its
+        writes itself."""
+        if statements is None or self._nested is not None:
+            return False
+        self._last = statements
+        return True
 
     async def __aenter__(self) -> set[str]:
         conn = self._conn
@@ -802,13 +832,15 @@ class _BatchTransaction:
         if self._nested is not None:
             await self._nested.__aexit__(exc_type, exc, tb)
         elif exc_type is None:
-            await self._end("COMMIT", quietly=False)
+            await self._end(f"{self._last}; COMMIT" if self._last else "COMMIT", quietly=False)
         else:
             await self._end("ROLLBACK", quietly=True)
 
     async def _end(self, verb: str, *, quietly: bool) -> None:
-        """COMMIT or ROLLBACK without a span; a failed ROLLBACK is left to the pool, which rolls
-        back (or discards) a connection released inside a transaction."""
+        """COMMIT (after the last writes) or ROLLBACK without a span. A failure of the last writes
+        leaves the transaction aborted and the COMMIT unrun: it is rolled back before the error
+        goes up. A failed ROLLBACK is left to the pool, which rolls back (or discards) a
+        connection released inside a transaction."""
         if quietly and not self._conn.is_in_transaction():
             return
         with db.Untraced():
@@ -816,37 +848,63 @@ class _BatchTransaction:
                 await self._conn.execute(verb)
             except Exception:
                 if not quietly:
+                    await self._end("ROLLBACK", quietly=True)
                     raise
 
 
 def _claim_rows(work: Sequence[Delivery]) -> list[tuple[str, str, int | None]]:
     """(event id, type, stream sequence) of each event of `work` once, sorted by id, so two
-    replicas claiming overlapping redeliveries lock rows in the same order and cannot deadlock."""
-    return sorted({(d.event.id, d.event.type, _sequence(d.received.msg)) for d in work}, key=lambda r: r[0])
+    replicas claiming overlapping redeliveries lock rows in the same order and cannot deadlock.
+    An event resent within the batch (a second message, another sequence) is recorded under its
+    first message in the stream, whatever order the batch holds them in."""
+    rows: dict[str, tuple[str, str, int | None]] = {}
+    for d in work:
+        sequence = _sequence(d.received.msg)
+        known = rows.get(d.event.id)
+        if known is None or (sequence is not None and (known[2] is None or sequence < known[2])):
+            rows[d.event.id] = (d.event.id, d.event.type, sequence)
+    return [rows[event_id] for event_id in sorted(rows)]
 
 
 def _literal_rows(conn: Conn, rows: Sequence[tuple[str, str, int | None]]) -> str | None:
     """The claim's rows as a VALUES list of SQL literals, or None where literals cannot be
-    written safely (standard_conforming_strings off, a NUL in a string): the claim is then a
-    statement with parameters."""
-    if conn.get_settings().standard_conforming_strings != "on":
+    written safely (`db.literals_allowed`, `db.text_literal`): the claim is then a statement
+    with parameters."""
+    if not db.literals_allowed(conn):
         return None
     out = []
     for event_id, event_type, sequence in rows:
-        quoted_id, quoted_type = _literal(event_id), _literal(event_type)
+        quoted_id, quoted_type = db.text_literal(event_id), db.text_literal(event_type)
         if quoted_id is None or quoted_type is None:
             return None
         out.append(f"({quoted_id}, {quoted_type}, {'NULL' if sequence is None else int(sequence)})")
     return ", ".join(out)
 
 
-def _literal(value: str) -> str | None:
-    """A string as a standard SQL literal ('' for each quote; with standard_conforming_strings on
-    nothing else is special inside one, backslashes included); None for a string PostgreSQL's
-    text cannot hold."""
-    if "\x00" in value:
+def _last_writes(conn: Conn, rows: Sequence[outbox.OutboxRow], skipped: Sequence[tuple[str, str]]) -> str | None:
+    """The batch's outbox insert and skipped outcomes as literal SQL for the COMMIT's round trip
+    (`_BatchTransaction.finish_with`); None when there is nothing to write or a value cannot be
+    a literal."""
+    if not (rows or skipped) or not db.literals_allowed(conn):
         return None
-    return "'" + value.replace("'", "''") + "'"
+    statements = []
+    if rows:
+        if (insert := outbox.insert_sql(rows)) is None:
+            return None
+        statements.append(insert)
+    if skipped:
+        values = []
+        for event_id, outcome in skipped:
+            quoted_id, quoted_outcome = db.text_literal(event_id), db.text_literal(outcome)
+            if quoted_id is None or quoted_outcome is None:
+                return None
+            values.append(f"({quoted_id}, {quoted_outcome})")
+        statements.append(
+            "UPDATE processed_events p SET outcome = v.outcome FROM (VALUES "
+            + ", ".join(values)
+            + ") AS v(event_id, outcome) WHERE p.event_id = v.event_id"
+        )
+    return "; ".join(statements)
 
 
 async def _claim(conn: Conn, work: Sequence[Delivery]) -> set[str]:

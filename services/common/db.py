@@ -128,6 +128,32 @@ class Untraced:
         otel_context.detach(self._token)
 
 
+def literals_allowed(conn: Conn) -> bool:
+    """Whether values may be written into SQL as literals (`text_literal`, `bytea_literal`) on
+    this connection: only with standard_conforming_strings on, where nothing but a quote is
+    special inside a string literal, backslashes included.
+
+    Literals let a statement share a simple-query round trip with others (BEGIN and the batch's
+    claim; the batch's last writes and COMMIT): parameters need the extended protocol, one
+    statement per round trip. At a trickle, where every event is a batch of its own, each round
+    trip is a wake-up of the service and of a PostgreSQL backend.
+    """
+    return bool(conn.get_settings().standard_conforming_strings == "on")
+
+
+def text_literal(value: str) -> str | None:
+    """A string as a standard SQL literal ('' for each quote); None for one PostgreSQL's text
+    cannot hold (a NUL), which then has to travel as a parameter."""
+    if "\x00" in value:
+        return None
+    return "'" + value.replace("'", "''") + "'"
+
+
+def bytea_literal(value: bytes) -> str:
+    """Bytes as a bytea literal in hex form (`'\\x0a1b'::bytea`): hex digits need no escaping."""
+    return "'\\x" + value.hex() + "'::bytea"
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 5.0
 ) -> asyncpg.Pool:

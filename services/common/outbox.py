@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.bus import Bus
-from services.common.db import UNAVAILABLE, Conn
+from services.common.db import UNAVAILABLE, Conn, bytea_literal, text_literal
 from services.common.errors import PublishError
 from services.common.tracing import inject_headers
 
@@ -154,15 +154,39 @@ async def insert_rows(conn: Conn, rows: Sequence[OutboxRow]) -> None:
     await conn.execute(_INSERT, *_columns(rows))
 
 
-async def insert_rows_returning(conn: Conn, rows: Sequence[OutboxRow]) -> list[tuple[int, OutboxRow]]:
-    """`insert_rows`, also saying which rows it wrote under which id, so that the consumer can
-    hand them to the relay once they commit (`OutboxRelay.hand_over`) instead of the relay
-    looking for them with a transaction of its own. A repeated msg_id is dropped, as there."""
+async def insert_rows_returning(conn: Conn, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+    """`insert_rows`, also saying which rows it wrote, so that the consumer can hand them to the
+    relay once they commit (`OutboxRelay.hand_over`) instead of the relay looking for them with a
+    transaction of its own. A repeated msg_id is dropped, as there."""
     if not rows:
         return []
-    written = await conn.fetch(_INSERT + " RETURNING id, msg_id", *_columns(rows))
-    by_msg_id = {r.msg_id: r for r in rows}
-    return [(int(w["id"]), by_msg_id[w["msg_id"]]) for w in written]
+    written = {r["msg_id"] for r in await conn.fetch(_INSERT + " RETURNING msg_id", *_columns(rows))}
+    return [r for r in rows if r.msg_id in written]
+
+
+def insert_sql(rows: Sequence[OutboxRow]) -> str | None:
+    """`insert_rows` as one statement of SQL literals, to travel in the same round trip as the
+    batch's COMMIT (`services.common.consumer`); None where a value cannot be a literal (a NUL in
+    a text), and the rows then go through `insert_rows_returning`. The caller checks
+    `db.literals_allowed` first. A repeated msg_id is dropped as there; the caller hands every
+    row to the relay, and one already in the table goes out again under its Nats-Msg-Id, which
+    the stream and subscribers drop as a repeat."""
+    values = []
+    for r in rows:
+        subject, message_type, msg_id, headers = (
+            text_literal(r.subject),
+            text_literal(r.message_type),
+            text_literal(r.msg_id),
+            text_literal(r.headers),
+        )
+        if subject is None or message_type is None or msg_id is None or headers is None:
+            return None
+        values.append(f"({subject}, {message_type}, {msg_id}, {bytea_literal(r.payload)}, {headers}::jsonb)")
+    return (
+        "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) VALUES "
+        + ", ".join(values)
+        + " ON CONFLICT (msg_id) DO NOTHING"
+    )
 
 
 def _event_id(service: str, stripe_event_id: str, event_name: str, message: Message, sequence: int) -> str:
@@ -191,7 +215,7 @@ class OutboxRelay:
     publishing, so rows go out within about a second of their return.
 
     The consumer hands over the rows its batch committed (`hand_over`): the relay publishes those
-    and marks them with one statement, where looking for them costs a transaction of four round
+    and marks them (by msg_id) with one statement, where looking for them costs a transaction of four round
     trips (BEGIN, SELECT ... FOR UPDATE SKIP LOCKED, UPDATE, COMMIT), which at a trickle of events
     was paid once per event. Rows are still marked only after JetStream acked them; a row another
     replica's poll publishes at the same time goes out twice under one Nats-Msg-Id, which the
@@ -219,8 +243,8 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.mark_seconds = mark_seconds
-        #: Ids of rows handed over and published, not yet marked; since when (loop time).
-        self._unmarked: list[int] = []
+        #: msg_ids of rows handed over and published, not yet marked; since when (loop time).
+        self._unmarked: list[str] = []
         self._unmarked_since = 0.0
         #: UPDATEs that marked handed-over rows (tests see the marks grouped).
         self.marks = 0
@@ -228,7 +252,7 @@ class OutboxRelay:
         #: Whether the next round looks in the table (a wake, a poll, a hand-over that failed),
         #: or only publishes the rows handed over.
         self._scan = True
-        self._handed: list[tuple[int, OutboxRow]] = []
+        self._handed: list[OutboxRow] = []
         self._stopping = False
         self.published = 0
 
@@ -237,8 +261,8 @@ class OutboxRelay:
         self._scan = True
         self._wake.set()
 
-    def hand_over(self, rows: Sequence[tuple[int, OutboxRow]]) -> None:
-        """Publish these committed rows (id, row) without looking for them."""
+    def hand_over(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish these committed rows without looking for them."""
         if rows:
             self._handed.extend(rows)
             self._wake.set()
@@ -295,15 +319,15 @@ class OutboxRelay:
                 timer.cancel()
         self._wake.clear()
 
-    async def _publish_handed(self, handed: Sequence[tuple[int, OutboxRow]]) -> bool:
+    async def _publish_handed(self, handed: Sequence[OutboxRow]) -> bool:
         """Publish rows handed over (their marks wait for `_mark_published`); whether JetStream
         acked all of them."""
         if not self.bus.is_ready():
             return False
         acked = await self.bus.publish_batch(
-            [(row.subject, row.payload, row.msg_id, json.loads(row.headers)) for _, row in handed]
+            [(row.subject, row.payload, row.msg_id, json.loads(row.headers)) for row in handed]
         )
-        done = [row_id for (row_id, _), ok in zip(handed, acked, strict=True) if ok]
+        done = [row.msg_id for row, ok in zip(handed, acked, strict=True) if ok]
         if done:
             if not self._unmarked:
                 self._unmarked_since = asyncio.get_running_loop().time()
@@ -318,7 +342,7 @@ class OutboxRelay:
         ids, self._unmarked = self._unmarked, []
         try:
             await self.pool.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) AND published_at IS NULL", ids
+                "UPDATE outbox SET published_at = now() WHERE msg_id = ANY($1::text[]) AND published_at IS NULL", ids
             )
         except BaseException:
             self._unmarked = ids + self._unmarked

@@ -6,14 +6,18 @@ dry run on a whole batch writing nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from services.common import outbox
 from services.common.bus import STRIPE_STREAM, Bus
-from services.common.consumer import _literal_rows, _take_delivered_at_once
+from services.common.consumer import _claim_rows, _last_writes, _literal_rows, _take_delivered_at_once
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
@@ -191,3 +195,74 @@ async def test_claim_literals_hold_any_string_postgresql_can(settings: Settings)
         assert _literal_rows(conn, [("evt_\x00", "customer.updated", 1)]) is None
     finally:
         await conn.close()
+
+
+async def test_the_last_writes_sent_with_commit_hold_any_value_postgresql_can(settings: Settings) -> None:
+    """The outbox rows and skipped outcomes that go with the COMMIT as literals read back as
+    they were: odd text (quotes, backslashes, SQL fragments, a line separator) and every byte
+    value in a payload; a text PostgreSQL cannot hold leaves them to statements with parameters."""
+    odd = "it's \\x27'; DROP TABLE outbox;-- \u2028"
+    rows = [
+        outbox.OutboxRow(
+            subject=f"syncmesh.toy.{i}",
+            message_type=odd,
+            msg_id=f"{odd}{i}",
+            payload=bytes(range(256)) * i,
+            headers='{"traceparent": "' + odd.replace("\\", "\\\\") + '"}',
+        )
+        for i in range(3)
+    ]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE outbox (subject text, message_type text, msg_id text UNIQUE, payload bytea, "
+            "headers jsonb); CREATE TEMP TABLE processed_events (event_id text PRIMARY KEY, outcome text)"
+        )
+        await conn.execute("INSERT INTO pg_temp.processed_events VALUES ($1, 'applied')", odd)
+        sql = _last_writes(conn, rows, [(odd, f"skipped: {odd}")])
+        assert sql is not None
+        await conn.execute(sql)
+        back = await conn.fetch("SELECT subject, message_type, msg_id, payload, headers::text AS h FROM pg_temp.outbox")
+        assert sorted((r["subject"], r["message_type"], r["msg_id"], r["payload"]) for r in back) == [
+            (r.subject, r.message_type, r.msg_id, r.payload) for r in rows
+        ]
+        assert {r["h"] for r in back} == {(await conn.fetchval("SELECT $1::jsonb::text", rows[0].headers))}
+        assert await conn.fetchval("SELECT outcome FROM pg_temp.processed_events") == f"skipped: {odd}"
+        nul = dataclasses.replace(rows[0], msg_id="evt_\x00")
+        assert _last_writes(conn, [nul], []) is None
+        assert _last_writes(conn, rows, [("evt_\x00", "skipped")]) is None
+        assert _last_writes(conn, [], []) is None
+    finally:
+        await conn.close()
+
+
+async def test_events_arriving_within_the_linger_after_a_batch_share_the_next_one(bus: Bus, settings: Settings) -> None:
+    """After a partial batch the next fetch waits `fetch_linger_seconds`: events published during
+    that wait are applied as one batch, not one transaction each."""
+    toy_service.batches_written.clear()
+    rt = await _start(dataclasses.replace(settings, fetch_linger_seconds=3.0))
+    try:
+        await publish(bus, customer_event("cus_linger_first"))
+        await eventually(lambda: _has_all(settings, {"cus_linger_first"}))
+        for i in range(5):
+            await publish(bus, customer_event(f"cus_linger{i}"))
+        await eventually(lambda: _has_all(settings, {f"cus_linger{i}" for i in range(5)}))
+        assert toy_service.batches_written == [1, 5]
+    finally:
+        await rt.stop()
+
+
+def test_an_event_resent_within_a_batch_is_claimed_under_its_first_sequence_in_any_order() -> None:
+    """The claim's rows are one per event id, sorted by id, and an event that came twice in one
+    batch is recorded under its earlier stream sequence whichever copy the batch holds first."""
+
+    def delivery(event_id: str, sequence: int | None) -> SimpleNamespace:
+        meta = SimpleNamespace(sequence=SimpleNamespace(stream=sequence)) if sequence is not None else None
+        return SimpleNamespace(
+            event=SimpleNamespace(id=event_id, type="customer.updated"),
+            received=SimpleNamespace(msg=SimpleNamespace(metadata=meta)),
+        )
+
+    work = [delivery("evt_b", 7), delivery("evt_a", 9), delivery("evt_b", 3), delivery("evt_a", None)]
+    for order in itertools.permutations(work):
+        assert _claim_rows(order) == [("evt_a", "customer.updated", 9), ("evt_b", "customer.updated", 3)]  # type: ignore[arg-type]

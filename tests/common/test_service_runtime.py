@@ -283,13 +283,13 @@ async def test_the_relay_publishes_rows_handed_over_without_looking_for_them(run
             async with runtime.pool.acquire() as conn, conn.transaction():
                 written += await outbox.insert_rows_returning(conn, [row])
             relay.hand_over(written[-1:])
-        assert [row.msg_id for _, row in written] == [row.msg_id for row in rows]
+        assert [row.msg_id for row in written] == [row.msg_id for row in rows]
 
         async def published() -> bool:
             return bool(
                 await runtime.pool.fetchval(
-                    "SELECT bool_and(published_at IS NOT NULL) FROM outbox WHERE id = ANY($1::bigint[])",
-                    [row_id for row_id, _ in written],
+                    "SELECT bool_and(published_at IS NOT NULL) FROM outbox WHERE msg_id = ANY($1::text[])",
+                    [row.msg_id for row in written],
                 )
             )
 
