@@ -1,0 +1,137 @@
+"""`serve` as two processes: one consumes, one answers gRPC (`SYNCMESH_GRPC_QUERY_PROCESS`).
+
+Why: a point read waited behind ingest in a process that does both. grpc.aio takes each new call
+from its completion queue on a turn of the event loop (one `request_call` outstanding at a time),
+so while the loop works through a consumer batch, calls wait inside grpc before any interceptor
+sees them; and the kernel shares the process's CPU between ingest and reads. Measured with a
+scratch harness in one window (bench/results/HISTORY.md, 2026-12-07 23:xx): GetCustomer /
+GetInvoice at 500/s under 200 webhooks/s answered by a process that only serves gRPC had a p99
+about a third of the same reads answered by the consuming process; a separate pool for reads
+inside the consuming process changed nothing.
+
+How: `serve` forks before any event loop or thread exists (the service's modules imported,
+logging set up, nothing connected). The child is the query process: a ServiceRuntime that serves
+the whole gRPC API, health, reflection, authentication and audit on the service's port, with a
+pool and a NATS connection of its own (its health means what it always meant: its database and
+NATS answer), and no consumer. The parent consumes (consumer, outbox relay, metrics) and serves no
+gRPC. A read-only replica of the API is what CQRS would deploy separately; here one `syncmesh
+serve` still runs one service, so nothing around it (Kubernetes, `syncmesh up`, the bench) changes.
+
+Life cycle: SIGTERM or SIGINT to the parent is passed on to the query process, and the parent
+returns once both have stopped in order. A query process that ends on its own stops the parent
+too (exit code 1, or the child's), so an orchestrator restarts the whole; a parent that is gone
+(SIGKILLed) is noticed by the query process's health watcher within a second, and it stops.
+Audit records the query process stores are announced by the consuming process's outbox relay on
+its poll (every few seconds), not at once: the relay to wake lives in the other process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from services.common.errors import SettingsError
+from services.common.service import ServiceDefinition, ServiceRuntime, run_until_signalled
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How much lower the consuming process's CPU priority is than the query process's (nice(2)
+#: increment; 10 weighs ~9:1 under the kernel's fair scheduler). When the CPU is short, a read
+#: waiting for it goes first and ingest waits, which JetStream absorbs: the events stay in the
+#: stream until the consumer gets to them. Measured on the 2-core bench machine in one window
+#: (bench/results/HISTORY.md, 2026-12-07 23:xx): the query process alone left reads queueing
+#: behind every other runnable process; with the consuming process at +10 the p99 at 500 reads/s
+#: fell by about two thirds. Within a Kubernetes pod it ranks only the pod's own two processes.
+CONSUMER_NICENESS = 10
+
+#: How long the parent waits for the query process after passing a stop on, beyond its gRPC grace.
+STOP_MARGIN_SECONDS = 10.0
+
+
+def serve_split(definition: ServiceDefinition, settings: Settings, port: int | None) -> int:
+    """Run `definition` as a consuming process (this one) and a query process (forked); the exit code."""
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's own exit code is what tests see
+        os._exit(_query_process(definition, settings, port, parent))
+    os.nice(CONSUMER_NICENESS)
+    runtime = ServiceRuntime(definition, settings, port=port, serves_grpc=False)
+    code = asyncio.run(_consume(runtime, child))
+    if runtime.failure is not None:
+        print(f"{definition.name}: cannot start: {runtime.failure}", file=sys.stderr)
+    return code
+
+
+def _query_process(definition: ServiceDefinition, settings: Settings, port: int | None, parent: int) -> int:
+    code = 1
+    try:
+        runtime = ServiceRuntime(definition, settings, port=port, consumes=False, parent_pid=parent)
+        code = asyncio.run(run_until_signalled(runtime.start, runtime.stop, runtime.failed))
+        if runtime.failure is not None:
+            print(f"{definition.name} (query process): cannot start: {runtime.failure}", file=sys.stderr)
+    except SettingsError as exc:  # e.g. the port is in use: one line, as `main_for` prints it
+        print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        log.exception("%s query process failed", definition.name)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return code
+
+
+async def _consume(runtime: ServiceRuntime, child: int) -> int:
+    """The parent's life: run_until_signalled over the consuming runtime, also ended by the query
+    process's end; the child's exit code when it ended first with one."""
+    ended = asyncio.ensure_future(asyncio.to_thread(_exit_code, child))
+    failed = asyncio.Event()
+    ended.add_done_callback(lambda _: failed.set())
+
+    async def watch_failure() -> None:
+        await runtime.failed.wait()
+        failed.set()
+
+    watcher = asyncio.ensure_future(watch_failure())
+
+    async def stop() -> None:
+        if not ended.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        await runtime.stop()
+        grace = min(runtime.settings.shutdown_grace_seconds, 5.0) + STOP_MARGIN_SECONDS
+        try:
+            await asyncio.wait_for(asyncio.shield(ended), grace)
+        except TimeoutError:
+            log.error("%s query process did not stop in %.0f s: killed", runtime.definition.name, grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+            await ended
+
+    try:
+        code = await run_until_signalled(runtime.start, stop, failed)
+    except BaseException:
+        if not ended.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+            await ended
+        raise
+    finally:
+        watcher.cancel()
+    if ended.done() and runtime.failure is None and code != 0:
+        child_code = ended.result()
+        log.error("%s query process ended with exit code %d: stopping", runtime.definition.name, child_code)
+        return child_code if child_code > 0 else 1
+    return code
+
+
+def _exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
