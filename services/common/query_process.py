@@ -4,10 +4,11 @@ Why: a point read waited behind ingest in a process that does both. grpc.aio tak
 from its completion queue on a turn of the event loop (one `request_call` outstanding at a time),
 so while the loop works through a consumer batch, calls wait inside grpc before any interceptor
 sees them; and the kernel shares the process's CPU between ingest and reads. Measured with a
-scratch harness in one window (bench/results/HISTORY.md, 2026-12-07 23:xx): GetCustomer /
-GetInvoice at 500/s under 200 webhooks/s answered by a process that only serves gRPC had a p99
-about a third of the same reads answered by the consuming process; a separate pool for reads
-inside the consuming process changed nothing.
+scratch harness (bench/results/HISTORY.md, 2026-12-07 22:51-23:06, a machine other work kept
+saturated): nearly all of a slow read's time passed before the interceptor saw it (the servicer
+itself took 2-5 ms at p50); a process that only served gRPC, beside the consuming one, answered
+the same reads with about a third of the p99 in one window and a quarter less in another; a
+separate pool for reads inside the consuming process changed nothing.
 
 How: `serve` forks before any event loop or thread exists (the service's modules imported,
 logging set up, nothing connected). The child is the query process: a ServiceRuntime that serves
@@ -43,10 +44,11 @@ log = logging.getLogger(__name__)
 #: How much lower the consuming process's CPU priority is than the query process's (nice(2)
 #: increment; 10 weighs ~9:1 under the kernel's fair scheduler). When the CPU is short, a read
 #: waiting for it goes first and ingest waits, which JetStream absorbs: the events stay in the
-#: stream until the consumer gets to them. Measured on the 2-core bench machine in one window
-#: (bench/results/HISTORY.md, 2026-12-07 23:xx): the query process alone left reads queueing
-#: behind every other runnable process; with the consuming process at +10 the p99 at 500 reads/s
-#: fell by about two thirds. Within a Kubernetes pod it ranks only the pod's own two processes.
+#: stream until the consumer gets to them. Measured on the 2-core bench machine, interleaved in
+#: one window (bench/results/HISTORY.md, 2026-12-07 23:04-23:06, the machine saturated by other
+#: work): at 500 reads/s under 200 webhooks/s, p99 262-1,278 ms with the consuming process at +10
+#: against 1,070-3,283 ms without, p50 13-218 against 65-997 ms (4 runs each). Within a Kubernetes
+#: pod it ranks only the pod's own two processes.
 CONSUMER_NICENESS = 10
 
 #: How long the parent waits for the query process after passing a stop on, beyond its gRPC grace.
