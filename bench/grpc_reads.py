@@ -23,7 +23,7 @@ import time
 
 from bench.events import workload
 from bench.loadgen import OpenLoop, count_for, due_times, signed
-from bench.read_load import ReadLoad, Reads
+from bench.read_load import READ_TIMEOUT_SECONDS, ReadLoad, Reads
 from bench.readers import readers
 from bench.stats import Figure, fmt, percentile
 from bench.suite import Suite
@@ -113,6 +113,14 @@ async def run(suite: Suite) -> None:
                 suite.record(answered, len(reads.answered) / max(reads.seconds, 1e-9))
                 suite.record(shed, len(reads.shed))
                 suite.record(unanswered, reads.count - len(reads.answered) - len(reads.shed))
+                scheduled = count_for(FLOOD_RATE, flood_seconds)
+                if reads.count < scheduled:  # the readers were starved: the flood measured them too
+                    suite.note(
+                        TITLE,
+                        f"run {run_no + 1}: only {reads.count:,} of the flood's {scheduled:,} reads had an outcome "
+                        f"{READ_TIMEOUT_SECONDS + 2:.0f} s after the last was due; the others were still inside the "
+                        "starved reader processes, counted nowhere",
+                    )
                 _record_if_any(suite, shed_p99, reads.shed_sent)
                 _record_if_any(suite, answered_p99, reads.answered_sent)
                 answered.notes.append(

@@ -22,8 +22,10 @@ Life cycle: SIGTERM or SIGINT to the parent is passed on to the query process, a
 returns once both have stopped in order. A query process that ends on its own stops the parent
 too (exit code 1, or the child's), so an orchestrator restarts the whole; a parent that is gone
 (SIGKILLed) is noticed by the query process's health watcher within a second, and it stops.
-Audit records the query process stores are announced by the consuming process's outbox relay on
-its poll (every few seconds), not at once: the relay to wake lives in the other process.
+The domain events that gRPC calls commit in the query process (audit records, settings changes,
+imports) are announced by the consuming process's outbox relay on its poll (every few seconds),
+not at once: the relay to wake lives in the other process. Background tasks of a service
+(`ServiceDefinition.background`) run in the consuming process.
 """
 
 from __future__ import annotations
