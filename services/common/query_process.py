@@ -36,9 +36,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from services.common.errors import SettingsError
-from services.common.service import ServiceDefinition, ServiceRuntime, run_until_signalled
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,34 +58,55 @@ CONSUMER_NICENESS = 10
 STOP_MARGIN_SECONDS = 10.0
 
 
-def serve_split(definition: ServiceDefinition, settings: Settings, port: int | None) -> int:
-    """Run `definition` as a consuming process (this one) and a query process (forked); the exit code."""
+class Runtime(Protocol):
+    """What this module needs of a services.common.service.ServiceRuntime (which builds on it, so
+    it is not imported here)."""
+
+    failed: asyncio.Event
+    failure: str | None
+    settings: Settings
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: services.common.service.run_until_signalled: start, wait for a signal or a failure, stop.
+Run = Callable[
+    [Callable[[], Coroutine[Any, Any, None]], Callable[[], Coroutine[Any, Any, None]], asyncio.Event | None],
+    Coroutine[Any, Any, int],
+]
+
+
+def serve_split(name: str, query: Callable[[int], Runtime], consuming: Callable[[], Runtime], run: Run) -> int:
+    """Run service `name` as a consuming process (this one: `consuming()`) and a query process
+    (forked: `query(parent pid)`), each through `run`; the exit code."""
     parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child's own exit code is what tests see
-        os._exit(_query_process(definition, settings, port, parent))
+        os._exit(_query_process(name, query, parent, run))
     os.nice(CONSUMER_NICENESS)
-    runtime = ServiceRuntime(definition, settings, port=port, serves_grpc=False)
-    code = asyncio.run(_consume(runtime, child))
+    runtime = consuming()
+    code = asyncio.run(_consume(name, runtime, child, run))
     if runtime.failure is not None:
-        print(f"{definition.name}: cannot start: {runtime.failure}", file=sys.stderr)
+        print(f"{name}: cannot start: {runtime.failure}", file=sys.stderr)
     return code
 
 
-def _query_process(definition: ServiceDefinition, settings: Settings, port: int | None, parent: int) -> int:
+def _query_process(name: str, query: Callable[[int], Runtime], parent: int, run: Run) -> int:
     code = 1
     try:
-        runtime = ServiceRuntime(definition, settings, port=port, consumes=False, parent_pid=parent)
-        code = asyncio.run(run_until_signalled(runtime.start, runtime.stop, runtime.failed))
+        runtime = query(parent)
+        code = asyncio.run(run(runtime.start, runtime.stop, runtime.failed))
         if runtime.failure is not None:
-            print(f"{definition.name} (query process): cannot start: {runtime.failure}", file=sys.stderr)
+            print(f"{name} (query process): cannot start: {runtime.failure}", file=sys.stderr)
     except SettingsError as exc:  # e.g. the port is in use: one line, as `main_for` prints it
-        print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130
     except BaseException:
-        log.exception("%s query process failed", definition.name)
+        log.exception("%s query process failed", name)
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
@@ -92,7 +114,7 @@ def _query_process(definition: ServiceDefinition, settings: Settings, port: int 
     return code
 
 
-async def _consume(runtime: ServiceRuntime, child: int) -> int:
+async def _consume(name: str, runtime: Runtime, child: int, run: Run) -> int:
     """The parent's life: run_until_signalled over the consuming runtime, also ended by the query
     process's end; the child's exit code when it ended first with one."""
     ended = asyncio.ensure_future(asyncio.to_thread(_exit_code, child))
@@ -114,13 +136,13 @@ async def _consume(runtime: ServiceRuntime, child: int) -> int:
         try:
             await asyncio.wait_for(asyncio.shield(ended), grace)
         except TimeoutError:
-            log.error("%s query process did not stop in %.0f s: killed", runtime.definition.name, grace)
+            log.error("%s query process did not stop in %.0f s: killed", name, grace)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
             await ended
 
     try:
-        code = await run_until_signalled(runtime.start, stop, failed)
+        code = await run(runtime.start, stop, failed)
     except BaseException:
         if not ended.done():
             with contextlib.suppress(ProcessLookupError):
@@ -131,7 +153,7 @@ async def _consume(runtime: ServiceRuntime, child: int) -> int:
         watcher.cancel()
     if ended.done() and runtime.failure is None and code != 0:
         child_code = ended.result()
-        log.error("%s query process ended with exit code %d: stopping", runtime.definition.name, child_code)
+        log.error("%s query process ended with exit code %d: stopping", name, child_code)
         return child_code if child_code > 0 else 1
     return code
 

@@ -38,7 +38,7 @@ import asyncpg
 import grpc
 import stripe
 
-from services.common import db
+from services.common import db, query_process
 from services.common.audit import AuditTrail
 from services.common.auth import Policy, authenticator_for
 from services.common.bus import Bus
@@ -469,9 +469,12 @@ def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None
     tune_gc()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     if settings.grpc_query_process and (definition.port(settings) if port is None else port) != 0:
-        from services.common.query_process import serve_split  # it builds on this module
-
-        return serve_split(definition, settings, port)
+        return query_process.serve_split(
+            definition.name,
+            query=lambda parent: ServiceRuntime(definition, settings, port=port, consumes=False, parent_pid=parent),
+            consuming=lambda: ServiceRuntime(definition, settings, port=port, serves_grpc=False),
+            run=run_until_signalled,
+        )
     runtime = ServiceRuntime(definition, settings, port=port)
     code = asyncio.run(run_until_signalled(runtime.start, runtime.stop, runtime.failed))
     if runtime.failure is not None:
