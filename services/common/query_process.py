@@ -18,7 +18,8 @@ the whole gRPC API, health, reflection, authentication and audit on the service'
 pool and a NATS connection of its own (its health means what it always meant: its database and
 NATS answer), and no consumer. The parent consumes (consumer, outbox relay, metrics) and serves no
 gRPC. A read-only replica of the API is what CQRS would deploy separately; here one `syncmesh
-serve` still runs one service, so nothing around it (Kubernetes, `syncmesh up`, the bench) changes.
+serve` still runs one service on one port, so a Deployment runs it as before (two processes in the
+container). `syncmesh up`, which runs every runtime in its own process, does not split them.
 
 Life cycle: SIGTERM or SIGINT to the parent is passed on to the query process, and the parent
 returns once both have stopped in order. A query process that ends on its own stops the parent
