@@ -164,6 +164,10 @@ class ReadLoad:
             merged.merge(pipe.recv())
         return merged
 
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs if proc.pid is not None]
+
     def close(self) -> None:
         for pipe in self._pipes:
             with contextlib.suppress(BrokenPipeError, OSError):

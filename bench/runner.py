@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record each service's first drain and each process at 500/s with py-spy; hotspots go in the report",
     )
+    parser.add_argument(
+        "--grpc-query-process",
+        action="store_true",
+        help="the services answer gRPC from a query process of their own (SYNCMESH_GRPC_QUERY_PROCESS)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder of the markdown report")
     return parser
 
@@ -119,6 +124,7 @@ async def suite_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         replay_service=args.replay_service,
         keep=args.keep,
         profile=args.profile,
+        grpc_query_process=args.grpc_query_process,
     )
     if args.profile:
         py_spy()  # before anything starts: a missing py-spy says what to do and stops here

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bench.env import BenchEnv, MeshProcess, available_services
-from bench.procs import TICK, cpu_jiffies, tree_jiffies
+from bench.procs import TICK, cpu_jiffies, descendants, tree_jiffies
 from bench.report import Report, Section, cpu_between, sample_cpu
 from bench.stats import Figure, Target, fmt
 
@@ -41,6 +41,9 @@ class Config:
     keep: bool = False
     #: Record processes with py-spy while measured (bench/profile.py).
     profile: bool = False
+    #: The mesh's services answer gRPC from a query process of their own (--grpc-query-process:
+    #: SYNCMESH_GRPC_QUERY_PROCESS, services/common/query_process.py).
+    grpc_query_process: bool = False
 
     def pick(self, full: float, quick: float) -> float:
         return quick if self.quick else full
@@ -73,6 +76,8 @@ class Suite:
         self.started = time.monotonic()
         self._tags = (f"{a}{b}" for a, b in itertools.product(string.ascii_lowercase, string.digits + "abcdef"))
         self.mesh: Mesh | None = None
+        #: Load generator processes of their own (name -> pids), whose CPU each measurement reports.
+        self.generators: dict[str, list[int]] = {}
         self._services: dict[str, str] | None = None
         self._began = time.monotonic()
         self._allotment = float("inf")
@@ -168,7 +173,14 @@ class Suite:
 
     def process_cpu(self) -> dict[str, int]:
         """CPU jiffies of each process we run (by pid, so a restarted one is not compared)."""
-        out = {f"{p.name} (pid {p.pid})": cpu_jiffies(p.pid, children=False) for p in self.env.processes if p.alive}
+        # A process's descendants count as its own: a service's query process (--grpc-query-process).
+        out = {
+            f"{p.name} (pid {p.pid})": sum(cpu_jiffies(pid, children=False) for pid in [p.pid, *descendants(p.pid)])
+            for p in self.env.processes
+            if p.alive
+        }
+        for name, pids in self.generators.items():  # load generators of their own (gRPC readers)
+            out[name] = sum(cpu_jiffies(pid, children=False) for pid in pids)
         if self.env.nats.process is not None:
             out["nats-server"] = cpu_jiffies(self.env.nats.process.pid, children=False)
         if self.env.pg.process is not None:
@@ -220,8 +232,9 @@ class Suite:
         self.say(f"  starting the mesh: gateway + {', '.join(self.ready_services()) or 'no services'}")
         gateway = await self.env.start_gateway()
         services = {}
+        env = {"SYNCMESH_GRPC_QUERY_PROCESS": "true"} if self.config.grpc_query_process else None
         for name in self.ready_services():
-            services[name] = await self.env.start_service(name, database)
+            services[name] = await self.env.start_service(name, database, env=env)
         self.mesh = Mesh(gateway, services, database)
         return self.mesh
 

@@ -26,6 +26,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -37,7 +38,7 @@ import asyncpg
 import grpc
 import stripe
 
-from services.common import db
+from services.common import db, query_process
 from services.common.audit import AuditTrail
 from services.common.auth import Policy, authenticator_for
 from services.common.bus import Bus
@@ -135,14 +136,32 @@ class ServiceDefinition:
 
 
 class ServiceRuntime:
+    """One service's process. By default it does everything; `serve` with
+    SYNCMESH_GRPC_QUERY_PROCESS splits it in two (services.common.query_process): one that
+    consumes (`serves_grpc=False`) and one that answers gRPC (`consumes=False`), on the same
+    schema, each with its own pool and NATS connection."""
+
     def __init__(
-        self, definition: ServiceDefinition, settings: Settings, *, port: int | None = None, host: str = "[::]"
+        self,
+        definition: ServiceDefinition,
+        settings: Settings,
+        *,
+        port: int | None = None,
+        host: str = "[::]",
+        serves_grpc: bool = True,
+        consumes: bool = True,
+        parent_pid: int | None = None,
     ) -> None:
         #: Where gRPC and metrics listen: every interface in a container, 127.0.0.1 under `syncmesh up`.
         self.host = host
         self.definition = definition
         self.settings = definition.deployable.require(settings)
         self.port = definition.port(settings) if port is None else port
+        self.serves_grpc = serves_grpc
+        self.consumes = consumes
+        #: A query process stops once the process that started it is gone (SIGKILLed, say), so
+        #: it never outlives it holding the port.
+        self.parent_pid = parent_pid
         self.bus = Bus(settings, name=f"syncmesh-{definition.name}")
         self._pool: asyncpg.Pool | None = None
         self.grpc: GrpcServer | None = None
@@ -182,20 +201,23 @@ class ServiceRuntime:
 
     async def _start(self) -> None:
         setup_tracing(f"syncmesh-{self.definition.name}")
-        self.grpc = await start_grpc_server(
-            settings=self.settings,
-            port=self.port,
-            host=self.host,
-            service_name=self.definition.grpc_service_name,
-            register=lambda server: self.definition.register_grpc(server, self),
-            guard=authenticator_for(
-                self.settings, self.definition.grpc_policy, service=self.definition.grpc_service_name
-            ),
-            # Audited calls are stored in this service's schema and announced through its outbox.
-            audit=AuditTrail(self.definition.name, lambda: self.pool, self._wake_relay),
-        )
-        self.port = self.grpc.port
-        metrics_port = self.definition.deployable.metrics_port(self.settings)
+        if self.serves_grpc:
+            self.grpc = await start_grpc_server(
+                settings=self.settings,
+                port=self.port,
+                host=self.host,
+                service_name=self.definition.grpc_service_name,
+                register=lambda server: self.definition.register_grpc(server, self),
+                guard=authenticator_for(
+                    self.settings, self.definition.grpc_policy, service=self.definition.grpc_service_name
+                ),
+                # Audited calls are stored in this service's schema and announced through its outbox.
+                audit=AuditTrail(self.definition.name, lambda: self.pool, self._wake_relay),
+            )
+            self.port = self.grpc.port
+        # The metrics (consumer, outbox, pool) belong to the process that consumes; a query process
+        # has none of them, and would collide on the port.
+        metrics_port = self.definition.deployable.metrics_port(self.settings) if self.consumes else None
         if metrics_port is not None:
             try:
                 metrics_host = "0.0.0.0" if self.host == "[::]" else self.host
@@ -267,6 +289,9 @@ class ServiceRuntime:
                 log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.database_retry_max_seconds)
+        if not self.consumes:  # a query process: its pool and health, no consumer nor relay
+            self._tasks.append(asyncio.create_task(self._watch_health(), name=f"{self.definition.name}-health"))
+            return
         self.relay = OutboxRelay(self._pool, self.bus)
         self.consumer = Consumer(
             service=self.definition.name,
@@ -330,7 +355,7 @@ class ServiceRuntime:
         """SERVING while NATS and PostgreSQL both answer. PostgreSQL is asked every
         `HEALTH_PING_SECONDS` while serving, at once when a pooled connection was lost, and every
         `HEALTH_CHECK_SECONDS` while not serving (see there)."""
-        assert self.grpc is not None and self._pool is not None
+        assert self._pool is not None
         loop = asyncio.get_running_loop()
         ready, pinged_at, connections = False, -math.inf, 0
         while True:
@@ -343,9 +368,13 @@ class ServiceRuntime:
             ):
                 ready = await db.ping(self._pool)
                 pinged_at, connections = loop.time(), self._pool.get_size()
-            await self.grpc.set_serving(ready)
+            if self.grpc is not None:
+                await self.grpc.set_serving(ready)
             if ready:
                 self._ready.set()
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.warning("the process that started this query process is gone: stopping")
+                os.kill(os.getpid(), signal.SIGTERM)  # the signal handler stops it in order
             await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
     async def stop(self) -> None:
@@ -439,6 +468,13 @@ def serve(definition: ServiceDefinition, settings: Settings, *, port: int | None
     setup_logging(settings.log_level, service=definition.name)
     tune_gc()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+    if settings.grpc_query_process and (definition.port(settings) if port is None else port) != 0:
+        return query_process.serve_split(
+            definition.name,
+            query=lambda parent: ServiceRuntime(definition, settings, port=port, consumes=False, parent_pid=parent),
+            consuming=lambda: ServiceRuntime(definition, settings, port=port, serves_grpc=False),
+            run=run_until_signalled,
+        )
     runtime = ServiceRuntime(definition, settings, port=port)
     code = asyncio.run(run_until_signalled(runtime.start, runtime.stop, runtime.failed))
     if runtime.failure is not None:

@@ -110,6 +110,9 @@ class Settings:
     gateway_max_in_flight: int = 128
     #: RPCs a service process runs at once (health excepted); past it: RESOURCE_EXHAUSTED at once.
     grpc_max_concurrent_rpcs: int = 256
+    #: `serve` answers gRPC from a query process of its own (services.common.query_process), apart
+    #: from the process that consumes: point reads no longer wait behind ingest (bench section 4).
+    grpc_query_process: bool = False
     #: Attempts before a message is dead-lettered.
     max_deliver: int = 5
     #: Bounds recovery after a consumer crash: an unacked message is redelivered after this.
@@ -406,6 +409,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
     if dry_run_raw not in ("true", "false", "1", "0", "yes", "no"):
         raise SettingsError(f"SYNCMESH_DRY_RUN={dry_run_raw!r} must be true or false")
 
+    query_process_raw = (_read(env, "SYNCMESH_GRPC_QUERY_PROCESS") or "false").lower()
+    if query_process_raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"SYNCMESH_GRPC_QUERY_PROCESS={query_process_raw!r} must be true or false")
+
     return Settings(
         nats_url=_url(env, "SYNCMESH_NATS_URL", ("nats", "tls"), listed=True),
         database_url=_database_url(env, "SYNCMESH_DATABASE_URL", "SYNCMESH_DATABASE_PASSWORD"),
@@ -445,6 +452,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
         shutdown_grace_seconds=_float(env, "SYNCMESH_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0, maximum=300),
         log_level=log_level,
         dry_run=dry_run_raw in ("true", "1", "yes"),
+        grpc_query_process=query_process_raw in ("true", "1", "yes"),
         grpc_tls_cert_file=_read(env, "SYNCMESH_GRPC_TLS_CERT_FILE"),
         grpc_tls_key_file=_read(env, "SYNCMESH_GRPC_TLS_KEY_FILE"),
         grpc_tls_client_ca_file=_read(env, "SYNCMESH_GRPC_TLS_CLIENT_CA_FILE"),
