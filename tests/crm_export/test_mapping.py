@@ -245,9 +245,11 @@ _SCALARS = (
 _KEYS = st.text() | st.sampled_from(["a", "B", "é", "\x7f", "_", "Z1"])
 _VALUES = st.recursive(
     _SCALARS,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.lists(inner, max_size=3).map(tuple)
-    | st.dictionaries(_KEYS | st.integers(0, 5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_KEYS | st.integers(0, 5), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
