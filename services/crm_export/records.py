@@ -152,8 +152,9 @@ _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjso
 
 #: Where orjson's and json's writing of a float may differ: an exponent (`1e-05` / `1e-5`,
 #: `1e+16` / `1e16`), or a number below 1e-4 that json writes with an exponent and orjson in full
-#: (`0.00001`). Also found inside strings, which only costs those a slower hash.
-_FLOAT_MAY_DIFFER = re.compile(rb"[0-9][eE]|0\.0000")
+#: (`0.00001`). A number starts the output or follows `:`, `,` or `[` (no spaces are written);
+#: the same inside a string (rare: ids such as `in_1Pe3` are not) only costs it a slower hash.
+_FLOAT_MAY_DIFFER = re.compile(rb"(?:^|[:,\[])-?(?:[0-9]+(?:\.[0-9]+)?[eE]|0\.0000)")
 
 
 def _same_as_json(encoded: bytes) -> bool:
