@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any
-
-import orjson
 
 
 @dataclass(frozen=True)
@@ -128,39 +125,7 @@ class InvoicePayment:
 
 
 def content_hash(data: object) -> str:
-    """sha256 of `data` as `json.dumps(data, sort_keys=True, separators=(",", ":"))` writes it.
-
-    Those bytes are what stored hashes were made of, so they may not change; orjson writes the same
-    bytes in a fraction of the time (the standard library's encoder was 7-8 % of the service's CPU
-    per event drained), except where the two are known to differ, which `_same_as_json` detects
-    and hands back to the standard library: a non-ASCII character or DEL (orjson writes them as
-    they are, json escapes them), a float whose shortest form the two write differently (an
-    exponent, or a tiny number orjson writes out in full), a key that is not a string or an
-    integer beyond 64 bits (orjson refuses both). A value json refuses (a datetime, a dataclass
-    `plain` left) orjson refuses too.
-    """
-    try:
-        encoded = orjson.dumps(data, option=_ORJSON_OPTIONS)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        encoded = None
-    if encoded is None or not _same_as_json(encoded):
-        encoded = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(encoded).hexdigest()
-
-
-_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-
-#: Where orjson's and json's writing of a float may differ: an exponent (`1e-05` / `1e-5`,
-#: `1e+16` / `1e16`), or a number below 1e-4 that json writes with an exponent and orjson in full
-#: (`0.00001`). A number starts the output or follows `:`, `,` or `[` (no spaces are written);
-#: the same inside a string (rare: ids such as `in_1Pe3` are not) only costs it a slower hash.
-_FLOAT_MAY_DIFFER = re.compile(rb"(?:^|[:,\[])-?(?:[0-9]+(?:\.[0-9]+)?[eE]|0\.0000)")
-
-
-def _same_as_json(encoded: bytes) -> bool:
-    """Whether orjson's bytes are json's: ASCII without DEL (json escapes everything else), no float
-    written differently. Keys sort alike then: ASCII strings order the same by code point and by byte."""
-    return encoded.isascii() and b"\x7f" not in encoded and _FLOAT_MAY_DIFFER.search(encoded) is None
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def plain(value: Any) -> Any:

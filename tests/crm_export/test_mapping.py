@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from services.common.errors import ValidationError
 from services.common.events import api_shape
@@ -226,44 +221,3 @@ def test_content_hashes_are_those_of_dataclasses_asdict() -> None:
     contract = records[2]
     assert isinstance(contract, Contract) and contract.lines
     assert isinstance(plain(contract)["lines"][0], dict)
-
-
-def _json_hash(data: Any) -> str:
-    """The hash stored rows were made with: the standard library's bytes."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.sampled_from([1e-05, 1.5e-07, 1e16, 1e15, 123456789012345678.0, 0.0001, -0.0, 25.5])
-    | st.text()
-    | st.sampled_from(["Zoë", "\x7f", "\x00\x1f\n\t", "\ud800", "1e5", "\u2028", "😀"])
-)
-_KEYS = st.text() | st.sampled_from(["a", "B", "é", "\x7f", "_", "Z1"])
-_VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.lists(inner, max_size=3).map(tuple)
-        | st.dictionaries(_KEYS | st.integers(0, 5), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-@given(_VALUES)
-def test_content_hash_hashes_the_bytes_json_dumps_writes(data: Any) -> None:
-    """Whatever writes the bytes, they are the standard library's: a stored hash compares as
-    before for any value a record or a Stripe object can hold (unicode, DEL, control characters,
-    lone surrogates, floats of every size, integers beyond 64 bits, non-string keys); what json
-    refuses (keys of mixed types it cannot sort) is refused alike."""
-    try:
-        expected = _json_hash(data)
-    except TypeError:
-        with pytest.raises(TypeError):
-            content_hash(data)
-        return
-    assert content_hash(data) == expected
