@@ -25,6 +25,8 @@ from datetime import date, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
+import orjson
+
 from services.billing.revenue import RevenueEntry, allocate, revenue_schedule
 from services.billing.settings import BillingSettings
 from services.billing.statuses import STRIPE_STATUS_RANK
@@ -530,6 +532,34 @@ def map_lines(
         )
     # `dataclasses.replace` re-reads every field through Python: twice the cost of this.
     return ErpInvoice(**{**vars(header), "lines": tuple(mapped_lines), "unmapped_price_ids": tuple(sorted(unmapped))})
+
+
+def lines_inputs(header: ErpInvoice, obj: Json, raw_lines: Sequence[Json]) -> bytes | None:
+    """Everything `map_lines` maps an invoice's lines from, but the batch's item map and the
+    billing policy, and what their fingerprint covers besides (`lines_fingerprint`): two snapshots
+    of one invoice with the same inputs, in one batch, get the same lines. As JSON bytes, so a
+    1 is not taken for a 1.0 or a true, as comparing the dicts would; None (never the same as
+    anything) for what orjson cannot write (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(
+            [
+                header.transaction_date.toordinal(),
+                header.discount_total,
+                header.lines_complete,
+                header.currency,
+                obj.get("discounts"),
+                obj.get("discount"),
+                obj.get("total_discount_amounts"),
+                raw_lines,
+            ]
+        )
+    except TypeError:  # orjson.JSONEncodeError
+        return None
+
+
+def with_lines(header: ErpInvoice, mapped: ErpInvoice) -> ErpInvoice:
+    """`header` with the lines (and the prices without an item) `map_lines` gave `mapped`."""
+    return ErpInvoice(**{**vars(header), "lines": mapped.lines, "unmapped_price_ids": mapped.unmapped_price_ids})
 
 
 def lines_fingerprint(inv: ErpInvoice) -> str:

@@ -76,6 +76,9 @@ def fold_snapshots(stored: StoredSnapshot | None, snapshots: Sequence[Candidate]
     header: tuple[ErpInvoice, InvoiceVersion] | None = None
     lines: ErpInvoice | None = None
     steps = []
+    #: The last lines fingerprinted and their fingerprint: a snapshot given the very same lines
+    #: (`invoices.Snapshot.mapped`) with the same completeness and currency has the same one.
+    last: tuple[ErpInvoice, str] | None = None
     for snap in snapshots:
         inv, v = snap.header, snap.version
         exists = version is not None
@@ -84,7 +87,13 @@ def fold_snapshots(stored: StoredSnapshot | None, snapshots: Sequence[Candidate]
             not applied and inv.lines_complete and not complete
         )
         mapped = snap.mapped() if wanted else None
-        fingerprint = lines_fingerprint(mapped) if mapped is not None else None
+        fingerprint = None
+        if mapped is not None:
+            if last is not None and _same_fingerprint(last[0], mapped):
+                fingerprint = last[1]
+            else:
+                fingerprint = lines_fingerprint(mapped)
+                last = (mapped, fingerprint)
         replaced = mapped is not None and (not exists or lines_hash != fingerprint)
         steps.append(SnapshotStep(applied, replaced, created=not exists))
         if applied:
@@ -94,3 +103,9 @@ def fold_snapshots(stored: StoredSnapshot | None, snapshots: Sequence[Candidate]
         if replaced:
             lines, lines_hash = mapped, fingerprint
     return SnapshotFold(header, lines, complete, lines_hash, tuple(steps))
+
+
+def _same_fingerprint(a: ErpInvoice, b: ErpInvoice) -> bool:
+    """Whether `lines_fingerprint` must give `b` what it gave `a`: what it hashes is the same (the
+    lines compared by identity, which is cheap and never wrongly true)."""
+    return a.lines is b.lines and a.lines_complete == b.lines_complete and a.currency == b.currency

