@@ -403,10 +403,7 @@ class BatchRunner:
                             written = list(outgoing)
                         else:
                             written = await outbox.insert_rows_returning(conn, outgoing)
-                            if skipped:
-                                await conn.executemany(
-                                    "UPDATE processed_events SET outcome = $2 WHERE event_id = $1", skipped
-                                )
+                            await _record_skipped(conn, skipped)
                         if self.dry_run:
                             log.info(
                                 "dry run: %d events would write their records and emit %s; rolled back",
@@ -879,6 +876,18 @@ def _literal_rows(conn: Conn, rows: Sequence[tuple[str, str, int | None]]) -> st
             return None
         out.append(f"({quoted_id}, {quoted_type}, {'NULL' if sequence is None else int(sequence)})")
     return ", ".join(out)
+
+
+async def _record_skipped(conn: Conn, skipped: Sequence[tuple[str, str]]) -> None:
+    """The outcomes of skipped events (id, outcome), with one statement for all of them, where
+    they cannot go with the COMMIT (`_last_writes`)."""
+    if skipped:
+        await conn.execute(
+            "UPDATE processed_events p SET outcome = s.outcome FROM unnest($1::text[], $2::text[]) "
+            "AS s(event_id, outcome) WHERE p.event_id = s.event_id",
+            [event_id for event_id, _ in skipped],
+            [outcome for _, outcome in skipped],
+        )
 
 
 def _last_writes(conn: Conn, rows: Sequence[outbox.OutboxRow], skipped: Sequence[tuple[str, str]]) -> str | None:

@@ -17,7 +17,13 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.common import outbox
 from services.common.bus import STRIPE_STREAM, Bus
-from services.common.consumer import _claim_rows, _last_writes, _literal_rows, _take_delivered_at_once
+from services.common.consumer import (
+    _claim_rows,
+    _last_writes,
+    _literal_rows,
+    _record_skipped,
+    _take_delivered_at_once,
+)
 from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
@@ -228,6 +234,8 @@ async def test_the_last_writes_sent_with_commit_hold_any_value_postgresql_can(se
         ]
         assert {r["h"] for r in back} == {(await conn.fetchval("SELECT $1::jsonb::text", rows[0].headers))}
         assert await conn.fetchval("SELECT outcome FROM pg_temp.processed_events") == f"skipped: {odd}"
+        await _record_skipped(conn, [(odd, "skipped: by parameters"), ("evt_absent", "skipped: no row")])
+        assert await conn.fetchval("SELECT outcome FROM pg_temp.processed_events") == "skipped: by parameters"
         nul = dataclasses.replace(rows[0], msg_id="evt_\x00")
         assert _last_writes(conn, [nul], []) is None
         assert _last_writes(conn, rows, [("evt_\x00", "skipped")]) is None
