@@ -7,9 +7,12 @@ generator got round to sending it, so a stalled server or a stalled generator bo
 latency. How late the generator itself was (`send_lag`) is recorded too, so a figure limited by
 the generator rather than the gateway can be told apart.
 
-Answers other than 2xx are retried the way Stripe does (exponential backoff, re-signed, a few
-times), with the delays compressed from hours to fractions of a second; retries are counted
-separately and never mixed into the first-attempt latency.
+Answers other than 2xx are retried the way Stripe does, re-signed each time: by default a few
+quick fixed delays (sections that never expect a refusal), and where the gateway is pushed past
+saturation `StripeRetries`, Stripe's exponential backoff with jitter compressed from 3 days into
+a span that reaches past the overload (bench/README.md, "Retries"). Retries are counted
+separately and never mixed into the first-attempt latency. `Retry-After` is ignored, as Stripe
+ignores it.
 
 One Python process can drive about as many requests per second as one core allows; for higher
 rates `run_processes` splits the schedule across several processes (process k sends requests
@@ -22,6 +25,7 @@ import asyncio
 import math
 import multiprocessing
 import multiprocessing.connection
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +35,74 @@ import aiohttp
 from bench.events import BENCH_SECRET, BenchEvent, sign, workload
 from bench.stats import percentile
 
-#: Compressed Stripe retry schedule: Stripe waits minutes to hours; a benchmark cannot.
+#: Quick fixed retries for sections that do not push the gateway past its shedding limit (a
+#: refusal there is a fault to see, not load to spread); past saturation use `StripeRetries`.
 RETRY_DELAYS = (0.2, 0.5, 1.0)
+
+#: Stripe's retry span in live mode: "up to three days, with an exponential back off".
+STRIPE_RETRY_SPAN_SECONDS = 3 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class StripeRetries:
+    """Stripe's retries, compressed: exponential backoff with jitter over `span` seconds.
+
+    Stripe retries a refused event for up to 3 days with exponential backoff and does not publish
+    the intervals (nor honour Retry-After). A benchmark cannot wait 3 days, so the whole schedule is
+    scaled into `span`: `retries` delays doubling from one to the next (1, 2, 4, ... units, summing
+    to `span`), each stretched or shrunk by up to `jitter` at random, so that events refused
+    together do not all come back in the same instant (a schedule without jitter keeps a burst
+    synchronised: it is refused again as a burst at every retry).
+
+    What must survive the compression is Stripe's reach: its retries outlast any overload a
+    webhook endpoint rides out, so an event it gives up on was lost by the endpoint, not by the
+    schedule. `reaching(past)` therefore builds the schedule whose last attempt always comes at
+    least `past` seconds after the first answer, jitter included: with `past` the length of the
+    offered overload, an event refused at its very start is still retried after it has ended.
+    """
+
+    span: float
+    retries: int = 4
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.span <= 0 or self.retries < 1 or not 0 <= self.jitter < 1:
+            raise ValueError("span must be positive, retries at least 1, jitter in [0, 1)")
+
+    @classmethod
+    def reaching(cls, past: float, *, retries: int = 4, jitter: float = 0.2) -> StripeRetries:
+        """The schedule whose shortest total (every delay at its lowest jitter) is `past` seconds."""
+        return cls(span=past / (1 - jitter), retries=retries, jitter=jitter)
+
+    @property
+    def unit(self) -> float:
+        """The first delay before jitter; each next one is twice the one before."""
+        return self.span / (2**self.retries - 1)
+
+    @property
+    def longest(self) -> float:
+        """The latest the last attempt can come after the first answer (every delay at its highest)."""
+        return self.span * (1 + self.jitter)
+
+    @property
+    def scale(self) -> float:
+        """How many real seconds of Stripe's schedule one second of this one stands for."""
+        return STRIPE_RETRY_SPAN_SECONDS / self.span
+
+    def delays(self, rng: random.Random) -> list[float]:
+        """One event's delays: before retry 1, 2, ..., each after the answer to the attempt before."""
+        return [self.unit * 2**k * rng.uniform(1 - self.jitter, 1 + self.jitter) for k in range(self.retries)]
+
+    def describe(self) -> str:
+        nominal = ", ".join(f"{self.unit * 2**k:.3g}" for k in range(self.retries))
+        return (
+            f"{self.retries} retries after {nominal} s (each +-{self.jitter:.0%} at random; "
+            f"the last {self.span * (1 - self.jitter):.0f}-{self.longest:.0f} s after the first answer; "
+            f"Stripe's 3 days compressed {self.scale:,.0f}x)"
+        )
+
+
+Retries = Sequence[float] | StripeRetries
 
 
 def due_times(count: int, rate: float, start: float = 0.0, *, offset: int = 0, step: int = 1) -> list[float]:
@@ -61,6 +131,8 @@ class Outcome:
     first_done: float = math.nan
     final_status: int = 0
     attempts: int = 0
+    #: When the last attempt was answered (the 2xx, or the refusal the sender gave up after).
+    last_done: float = math.nan
 
     @property
     def first_ok(self) -> bool:
@@ -108,6 +180,34 @@ class LoadResult:
     @property
     def undelivered(self) -> int:
         return self.count(lambda o: not o.delivered)
+
+    def undelivered_by_status(self) -> dict[int, int]:
+        """Events never delivered, by the answer to their last attempt (0: none, a timeout)."""
+        tally: dict[int, int] = {}
+        for o in self.outcomes:
+            if not o.delivered:
+                tally[o.final_status] = tally.get(o.final_status, 0) + 1
+        return tally
+
+    @property
+    def ok_rate_during_load(self) -> float:
+        """2xx answers per second, first attempts and retries alike, while requests were still
+        falling due (first to last due time): what the server delivered during the load itself."""
+        if not self.outcomes:
+            return math.nan
+        first, last = min(o.due for o in self.outcomes), max(o.due for o in self.outcomes)
+        if last <= first:
+            return math.nan
+        ok = sum(1 for o in self.outcomes if o.delivered and first <= o.last_done <= last)
+        return ok / (last - first)
+
+    @property
+    def last_delivery(self) -> float:
+        """Seconds from the first due time to the last 2xx, retries included (nan if none)."""
+        done = [o.last_done for o in self.outcomes if o.delivered and not math.isnan(o.last_done)]
+        if not done:
+            return math.nan
+        return max(done) - min(o.due for o in self.outcomes)
 
     @property
     def achieved_rate(self) -> float:
@@ -175,15 +275,18 @@ class OpenLoop:
         connections: int = 256,
         secret: str = BENCH_SECRET,
         timeout: float = 10.0,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
+        retry_delays: Retries = RETRY_DELAYS,
         on_answer: Callable[[int, Outcome], None] | None = None,
+        seed: int = 20,
     ) -> None:
         self.url = url
         self.connections = connections
         self.secret = secret
         self.timeout = timeout
-        self.retry_delays = tuple(retry_delays)
+        self.retry_delays = retry_delays if isinstance(retry_delays, StripeRetries) else tuple(retry_delays)
         self.on_answer = on_answer
+        # Seeded: two runs of the same load draw the same jitter.
+        self._rng = random.Random(seed)
 
     async def run(
         self,
@@ -225,17 +328,23 @@ class OpenLoop:
         outcome.sent = loop.time()
         status = await self._post(session, body, signature)
         outcome.first_status = outcome.final_status = status
-        outcome.first_done = loop.time()
+        outcome.first_done = outcome.last_done = loop.time()
         outcome.attempts = 1
         if self.on_answer is not None:
             self.on_answer(index, outcome)
-        for delay in self.retry_delays:
-            if 200 <= outcome.final_status < 300:
-                return
+        if outcome.delivered:
+            return
+        schedule = self.retry_delays
+        delays = schedule.delays(self._rng) if isinstance(schedule, StripeRetries) else schedule
+        for delay in delays:
+            # Retry-After is not honoured: Stripe keeps its own schedule whatever the answer says.
             await asyncio.sleep(delay)
             # Stripe signs every attempt afresh, with a new timestamp.
             outcome.final_status = await self._post(session, body, sign(body, self.secret))
+            outcome.last_done = loop.time()
             outcome.attempts += 1
+            if outcome.delivered:
+                return
 
 
 def signed(events: Sequence[BenchEvent], secret: str = BENCH_SECRET) -> list[tuple[bytes, str]]:
@@ -254,16 +363,19 @@ async def run_in_process(
     on_answer: Callable[[int, Outcome], None] | None = None,
     drain_timeout: float = 30.0,
     timeout: float = 10.0,
-    retry_delays: Sequence[float] = RETRY_DELAYS,
+    retry_delays: Retries = RETRY_DELAYS,
     burst: bool = False,
+    start: float | None = None,
 ) -> LoadResult:
     """Open-loop load from this process; returns when every request is answered or given up.
 
-    `burst` makes every request due at the same instant (a backlog released at once).
+    `burst` makes every request due at the same instant (a backlog released at once); `start`
+    (loop clock, i.e. time.monotonic) overrides `lead`, to start together with another process.
     """
     requests = signed(events)
     loop = asyncio.get_running_loop()
-    start = loop.time() + lead
+    if start is None:
+        start = loop.time() + lead
     dues = [start] * len(requests) if burst else due_times(len(requests), rate, start)
     sender = OpenLoop(url, connections=connections, on_answer=on_answer, timeout=timeout, retry_delays=retry_delays)
     return await sender.run(requests, dues, rate=rate, drain_timeout=drain_timeout)
@@ -272,31 +384,124 @@ async def run_in_process(
 # -- several processes ------------------------------------------------------------------------
 
 
-def _worker(
-    conn: multiprocessing.connection.Connection,
-    url: str,
-    count: int,
-    tag: str,
-    rate: float,
-    offset: int,
-    step: int,
-    connections: int,
-    duplicate_rate: float,
-) -> None:
-    events = workload(count, tag=tag, duplicate_rate=duplicate_rate)
+@dataclass(frozen=True)
+class Share:
+    """One sender process's part of a schedule: requests `offset`, `offset + step`, ... of it."""
+
+    url: str
+    count: int
+    tag: str
+    rate: float
+    offset: int
+    step: int
+    connections: int
+    duplicate_rate: float
+    retry_delays: Retries
+    drain_timeout: float
+    timeout: float
+
+
+def _worker(conn: multiprocessing.connection.Connection, share: Share) -> None:
+    events = workload(share.count, tag=share.tag, duplicate_rate=share.duplicate_rate)
     requests = signed(events)
     conn.send(("ready", len(requests)))
     start_at: float = conn.recv()
     # time.monotonic is CLOCK_MONOTONIC, shared by every process on the machine, and is what
     # asyncio's default loop clock reads: the processes agree on when request i is due.
-    dues = due_times(len(requests), rate, start_at, offset=offset, step=step)
+    dues = due_times(len(requests), share.rate, start_at, offset=share.offset, step=share.step)
 
     async def go() -> LoadResult:
-        return await OpenLoop(url, connections=connections).run(requests, dues, rate=rate / step)
+        sender = OpenLoop(
+            share.url,
+            connections=share.connections,
+            retry_delays=share.retry_delays,
+            timeout=share.timeout,
+            seed=share.offset,
+        )
+        return await sender.run(requests, dues, rate=share.rate / share.step, drain_timeout=share.drain_timeout)
 
     result = asyncio.run(go())
     conn.send(("done", result))
     conn.close()
+
+
+class SenderProcesses:
+    """Open-loop senders in spawned processes of their own, sharing one schedule.
+
+    Blocking calls (run them in an executor from a loop): `ready` spawns the processes and waits
+    until each has built and signed its share, `go(start_at)` starts them all at one monotonic
+    instant (which a sender in the calling process can share), `collect` waits for their results.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        rate: float,
+        duration: float,
+        processes: int,
+        tag: str,
+        connections: int = 128,
+        duplicate_rate: float = 0.05,
+        retry_delays: Retries = RETRY_DELAYS,
+        drain_timeout: float = 30.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.rate = rate
+        self.total = count_for(rate, duration)
+        self.shares = [
+            Share(
+                url,
+                len(range(k, self.total, processes)),
+                f"{tag}p{k}",
+                rate,
+                k,
+                processes,
+                connections,
+                duplicate_rate,
+                retry_delays,
+                drain_timeout,
+                timeout,
+            )
+            for k in range(processes)
+        ]
+        self._pipes: list[multiprocessing.connection.Connection] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self.started = math.nan
+
+    def ready(self, timeout: float = 300.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        for share in self.shares:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, share), daemon=True)
+            proc.start()
+            self._pipes.append(parent)
+            self._procs.append(proc)
+        for pipe in self._pipes:
+            if not pipe.poll(timeout):
+                raise TimeoutError("load generator process did not get ready")
+            pipe.recv()
+
+    def go(self, start_at: float) -> None:
+        self.started = start_at
+        for pipe in self._pipes:
+            pipe.send(start_at)
+
+    def collect(self, timeout: float = 300.0) -> LoadResult:
+        merged = LoadResult(offered_rate=self.rate, started=self.started)
+        for pipe in self._pipes:
+            if not pipe.poll(timeout):
+                raise TimeoutError("load generator process did not finish")
+            _tag, part = pipe.recv()
+            merged.merge(part)
+        merged.offered_rate = self.rate
+        return merged
+
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
 
 
 def run_processes(
@@ -310,41 +515,24 @@ def run_processes(
     duplicate_rate: float = 0.05,
     lead: float = 0.5,
     timeout: float = 300.0,
+    retry_delays: Retries = RETRY_DELAYS,
+    drain_timeout: float = 30.0,
 ) -> LoadResult:
     """Open-loop load from `processes` spawned processes sharing one schedule (blocking call)."""
-    total = count_for(rate, duration)
-    ctx = multiprocessing.get_context("spawn")
-    pipes = []
-    procs = []
-    for k in range(processes):
-        share = len(range(k, total, processes))
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(
-            target=_worker,
-            args=(child, url, share, f"{tag}p{k}", rate, k, processes, connections, duplicate_rate),
-            daemon=True,
-        )
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+    senders = SenderProcesses(
+        url,
+        rate=rate,
+        duration=duration,
+        processes=processes,
+        tag=tag,
+        connections=connections,
+        duplicate_rate=duplicate_rate,
+        retry_delays=retry_delays,
+        drain_timeout=drain_timeout,
+    )
     try:
-        for pipe in pipes:
-            if not pipe.poll(timeout):
-                raise TimeoutError("load generator process did not get ready")
-            pipe.recv()
-        start_at = time.monotonic() + lead
-        for pipe in pipes:
-            pipe.send(start_at)
-        merged = LoadResult(offered_rate=rate, started=start_at)
-        for pipe in pipes:
-            if not pipe.poll(timeout):
-                raise TimeoutError("load generator process did not finish")
-            _tag, part = pipe.recv()
-            merged.merge(part)
-        merged.offered_rate = rate
-        return merged
+        senders.ready(timeout)
+        senders.go(time.monotonic() + lead)
+        return senders.collect(timeout)
     finally:
-        for proc in procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        senders.close()

@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--soak", action="store_true", help="also run the soak test (1 hour; never in CI)")
     parser.add_argument("--soak-minutes", type=float, default=60.0, help="soak duration (default 60)")
-    parser.add_argument("--ingest-rate", type=float, default=2000.0, help="offered rate of the sustained ingest run")
+    parser.add_argument(
+        "--ingest-rate",
+        type=float,
+        default=None,
+        help="offered rate of the saturation ingest run (default: twice the sustained rate measured before it)",
+    )
     parser.add_argument(
         "--ingest-seconds", type=float, default=None, help="length of the sustained ingest run (default 60, quick 10)"
     )

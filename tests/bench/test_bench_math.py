@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bench.events import BENCH_SECRET, EventFactory, sign
-from bench.loadgen import LoadResult, Outcome, count_for, due_times, open_loop
+from bench.loadgen import LoadResult, OpenLoop, Outcome, StripeRetries, count_for, due_times, open_loop
 from bench.report import Report, render, write
 from bench.stats import Figure, Target, percentile
 from gateway.verify import verify_signature
@@ -145,3 +146,59 @@ def test_idle_usage_counts_a_process_born_meanwhile_from_zero() -> None:
     after = {"pg": {10: Usage(cpu_ns=1_500_000_000, wakeups=150), 11: Usage(cpu_ns=500_000_000, wakeups=50)}}
     cores, wakeups = usage_between(before, after, seconds=10.0)["pg"]
     assert cores == pytest.approx(0.1) and wakeups == pytest.approx(10.0)
+
+
+def test_stripe_retries_double_and_reach_past_the_overload_whatever_the_jitter() -> None:
+    """The compressed Stripe schedule: delays doubling, jittered, and its last attempt never before
+    `past` seconds after the first answer, so an event shed at an overload's start is retried after it."""
+    schedule = StripeRetries.reaching(60.0, retries=4, jitter=0.2)
+    assert schedule.unit * (1 + 2 + 4 + 8) == pytest.approx(schedule.span)
+    rng = random.Random(1)
+    totals = []
+    for _ in range(2000):
+        delays = schedule.delays(rng)
+        assert len(delays) == 4
+        for k, delay in enumerate(delays):
+            assert schedule.unit * 2**k * 0.8 <= delay <= schedule.unit * 2**k * 1.2
+        totals.append(sum(delays))
+    assert min(totals) >= 60.0 and max(totals) <= schedule.longest
+    assert len({round(t, 6) for t in totals}) > 1900  # jittered: events shed together come back apart
+    with pytest.raises(ValueError):
+        StripeRetries(span=10.0, jitter=1.0)
+
+
+async def test_a_sender_retries_on_its_schedule_and_an_event_always_refused_is_counted_lost() -> None:
+    """'Never delivered' is a real figure: a gateway that keeps refusing leaves events undelivered,
+    with the answer to their last attempt; one that recovers gets every event delivered."""
+    from aiohttp import web
+
+    answers: dict[bytes, list[float]] = {}
+    refuse_forever = {b'{"n": 0}'}
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        loop = asyncio.get_running_loop()
+        answers.setdefault(body, []).append(loop.time())
+        if body in refuse_forever or len(answers[body]) < 3:
+            return web.Response(status=503, headers={"Retry-After": "30"})
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        requests = [(f'{{"n": {n}}}'.encode(), "t=1,v1=x") for n in range(3)]
+        loop = asyncio.get_running_loop()
+        schedule = StripeRetries(span=0.3, retries=3, jitter=0.2)
+        sender = OpenLoop(f"http://127.0.0.1:{port}/", connections=4, retry_delays=schedule)
+        result = await sender.run(requests, [loop.time()] * 3, rate=100)
+    finally:
+        await runner.cleanup()
+    assert result.undelivered == 1 and result.undelivered_by_status() == {503: 1}
+    assert [o.attempts for o in result.outcomes] == [4, 3, 3]
+    # Retry-After (30 s) was not honoured: the whole schedule took well under it.
+    assert all(times[-1] - times[0] < 5 for times in answers.values())
