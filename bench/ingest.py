@@ -28,6 +28,7 @@ from bench.loadgen import (
     Retries,
     SenderProcesses,
     StripeRetries,
+    closed_loop,
     count_for,
     due_times,
     run_in_process,
@@ -93,6 +94,7 @@ async def offer(
                 connections=16,
                 retry_delays=retries,
                 drain_timeout=drain,
+                lean=True,
             )
         )
     clients = suite.config.clients
@@ -107,6 +109,7 @@ async def offer(
                 connections=max(1, connections // clients),
                 retry_delays=retries,
                 drain_timeout=drain,
+                lean=True,
             )
         )
     try:
@@ -118,7 +121,7 @@ async def offer(
         for group in groups:
             group.go(start)
         if requests is not None:
-            sender = OpenLoop(url, connections=connections, retry_delays=retries)
+            sender = OpenLoop(url, connections=connections, retry_delays=retries, lean=True)
             result = await sender.run(requests, due_times(len(requests), rate, start), rate=rate, drain_timeout=drain)
         results = [await loop.run_in_executor(None, group.collect) for group in groups]
     finally:
@@ -317,13 +320,14 @@ async def run(suite: Suite) -> None:
                     f"  run {run_no + 1}: sustained rate, closed loop, {CAPACITY_CONCURRENCY} at once, "
                     f"{capacity_n:,} webhooks"
                 )
-                bodies = [e.body for e in workload(capacity_n, tag=suite.tag())]
-                answered = await drive(url, bodies, CAPACITY_CONCURRENCY)
-                rate_sustained = answered.ok / max(answered.seconds, 1e-9)
+                requests = signed(workload(capacity_n, tag=suite.tag()))
+                closed = await closed_loop(url, requests, CAPACITY_CONCURRENCY)
+                rate_sustained = closed.rate
                 suite.record(capacity, rate_sustained)
                 capacity.notes.append(
-                    f"run {run_no + 1}: {answered.ok} of {len(bodies)} answered 2xx in {answered.seconds:.2f} s, "
-                    f"p50 {fmt(answered.p50)} ms, p99 {fmt(answered.p99)} ms; refused {answered.failed}"
+                    f"run {run_no + 1}: {closed.ok} of {len(requests)} answered 2xx in {closed.seconds:.2f} s, "
+                    f"p50 {fmt(percentile(closed.latencies_ms, 50))} ms, "
+                    f"p99 {fmt(percentile(closed.latencies_ms, 99))} ms; not 2xx {closed.refused}"
                 )
                 offered = cfg.ingest_rate or round(OVERLOAD * rate_sustained)
                 suite.say(
@@ -370,6 +374,7 @@ async def run(suite: Suite) -> None:
                     timeout=120,
                     drain_timeout=burst_retries.longest + DRAIN_SLACK,
                     retry_delays=burst_retries,
+                    lean=True,
                 )
                 suite.record(burst_5xx, burst.first_5xx)
                 suite.record(burst_lost, burst.undelivered)

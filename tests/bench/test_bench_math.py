@@ -167,7 +167,8 @@ def test_stripe_retries_double_and_reach_past_the_overload_whatever_the_jitter()
         StripeRetries(span=10.0, jitter=1.0)
 
 
-async def test_a_sender_retries_on_its_schedule_and_an_event_always_refused_is_counted_lost() -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["aiohttp", "lean"])
+async def test_a_sender_retries_on_its_schedule_and_an_event_always_refused_is_counted_lost(lean: bool) -> None:
     """'Never delivered' is a real figure: a gateway that keeps refusing leaves events undelivered,
     with the answer to their last attempt; one that recovers gets every event delivered."""
     from aiohttp import web
@@ -194,7 +195,7 @@ async def test_a_sender_retries_on_its_schedule_and_an_event_always_refused_is_c
         requests = [(f'{{"n": {n}}}'.encode(), "t=1,v1=x") for n in range(3)]
         loop = asyncio.get_running_loop()
         schedule = StripeRetries(span=0.3, retries=3, jitter=0.2)
-        sender = OpenLoop(f"http://127.0.0.1:{port}/", connections=4, retry_delays=schedule)
+        sender = OpenLoop(f"http://127.0.0.1:{port}/", connections=4, retry_delays=schedule, lean=lean)
         result = await sender.run(requests, [loop.time()] * 3, rate=100)
     finally:
         await runner.cleanup()
@@ -202,3 +203,43 @@ async def test_a_sender_retries_on_its_schedule_and_an_event_always_refused_is_c
     assert [o.attempts for o in result.outcomes] == [4, 3, 3]
     # Retry-After (30 s) was not honoured: the whole schedule took well under it.
     assert all(times[-1] - times[0] < 5 for times in answers.values())
+
+
+async def test_the_lean_client_posts_reuses_its_connections_and_reports_no_answer_as_0() -> None:
+    """Http1Pool: the status of each answer, the body sent whole with its signature, connections
+    kept alive (two of them for 20 posts two at a time), and 0 when nothing answers in time."""
+    from aiohttp import web
+
+    from bench.loadgen import Http1Pool, closed_loop
+
+    seen: list[tuple[bytes, str | None]] = []
+    peers: set[object] = set()
+    hang = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append((body, request.headers.get("Stripe-Signature")))
+        peers.add(request.transport)
+        if body == b"hang":
+            await hang.wait()
+        return web.Response(status=200 if body.startswith(b"ok") else 503, text="x" * (len(body) % 7))
+
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        requests = [(b"ok %d" % n if n % 4 else b"no %d" % n, f"t=1,v1={n}") for n in range(20)]
+        result = await closed_loop(url, requests, 2)
+        assert result.statuses == {200: 15, 503: 5} and result.ok == 15 and result.refused == 5
+        assert sorted(seen) == sorted(requests)
+        assert len(peers) == 2
+        pool = Http1Pool(url, 1)
+        assert await pool.post(b"hang", "t=1,v1=h", 0.2) == 0
+        pool.close()
+    finally:
+        hang.set()
+        await runner.cleanup()
