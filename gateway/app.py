@@ -61,10 +61,10 @@ class InFlight:
     and comes back as a retry on top of new ones, so the answered rate collapses instead of
     levelling off (bench/README.md). Refusing the excess at once with 503 + Retry-After keeps
     the rate the process sustains; the 2xx still comes only after the ack, and Stripe redelivers
-    what was shed. Counted from the handler's start, not only while a publish awaits its ack: on
-    two cores the gateway saturates its CPU long before JetStream, and the queue is then
-    handlers waiting for the event loop (measured: counting publishes only, the gateway shed at
-    2,000/s offered but answered the sheds 11.7 s late, p99).
+    what was shed. Counted from the request's first middleware (`shedding`) to its answer, not
+    only while a publish awaits its ack: on two cores the gateway saturates its CPU long before
+    JetStream, and the queue is then handlers waiting for the event loop (measured: counting
+    publishes only, the gateway shed at 2,000/s offered but answered the sheds 11.7 s late, p99).
     """
 
     def __init__(self, limit: int) -> None:
