@@ -259,6 +259,10 @@ async def run(suite: Suite) -> None:
     probe_ok = suite.figure(
         TITLE, "ingest.probe_ok_p99", "past saturation: 2xx answers to the probe, p99 from send", "ms"
     )
+    # CPU per answer does not fall when a neighbour takes a core, unlike rates and latencies.
+    saturated_cpu = suite.figure(
+        TITLE, "ingest.saturated_cpu", "past saturation: gateway CPU per answer (2xx and 503, retries included)", "ms"
+    )
     no_answer = suite.figure(
         TITLE, "ingest.no_answer", "past saturation: first attempts with no answer (timeouts)", "", target=0
     )
@@ -343,6 +347,7 @@ async def run(suite: Suite) -> None:
                     f"  run {run_no + 1}: past saturation, offered {offered:.0f}/s for {sustained_s:.0f} s "
                     f"(sustained {rate_sustained:.0f}/s), then Stripe-like retries"
                 )
+                cpu_before = cpu_jiffies(gateway.pid, children=False)
                 result, probed = await offer(
                     suite,
                     url,
@@ -353,6 +358,14 @@ async def run(suite: Suite) -> None:
                     probe=True,
                 )
                 assert probed is not None
+                cpu_ms = (cpu_jiffies(gateway.pid, children=False) - cpu_before) / TICK * 1000
+                answers = sum(o.attempts for o in (*result.outcomes, *probed.outcomes))
+                suite.record(saturated_cpu, cpu_ms / max(1, answers))
+                saturated_cpu.notes.append(
+                    f"run {run_no + 1}: {cpu_ms / 1000:.1f} s of gateway CPU for {answers} attempts "
+                    f"({len(result.outcomes) + len(probed.outcomes)} events, "
+                    f"{result.count(lambda o: o.delivered) + probed.count(lambda o: o.delivered)} delivered)"
+                )
                 during = result.ok_rate_during_load
                 suite.record(sustained, during)
                 suite.record(plateau, 100 * during / max(rate_sustained, 1e-9))
