@@ -299,6 +299,7 @@ async def run(suite: Suite) -> None:
         suite.note(TITLE, f"gateway shedding limit set to {cfg.gateway_max_in_flight} (--gateway-max-in-flight)")
     url = f"http://127.0.0.1:{gateway.port}/webhooks/stripe"
     saturation_retries = retries_past(sustained_s, OVERLOAD)
+    # The burst's backlog takes burst_n / sustained rate to work off: at least 20 s of retries.
     burst_retries = retries_past(20.0)
     try:
         suite.say("  warming up the gateway (2 s at 200/s)")
@@ -385,6 +386,7 @@ async def run(suite: Suite) -> None:
                     f"run {run_no + 1}: {fmt(during)}/s answered 2xx while offered {fmt(offered)}/s, "
                     f"against {fmt(rate_sustained)}/s sustained"
                 )
+                burst_retries = retries_past(max(20.0, burst_n / max(rate_sustained, 1.0)))
                 suite.say(f"  run {run_no + 1}: burst of {burst_n:,} due at once")
                 events = workload(burst_n, tag=suite.tag())
                 burst = await run_in_process(
