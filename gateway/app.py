@@ -80,6 +80,13 @@ DUPLICATE = json.dumps({"received": True, "duplicate": True}).encode()
 #: Seconds a shed sender is asked to wait; Stripe uses its own schedule, other senders honour it.
 SHED_RETRY_AFTER = "1"
 SHED_BODY = json.dumps({"error": "gateway saturated, retry later"}).encode()
+#: Connections the kernel may hold accepted for the gateway before its loop takes them (aiohttp's
+#: default is 128; Linux caps it at net.core.somaxconn, 4096 by default). Past saturation a sender
+#: opens connections faster than a busy loop accepts them; past the backlog the kernel drops the
+#: handshake and the client retries it only after a second (then 3 s, 7 s...), so a webhook that
+#: would have been shed in milliseconds waits seconds or times out before the gateway sees it
+#: (measured: bench/results/HISTORY.md, 2026-12-07 23:00-00:20).
+LISTEN_BACKLOG = 2048
 
 
 def _refuse(metrics: GatewayMetrics, outcome: str, status: int, reason: str) -> web.Response:
@@ -256,7 +263,7 @@ class Gateway:
             logger=ClientErrorLog(self.app[METRICS]),
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=LISTEN_BACKLOG)
         await site.start()
         if self.port == 0 and self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])
