@@ -259,9 +259,13 @@ async def run(suite: Suite) -> None:
     probe_ok = suite.figure(
         TITLE, "ingest.probe_ok_p99", "past saturation: 2xx answers to the probe, p99 from send", "ms"
     )
-    # CPU per answer does not fall when a neighbour takes a core, unlike rates and latencies.
+    # CPU per attempt does not fall when a neighbour takes a core, unlike rates and latencies (an
+    # attempt that timed out in the sender may never have reached the gateway: see its note).
     saturated_cpu = suite.figure(
-        TITLE, "ingest.saturated_cpu", "past saturation: gateway CPU per answer (2xx and 503, retries included)", "ms"
+        TITLE,
+        "ingest.saturated_cpu",
+        "past saturation: gateway CPU per attempt sent (first attempts and retries)",
+        "ms",
     )
     no_answer = suite.figure(
         TITLE, "ingest.no_answer", "past saturation: first attempts with no answer (timeouts)", "", target=0
