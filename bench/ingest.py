@@ -66,12 +66,15 @@ RETRY_JITTER = 0.1
 
 
 def retries_past(seconds: float, overload: float = 1.0) -> StripeRetries:
-    """Stripe's schedule compressed so that every event's last attempt comes after a load of
-    `seconds`, offered at `overload` times the sustained rate, has ended and its backlog could
-    have been worked off at the sustained rate ((overload - 1) x `seconds` more): even an event
-    refused at the load's very start is still retried once the gateway has caught up, as Stripe's
-    3 days always outlast an overload (bench/README.md, "Retries")."""
-    return StripeRetries.reaching(max(seconds * max(overload, 1.0), 10.0), jitter=RETRY_JITTER)
+    """Stripe's schedule compressed so that a refused event's first retry comes after the load
+    of `seconds` (Stripe's first retry comes minutes later, after any overload of seconds), and its
+    last once the load, offered at `overload` times the sustained rate, has ended and its backlog
+    could have been worked off at the sustained rate ((overload - 1) x `seconds` more, and at least
+    one more `seconds` even if nothing was overloaded): even an event refused at the load's very
+    start is still retried once the gateway has caught up, as Stripe's 3 days always outlast an
+    overload (bench/README.md, "Retries")."""
+    seconds = max(seconds, 10.0)
+    return StripeRetries.reaching(seconds * max(overload, 2.0), jitter=RETRY_JITTER, first=seconds)
 
 
 async def offer(

@@ -65,20 +65,25 @@ class StripeRetries:
     span: float
     retries: int = 4
     jitter: float = 0.2
+    #: A first retry this long (before jitter) ahead of the doubling ones: Stripe's first retry
+    #: comes minutes after a refusal, after any overload of seconds, so a refused event does not
+    #: come back while the load it was refused in still lasts (0: none).
+    first: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.span <= 0 or self.retries < 1 or not 0 <= self.jitter < 1:
-            raise ValueError("span must be positive, retries at least 1, jitter in [0, 1)")
+        if self.span <= 0 or self.retries < 1 or not 0 <= self.jitter < 1 or not 0 <= self.first < self.span:
+            raise ValueError("span must be positive, retries at least 1, jitter in [0, 1), first in [0, span)")
 
     @classmethod
-    def reaching(cls, past: float, *, retries: int = 4, jitter: float = 0.2) -> StripeRetries:
-        """The schedule whose shortest total (every delay at its lowest jitter) is `past` seconds."""
-        return cls(span=past / (1 - jitter), retries=retries, jitter=jitter)
+    def reaching(cls, past: float, *, retries: int = 4, jitter: float = 0.2, first: float = 0.0) -> StripeRetries:
+        """The schedule whose shortest total (every delay at its lowest jitter) is `past` seconds,
+        with a first retry no sooner than `first` seconds (jitter included) if given."""
+        return cls(span=past / (1 - jitter), retries=retries, jitter=jitter, first=first / (1 - jitter))
 
     @property
     def unit(self) -> float:
-        """The first delay before jitter; each next one is twice the one before."""
-        return self.span / (2**self.retries - 1)
+        """The first doubling delay before jitter; each next one is twice the one before."""
+        return (self.span - self.first) / (2**self.retries - 1)
 
     @property
     def longest(self) -> float:
@@ -90,14 +95,18 @@ class StripeRetries:
         """How many real seconds of Stripe's schedule one second of this one stands for."""
         return STRIPE_RETRY_SPAN_SECONDS / self.span
 
+    def nominal(self) -> list[float]:
+        """The delays before jitter."""
+        return ([self.first] if self.first else []) + [self.unit * 2**k for k in range(self.retries)]
+
     def delays(self, rng: random.Random) -> list[float]:
         """One event's delays: before retry 1, 2, ..., each after the answer to the attempt before."""
-        return [self.unit * 2**k * rng.uniform(1 - self.jitter, 1 + self.jitter) for k in range(self.retries)]
+        return [delay * rng.uniform(1 - self.jitter, 1 + self.jitter) for delay in self.nominal()]
 
     def describe(self) -> str:
-        nominal = ", ".join(f"{self.unit * 2**k:.3g}" for k in range(self.retries))
+        nominal = ", ".join(f"{delay:.3g}" for delay in self.nominal())
         return (
-            f"{self.retries} retries after {nominal} s (each +-{self.jitter:.0%} at random; "
+            f"{len(self.nominal())} retries after {nominal} s (each +-{self.jitter:.0%} at random; "
             f"the last {self.span * (1 - self.jitter):.0f}-{self.longest:.0f} s after the first answer; "
             f"Stripe's 3 days compressed {self.scale:,.0f}x)"
         )

@@ -165,6 +165,11 @@ def test_stripe_retries_double_and_reach_past_the_overload_whatever_the_jitter()
     assert len({round(t, 6) for t in totals}) > 1900  # jittered: events shed together come back apart
     with pytest.raises(ValueError):
         StripeRetries(span=10.0, jitter=1.0)
+    # With a first retry after the load (Stripe's comes minutes later), nothing comes back during it.
+    late = StripeRetries.reaching(120.0, retries=4, jitter=0.1, first=60.0)
+    for _ in range(2000):
+        delays = late.delays(rng)
+        assert len(delays) == 5 and delays[0] >= 60.0 and 120.0 <= sum(delays) <= late.longest
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["aiohttp", "lean"])
