@@ -30,7 +30,8 @@ class Config:
     runs: int = 3
     soak: bool = False
     soak_minutes: float = 60.0
-    ingest_rate: float = 2000.0
+    #: Offered rate of the saturation run; None: twice the sustained rate measured in the same run.
+    ingest_rate: float | None = None
     #: Length of the sustained (saturation) ingest run; None: 60 s (10 s with --quick).
     ingest_seconds: float | None = None
     #: The gateway's SYNCMESH_GATEWAY_MAX_IN_FLIGHT in section 1; None: its default.

@@ -61,27 +61,32 @@ class InFlight:
     and comes back as a retry on top of new ones, so the answered rate collapses instead of
     levelling off (bench/README.md). Refusing the excess at once with 503 + Retry-After keeps
     the rate the process sustains; the 2xx still comes only after the ack, and Stripe redelivers
-    what was shed. Counted from the handler's start, not only while a publish awaits its ack: on
-    two cores the gateway saturates its CPU long before JetStream, and the queue is then
-    handlers waiting for the event loop (measured: counting publishes only, the gateway shed at
-    2,000/s offered but answered the sheds 11.7 s late, p99).
+    what was shed. Counted from the request's first middleware (`shedding`) to its answer, not
+    only while a publish awaits its ack: on two cores the gateway saturates its CPU long before
+    JetStream, and the queue is then handlers waiting for the event loop (measured: counting
+    publishes only, the gateway shed at 2,000/s offered but answered the sheds 11.7 s late, p99).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
 
-    @property
-    def full(self) -> bool:
-        return self.count >= self.limit
-
 
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
+WEBHOOK_PATH = "/webhooks/stripe"
 #: The two answers of a published webhook, serialised once.
 ACCEPTED = json.dumps({"received": True, "duplicate": False}).encode()
 DUPLICATE = json.dumps({"received": True, "duplicate": True}).encode()
 #: Seconds a shed sender is asked to wait; Stripe uses its own schedule, other senders honour it.
 SHED_RETRY_AFTER = "1"
+SHED_BODY = json.dumps({"error": "gateway saturated, retry later"}).encode()
+#: Connections the kernel may hold accepted for the gateway before its loop takes them (aiohttp's
+#: default is 128; Linux caps it at net.core.somaxconn, 4096 by default). Past saturation a sender
+#: opens connections faster than a busy loop accepts them; past the backlog the kernel drops the
+#: handshake and the client retries it only after a second (then 3 s, 7 s...), so a webhook that
+#: would have been shed in milliseconds waits seconds or times out before the gateway sees it
+#: (measured: bench/results/HISTORY.md, 2026-12-07 23:00-00:20).
+LISTEN_BACKLOG = 2048
 
 
 def _refuse(metrics: GatewayMetrics, outcome: str, status: int, reason: str) -> web.Response:
@@ -89,23 +94,39 @@ def _refuse(metrics: GatewayMetrics, outcome: str, status: int, reason: str) -> 
     return web.json_response({"error": reason}, status=status)
 
 
-def _shed(metrics: GatewayMetrics) -> web.Response:
-    metrics.requests.labels("shed").inc()
-    return web.json_response(
-        {"error": "gateway saturated, retry later"}, status=503, headers={"Retry-After": SHED_RETRY_AFTER}
-    )
+def shedding(in_flight: InFlight, metrics: GatewayMetrics) -> Any:
+    """The outermost middleware: past the limit a webhook is answered 503 before anything else
+    is done for it, not even its HTTP span.
+
+    Past saturation the sheds outnumber the webhooks handled, and every microsecond a shed costs
+    is taken from the admitted ones on the same core: at twice the sustained rate, a shed costing
+    a fifth of an admitted webhook leaves a quarter of the rate unanswered (bench/README.md). So
+    the shed answer is built from constants, and no span is made for it (the `shed` outcome in
+    /metrics counts them; a trace of a request refused unread would hold nothing). Only webhooks
+    are counted and shed: health and /metrics answer whatever the load.
+    """
+    shed_count = metrics.requests.labels("shed")
+    shed_headers = {"Retry-After": SHED_RETRY_AFTER}
+
+    @web.middleware
+    async def shed(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.match_info.handler is not receive_webhook:
+            return await handler(request)  # type: ignore[no-any-return]
+        if in_flight.count >= in_flight.limit:
+            shed_count.inc()
+            return web.Response(body=SHED_BODY, status=503, content_type="application/json", headers=shed_headers)
+        in_flight.count += 1
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            in_flight.count -= 1
+
+    return shed
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    in_flight = request.app[IN_FLIGHT]
-    if in_flight.full:  # before reading or verifying: shedding must cost next to nothing
-        return _shed(metrics)
-    in_flight.count += 1
-    try:
-        return await _receive(request, metrics)
-    finally:
-        in_flight.count -= 1
+    """A webhook admitted by `shedding` (which counts it in flight until its answer)."""
+    return await _receive(request, request.app[METRICS])
 
 
 async def _receive(request: web.Request, metrics: GatewayMetrics) -> web.Response:
@@ -198,13 +219,17 @@ class ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 def create_app(settings: Settings, bus: Bus) -> web.Application:
     # client_max_size makes aiohttp itself refuse larger bodies, also when chunked.
     setup_tracing("syncmesh-gateway")
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[http_span])
+    metrics = GatewayMetrics()
+    in_flight = InFlight(settings.gateway_max_in_flight)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[shedding(in_flight, metrics), http_span]
+    )
     app[SETTINGS] = settings
     app[BUS] = bus
-    app[METRICS] = GatewayMetrics()
-    in_flight = app[IN_FLIGHT] = InFlight(settings.gateway_max_in_flight)
-    app[METRICS].in_flight.set_function(lambda: in_flight.count)
-    app.router.add_post("/webhooks/stripe", receive_webhook)
+    app[METRICS] = metrics
+    app[IN_FLIGHT] = in_flight
+    metrics.in_flight.set_function(lambda: in_flight.count)
+    app.router.add_post(WEBHOOK_PATH, receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
@@ -238,7 +263,7 @@ class Gateway:
             logger=ClientErrorLog(self.app[METRICS]),
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=LISTEN_BACKLOG)
         await site.start()
         if self.port == 0 and self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bench.events import BENCH_SECRET, EventFactory, sign
-from bench.loadgen import LoadResult, Outcome, count_for, due_times, open_loop
+from bench.loadgen import LoadResult, OpenLoop, Outcome, StripeRetries, count_for, due_times, open_loop
 from bench.report import Report, render, write
 from bench.stats import Figure, Target, percentile
 from gateway.verify import verify_signature
@@ -145,3 +146,118 @@ def test_idle_usage_counts_a_process_born_meanwhile_from_zero() -> None:
     after = {"pg": {10: Usage(cpu_ns=1_500_000_000, wakeups=150), 11: Usage(cpu_ns=500_000_000, wakeups=50)}}
     cores, wakeups = usage_between(before, after, seconds=10.0)["pg"]
     assert cores == pytest.approx(0.1) and wakeups == pytest.approx(10.0)
+
+
+def test_stripe_retries_double_and_reach_past_the_overload_whatever_the_jitter() -> None:
+    """The compressed Stripe schedule: delays doubling, jittered, and its last attempt never before
+    `past` seconds after the first answer, so an event shed at an overload's start is retried after it."""
+    schedule = StripeRetries.reaching(60.0, retries=4, jitter=0.2)
+    assert schedule.unit * (1 + 2 + 4 + 8) == pytest.approx(schedule.span)
+    rng = random.Random(1)
+    totals = []
+    for _ in range(2000):
+        delays = schedule.delays(rng)
+        assert len(delays) == 4
+        for k, delay in enumerate(delays):
+            assert schedule.unit * 2**k * 0.8 <= delay <= schedule.unit * 2**k * 1.2
+        totals.append(sum(delays))
+    assert min(totals) >= 60.0 and max(totals) <= schedule.longest
+    assert len({round(t, 6) for t in totals}) > 1900  # jittered: events shed together come back apart
+    with pytest.raises(ValueError):
+        StripeRetries(span=10.0, jitter=1.0)
+    # With a first retry after the load (Stripe's comes minutes later), nothing comes back during it.
+    late = StripeRetries.reaching(120.0, retries=4, jitter=0.1, first=60.0)
+    for _ in range(2000):
+        delays = late.delays(rng)
+        assert len(delays) == 5 and delays[0] >= 60.0 and 120.0 <= sum(delays) <= late.longest
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["aiohttp", "lean"])
+async def test_a_sender_retries_on_its_schedule_and_an_event_always_refused_is_counted_lost(
+    lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'Never delivered' is a real figure: a gateway that keeps refusing leaves events undelivered,
+    with the answer to their last attempt; one that recovers gets every event delivered. The
+    retries wait the schedule's delays, not the answer's Retry-After (Stripe ignores it)."""
+    from aiohttp import web
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, *args: object) -> None:
+        slept.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+
+    answers: dict[bytes, list[float]] = {}
+    refuse_forever = {b'{"n": 0}'}
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        loop = asyncio.get_running_loop()
+        answers.setdefault(body, []).append(loop.time())
+        if body in refuse_forever or len(answers[body]) < 3:
+            return web.Response(status=503, headers={"Retry-After": "30"})
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        requests = [(f'{{"n": {n}}}'.encode(), "t=1,v1=x") for n in range(3)]
+        loop = asyncio.get_running_loop()
+        schedule = StripeRetries(span=0.3, retries=3, jitter=0.2)
+        sender = OpenLoop(f"http://127.0.0.1:{port}/", connections=4, retry_delays=schedule, lean=lean)
+        result = await sender.run(requests, [loop.time()] * 3, rate=100)
+    finally:
+        await runner.cleanup()
+    assert result.undelivered == 1 and result.undelivered_by_status() == {503: 1}
+    assert [o.attempts for o in result.outcomes] == [4, 3, 3]
+    # 7 retries (3 + 2 + 2), each after one of the schedule's delays: never the 30 s of Retry-After.
+    retry_waits = [d for d in slept if d >= schedule.unit * (1 - schedule.jitter)]
+    assert len(retry_waits) == 7 and max(retry_waits) <= schedule.unit * 4 * (1 + schedule.jitter)
+
+
+async def test_the_lean_client_posts_reuses_its_connections_and_reports_no_answer_as_0() -> None:
+    """Http1Pool: the status of each answer, the body sent whole with its signature, connections
+    kept alive (two of them for 20 posts two at a time), and 0 when nothing answers in time."""
+    from aiohttp import web
+
+    from bench.loadgen import Http1Pool, closed_loop
+
+    seen: list[tuple[bytes, str | None]] = []
+    peers: set[object] = set()
+    hang = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append((body, request.headers.get("Stripe-Signature")))
+        peers.add(request.transport)
+        if body == b"hang":
+            await hang.wait()
+        return web.Response(status=200 if body.startswith(b"ok") else 503, text="x" * (len(body) % 7))
+
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        requests = [(b"ok %d" % n if n % 4 else b"no %d" % n, f"t=1,v1={n}") for n in range(20)]
+        result = await closed_loop(url, requests, 2)
+        assert result.statuses == {200: 15, 503: 5} and result.ok == 15 and result.refused == 5
+        assert sorted(seen) == sorted(requests)
+        assert len(peers) == 2
+        pool = Http1Pool(url, 1)
+        assert await pool.post(b"hang", "t=1,v1=h", 0.2) == 0
+        pool.close()
+    finally:
+        hang.set()
+        await runner.cleanup()

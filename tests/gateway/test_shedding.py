@@ -10,10 +10,15 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from gateway.app import Gateway
 from services.common.bus import STRIPE_STREAM
 from services.common.settings import Settings
+from services.common.tracing import setup_tracing
 from tests.support.signing import signed_request
 from tests.support.stripe_events import event, fixture
 
@@ -41,6 +46,10 @@ async def _stored(nats_url: str, event_id: str) -> bool:
         await nc.close()
 
 
+def _webhook_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER and s.name == "POST /webhooks/stripe"]
+
+
 async def _metric(gw: Gateway, name: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.port}/metrics") as resp:
         text = await resp.text()
@@ -50,6 +59,8 @@ async def _metric(gw: Gateway, name: str) -> str:
 async def test_past_the_limit_a_webhook_is_shed_at_once_and_published_only_when_retried(
     settings: Settings, nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    exporter = InMemorySpanExporter()
+    setup_tracing("test", extra_processor=SimpleSpanProcessor(exporter))
     gw = Gateway(settings.with_overrides(gateway_max_in_flight=1), port=0, host="127.0.0.1")
     await gw.start()
     try:
@@ -79,11 +90,20 @@ async def test_past_the_limit_a_webhook_is_shed_at_once_and_published_only_when_
         assert answer_headers.get("Retry-After") == "1"
         assert seconds < 0.5, f"shedding took {seconds:.3f} s: it must not wait"
         assert not waiting.done()  # the first is still held: it was never answered early
+        # Only webhooks are counted and shed: health and metrics answer while the limit is reached.
+        async with aiohttp.ClientSession() as http:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                async with http.get(f"http://127.0.0.1:{gw.port}{path}") as resp:
+                    assert resp.status == 200, path
+        # A shed webhook gets no HTTP span (it is shed before the span is made); the held one has one.
+        assert not _webhook_spans(exporter)
         assert 'outcome="shed"} 1.0' in await _metric(gw, 'syncmesh_gateway_requests_total{outcome="shed"}')
 
         release.set()
         status, _headers, _seconds = await asyncio.wait_for(waiting, 10)
         assert status == 200
+        spans = _webhook_spans(exporter)
+        assert [s.attributes and s.attributes["http.response.status_code"] for s in spans] == [200]
         assert not await _stored(nats_url, second["id"])  # nothing was published for the shed one
 
         status, _headers, _seconds = await _post(gw, *signed_request(second))  # the sender's retry
