@@ -63,11 +63,9 @@ whatever is pending at once; only when nothing is pending does it wait, up to
 `fetch_timeout_seconds`, and it returns with the first message that arrives (nats-py 2.16: a
 `no_wait` pull request with `expires`, which the server ends as soon as it has delivered what it
 had). Batches therefore grow by themselves with the backlog, and a lone event is picked up
-within a millisecond. Between the two, events arriving faster than one per
-`fetch_linger_seconds` (5 ms) would each be a batch of one, paying a transaction, a commit and an
-ack round apiece (at a steady 470 events/s, two thirds of the mesh's CPU per event went to that);
-so after a partial batch the next fetch waits until that long after the last one, and takes
-together what arrived meanwhile. A service may ask for the next batch to be fetched and decoded while this
+within a millisecond. With `fetch_linger_seconds` set (off by default), the next fetch after a
+partial batch waits until that long after the last one, and takes together what arrived
+meanwhile: events closer together than that share a transaction, a commit and an ack round. A service may ask for the next batch to be fetched and decoded while this
 one waits on PostgreSQL (`ServiceDefinition.fetch_ahead`); it is applied only after this one is
 settled, and on stop it is nak'd for immediate redelivery.
 """

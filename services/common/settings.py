@@ -130,11 +130,12 @@ class Settings:
     fetch_timeout_seconds: float = 5.0
     #: After a batch smaller than `fetch_batch`, the next fetch waits until this long after the
     #: last one returned, so events arriving faster than one per linger share a transaction, an
-    #: ack round and a commit instead of paying one each (group commit). Costs no latency at a
-    #: trickle or after a quiet spell (the last fetch is longer ago than this; the fetch goes out at
-    #: once) and none draining a backlog (a full batch is never followed by a wait); in between an
-    #: event waits at most this long. 0 turns it off.
-    fetch_linger_seconds: float = 0.005
+    #: ack round and a commit instead of paying one each (group commit). Never a wait after a
+    #: quiet spell or in a backlog; in between an event waits at most this long. Off by default:
+    #: in the bench's side-by-side run (concurrency 1) 5 and 10 ms left every service's batch
+    #: size where it was (customer sees an event every ~10 ms, billing is already behind and
+    #: batches by itself), so the latency bought nothing there (bench/results/HISTORY.md).
+    fetch_linger_seconds: float = 0.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
     #: Under dry run the services compute every record they would write, log it, and roll back.
@@ -448,7 +449,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, local_mesh: bool = Tr
         ack_wait_seconds=_float(env, "SYNCMESH_ACK_WAIT_SECONDS", 5.0, minimum=0.5, maximum=600),
         fetch_batch=_int(env, "SYNCMESH_FETCH_BATCH", 256, minimum=1, maximum=10000),
         fetch_timeout_seconds=_float(env, "SYNCMESH_FETCH_TIMEOUT_SECONDS", 5.0, minimum=0.001, maximum=30),
-        fetch_linger_seconds=_float(env, "SYNCMESH_FETCH_LINGER_SECONDS", 0.005, minimum=0, maximum=1),
+        fetch_linger_seconds=_float(env, "SYNCMESH_FETCH_LINGER_SECONDS", 0.0, minimum=0, maximum=1),
         shutdown_grace_seconds=_float(env, "SYNCMESH_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0, maximum=300),
         log_level=log_level,
         dry_run=dry_run_raw in ("true", "1", "yes"),
