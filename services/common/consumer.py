@@ -65,9 +65,10 @@ whatever is pending at once; only when nothing is pending does it wait, up to
 had). Batches therefore grow by themselves with the backlog, and a lone event is picked up
 within a millisecond. With `fetch_linger_seconds` set (off by default), the next fetch after a
 partial batch waits until that long after the last one, and takes together what arrived
-meanwhile: events closer together than that share a transaction, a commit and an ack round. A service may ask for the next batch to be fetched and decoded while this
-one waits on PostgreSQL (`ServiceDefinition.fetch_ahead`); it is applied only after this one is
-settled, and on stop it is nak'd for immediate redelivery.
+meanwhile: events closer together than that share a transaction, a commit and an ack round. A
+service may ask for the next batch to be fetched and decoded while this one waits on PostgreSQL
+(`ServiceDefinition.fetch_ahead`); it is applied only after this one is settled, and on stop it
+is nak'd for immediate redelivery.
 """
 
 from __future__ import annotations
