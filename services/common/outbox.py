@@ -243,9 +243,11 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.mark_seconds = mark_seconds
-        #: msg_ids of rows handed over and published, not yet marked; since when (loop time).
+        #: msg_ids of rows handed over and published, not yet marked; when to mark them (loop
+        #: time): `mark_seconds` after the first, or `retry_seconds` after a mark that failed.
         self._unmarked: list[str] = []
-        self._unmarked_since = 0.0
+        self._mark_due = 0.0
+        self._mark_failed = False
         #: UPDATEs that marked handed-over rows (tests see the marks grouped).
         self.marks = 0
         self._wake = asyncio.Event()
@@ -275,7 +277,7 @@ class OutboxRelay:
         while not self._stopping:
             until = next_scan
             if self._unmarked:
-                until = min(until, self._unmarked_since + self.mark_seconds)
+                until = min(until, self._mark_due)
             await self._sleep_until(until)
             if loop.time() >= next_scan:
                 self._scan = True
@@ -284,9 +286,7 @@ class OutboxRelay:
                 behind = not self.bus.is_ready()
                 if handed and not await self._publish_handed(handed):
                     self._scan = True
-                if self._unmarked and (
-                    loop.time() - self._unmarked_since >= self.mark_seconds or len(self._unmarked) >= self.batch
-                ):
+                if self._unmarked and loop.time() >= self._mark_due:
                     await self._mark_published()
                 if not self._scan:
                     continue
@@ -329,9 +329,12 @@ class OutboxRelay:
         )
         done = [row.msg_id for row, ok in zip(handed, acked, strict=True) if ok]
         if done:
+            now = asyncio.get_running_loop().time()
             if not self._unmarked:
-                self._unmarked_since = asyncio.get_running_loop().time()
+                self._mark_due = now + self.mark_seconds
             self._unmarked.extend(done)
+            if len(self._unmarked) >= self.batch and not self._mark_failed:
+                self._mark_due = now
             self.published += len(done)
         return len(done) == len(handed)
 
@@ -345,8 +348,13 @@ class OutboxRelay:
                 "UPDATE outbox SET published_at = now() WHERE msg_id = ANY($1::text[]) AND published_at IS NULL", ids
             )
         except BaseException:
+            # Tried again after retry_seconds, not on the loop's next turn: while PostgreSQL is
+            # gone, a mark due "now" had the relay reconnecting a hundred times a second.
             self._unmarked = ids + self._unmarked
+            self._mark_due = asyncio.get_running_loop().time() + self.retry_seconds
+            self._mark_failed = True
             raise
+        self._mark_failed = False
         self.marks += 1
 
     async def relay_once(self) -> int:

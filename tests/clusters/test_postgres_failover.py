@@ -40,21 +40,50 @@ SERVICES = tuple(PER_LIFECYCLE)
 RECONNECT_BOUND_SECONDS = 10.0
 
 
-async def _all_processed(pair: PostgresPair, total: int) -> bool:
+async def _shortfall(pair: PostgresPair, total: int) -> str:
+    """What is still missing ("" when every service applied every event and announced it)."""
     try:
         conn = await asyncpg.connect(pair.url, timeout=2)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"no connection: {exc}"
     try:
+        missing = []
         for service, per in PER_LIFECYCLE.items():
             schema = service.replace("-", "_")
-            if await conn.fetchval(f"SELECT count(*) FROM {schema}.processed_events") != per * total:
-                return False
-            if await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"):
-                return False
-        return True
+            applied = await conn.fetchval(f"SELECT count(*) FROM {schema}.processed_events")
+            unpublished = await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
+            if applied != per * total or unpublished:
+                missing.append(f"{service}: {applied} of {per * total} applied, {unpublished} outbox rows unpublished")
+        return "; ".join(missing)
     finally:
         await conn.close()
+
+
+async def _all_processed(pair: PostgresPair, total: int) -> bool:
+    return not await _shortfall(pair, total)
+
+
+async def _dead_letters(nats_url: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        return (await nc.jetstream().stream_info(DLQ_STREAM)).state.messages
+    finally:
+        await nc.close()
+
+
+def _warnings(mesh: Mesh) -> str:
+    """Each process's distinct warnings and errors, counted: what a failure here needs to be read."""
+    out = []
+    for name, proc in mesh.procs.items():
+        seen: dict[str, int] = {}
+        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+        for line in text.splitlines():
+            if '"INFO"' in line or '"DEBUG"' in line:
+                continue
+            message = line.split('"message": ', 1)[-1][:240]
+            seen[message] = seen.get(message, 0) + 1
+        out += [f"{name} x{n}: {m}" for m, n in sorted(seen.items(), key=lambda kv: -kv[1])[:15]]
+    return "\n".join(out)
 
 
 @pytest.mark.parametrize("promote_after", [1.0, 60.0], ids=["promoted-after-1s", "promoted-after-60s"])
@@ -94,17 +123,19 @@ async def test_standby_promoted_while_services_write(
         back_after = time.monotonic() - promoted
         watcher.cancel()
         attempts = await sending
-        await eventually(lambda: _all_processed(pg_pair, len(lives)), timeout=120, interval=0.2)
+        try:
+            await eventually(lambda: _all_processed(pg_pair, len(lives)), timeout=120, interval=0.2)
+        except AssertionError:
+            raise AssertionError(
+                f"not all applied 120 s after the promotion: {await _shortfall(pg_pair, len(lives))}; "
+                f"dead-lettered {await _dead_letters(nats_url)}\n{_warnings(mesh)}"
+            ) from None
         drained_after = time.monotonic() - promoted
 
         assert not_serving == set(SERVICES), f"health said SERVING without a database: {not_serving}"
         assert back_after <= RECONNECT_BOUND_SECONDS, f"services came back {back_after:.1f} s after the promotion"
         assert all(a[-1][1] == 200 for a in attempts.values()), "the gateway needs no database"
-        nc = await nats.connect(nats_url)
-        try:
-            dead = (await nc.jetstream().stream_info(DLQ_STREAM)).state.messages
-        finally:
-            await nc.close()
+        dead = await _dead_letters(nats_url)
         assert dead == 0, f"{dead} events dead-lettered for a database outage"
         conn = await asyncpg.connect(pg_pair.url)
         try:

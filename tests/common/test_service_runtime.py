@@ -302,3 +302,26 @@ async def test_the_relay_publishes_rows_handed_over_without_looking_for_them(run
     finally:
         relay.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_mark_that_fails_is_tried_again_after_the_retry_delay_not_at_once(
+    runtime: ServiceRuntime, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Published rows whose mark cannot be written (PostgreSQL gone) wait `retry_seconds` before
+    the next try: a mark left due at once had the relay reconnecting about a hundred times a
+    second through a whole outage, the CPU of a core taken from the services catching up."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
+    relay = OutboxRelay(pool, runtime.bus, poll_seconds=3600, retry_seconds=0.5, mark_seconds=0.05)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.2)  # its first scan, at start, finds nothing
+        await pool.close()  # every statement on it now fails as on a database that is gone
+        relay.hand_over(outbox.prepare_events(service="customer", events=[("unmarked", money_pb2.Money())]))
+        caplog.clear()
+        await asyncio.sleep(1.6)
+        tries = sum("outbox relay paused" in r.getMessage() for r in caplog.records)
+        assert relay.published == 1 and relay.marks == 0
+        assert 2 <= tries <= 5, f"{tries} tries to mark in 1.6 s with a 0.5 s retry delay"
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 5)
