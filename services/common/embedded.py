@@ -18,6 +18,7 @@ services log in under their own roles (`services.common.db.provision_roles`), no
 from __future__ import annotations
 
 import abc
+import logging
 import os
 import re
 import secrets
@@ -35,11 +36,21 @@ from urllib.parse import quote
 
 from services.common.errors import SettingsError
 
+log = logging.getLogger(__name__)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+class DiedAtStart(RuntimeError):
+    """The engine exited before it listened; `returncode` says how (negative: killed by that signal)."""
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -48,7 +59,7 @@ def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pop
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+            raise DiedAtStart(f"{name} exited with {process.returncode}:\n{tail}", process.returncode)
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -78,13 +89,29 @@ class _Process(abc.ABC):
         return {}
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the engine and wait until it listens.
+
+        An engine killed by a signal before it listened (the embedded PostgreSQL has died at start
+        with SIGSEGV and SIGBUS on a loaded machine, once in many runs, and started cleanly the
+        next time) is started once more; an exit with a status of its own (a bad setting, a port
+        taken) is not: that is an answer, and it is raised at once.
+        """
         if self.running:
             return
         self._prepare()
-        with open(self.log_path, "ab") as log:
+        try:
+            self._spawn(timeout)
+        except DiedAtStart as exc:
+            if exc.returncode >= 0:
+                raise
+            log.warning("%s was killed by signal %d while starting; starting it once more", self.name, -exc.returncode)
+            self._spawn(timeout)
+
+    def _spawn(self, timeout: float) -> None:
+        with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 self._command(),
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it cleanly

@@ -29,6 +29,7 @@ RUNS_PROGRAMS = {
     "tests/test_self_contained.py": "git ls-files",
     "tests/common/test_gc_tuning.py": "a child Python (GC settings are process-wide)",
     "tests/common/test_grpc_tls.py": "openssl, to make the certificates",
+    "tests/common/test_embedded_start.py": "a shell that kills itself and a Python listener, as engines",
     "tests/faults/test_process_faults.py": "`syncmesh serve` and `syncmesh gateway` as child processes",
     "tests/k8s": "kubectl kustomize and hadolint",
     "tests/clusters": "nats-server clusters and PostgreSQL primaries with standbys, services as child processes",
