@@ -57,6 +57,7 @@ import random
 import signal
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -122,6 +123,8 @@ class ReplayReport:
     failures: list[ReplayFailure] = field(default_factory=list)
     tables: list[TableChange] = field(default_factory=list)
     dry_run: bool = False
+    #: Processes that applied the window (1: this one, in stream order).
+    workers: int = 1
 
     @property
     def changed_rows(self) -> int:
@@ -130,7 +133,8 @@ class ReplayReport:
     def lines(self) -> list[str]:
         start = self.since.isoformat() if self.since else "the start of the stream"
         out = [
-            f"replayed {self.messages} messages into {self.service} from {start}"
+            f"replayed {self.messages} messages into {self.service} from {start} "
+            f"with {self.workers} worker{'s' if self.workers != 1 else ''}"
             + (" (dry run: nothing written)" if self.dry_run else ""),
             f"  handled again: {self.applied}; repeated event ids in the stream: {self.repeats}",
         ]
@@ -632,6 +636,8 @@ class _WorkerSpec:
     settings: Settings
     emit_events: bool
     batch_size: int
+    #: `time.monotonic()` when the parent started it (the clock is the machine's, not the process's).
+    started: float
 
 
 _LENGTH = struct.Struct(">I")
@@ -698,6 +704,7 @@ async def _run_parallel(
             show_progress=show_progress,
         )
         return
+    report.workers = len(parts)
     fork = multiprocessing.get_context("fork")
     pairs = [socket.socketpair() for _ in parts]
     procs: list[multiprocessing.process.BaseProcess] = []
@@ -708,7 +715,7 @@ async def _run_parallel(
         try:
             for part, (_, theirs) in zip(parts, pairs, strict=True):
                 others = [s for pair in pairs for s in pair if s is not theirs]
-                spec = _WorkerSpec(part, len(parts), definition, settings, emit_events, batch_size)
+                spec = _WorkerSpec(part, len(parts), definition, settings, emit_events, batch_size, time.monotonic())
                 proc = fork.Process(
                     target=_worker_main,
                     args=(spec, theirs, others),
@@ -869,6 +876,14 @@ async def _worker(spec: _WorkerSpec, sock: socket.socket) -> int:
         assert settings.database_url
         async with connected_bus(settings, name=f"syncmesh-replay-{part.index + 1}") as bus:
             pool = await db.create_pool(settings.database_url, definition.schema, max_size=2)
+            log.info(
+                "replay worker %d of %d: stream seq %d-%d, connected %.0f ms after it was started",
+                part.index + 1,
+                spec.workers,
+                part.first,
+                part.last,
+                (time.monotonic() - spec.started) * 1000,
+            )
             try:
                 stream = StreamReader(
                     bus,

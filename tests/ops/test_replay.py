@@ -305,6 +305,7 @@ async def test_workers_leave_the_tables_one_process_leaves(applied, settings: Se
     assert (one.messages, one.applied, one.repeats, one.failures) == (23, 20, 3, [])
     assert (many.messages, many.applied, many.repeats, many.failures) == (23, 20, 3, [])
     assert many.tables == one.tables  # from empty to the same rows, the same checksum
+    assert (one.workers, many.workers) == (1, 3) and "with 3 workers" in many.lines()[0]
     processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
     assert processed[0]["n"] == 20
     # Again, over what the workers built: nothing changes, and the counts are one process's.
