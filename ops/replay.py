@@ -8,15 +8,42 @@ runtime's own `BatchRunner` and the service's own applier (one transaction per b
 savepoint per message only when one fails, the idempotency record). So a replayed event is
 applied exactly as it was live, by the same code. Being a backlog, it goes in batches of 1,000
 (`--batch-size`), and the next batches are read (no acks: the consumer is ephemeral) and
-decoded, each message once, while PostgreSQL applies the one before; batches are still applied
-one at a time, in stream order. Progress is a line every few seconds (`services.common.progress`).
+decoded, each message once, while PostgreSQL applies the one before. Progress is a line every few
+seconds (`services.common.progress`).
+
+Workers (`workers`, `syncmesh replay --workers N`; the command's default is one per core, at most
+4): the tool is bound by its own Python (about 0.2 ms of CPU per event, PostgreSQL's 0.05), so
+the window is split into N contiguous ranges of stream sequences, each applied by a worker
+process (this one forked: no import, a worker connects within tens of ms) with its own NATS
+connection, ephemeral consumer and pool, through the same `_apply_stream`. One process (N = 1)
+applies the window in stream order; N workers apply their ranges side by side, which the
+appliers allow: they are order-independent and already run as several replicas at once. This
+process migrates, compares the tables before and after, shows one progress line for all, and
+merges the workers' counts and failures into one report.
+
+An event id is forgotten and re-applied by exactly one worker, the first to read it: a worker
+asks this process, batch by batch, which of its ids are new to the window; repeats are counted
+and left out of its batch. So the report's counts are one process's (`repeats` is the number of
+messages whose event id came earlier in the window, whichever worker read them), no two workers
+write the same `processed_events` row, and `processed_events` ends as with one process. (One
+difference: with one process, a repeat of an event whose first application FAILED in this replay
+is tried again and reported again; with workers it is counted as a repeat.) Two workers' batches
+may still lock the same records (an invoice with events in both ranges); the appliers lock in a
+fixed order as live replicas do, and a deadlock or serialization failure rolls the batch back
+and retries it (`CONFLICTS`) rather than reporting its events as failed.
+
+A worker that fails, cannot connect, or dies stops the replay: the others are ended (their open
+transactions roll back), no report is printed, and `ReplayWorkerError` names the worker, its
+range and the cause (the command exits 1). What the workers committed stays committed, each
+event as it was or re-applied, so running the replay again finishes it. Ctrl-C reaches this
+process (the workers ignore SIGINT), which ends the workers the same way.
 
 To make the applier run again, the batch's event ids are removed from `processed_events` in
 the same transaction that re-applies them (the runner's transaction nests in it as a
 savepoint): a crash mid-replay leaves every event either as it was or re-applied, never
 forgotten. An event id that occurs twice in the stream (a redrive, or a repeat beyond
 JetStream's dedup window) is re-applied once per replay. Under dry run that transaction is
-rolled back: nothing at all is written.
+rolled back (in every worker): nothing at all is written.
 
 Precondition: appliers are idempotent at the record level (guarded upserts that compare a
 version key, statuses that only move forward), so applying an event the records already
@@ -469,6 +496,10 @@ class _Conflict(BaseException):
         self.error = error
 
 
+#: What `_forget_then_apply` retries: a conflict met by the applier, or by its own statements.
+_RETRIED: tuple[type[BaseException], ...] = (_Conflict, *CONFLICTS)
+
+
 def _conflicts_escape(apply: BatchApplier) -> BatchApplier:
     """The applier, with a deadlock or serialization failure raised as `_Conflict`."""
 
@@ -505,7 +536,7 @@ async def _forget_then_apply(
         try:
             await _forget_then_apply_once(pool, plain if last else runner, batch, forget, rollback=rollback)
             return
-        except (_Conflict, *CONFLICTS) as exc:
+        except _RETRIED as exc:
             if last:  # the plain runner raises no _Conflict: this one is the DELETE's or the COMMIT's
                 database_unavailable(batch.deliveries, exc)
                 return

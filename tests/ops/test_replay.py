@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from ops.replay import replay
 from services.common.bus import EVENTS_STREAM, Bus
-from services.common.service import ServiceRuntime
+from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
 from tests.conftest import eventually
@@ -264,7 +265,7 @@ async def _more_history(bus: Bus) -> None:
         await publish(bus, early[i], msg_id=f"resent-{i}")
 
 
-def _pid_recording(path) -> object:  # type: ignore[no-untyped-def]
+def _pid_recording(path: Path) -> ServiceDefinition:
     """record_toy's definition, noting the id of each process that applies a batch in `path`."""
     import dataclasses
     import os
@@ -282,7 +283,9 @@ def _pid_recording(path) -> object:  # type: ignore[no-untyped-def]
     return dataclasses.replace(record_toy.DEFINITION, apply=apply)
 
 
-async def test_workers_leave_the_tables_one_process_leaves(applied, settings: Settings, bus: Bus, tmp_path) -> None:
+async def test_workers_leave_the_tables_one_process_leaves(
+    applied, settings: Settings, bus: Bus, tmp_path: Path
+) -> None:
     import os
 
     await _more_history(bus)
@@ -293,7 +296,7 @@ async def test_workers_leave_the_tables_one_process_leaves(applied, settings: Se
     async def rebuild(workers: int, batch_size: int):  # type: ignore[no-untyped-def]
         await _execute(settings, "DELETE FROM record_toy.toy_customers")
         pids.write_text("")
-        report = await replay(definition, settings, bus, batch_size=batch_size, workers=workers)  # type: ignore[arg-type]
+        report = await replay(definition, settings, bus, batch_size=batch_size, workers=workers)
         return report, await records(settings), set(pids.read_text().split())
 
     one, rows_one, pids_one = await rebuild(1, 2)
