@@ -403,3 +403,15 @@ async def test_a_batch_that_meets_a_deadlock_is_tried_again_not_reported(
     assert (report.messages, report.applied, report.failures) == (4, 4, [])
     assert calls[0] == 3  # the batch of four, twice rolled back, then once more
     assert await records(settings) == [("cus_a", "ACME RENAMED", 200), ("cus_b", "BETA", 100)]
+
+
+async def test_workers_replay_since_a_time(applied, settings: Settings, bus: Bus) -> None:
+    """`--since` with workers: the window starts at the first message since then, not at the
+    stream's first, and is split from there."""
+    from datetime import UTC, datetime
+
+    since = datetime.now(UTC)
+    await _more_history(bus)
+    report = await replay(record_toy.DEFINITION, settings, bus, since=since, batch_size=2, workers=2)
+    assert (report.workers, report.messages, report.applied, report.repeats, report.failures) == (2, 19, 16, 3, [])
+    assert report.tables[0].rows_after == 10
