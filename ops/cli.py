@@ -236,7 +236,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         return EXIT_FAILED if report.failures else 0
 
-    return run_command(work)
+    return run_command(
+        work,
+        interrupted="replay interrupted, no report: each batch committed stays (every event as it was or "
+        "re-applied); run it again to finish",
+    )
 
 
 # -- registration ------------------------------------------------------------------------------
