@@ -14,6 +14,10 @@ the runtime's `BatchRunner`, forgetting each event id first. It is run as its ow
 `syncmesh replay NAME` would be, first on an empty database (a rebuild) and then over what it
 built (every event re-applied: the tool itself must report 0 changed rows). Its CPU per event is
 its own process's, read with `wait4`, beside PostgreSQL's and nats-server's over the same span.
+`wait4`'s usage of a process includes that of the children it reaped, so with `--workers` the
+figure is the tool's whole CPU, the parent's and every worker's (the tool reaps each worker).
+`--replay-workers 1,2,1,2` runs the tool once per value, in that order, on the same stream (each
+a rebuild on a fresh database and again): an interleaved comparison in one window.
 """
 
 from __future__ import annotations
@@ -181,6 +185,7 @@ class ToolRun:
     failures: int
     exit_code: int
     output: str
+    workers: int
 
     def per_event(self, cpu_ms: float) -> float | None:
         return cpu_ms / self.messages if self.messages else None
@@ -211,12 +216,14 @@ def _run_process(
     return seconds, code, (usage.ru_utime + usage.ru_stime) * 1000
 
 
-async def run_tool(suite: Suite, spec: str, database: str, deadline: float) -> ToolRun:
+async def run_tool(suite: Suite, spec: str, database: str, deadline: float, workers: int | None = None) -> ToolRun:
     """`syncmesh replay SPEC` on `database`, as its own process; its CPU from wait4, so nothing
     else the bench reaps is counted."""
     env = suite.env
     log_path = env.data_dir / f"replay-tool-{database}.log"
     argv = [sys.executable, "-m", "launcher.cli", "replay", spec]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     child_env = env.child_env(SYNCMESH_DATABASE_URL=env.pg.dsn(database))
     pg_pid = env.pg.process.pid if env.pg.process is not None else None
     nats_pid = env.nats.process.pid if env.nats.process is not None else None
@@ -237,36 +244,49 @@ async def run_tool(suite: Suite, spec: str, database: str, deadline: float) -> T
         failures=_reported(r"(\d+) events FAILED", text),
         exit_code=code,
         output=text,
+        workers=_reported(r"with (\d+) workers?", text),
     )
 
 
 async def run_tool_section(suite: Suite, spec: str, count: int, deadline: float) -> None:
-    """The operator tool on the stream the service just drained: a rebuild, then again."""
+    """The operator tool on the stream the service just drained: a rebuild, then again; once per
+    `--replay-workers` value, in order."""
     if spec not in registry.names():
         suite.note(TITLE, f"the operator tool replays registered services only; {spec} not measured")
         return
+    choices = suite.config.replay_workers
+    for workers in choices:
+        # One value (the usual run): the figures as they always were; several: a set per value.
+        key, label = ("", "") if len(set(choices)) == 1 else (f".w{workers}", f" --workers {workers}")
+        if not await _tool_pair(suite, spec, count, deadline, workers, key, label):
+            return
+
+
+async def _tool_pair(
+    suite: Suite, spec: str, count: int, deadline: float, workers: int | None, key: str, label: str
+) -> bool:
+    """A rebuild on a fresh database and the tool again over it; False if a run failed."""
+    tool = f"`syncmesh replay {spec}{label}`"
     rebuild = suite.figure(
-        TITLE, "replay.tool.time", f"`syncmesh replay {spec}`: {count:,} events on an empty database", "s", target=20
+        TITLE, f"replay.tool.time{key}", f"{tool}: {count:,} events on an empty database", "s", target=20
     )
-    rate = suite.figure(TITLE, "replay.tool.rate", f"`syncmesh replay {spec}`: rate", "events/s")
-    cpu = suite.figure(TITLE, "replay.tool.cpu", f"`syncmesh replay {spec}`: its own CPU per event", "ms")
-    again = suite.figure(
-        TITLE, "replay.tool.changed", f"`syncmesh replay {spec}` again: rows it reports changed", "rows", target=0
-    )
-    again_time = suite.figure(TITLE, "replay.tool.again_time", f"`syncmesh replay {spec}` again", "s")
+    rate = suite.figure(TITLE, f"replay.tool.rate{key}", f"{tool}: rate", "events/s")
+    cpu = suite.figure(TITLE, f"replay.tool.cpu{key}", f"{tool}: its own CPU per event (workers included)", "ms")
+    again = suite.figure(TITLE, f"replay.tool.changed{key}", f"{tool} again: rows it reports changed", "rows", target=0)
+    again_time = suite.figure(TITLE, f"replay.tool.again_time{key}", f"{tool} again", "s")
     env = suite.env
     database = await env.fresh_database("replay_tool")
     try:
-        for label, figure_time in (("rebuild", rebuild), ("again", again_time)):
-            suite.say(f"  `syncmesh replay {spec}` ({label}) on {database}")
-            result = await run_tool(suite, spec, database, deadline)
+        for run_label, figure_time in (("rebuild", rebuild), ("again", again_time)):
+            suite.say(f"  {tool} ({run_label}) on {database}")
+            result = await run_tool(suite, spec, database, deadline, workers)
             if result.exit_code != 0 or result.messages <= 0:
                 suite.note(
                     TITLE,
-                    f"`syncmesh replay {spec}` ({label}) exited {result.exit_code} after {result.seconds:.1f} s: "
+                    f"{tool} ({run_label}) exited {result.exit_code} after {result.seconds:.1f} s: "
                     + " | ".join(result.output.strip().splitlines()[-5:]),
                 )
-                return
+                return False
             suite.record(figure_time, result.seconds)
             per_event = {
                 name: f"{ms / result.messages:.3f}"
@@ -277,12 +297,12 @@ async def run_tool_section(suite: Suite, spec: str, count: int, deadline: float)
                 )
             }
             figure_time.notes.append(
-                f"{label}: {result.messages:,} messages in {result.seconds:.2f} s "
-                f"({fmt(result.messages / result.seconds)}/s); CPU ms per event "
+                f"{run_label}: {result.messages:,} messages in {result.seconds:.2f} s "
+                f"({fmt(result.messages / result.seconds)}/s) with {result.workers} workers; CPU ms per event "
                 + ", ".join(f"{k} {v}" for k, v in per_event.items())
                 + f"; tool reports {result.changed_rows} rows changed, {max(result.failures, 0)} failures"
             )
-            if label == "rebuild":
+            if run_label == "rebuild":
                 suite.record(rate, result.messages / result.seconds)
                 if (value := result.per_event(result.cpu_ms)) is not None:
                     suite.record(cpu, value)
@@ -290,3 +310,4 @@ async def run_tool_section(suite: Suite, spec: str, count: int, deadline: float)
                 suite.record(again, result.changed_rows)
     finally:
         await env.drop_database(database)
+    return True

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--replay-service", default=None, help="service that replays (default billing, else the first found)"
     )
+    parser.add_argument(
+        "--replay-workers",
+        default=None,
+        help="`syncmesh replay --workers` values, comma-separated, each a run of the tool on the same stream in "
+        "this order (e.g. 1,2,1,2: interleaved); default: the tool's own default",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs of every process)")
     parser.add_argument(
         "--profile",
@@ -131,6 +137,7 @@ async def suite_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         clients=args.clients,
         replay_events=args.replay_events or (10_000 if args.quick else 100_000),
         replay_service=args.replay_service,
+        replay_workers=tuple(int(w) for w in args.replay_workers.split(",")) if args.replay_workers else (None,),
         keep=args.keep,
         profile=args.profile,
         grpc_query_process=args.grpc_query_process,

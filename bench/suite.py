@@ -39,6 +39,9 @@ class Config:
     clients: int = 1
     replay_events: int = 100_000
     replay_service: str | None = None
+    #: `syncmesh replay --workers` for each run of the operator tool, in order, on the same stream
+    #: (1,2,1,2: an interleaved comparison); None: the tool's own default.
+    replay_workers: tuple[int | None, ...] = (None,)
     keep: bool = False
     #: Record processes with py-spy while measured (bench/profile.py).
     profile: bool = False

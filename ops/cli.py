@@ -206,7 +206,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from ops.common import connected_bus, parse_since
-    from ops.replay import BATCH_SIZE, replay
+    from ops.replay import BATCH_SIZE, ReplayWorkerError, default_workers, replay
     from services.common.service import tune_gc
 
     tune_gc()  # a long batch run, like a service's: collections less often (see tune_gc)
@@ -216,20 +216,31 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             settings = settings.with_overrides(dry_run=True)
         since = parse_since("--since", args.since) if args.since else None
+        if args.workers is not None and args.workers < 1:
+            raise SettingsError("--workers must be at least 1")
         async with connected_bus(settings) as bus:
-            report = await replay(
-                definition,
-                settings,
-                bus,
-                since=since,
-                emit_events=args.emit_events,
-                show_progress=True,
-                batch_size=args.batch_size or BATCH_SIZE,
-            )
+            try:
+                report = await replay(
+                    definition,
+                    settings,
+                    bus,
+                    since=since,
+                    emit_events=args.emit_events,
+                    show_progress=True,
+                    batch_size=args.batch_size or BATCH_SIZE,
+                    workers=args.workers or default_workers(),
+                )
+            except ReplayWorkerError as exc:
+                print(f"syncmesh: {exc}", file=sys.stderr)
+                return EXIT_FAILED
         print("\n".join(report.lines()))
         return EXIT_FAILED if report.failures else 0
 
-    return run_command(work)
+    return run_command(
+        work,
+        interrupted="replay interrupted, no report: each batch committed stays (every event as it was or "
+        "re-applied); run it again to finish",
+    )
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -310,6 +321,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         type=int,
         default=None,
         help="events applied per transaction (default 1000; smaller holds row locks for less time)",
+    )
+    replay.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes applying parts of the stream side by side (default: one per core, at most 4; "
+        "1: all in this process, in stream order)",
     )
     replay.set_defaults(func=_cmd_replay)
 

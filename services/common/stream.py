@@ -54,7 +54,12 @@ class StreamReader:
         headers_only: bool = False,
         batch: int = 512,
         fetch_timeout: float = 2.0,
+        start_sequence: int | None = None,
+        last_sequence: int | None = None,
     ) -> None:
+        """`start_sequence` and `last_sequence` bound the walk to a range of stream sequences
+        (replay's workers each walk their own part of one window); `start_sequence` overrides
+        `start_time`."""
         self.bus = bus
         self.stream = stream
         self.subjects = tuple(subjects)
@@ -62,6 +67,8 @@ class StreamReader:
         self.headers_only = headers_only
         self.batch = batch
         self.fetch_timeout = fetch_timeout
+        self.start_sequence = start_sequence
+        self.last_sequence = last_sequence
         self._window: StreamWindow | None = None
 
     async def window(self) -> StreamWindow:
@@ -69,10 +76,12 @@ class StreamReader:
         if self._window is None:
             info = await self.bus.js.stream_info(self.stream)
             last = int(info.state.last_seq or 0)
+            if self.last_sequence is not None:
+                last = min(last, self.last_sequence)
             if not info.state.messages:
                 self._window = StreamWindow(0, last)
             else:
-                name = await self._create_consumer(start_sequence=None)
+                name = await self._create_consumer(start_sequence=self.start_sequence)
                 try:
                     consumer = await self.bus.js.consumer_info(self.stream, name)
                     self._window = StreamWindow(int(consumer.num_pending or 0), last)
@@ -87,7 +96,9 @@ class StreamReader:
             return
         resume_after: int | None = None
         while True:
-            name = await self._create_consumer(start_sequence=None if resume_after is None else resume_after + 1)
+            name = await self._create_consumer(
+                start_sequence=self.start_sequence if resume_after is None else resume_after + 1
+            )
             psub = await self.bus.js.pull_subscribe_bind(consumer=name, stream=self.stream)
             try:
                 info = await self.bus.js.consumer_info(self.stream, name)
@@ -134,6 +145,23 @@ class StreamReader:
                 with contextlib.suppress(nats.errors.Error, ValueError):
                     await psub.unsubscribe()
                 await self._delete_consumer(name)
+
+    async def first_sequence(self) -> int | None:
+        """The stream sequence of the walk's first message (None when it has none): where a
+        window that starts at a time, or at the stream's first message, really begins."""
+        name = await self._create_consumer(start_sequence=self.start_sequence)
+        try:
+            psub = await self.bus.js.pull_subscribe_bind(consumer=name, stream=self.stream)
+            try:
+                msgs = await psub.fetch(1, timeout=self.fetch_timeout)
+            except TimeoutError:
+                return None
+            finally:
+                with contextlib.suppress(nats.errors.Error, ValueError):
+                    await psub.unsubscribe()
+            return int(msgs[0].metadata.sequence.stream) if msgs else None
+        finally:
+            await self._delete_consumer(name)
 
     async def _create_consumer(self, *, start_sequence: int | None) -> str:
         name = f"syncmesh-ops-{uuid.uuid4().hex[:12]}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from ops.replay import replay
 from services.common.bus import EVENTS_STREAM, Bus
-from services.common.service import ServiceRuntime
+from services.common.service import ServiceDefinition, ServiceRuntime
 from services.common.settings import Settings
 from tests.common import toy_service
 from tests.conftest import eventually
@@ -237,3 +238,180 @@ async def test_replay_counts_the_domain_events_it_drops_without_building_them(
     report = await replay(record_toy.DEFINITION, settings, bus)
     assert (report.applied, report.failures, report.suppressed_events) == (4, [], 4)
     assert report.changed_rows == 2
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+
+async def _execute(settings: Settings, sql: str) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _more_history(bus: Bus) -> None:
+    """Out of order and repeated: each customer's newer event before its older one, and copies of
+    early events resent at the end (another message id: past JetStream's dedup window), so a
+    repeat lies in another worker's part than its first occurrence."""
+    early = []
+    for i in range(8):
+        newer = customer_event(f"cus_w{i}", name=f"W{i} new", created=300 + i)
+        await publish(bus, newer)
+        await publish(bus, customer_event(f"cus_w{i}", name=f"W{i} old", created=200 + i))
+        early.append(newer)
+    for i in (0, 1, 5):
+        await publish(bus, early[i], msg_id=f"resent-{i}")
+
+
+def _pid_recording(path: Path) -> ServiceDefinition:
+    """record_toy's definition, noting the id of each process that applies a batch in `path`."""
+    import dataclasses
+    import os
+
+    real = record_toy.DEFINITION.apply
+
+    async def apply(conn, items):  # type: ignore[no-untyped-def]
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # appends of a line do not interleave
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        await real(conn, items)
+
+    return dataclasses.replace(record_toy.DEFINITION, apply=apply)
+
+
+async def test_workers_leave_the_tables_one_process_leaves(
+    applied, settings: Settings, bus: Bus, tmp_path: Path
+) -> None:
+    import os
+
+    await _more_history(bus)
+    record_toy.NAME_STYLE["upper"] = True  # "the mapping changed"
+    pids = tmp_path / "pids"
+    definition = _pid_recording(pids)
+
+    async def rebuild(workers: int, batch_size: int):  # type: ignore[no-untyped-def]
+        await _execute(settings, "DELETE FROM record_toy.toy_customers")
+        pids.write_text("")
+        report = await replay(definition, settings, bus, batch_size=batch_size, workers=workers)
+        return report, await records(settings), set(pids.read_text().split())
+
+    one, rows_one, pids_one = await rebuild(1, 2)
+    many, rows_many, pids_many = await rebuild(3, 2)
+    assert pids_one == {str(os.getpid())}
+    assert len(pids_many) == 3 and str(os.getpid()) not in pids_many  # three processes applied
+    assert len(rows_one) == 10 and ("cus_w3", "W3 NEW", 303) in rows_one
+    assert rows_many == rows_one
+    assert (one.messages, one.applied, one.repeats, one.failures) == (23, 20, 3, [])
+    assert (many.messages, many.applied, many.repeats, many.failures) == (23, 20, 3, [])
+    assert many.tables == one.tables  # from empty to the same rows, the same checksum
+    assert (one.workers, many.workers) == (1, 3) and "with 3 workers" in many.lines()[0]
+    processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
+    assert processed[0]["n"] == 20
+    # Again, over what the workers built: nothing changes, and the counts are one process's.
+    again = await replay(record_toy.DEFINITION, settings, bus, batch_size=1, workers=2)
+    assert (again.messages, again.applied, again.repeats, again.failures, again.changed_rows) == (23, 20, 3, [], 0)
+    assert "changed 0 rows in total" in "\n".join(again.lines())
+
+
+async def test_failures_in_a_worker_are_reported(applied, settings: Settings, bus: Bus) -> None:
+    await _more_history(bus)
+    await publish(bus, customer_event("cus_p", name="Poison", created=300, poison=1))
+    report = await replay(record_toy.DEFINITION, settings, bus, batch_size=2, workers=2)
+    assert (report.messages, report.applied, report.repeats) == (24, 20, 3)
+    [failure] = report.failures
+    assert "cannot map this customer" in failure.reason and failure.stream_sequence == 24
+    assert "1 events FAILED" in "\n".join(report.lines())
+    assert (await bus.js.stream_info("SYNCMESH_DLQ")).state.messages == 0
+
+
+async def test_dry_run_with_workers_writes_nothing(applied, settings: Settings, bus: Bus) -> None:
+    await _more_history(bus)
+    built = await replay(record_toy.DEFINITION, settings, bus, batch_size=2, workers=2)
+    rows = await records(settings)
+    record_toy.NAME_STYLE["upper"] = True
+    report = await replay(record_toy.DEFINITION, settings.with_overrides(dry_run=True), bus, batch_size=2, workers=3)
+    assert report.dry_run and (report.messages, report.applied, report.changed_rows) == (23, built.applied, 0)
+    assert await records(settings) == rows
+    processed = await fetch(settings, "SELECT count(*) AS n FROM record_toy.processed_events")
+    assert processed[0]["n"] == 20
+
+
+@pytest.mark.parametrize("how", ["raises", "dies", "cannot connect"])
+async def test_a_failing_worker_fails_the_replay_clearly(
+    applied, settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Whether a worker's part raises, its process dies, or it cannot reach NATS: the replay
+    raises an error that names the worker and says what to do, and gives no report."""
+    import os
+
+    from ops import common
+    from ops.replay import ReplayWorkerError
+    from services.common.errors import SettingsError
+    from services.common.stream import StreamReader
+
+    await _more_history(bus)
+    real = StreamReader.batches
+
+    async def failing(self: StreamReader):  # type: ignore[no-untyped-def]
+        async for msgs in real(self):
+            if self.start_sequence is not None and self.start_sequence > 1:  # a worker's part, not the first
+                if how == "dies":
+                    os._exit(3)
+                raise ConnectionResetError("the stream went away")
+            yield msgs
+
+    def unreachable(*_: object, **__: object):  # type: ignore[no-untyped-def]
+        raise SettingsError("NATS at SYNCMESH_NATS_URL did not answer within 10s")
+
+    if how == "cannot connect":
+        monkeypatch.setattr(common, "connected_bus", unreachable)
+    else:
+        monkeypatch.setattr(StreamReader, "batches", failing)
+    expected = {
+        "raises": r"replay worker 2 of 2 \(stream seq \d+-\d+, pid \d+\) failed: ConnectionResetError",
+        "dies": r"replay worker 2 of 2 .* ended without its report \(exit code 3\)",
+        "cannot connect": r"replay worker \d of 2 .* failed: SettingsError: NATS",
+    }[how]
+    with pytest.raises(ReplayWorkerError, match=expected) as raised:
+        await asyncio.wait_for(replay(record_toy.DEFINITION, settings, bus, batch_size=2, workers=2), 60)
+    assert "run the replay again" in str(raised.value)
+
+
+async def test_a_batch_that_meets_a_deadlock_is_tried_again_not_reported(
+    applied, settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers (or a running service) may deadlock on shared records: PostgreSQL aborts one
+    side, whose batch is rolled back and applied again whole, not reported as failed."""
+    import dataclasses
+
+    real = record_toy.DEFINITION.apply
+    calls = [0]
+
+    async def apply(conn, items):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        await real(conn, items)
+        if calls[0] <= 2:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    record_toy.NAME_STYLE["upper"] = True
+    definition = dataclasses.replace(record_toy.DEFINITION, apply=apply)
+    report = await replay(definition, settings, bus)
+    assert (report.messages, report.applied, report.failures) == (4, 4, [])
+    assert calls[0] == 3  # the batch of four, twice rolled back, then once more
+    assert await records(settings) == [("cus_a", "ACME RENAMED", 200), ("cus_b", "BETA", 100)]
+
+
+async def test_workers_replay_since_a_time(applied, settings: Settings, bus: Bus) -> None:
+    """`--since` with workers: the window starts at the first message since then, not at the
+    stream's first, and is split from there."""
+    from datetime import UTC, datetime
+
+    since = datetime.now(UTC)
+    await _more_history(bus)
+    report = await replay(record_toy.DEFINITION, settings, bus, since=since, batch_size=2, workers=2)
+    assert (report.workers, report.messages, report.applied, report.repeats, report.failures) == (2, 19, 16, 3, [])
+    assert report.tables[0].rows_after == 10
