@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import nats
+import nats.js.errors
 
 from services.common.bus import EVENTS_STREAM
 from tests.faults.test_process_faults import Lifecycle, deliver_until_accepted
@@ -51,16 +52,32 @@ async def domain_events_once(servers: list[str], db: asyncpg.Connection) -> None
         assert all(r["published_at"] is not None for r in rows), f"{schema}: outbox not relayed"
         expected.update(r["msg_id"] for r in rows)
     assert set(expected.values()) == {1}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            seen = await _read_events(servers, len(expected))
+            break
+        except nats.js.errors.ServiceUnavailableError as exc:
+            # A node back from a kill: the cluster may answer 503 (no leader yet for the
+            # stream or the reading consumer) for a few seconds. Read it all again, afresh.
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{EVENTS_STREAM} still unreadable after 60 s: {exc!r}") from exc
+            await asyncio.sleep(0.5)
+    assert set(seen) == set(expected) and set(seen.values()) == {1}
+
+
+async def _read_events(servers: list[str], expected: int) -> Counter[str]:
+    """Every message of SYNCMESH_EVENTS by its Nats-Msg-Id, through a consumer of its own."""
     nc = await nats.connect(servers=servers)
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(">", stream=EVENTS_STREAM)
         seen = Counter[str]()
-        while sum(seen.values()) < len(expected):
+        while sum(seen.values()) < expected:
             for msg in await sub.fetch(500, timeout=5):
                 seen[msg.headers["Nats-Msg-Id"]] += 1
                 await msg.ack()
-        assert (await js.stream_info(EVENTS_STREAM)).state.messages == len(expected)
+        assert (await js.stream_info(EVENTS_STREAM)).state.messages == expected
+        return seen
     finally:
         await nc.close()
-    assert set(seen) == set(expected) and set(seen.values()) == {1}
