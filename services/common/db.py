@@ -26,8 +26,9 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,143 @@ def text_literal(value: str) -> str | None:
 def bytea_literal(value: bytes) -> str:
     """Bytes as a bytea literal in hex form (`'\\x0a1b'::bytea`): hex digits need no escaping."""
     return "'\\x" + value.hex() + "'::bytea"
+
+
+def sql_literal(value: object) -> str | None:
+    """A Python value as the SQL literal asyncpg's parameter would stand for, or None where no
+    literal here is exact (a NUL in a text, a naive datetime, a float, a nested list...): the
+    statement then travels with parameters.
+
+    None -> NULL; bool -> true/false; int -> its digits (a negative one in parentheses, since `::`
+    binds tighter than unary minus: `-9223372036854775808::bigint` overflows); str -> a quoted
+    text (`text_literal`); bytes -> hex bytea; a timezone-aware datetime -> its UTC instant as
+    `timestamptz`; a date -> `date`; a dict -> `jsonb` (the pool's codec: `json.dumps`); a list or
+    tuple of those (no lists or dicts inside) -> `ARRAY[...]`, empty `'{}'`. Arrays and untyped
+    scalars take their type from the statement (`$1::bigint[]`, a column), as parameters do.
+    """
+    if value is None:
+        return "NULL"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        digits = str(int(value))
+        return f"({digits})" if value < 0 else digits
+    if isinstance(value, str):
+        return text_literal(value)
+    if isinstance(value, bytes):
+        return bytea_literal(value)
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            return None
+        return f"'{value.astimezone(UTC).isoformat()}'::timestamptz"
+    if isinstance(value, date):
+        return f"'{value.isoformat()}'::date"
+    if isinstance(value, dict):
+        quoted = text_literal(json.dumps(value))
+        return None if quoted is None else f"{quoted}::jsonb"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "'{}'"
+        elements = []
+        for element in value:
+            if isinstance(element, list | tuple | dict):
+                return None
+            if (literal := sql_literal(element)) is None:
+                return None
+            elements.append(literal)
+        return "ARRAY[" + ", ".join(elements) + "]"
+    return None
+
+
+#: What `render` looks at in a statement: a quoted string or identifier (kept as it is), a comment
+#: (dropped: a text substituted into one could end it with a newline), a parameter `$n`.
+_TOKENS = re.compile(r"'[^']*'|\"[^\"]*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.DOTALL)
+
+
+def render(query: str, args: Sequence[object]) -> str | None:
+    """`query` with each `$n` replaced by the literal of `args[n-1]` (`sql_literal`), for a simple
+    query; None when a value has no exact literal."""
+    literals = []
+    for value in args:
+        if (literal := sql_literal(value)) is None:
+            return None
+        literals.append(literal)
+
+    def token(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if match.group(1) is not None:
+            return literals[int(match.group(1)) - 1]
+        return " " if text.startswith(("--", "/*")) else text
+
+    return _TOKENS.sub(token, query).strip()
+
+
+class Deferred:
+    """Writes whose outcome nobody reads (audit rows, an UPDATE whose row count is unused), held
+    back to travel with the batch's COMMIT, or together in one simple query at the next `flush`,
+    instead of a round trip each.
+
+    A service's batch applier writes through the one the consumer gives it (`HandlerContext.later`)
+    and calls `flush` before a statement of its own that reads what the held writes changed: held
+    writes run in the order they were given, but after every statement sent straight on the
+    connection meanwhile. Held only at the top level of the consumer's batch with literals allowed
+    (`literals_allowed`): in a savepoint (the one-by-one pass after a failure, replay), in a dry
+    run, on a connection that writes literals unsafely, or for a value without an exact literal
+    (`render`), a write runs at once with its parameters, after those held before it.
+
+    A held write that fails fails the batch at its COMMIT (or at the flush): the transaction is
+    rolled back whole and the consumer applies the batch's messages one by one, where nothing is
+    held, so the failure is charged to the message that wrote it.
+    """
+
+    __slots__ = ("_conn", "_held", "holds")
+
+    def __init__(self, conn: Conn, *, hold: bool = False) -> None:
+        self._conn = conn
+        self._held: list[str] = []
+        #: Whether writes are held at all (else each runs at once).
+        self.holds = hold and literals_allowed(conn)
+
+    async def execute(self, query: str, *args: object) -> None:
+        """Run `query` with `args`, now or with the batch's last round trip."""
+        if self.holds and (sql := render(query, args)) is not None:
+            self._held.append(sql)
+            return
+        await self.flush()
+        await self._conn.execute(query, *args)
+
+    async def executemany(self, query: str, rows: Sequence[Sequence[object]]) -> None:
+        """`execute` for each row of arguments (held as one statement per row)."""
+        if not rows:
+            return
+        if self.holds:
+            rendered = [render(query, row) for row in rows]
+            if all(sql is not None for sql in rendered):
+                self._held.extend(sql for sql in rendered if sql is not None)
+                return
+        await self.flush()
+        await self._conn.executemany(query, rows)
+
+    @property
+    def pending(self) -> str | None:
+        """The held writes as one simple query (None when there are none); `clear` once sent."""
+        return ";\n".join(self._held) if self._held else None
+
+    def clear(self) -> None:
+        self._held.clear()
+
+    async def flush(self) -> None:
+        """Send the held writes now, in one round trip: before a statement that reads them."""
+        if (sql := self.pending) is not None:
+            self._held.clear()
+            await self._conn.execute(sql)
+
+
+#: Where a write whose outcome is not read may go: straight to the connection or held
+#: (`Deferred`).
+Writes = Conn | Deferred
 
 
 async def create_pool(
