@@ -155,6 +155,12 @@ def bytea_literal(value: bytes) -> str:
     return "'\\x" + value.hex() + "'::bytea"
 
 
+#: What asyncpg sends as `infinity` and `-infinity` for a timestamptz (and `date.max`, `date.min`
+#: for a date): a literal says the same.
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+_FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+
+
 def sql_literal(value: object) -> str | None:
     """A Python value as the SQL literal asyncpg's parameter would stand for, or None where no
     literal here is exact (a NUL in a text, a naive datetime, a float, a nested list...): the
@@ -163,7 +169,8 @@ def sql_literal(value: object) -> str | None:
     None -> NULL; bool -> true/false; int -> its digits (a negative one in parentheses, since `::`
     binds tighter than unary minus: `-9223372036854775808::bigint` overflows); str -> a quoted
     text (`text_literal`); bytes -> hex bytea; a timezone-aware datetime -> its UTC instant as
-    `timestamptz`; a date -> `date`; a dict -> `jsonb` (the pool's codec: `json.dumps`); a list or
+    `timestamptz`; a date -> `date` (the greatest and least of each `infinity` and `-infinity`,
+    as asyncpg sends them); a dict -> `jsonb` (the pool's codec: `json.dumps`); a list or
     tuple of those (no lists or dicts inside) -> `ARRAY[...]`, empty `'{}'`. Arrays and untyped
     scalars take their type from the statement (`$1::bigint[]`, a column), as parameters do.
     """
@@ -183,8 +190,16 @@ def sql_literal(value: object) -> str | None:
     if isinstance(value, datetime):
         if value.utcoffset() is None:
             return None
-        return f"'{value.astimezone(UTC).isoformat()}'::timestamptz"
+        try:
+            instant = value.astimezone(UTC)
+        except OverflowError:  # beyond year 1..9999 in UTC: asyncpg refuses it too
+            return None
+        if instant in (_LAST_INSTANT, _FIRST_INSTANT):  # asyncpg's +-infinity
+            return f"'{'' if instant == _LAST_INSTANT else '-'}infinity'::timestamptz"
+        return f"'{instant.isoformat()}'::timestamptz"
     if isinstance(value, date):
+        if value in (date.max, date.min):  # asyncpg's +-infinity
+            return f"'{'' if value == date.max else '-'}infinity'::date"
         return f"'{value.isoformat()}'::date"
     if isinstance(value, dict):
         quoted = text_literal(json.dumps(value))
