@@ -155,6 +155,15 @@ def bytea_literal(value: bytes) -> str:
     return "'\\x" + value.hex() + "'::bytea"
 
 
+@dataclass(frozen=True, slots=True)
+class Jsonb:
+    """A jsonb parameter of a held write (`Deferred`): a literal can only be exact knowing that
+    (a dict may be json or hstore, a str a JSON string or a text). Its literal is the pool's
+    codec's text (`json.dumps`) cast to jsonb; with parameters it goes as the value itself."""
+
+    value: object
+
+
 #: What asyncpg sends as `infinity` and `-infinity` for a timestamptz (and `date.max`, `date.min`
 #: for a date): a literal says the same.
 _LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
@@ -170,8 +179,8 @@ def sql_literal(value: object) -> str | None:
     binds tighter than unary minus: `-9223372036854775808::bigint` overflows); str -> a quoted
     text (`text_literal`); bytes -> hex bytea; a timezone-aware datetime -> its UTC instant as
     `timestamptz`; a date -> `date` (the greatest and least of each `infinity` and `-infinity`,
-    as asyncpg sends them); a dict -> `jsonb` (the pool's codec: `json.dumps`); a list or
-    tuple of those (no lists or dicts inside) -> `ARRAY[...]`, empty `'{}'`. Arrays and untyped
+    as asyncpg sends them); `Jsonb` -> `jsonb` (the pool's codec: `json.dumps`); a list or
+    tuple of those (no lists inside) -> `ARRAY[...]`, empty `'{}'`. Arrays and untyped
     scalars take their type from the statement (`$1::bigint[]`, a column), as parameters do.
     """
     if value is None:
@@ -201,15 +210,18 @@ def sql_literal(value: object) -> str | None:
         if value in (date.max, date.min):  # asyncpg's +-infinity
             return f"'{'' if value == date.max else '-'}infinity'::date"
         return f"'{value.isoformat()}'::date"
-    if isinstance(value, dict):
-        quoted = text_literal(json.dumps(value))
+    if isinstance(value, Jsonb):
+        try:
+            quoted = text_literal(json.dumps(value.value))
+        except (TypeError, ValueError):  # not JSON: the parameter's codec refuses it too
+            return None
         return None if quoted is None else f"{quoted}::jsonb"
     if isinstance(value, list | tuple):
         if not value:
             return "'{}'"
         elements = []
         for element in value:
-            if isinstance(element, list | tuple | dict):
+            if isinstance(element, list | tuple):
                 return None
             if (literal := sql_literal(element)) is None:
                 return None
@@ -273,7 +285,7 @@ class Deferred:
             self._held.append(sql)
             return
         await self.flush()
-        await self._conn.execute(query, *args)
+        await self._conn.execute(query, *_values(args))
 
     async def executemany(self, query: str, rows: Sequence[Sequence[object]]) -> None:
         """`execute` for each row of arguments (held as one statement per row)."""
@@ -285,7 +297,7 @@ class Deferred:
                 self._held.extend(sql for sql in rendered if sql is not None)
                 return
         await self.flush()
-        await self._conn.executemany(query, rows)
+        await self._conn.executemany(query, [_values(row) for row in rows])
 
     @property
     def pending(self) -> str | None:
@@ -300,6 +312,11 @@ class Deferred:
         if (sql := self.pending) is not None:
             self._held.clear()
             await self._conn.execute(sql)
+
+
+def _values(args: Sequence[object]) -> tuple[object, ...]:
+    """Arguments as asyncpg takes them (`Jsonb` unwrapped)."""
+    return tuple(a.value if isinstance(a, Jsonb) else a for a in args)
 
 
 #: Where a write whose outcome is not read may go: straight to the connection or held

@@ -112,8 +112,9 @@ async def test_held_writes_read_back_as_parameters_leave_them(conn: asyncpg.Conn
     await conn.execute("TRUNCATE pg_temp.odd")
     later = db.Deferred(conn, hold=True)
     await conn.execute("BEGIN")
-    await later.executemany(_INSERT, rows[:3])
-    for row in rows[3:]:
+    held = [(*r[:7], None if r[7] is None else db.Jsonb(r[7]), *r[8:]) for r in rows]
+    await later.executemany(_INSERT, held[:3])
+    for row in held[3:]:
         await later.execute(_INSERT, *row)
     sql = later.pending
     assert sql is not None and await _read(conn) == []  # held: nothing sent yet
@@ -145,6 +146,9 @@ def test_values_without_an_exact_literal_have_none() -> None:
     assert db.sql_literal(datetime(2024, 1, 1)) is None  # naive: which zone it is in is the caller's
     assert db.sql_literal(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))) is None  # before year 1 in UTC
     assert db.sql_literal(1.5) is None
+    assert db.sql_literal({"a": 1}) is None  # json, jsonb or hstore: only `db.Jsonb` says
+    assert db.sql_literal(db.Jsonb({"a": {1, 2}})) is None  # not JSON
+    assert db.sql_literal(db.Jsonb("a string")) == "'\"a string\"'::jsonb"
     assert db.sql_literal([[1]]) is None
     assert db.render("SELECT $1, $2", ["a", "\x00"]) is None
     assert db.render("SELECT $2 -- $1\n, '$1'", ["x\nSELECT 1", 2]) == "SELECT 2  \n, '$1'"
@@ -156,7 +160,7 @@ async def test_a_value_without_a_literal_runs_with_parameters_after_what_was_hel
     later = db.Deferred(conn, hold=True)
     async with conn.transaction():
         await later.execute("INSERT INTO pg_temp.odd (n, t) VALUES ($1, $2)", 1, "held")
-        await later.execute("UPDATE pg_temp.odd SET ts = $1 WHERE n = 1", datetime(2024, 1, 1))  # naive
+        await later.execute("UPDATE pg_temp.odd SET ts = $1, j = $2 WHERE n = 1", datetime(2024, 1, 1), db.Jsonb([1]))
         assert later.pending is None
         assert await conn.fetchval("SELECT t FROM pg_temp.odd WHERE ts IS NOT NULL") == "held"
     with pytest.raises(asyncpg.PostgresError) as held:
