@@ -15,7 +15,7 @@ import pytest
 from opentelemetry import context as otel_context
 
 from services.common import db
-from services.common.consumer import BatchItem, BatchRunner, Delivery, Outcome, Received
+from services.common.consumer import HOLD_UP_TO, BatchItem, BatchRunner, Delivery, Outcome, Received
 from services.common.db import Conn
 from services.common.settings import Settings
 from tests.billing.builders import envelope_for, stripe_event
@@ -181,6 +181,9 @@ async def test_nothing_is_held_where_literals_are_not_safe(conn: asyncpg.Connect
 # -- a held write that fails at COMMIT ---------------------------------------------------------------
 
 
+_TOY_INSERT = "INSERT INTO toy_rows (event_id, value) VALUES ($1, $2)"
+
+
 async def _apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     """Each event's write held for COMMIT: a row keyed by its event id, whose value must not be
     negative (the `bad` event's is)."""
@@ -223,6 +226,29 @@ async def test_a_held_write_failing_at_commit_leaves_the_batch_to_the_one_by_one
             # The first try sent the rows with its COMMIT; the pass sent each with parameters.
             with_commit = [q for q in sent if "toy_rows" in q and q.rstrip().endswith("COMMIT")]
             assert len(with_commit) == 1 and "'cus_bad'" not in with_commit[0] and "(-1)" in with_commit[0]
-            assert sum(1 for q in sent if q == "INSERT INTO toy_rows (event_id, value) VALUES ($1, $2)") == 3
+            assert sum(1 for q in sent if q == _TOY_INSERT) == 3
+    finally:
+        await pool.close()
+
+
+async def test_a_batch_larger_than_hold_up_to_sends_its_writes_at_once(database_url: str, settings: Settings) -> None:
+    """Literals cost per value what holding saves per batch: past `HOLD_UP_TO` events nothing is
+    held, and the rows are the same."""
+    pool = await db.create_pool(database_url, "toy", max_size=1)
+    try:
+        await db.migrate(pool, "toy", [("runtime", db.RUNTIME_MIGRATIONS)])
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE toy_rows (event_id text PRIMARY KEY, value integer CHECK (value >= 0))")
+            sent: list[str] = []
+            conn.add_query_logger(lambda record: sent.append(record.query))
+            runner = BatchRunner(service="toy", settings=settings, apply=_apply)
+            for size in (HOLD_UP_TO, HOLD_UP_TO + 1):
+                sent.clear()
+                batch = [_delivery(f"cus_{size}_{n}", n) for n in range(size)]
+                await runner.run(conn, batch)
+                assert {d.received.outcome for d in batch} == {Outcome.APPLIED}
+                with_parameters = sum(1 for q in sent if q == _TOY_INSERT)
+                assert with_parameters == (0 if size == HOLD_UP_TO else size), (size, sent)
+            assert await conn.fetchval("SELECT count(*) FROM toy_rows") == 2 * HOLD_UP_TO + 1
     finally:
         await pool.close()
