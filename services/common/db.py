@@ -273,11 +273,13 @@ class Deferred:
     held, so the failure is charged to the message that wrote it.
     """
 
-    __slots__ = ("_conn", "_held", "holds")
+    __slots__ = ("_conn", "_held", "_templates", "holds")
 
     def __init__(self, conn: Conn, *, hold: bool = False) -> None:
         self._conn = conn
         self._held: list[str] = []
+        #: The held statements as written, with their `$n` (what a span may show: no values).
+        self._templates: list[str] = []
         #: Whether writes are held at all (else each runs at once).
         self.holds = hold and literals_allowed(conn)
 
@@ -285,6 +287,7 @@ class Deferred:
         """Run `query` with `args`, now or with the batch's last round trip."""
         if self.holds and (sql := render(query, args)) is not None:
             self._held.append(sql)
+            self._templates.append(query)
             return
         await self.flush()
         await self._conn.execute(query, *_values(args))
@@ -297,6 +300,7 @@ class Deferred:
             rendered = [render(query, row) for row in rows]
             if all(sql is not None for sql in rendered):
                 self._held.extend(sql for sql in rendered if sql is not None)
+                self._templates.append(query)
                 return
         await self.flush()
         await self._conn.executemany(query, [_values(row) for row in rows])
@@ -308,22 +312,23 @@ class Deferred:
 
     def clear(self) -> None:
         self._held.clear()
+        self._templates.clear()
 
     async def flush(self) -> None:
         """Send the held writes now, in one round trip: before a statement that reads them.
 
-        Under a span of its own that names how many statements went, never their text: held
-        writes carry their values as literals (e-mails, names, addresses), which asyncpg's
-        instrumentation would put in the span's `db.statement`, where a parameter's value never
-        appears (tests/security/test_no_leaks.py)."""
+        Under a span of its own whose `db.statement` is the statements as written, with their
+        `$n`: what was sent carries the values as literals (e-mails, names, addresses), which
+        asyncpg's instrumentation would put in the span, where a parameter's value never appears
+        (tests/security/test_no_leaks.py)."""
         if (sql := self.pending) is not None:
-            count = len(self._held)
-            self._held.clear()
             attributes: dict[str, str | int] = {
                 "db.system": "postgresql",
                 "db.operation": "held writes",
-                "syncmesh.statements": count,
+                "db.statement": ";\n".join(dict.fromkeys(t.strip() for t in self._templates)),
+                "syncmesh.statements": len(self._held),
             }
+            self.clear()
             span = _tracer.start_as_current_span("held writes", kind=trace.SpanKind.CLIENT, attributes=attributes)
             with span, Untraced():
                 await self._conn.execute(sql)
