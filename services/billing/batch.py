@@ -21,14 +21,14 @@ from services.billing import handlers, invoice_mapping, invoices, settlement, st
 from services.billing.batch_state import Batch
 from services.billing.settings import BillingSettings
 from services.common.consumer import BatchApplier, BatchItem
-from services.common.db import Conn
+from services.common.db import Conn, Deferred
 
 
 def make_applier(policy: BillingSettings) -> BatchApplier:
     """The consumer's batch applier, bound to the billing policy the process was started with."""
 
     async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
-        await _apply(Batch(policy), conn, items)
+        await _apply(Batch(policy, items[0].ctx.later if items else Deferred(conn)), conn, items)
 
     return apply
 
@@ -55,7 +55,7 @@ async def _apply(batch: Batch, conn: Conn, items: Sequence[BatchItem]) -> None:
     await handlers.store_facts(batch, conn, facts)
     await invoices.apply_snapshots(batch, conn, snapshots)
     await settlement.settle_noted(batch, conn)
-    await store.add_history(conn, batch.history)
+    await store.add_history(batch.later, batch.history)
 
 
 def _price_ids(item: BatchItem) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from services.billing.records import HistoryRow
 from services.billing.settings import BillingSettings
 from services.common.consumer import HandlerContext
+from services.common.db import Deferred
 from services.common.events import StripeEvent
 
 
@@ -31,6 +32,11 @@ class Batch:
     """The running policy and what the batch's events have noted so far."""
 
     policy: BillingSettings
+    #: Writes nobody reads back before COMMIT (audit rows, the ledgers' updates, lines...): held
+    #: to go with the batch's COMMIT (`db.Deferred`). Each step that reads what such a write
+    #: changed flushes it first (`invoices.apply_snapshots`, `handlers.store_facts`,
+    #: `settlement.settle_noted`).
+    later: Deferred
     locked: set[str] = field(default_factory=set)
     prices: set[str] = field(default_factory=set)
     item_map: dict[str, str] = field(default_factory=dict)

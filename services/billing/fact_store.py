@@ -20,7 +20,7 @@ from typing import Any
 from services.billing.facts import FactsFold, HoldKey, MemoState, StoredCustomer, StoredFacts
 from services.billing.payment_mapping import ErpPayment, ErpRefund
 from services.billing.stripe_fields import to_date
-from services.common.db import Conn
+from services.common.db import Conn, Writes
 
 
 @dataclass(frozen=True)
@@ -147,15 +147,20 @@ class Written:
     customers: set[str] = field(default_factory=set)
 
 
-async def write(conn: Conn, fold: FactsFold, known: Mapping[tuple[str, str], str]) -> Written:
+async def write(
+    conn: Conn, fold: FactsFold, known: Mapping[tuple[str, str], str], *, later: Writes | None = None
+) -> Written:
     """The fold's net effect: each changed record written once; `known` are the ERP ids of the
-    stored records (`Loaded.erp_ids`)."""
+    stored records (`Loaded.erp_ids`). What no statement here reads back (new charges, credit
+    note links, memo lines) goes through `later` (default `conn`): a batch holds it for its
+    COMMIT; a later `load` flushes it first (`handlers.store_facts`)."""
+    later = conn if later is None else later
     written = Written()
-    await _write_charges(conn, fold)
+    await _write_charges(later, fold)
     await _write_payments(conn, fold, written, known)
     await _write_refunds(conn, fold, written, known)
-    await _write_notes(conn, fold, written, known)
-    await _write_refund_memos(conn, fold, written, known)
+    await _write_notes(conn, fold, written, known, later)
+    await _write_refund_memos(conn, fold, written, known, later)
     await _write_holds(conn, fold, written)
     await _write_customers(conn, fold, written)
     return written
@@ -240,7 +245,7 @@ async def _write_payments(conn: Conn, fold: FactsFold, written: Written, known: 
     written.erp_ids.update((("payment", r["stripe_payment_id"]), r["erp_payment_id"]) for r in rows)
 
 
-async def _write_charges(conn: Conn, fold: FactsFold) -> None:
+async def _write_charges(conn: Writes, fold: FactsFold) -> None:
     """Succeeded charges new in this batch; a charge never changes, so the first write stays."""
     charges = [fold.charges_created[k] for k in sorted(fold.charges_created)]
     if charges:
@@ -305,10 +310,12 @@ async def _write_refunds(conn: Conn, fold: FactsFold, written: Written, known: M
     written.erp_ids.update((("refund", r["stripe_refund_id"]), r["erp_refund_id"]) for r in rows)
 
 
-async def _write_notes(conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]) -> None:
+async def _write_notes(
+    conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str], later: Writes
+) -> None:
     links = sorted(fold.links)
     if links:
-        await conn.execute(
+        await later.execute(
             "INSERT INTO credit_note_refunds (credit_note_id, refund_id) "
             "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
             [n for n, _ in links],
@@ -367,10 +374,10 @@ async def _write_notes(conn: Conn, fold: FactsFold, written: Written, known: Map
     written.erp_ids.update((("memo", r["memo_key"]), r["erp_credit_memo_id"]) for r in rows)
     if not changed:
         return
-    await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = ANY($1::text[])", changed)
+    await later.execute("DELETE FROM credit_memo_lines WHERE memo_key = ANY($1::text[])", changed)
     lines = [(key, line) for key in changed for line in fold.notes_changed[key].lines]
     if lines:
-        await conn.execute(
+        await later.execute(
             "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, "
             "invoice_line_item, kind) SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::bigint[], "
             "$5::bigint[], $6::bigint[], $7::text[], $8::text[])",
@@ -386,7 +393,7 @@ async def _write_notes(conn: Conn, fold: FactsFold, written: Written, known: Map
 
 
 async def _write_refund_memos(
-    conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str]
+    conn: Conn, fold: FactsFold, written: Written, known: Mapping[tuple[str, str], str], later: Writes
 ) -> None:
     keys = sorted(fold.memos_changed)
     if not keys:
@@ -432,7 +439,7 @@ async def _write_refund_memos(
     written.erp_ids.update((("memo", r["memo_key"]), r["erp_credit_memo_id"]) for r in rows)
     new = [fold.memos_created[r["memo_key"]] for r in rows if r["inserted"] and r["memo_key"] in fold.memos_created]
     if new:
-        await conn.execute(
+        await later.execute(
             "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
             "SELECT k, 1, d, 1, a, a, 'refund' FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(k, d, a)",
             [m.memo_key for m in new],

@@ -236,6 +236,7 @@ async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> N
     in arrival order and note the invoices they touched for settlement."""
     if not any(ef.facts for ef in read):  # e.g. snapshots that only marked their invoice uncollectible
         return
+    await batch.later.flush()  # the load reads what the batch's held writes change
     loaded = await fact_store.load(conn, _keys(read))
     fold = FactsFold(loaded.facts, zone=batch.policy.ledger_zone)
     decided = [_fold(fold, ef) for ef in read]
@@ -243,7 +244,7 @@ async def store_facts(batch: Batch, conn: Conn, read: Sequence[EventFacts]) -> N
     to_lock = sorted({i for _, invoices in decided for i in invoices} - batch.locked)
     await store.lock_many(conn, to_lock)
     batch.locked.update(to_lock)
-    written = await fact_store.write(conn, fold, loaded.erp_ids)
+    written = await fact_store.write(conn, fold, loaded.erp_ids, later=batch.later)
     erp_ids = {**loaded.erp_ids, **written.erp_ids}
     for ef, (effects, _) in zip(read, decided, strict=True):
         with ef.item.consuming():

@@ -153,12 +153,15 @@ async def fetch_all_lines(ctx: HandlerContext, obj: dict[str, Any]) -> tuple[lis
 
 async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) -> None:
     """Fold each invoice's snapshots, write the net effect, then what each snapshot says besides."""
+    if not read:
+        return
     by_invoice: dict[str, list[Snapshot]] = {}
     for snap in read:
         same = by_invoice.setdefault(snap.inv.stripe_invoice_id, [])
         if same:
             snap.lines_memo = same[0].lines_memo
         same.append(snap)
+    await batch.later.flush()
     stored = await store.stored_snapshots(conn, sorted(by_invoice))
     folds = []
     unmapped: list[tuple[str, str]] = []
@@ -171,11 +174,13 @@ async def apply_snapshots(batch: Batch, conn: Conn, read: Sequence[Snapshot]) ->
                 unmapped.extend((price_id, invoice_id) for price_id in snap.mapped().unmapped_price_ids)
         last = snaps[-1].item
         batch.settle_later(last.ctx, last.event, invoice_id, changed=any(step.applied for step in fold.steps))
-    await store.write_snapshots(conn, folds)
+    # Held (`Batch.later`), in this order: what reads the invoices next (the facts' load, the
+    # settlement) flushes them first; nothing of the batch reads the lines or unmapped prices.
+    await store.write_snapshots(batch.later, folds)
     # Lines follow the current price -> item sheet whether or not they were rewritten: a replay
     # after a mapping change rewrites none (its snapshots are not newer than the stored ones).
-    await store.remap_lines(conn, sorted(by_invoice))
-    await store.note_unmapped(conn, unmapped)
+    await store.remap_lines_later(batch.later, sorted(by_invoice))
+    await store.note_unmapped(batch.later, unmapped)
     beyond = []
     for snap in read:
         if _says_more(snap, batch.policy):
@@ -214,7 +219,7 @@ async def _beyond_the_invoice(batch: Batch, snap: Snapshot) -> handlers.EventFac
     ctx, event, inv = snap.item.ctx, snap.item.event, snap.inv
     if inv.uncollectible:
         await store.note_uncollectible(
-            ctx.conn,
+            batch.later,
             inv.stripe_invoice_id,
             notified_on=notified_on(ctx, event, batch.policy.ledger_zone),
             at=inv.uncollectible_at,

@@ -22,10 +22,16 @@ _WRITE_OFF_CHANGE = {"issued": "written off", "reversed": "write-off reversed (i
 
 async def settle_noted(batch: Batch, conn: Conn) -> None:
     """Re-derive every noted invoice's ledger; save, record and announce what moved."""
+    if not batch.settle:
+        return
+    await batch.later.flush()  # the ledgers are derived from everything the batch wrote
     stored = await store.stored_ledgers(conn, sorted(batch.settle))
     settlements = [decide.settle(stored[invoice_id], batch.policy) for invoice_id in sorted(stored)]
-    await store.save_ledgers(conn, [s for s in settlements if s.moved])
-    memo_ids = await store.write_write_offs(conn, [s.write_off for s in settlements if s.write_off is not None])
+    # Nothing of the batch reads the ledgers, nor the memos' lines, after this: they go with COMMIT.
+    await store.save_ledgers(batch.later, [s for s in settlements if s.moved])
+    memo_ids = await store.write_write_offs(
+        conn, [s.write_off for s in settlements if s.write_off is not None], lines=batch.later
+    )
     released = await store.release_holds(
         conn,
         {

@@ -40,7 +40,7 @@ from services.billing.records import (
     from_row,
 )
 from services.billing.snapshots import SnapshotFold, StoredSnapshot
-from services.common.db import Conn
+from services.common.db import Conn, Writes
 
 R = TypeVar("R")
 
@@ -53,7 +53,7 @@ async def lock_many(conn: Conn, keys: Sequence[str]) -> None:
         )
 
 
-async def add_history(conn: Conn, rows: Sequence[HistoryRow]) -> None:
+async def add_history(conn: Writes, rows: Sequence[HistoryRow]) -> None:
     """(record_type, record_id, stripe_event_id, event_type, change) rows, in one statement, ids
     in the order given (a replay writes thousands per batch: one statement is one plan and one
     executor run, where a row per execution cost PostgreSQL each again)."""
@@ -100,7 +100,7 @@ async def lock_many_and_load_item_map(conn: Conn, keys: Sequence[str], price_ids
     return dict(zip(row["prices"], row["items"], strict=True))
 
 
-async def note_unmapped(conn: Conn, seen: Iterable[tuple[str, str]]) -> None:
+async def note_unmapped(conn: Writes, seen: Iterable[tuple[str, str]]) -> None:
     """(price id, invoice id) pairs: prices whose lines were written without an ERP item. Each
     distinct pair counts one invoice seen, and the price's last invoice is the greatest id, as
     when the pairs were written one at a time in order; one statement, one row per price."""
@@ -199,6 +199,15 @@ async def _remap_imported_lines(conn: Conn, rows: Sequence[tuple[str, str]], *, 
     return len(changed)
 
 
+_REMAP_LINES = """
+    UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
+      FROM item_mappings m
+     WHERE l.stripe_invoice_id = ANY($1::text[]) AND l.kind = 'item'
+       AND l.stripe_price_id = m.stripe_price_id
+       AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
+"""
+
+
 async def remap_lines(conn: Conn, invoice_ids: Sequence[str]) -> int:
     """Point these invoices' stored item lines at their prices' current ERP items; how many
     changed. Every batch runs it for the invoices it touched (whose locks it holds), so a replay
@@ -206,17 +215,14 @@ async def remap_lines(conn: Conn, invoice_ids: Sequence[str]) -> int:
     a newer snapshot), and reports exactly those lines."""
     if not invoice_ids:
         return 0
-    status = await conn.execute(
-        """
-        UPDATE invoice_lines l SET erp_item_id = m.erp_item_id, item_mapped = true
-          FROM item_mappings m
-         WHERE l.stripe_invoice_id = ANY($1::text[]) AND l.kind = 'item'
-           AND l.stripe_price_id = m.stripe_price_id
-           AND (l.erp_item_id <> m.erp_item_id OR NOT l.item_mapped)
-        """,
-        list(invoice_ids),
-    )
+    status = await conn.execute(_REMAP_LINES, list(invoice_ids))
     return int(status.split()[-1])
+
+
+async def remap_lines_later(later: Writes, invoice_ids: Sequence[str]) -> None:
+    """`remap_lines` where nobody reads how many changed (a batch: it may go with its COMMIT)."""
+    if invoice_ids:
+        await later.execute(_REMAP_LINES, list(invoice_ids))
 
 
 # -- invoices -----------------------------------------------------------------------------------
@@ -248,7 +254,7 @@ async def stored_snapshots(conn: Conn, invoice_ids: Sequence[str]) -> dict[str, 
     }
 
 
-async def write_snapshots(conn: Conn, folds: Sequence[SnapshotFold]) -> None:
+async def write_snapshots(conn: Writes, folds: Sequence[SnapshotFold]) -> None:
     """Write the net effect of folded snapshots: headers, then lines, a few statements in all."""
     headers = []
     lines_only = []
@@ -350,7 +356,7 @@ async def write_snapshots(conn: Conn, folds: Sequence[SnapshotFold]) -> None:
         await _replace_lines(conn, rewritten)
 
 
-async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
+async def _replace_lines(conn: Writes, invoices: Sequence[ErpInvoice]) -> None:
     """The invoices' lines and revenue schedules (which cascade from the lines), rewritten: one
     statement per table, whatever the number of lines."""
     await conn.execute(
@@ -414,7 +420,7 @@ async def _replace_lines(conn: Conn, invoices: Sequence[ErpInvoice]) -> None:
 
 
 async def note_uncollectible(
-    conn: Conn, invoice_id: str, *, notified_on: date, at: int | None, event_at: int | None = None
+    conn: Writes, invoice_id: str, *, notified_on: date, at: int | None, event_at: int | None = None
 ) -> None:
     """Stripe gave up on this invoice: remember it (Stripe's moment, the earliest event that said
     so, and the earliest day we were told), whatever snapshot ends up newest."""
@@ -605,7 +611,7 @@ def _ledger_facts(row: Any, *, write_off_enabled: bool, invoice_credits: int) ->
     )
 
 
-async def save_ledgers(conn: Conn, moved: Sequence[Settlement]) -> None:
+async def save_ledgers(conn: Writes, moved: Sequence[Settlement]) -> None:
     """The re-derived ledgers of the invoices whose ledger moved, in one statement."""
     if moved:
         await conn.executemany(
@@ -628,9 +634,10 @@ async def save_ledgers(conn: Conn, moved: Sequence[Settlement]) -> None:
         )
 
 
-async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[str, str]:
+async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo], *, lines: Writes | None = None) -> dict[str, str]:
     """Create or move the write-off credit memos, set-based; the ERP id of each memo that changed
-    (by memo key). A memo already as asked is left alone."""
+    (by memo key). A memo already as asked is left alone. The changed memos' lines are rewritten
+    through `lines` (default `conn`): a batch holds them for its COMMIT."""
     if not memos:
         return {}
     ordered = sorted(memos, key=lambda m: m.memo_key)  # in key order, so concurrent batches cannot deadlock
@@ -662,8 +669,9 @@ async def write_write_offs(conn: Conn, memos: Sequence[WriteOffMemo]) -> dict[st
     )
     changed = {r["memo_key"]: str(r["erp_credit_memo_id"]) for r in rows}
     if changed:
-        await conn.execute("DELETE FROM credit_memo_lines WHERE memo_key = ANY($1::text[])", sorted(changed))
-        await conn.executemany(
+        lines = conn if lines is None else lines
+        await lines.execute("DELETE FROM credit_memo_lines WHERE memo_key = ANY($1::text[])", sorted(changed))
+        await lines.executemany(
             "INSERT INTO credit_memo_lines (memo_key, line_no, description, quantity, unit_amount, amount, kind) "
             "VALUES ($1, 1, $2, 1, $3, $3, 'write_off')",
             [(m.memo_key, m.line_description, m.amount) for m in ordered if m.memo_key in changed],

@@ -26,17 +26,20 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from services.common.errors import SettingsError
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 #: A connection inside a transaction, whether taken straight from a pool or not.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -152,6 +155,193 @@ def text_literal(value: str) -> str | None:
 def bytea_literal(value: bytes) -> str:
     """Bytes as a bytea literal in hex form (`'\\x0a1b'::bytea`): hex digits need no escaping."""
     return "'\\x" + value.hex() + "'::bytea"
+
+
+@dataclass(frozen=True, slots=True)
+class Jsonb:
+    """A jsonb parameter of a held write (`Deferred`): a literal can only be exact knowing that
+    (a dict may be json or hstore, a str a JSON string or a text). Its literal is the pool's
+    codec's text (`json.dumps`) cast to jsonb; with parameters it goes as the value itself."""
+
+    value: object
+
+
+#: What asyncpg sends as `infinity` and `-infinity` for a timestamptz (and `date.max`, `date.min`
+#: for a date): a literal says the same.
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+_FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+
+
+def sql_literal(value: object) -> str | None:
+    """A Python value as the SQL literal asyncpg's parameter would stand for, or None where no
+    literal here is exact (a NUL in a text, a naive datetime, a float, a nested list...): the
+    statement then travels with parameters.
+
+    None -> NULL; bool -> true/false; int -> its digits (a negative one in parentheses, since `::`
+    binds tighter than unary minus: `-9223372036854775808::bigint` overflows); str -> a quoted
+    text (`text_literal`); bytes -> hex bytea; a timezone-aware datetime -> its UTC instant as
+    `timestamptz`; a date -> `date` (the greatest and least of each `infinity` and `-infinity`,
+    as asyncpg sends them); `Jsonb` -> `jsonb` (the pool's codec: `json.dumps`); a list or
+    tuple of those (no lists inside) -> `ARRAY[...]`, empty `'{}'`. Arrays and untyped
+    scalars take their type from the statement (`$1::bigint[]`, a column), as parameters do.
+    """
+    if value is None:
+        return "NULL"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        digits = str(int(value))
+        return f"({digits})" if value < 0 else digits
+    if isinstance(value, str):
+        return text_literal(value)
+    if isinstance(value, bytes):
+        return bytea_literal(value)
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            return None
+        try:
+            instant = value.astimezone(UTC)
+        except OverflowError:  # beyond year 1..9999 in UTC: asyncpg refuses it too
+            return None
+        if instant in (_LAST_INSTANT, _FIRST_INSTANT):  # asyncpg's +-infinity
+            return f"'{'' if instant == _LAST_INSTANT else '-'}infinity'::timestamptz"
+        return f"'{instant.isoformat()}'::timestamptz"
+    if isinstance(value, date):
+        if value in (date.max, date.min):  # asyncpg's +-infinity
+            return f"'{'' if value == date.max else '-'}infinity'::date"
+        return f"'{value.isoformat()}'::date"
+    if isinstance(value, Jsonb):
+        try:
+            quoted = text_literal(json.dumps(value.value))
+        except (TypeError, ValueError):  # not JSON: the parameter's codec refuses it too
+            return None
+        return None if quoted is None else f"{quoted}::jsonb"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "'{}'"
+        elements = []
+        for element in value:
+            if isinstance(element, list | tuple):
+                return None
+            if (literal := sql_literal(element)) is None:
+                return None
+            elements.append(literal)
+        return "ARRAY[" + ", ".join(elements) + "]"
+    return None
+
+
+#: What `render` looks at in a statement: a quoted string or identifier (kept as it is), a comment
+#: (dropped: a text substituted into one could end it with a newline), a parameter `$n`.
+_TOKENS = re.compile(r"'[^']*'|\"[^\"]*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.DOTALL)
+
+
+def render(query: str, args: Sequence[object]) -> str | None:
+    """`query` with each `$n` replaced by the literal of `args[n-1]` (`sql_literal`), for a simple
+    query; None when a value has no exact literal."""
+    literals = []
+    for value in args:
+        if (literal := sql_literal(value)) is None:
+            return None
+        literals.append(literal)
+
+    def token(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if match.group(1) is not None:
+            return literals[int(match.group(1)) - 1]
+        return " " if text.startswith(("--", "/*")) else text
+
+    return _TOKENS.sub(token, query).strip()
+
+
+class Deferred:
+    """Writes whose outcome nobody reads (audit rows, an UPDATE whose row count is unused), held
+    back to travel with the batch's COMMIT, or together in one simple query at the next `flush`,
+    instead of a round trip each.
+
+    A service's batch applier writes through the one the consumer gives it (`HandlerContext.later`)
+    and calls `flush` before a statement of its own that reads what the held writes changed: held
+    writes run in the order they were given, but after every statement sent straight on the
+    connection meanwhile. Held only at the top level of the consumer's batch with literals allowed
+    (`literals_allowed`): in a savepoint (the one-by-one pass after a failure, replay), in a dry
+    run, on a connection that writes literals unsafely, or for a value without an exact literal
+    (`render`), a write runs at once with its parameters, after those held before it.
+
+    A held write that fails fails the batch at its COMMIT (or at the flush): the transaction is
+    rolled back whole and the consumer applies the batch's messages one by one, where nothing is
+    held, so the failure is charged to the message that wrote it.
+    """
+
+    __slots__ = ("_conn", "_held", "_templates", "holds")
+
+    def __init__(self, conn: Conn, *, hold: bool = False) -> None:
+        self._conn = conn
+        self._held: list[str] = []
+        #: The held statements as written, with their `$n` (what a span may show: no values).
+        self._templates: list[str] = []
+        #: Whether writes are held at all (else each runs at once).
+        self.holds = hold and literals_allowed(conn)
+
+    async def execute(self, query: str, *args: object) -> None:
+        """Run `query` with `args`, now or with the batch's last round trip."""
+        if self.holds and (sql := render(query, args)) is not None:
+            self._held.append(sql)
+            self._templates.append(query)
+            return
+        await self.flush()
+        await self._conn.execute(query, *_values(args))
+
+    async def executemany(self, query: str, rows: Sequence[Sequence[object]]) -> None:
+        """`execute` for each row of arguments (held as one statement per row)."""
+        if not rows:
+            return
+        if self.holds:
+            rendered = [render(query, row) for row in rows]
+            if all(sql is not None for sql in rendered):
+                self._held.extend(sql for sql in rendered if sql is not None)
+                self._templates.append(query)
+                return
+        await self.flush()
+        await self._conn.executemany(query, [_values(row) for row in rows])
+
+    @property
+    def pending(self) -> str | None:
+        """The held writes as one simple query (None when there are none); `clear` once sent."""
+        return ";\n".join(self._held) if self._held else None
+
+    def clear(self) -> None:
+        self._held.clear()
+        self._templates.clear()
+
+    async def flush(self) -> None:
+        """Send the held writes now, in one round trip: before a statement that reads them.
+
+        Under a span of its own whose `db.statement` is the statements as written, with their
+        `$n`: what was sent carries the values as literals (e-mails, names, addresses), which
+        asyncpg's instrumentation would put in the span, where a parameter's value never appears
+        (tests/security/test_no_leaks.py)."""
+        if (sql := self.pending) is not None:
+            attributes: dict[str, str | int] = {
+                "db.system": "postgresql",
+                "db.operation": "held writes",
+                "db.statement": ";\n".join(dict.fromkeys(t.strip() for t in self._templates)),
+                "syncmesh.statements": len(self._held),
+            }
+            self.clear()
+            span = _tracer.start_as_current_span("held writes", kind=trace.SpanKind.CLIENT, attributes=attributes)
+            with span, Untraced():
+                await self._conn.execute(sql)
+
+
+def _values(args: Sequence[object]) -> tuple[object, ...]:
+    """Arguments as asyncpg takes them (`Jsonb` unwrapped)."""
+    return tuple(a.value if isinstance(a, Jsonb) else a for a in args)
+
+
+#: Where a write whose outcome is not read may go: straight to the connection or held
+#: (`Deferred`).
+Writes = Conn | Deferred
 
 
 async def create_pool(

@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from syncmesh.crm_export.v1 import events_pb2
 
 from services.common.consumer import BatchItem
-from services.common.db import Conn
+from services.common.db import Conn, Deferred
 from services.crm_export import decide, messages, store
 from services.crm_export.crm_settings import CrmSettings
 from services.crm_export.decide import BatchChanges, Fetched, Incoming, ListKind, StoredFacts
@@ -68,7 +68,8 @@ async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
     client = items[0].ctx.stripe if items else None
     fetcher: Fetcher = StripeFetcher(client) if client is not None else NoFetcher()
     sources = Sources([item.ctx.emit for item in items], spans)
-    await apply_objects(conn, incoming, None, sources, fetcher, settle_ties=client is not None)
+    later = items[0].ctx.later if items else None
+    await apply_objects(conn, incoming, None, sources, fetcher, settle_ties=client is not None, later=later)
 
 
 @contextlib.contextmanager
@@ -87,11 +88,14 @@ async def apply_objects(
     fetcher: Fetcher,
     *,
     settle_ties: bool,
+    later: Deferred | None = None,
 ) -> None:
     """Load what the objects touch, fetch what they left out, decide, write, announce.
 
     `settings`: those the objects are applied under; None reads the current ones (the live
     path: a change made meanwhile applies from the next batch, as it would from the next event).
+    `later`: where the writes go (the consumer's batch holds them for its COMMIT, or until the
+    announcement reads the records back); None, at once.
     """
     if not incoming:
         for span in sources.spans:
@@ -104,8 +108,9 @@ async def apply_objects(
     stored, health_before = await store.stored_facts(conn, settings, keys, keys.health)
     fetched = await _fetch(incoming, stored, fetcher, sources, settle_ties=settle_ties)
     changes = decide.decide(incoming, stored, fetched, settle_ties=settle_ties)
-    await store.write_changes(conn, changes)
-    await _announce(conn, changes, health_before, sources.emits)
+    later = Deferred(conn) if later is None else later
+    await store.write_changes(later, changes)
+    await _announce(conn, later, changes, health_before, sources.emits)
 
 
 async def _fetch(
@@ -135,8 +140,13 @@ async def _fetch(
     return Fetched(lists, current)
 
 
-async def _announce(conn: Conn, changes: BatchChanges, health_before: dict[str, Health], emits: Sequence[Emit]) -> None:
-    """Each changed client, product and contract once, then each changed health, in id order."""
+async def _announce(
+    conn: Conn, later: Deferred, changes: BatchChanges, health_before: dict[str, Health], emits: Sequence[Emit]
+) -> None:
+    """Each changed client, product and contract once, then each changed health, in id order.
+    The records and health are read back as written: the held writes are sent first."""
+    if changes.clients.changed or changes.contracts.changed or changes.watched:
+        await later.flush()
     changed_clients = changes.clients.changed
     if changed_clients:
         clients = await store.stripe_clients(conn, sorted(changed_clients))

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Conn
+from services.common.db import Conn, Deferred, Jsonb
 from services.common.errors import ConflictError
 from services.crm_export import decide, mapping
 from services.crm_export.crm_settings import CrmSettings, FieldMapping
@@ -323,11 +323,17 @@ _UPSERT_PAYMENT = """
 """
 
 
-async def write_changes(conn: Conn, changes: BatchChanges) -> None:
-    """The batch's rows, a pipelined statement per table; the WHERE guards still hold against a
-    replica that wrote meanwhile. A changed contract's lines are replaced."""
+def _jsonb(args: tuple[Any, ...], *positions: int) -> tuple[Any, ...]:
+    """`args` with those at `positions` (0-based) marked as jsonb for a held write (`db.Jsonb`)."""
+    return tuple(Jsonb(a) if n in positions and a is not None else a for n, a in enumerate(args))
+
+
+async def write_changes(conn: Deferred, changes: BatchChanges) -> None:
+    """The batch's rows, a statement per row (a pipeline at once, or held: `db.Deferred`: no
+    row count is read); the WHERE guards still hold against a replica that wrote meanwhile. A
+    changed contract's lines are replaced."""
     if changes.customers.rows:
-        await conn.executemany(_UPSERT_CUSTOMER, [_customer_args(row) for row in changes.customers.rows])
+        await conn.executemany(_UPSERT_CUSTOMER, [_jsonb(_customer_args(row), 3) for row in changes.customers.rows])
     if changes.subscriptions.rows:
         await conn.executemany(_UPSERT_SUBSCRIPTION, [_subscription_args(row) for row in changes.subscriptions.rows])
     if changes.payments:
@@ -335,9 +341,9 @@ async def write_changes(conn: Conn, changes: BatchChanges) -> None:
             _UPSERT_PAYMENT, [(p.invoice_id, p.stripe_customer_id, p.failed, p.paid) for p in changes.payments]
         )
     if changes.clients.rows:
-        await conn.executemany(_UPSERT_CLIENT, [_client_args(row) for row in changes.clients.rows])
+        await conn.executemany(_UPSERT_CLIENT, [_jsonb(_client_args(row), 9) for row in changes.clients.rows])
     if changes.products.rows:
-        await conn.executemany(_UPSERT_PRODUCT, [_product_args(row) for row in changes.products.rows])
+        await conn.executemany(_UPSERT_PRODUCT, [_jsonb(_product_args(row), 4, 6) for row in changes.products.rows])
     if changes.contracts.rows:
         await conn.executemany(_UPSERT_CONTRACT, [_contract_args(row) for row in changes.contracts.rows])
     changed = sorted(changes.contracts.changed)

@@ -123,7 +123,9 @@ async def apply(conn: Conn, items: Sequence[BatchItem]) -> None:
         raise RetryableError(f"{', '.join(raced[:5])} linked by another replica meanwhile; applying again")
     if await store.update_records(conn, list(updates.values())) != len(updates):
         raise RuntimeError("the store refused state older than it holds: the version rules were bypassed")
-    await store.add_history(conn, history)
+    # Nothing of the batch reads the audit rows back (the seen events were read first): they go
+    # with the COMMIT (`HandlerContext.later`). The update's row count is read, so it goes now.
+    await store.add_history(items[0].ctx.later, history)
 
 
 def _parse(item: BatchItem) -> _Incoming | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Conn
+from services.common.db import Conn, Writes
 from services.customer.mapping import (
     Address,
     CustomerRecord,
@@ -322,7 +322,7 @@ class HistoryEntry:
     event_created: int | None = None
 
 
-async def add_history(conn: Conn, entries: Sequence[HistoryEntry]) -> None:
+async def add_history(conn: Writes, entries: Sequence[HistoryEntry]) -> None:
     """Append audit rows in the given order; an event already recorded is not recorded twice."""
     if not entries:
         return
