@@ -895,17 +895,9 @@ def _claim_rows(work: Sequence[Delivery]) -> list[tuple[str, str, int | None]]:
 
 def _literal_rows(conn: Conn, rows: Sequence[tuple[str, str, int | None]]) -> str | None:
     """The claim's rows as a VALUES list of SQL literals, or None where literals cannot be
-    written safely (`db.literals_allowed`, `db.text_literal`): the claim is then a statement
+    written safely (`db.literals_allowed`, `db.values_literal`): the claim is then a statement
     with parameters."""
-    if not db.literals_allowed(conn):
-        return None
-    out = []
-    for event_id, event_type, sequence in rows:
-        quoted_id, quoted_type = db.text_literal(event_id), db.text_literal(event_type)
-        if quoted_id is None or quoted_type is None:
-            return None
-        out.append(f"({quoted_id}, {quoted_type}, {'NULL' if sequence is None else int(sequence)})")
-    return ", ".join(out)
+    return db.values_literal(rows) if db.literals_allowed(conn) else None
 
 
 async def _record_skipped(conn: Conn, skipped: Sequence[tuple[str, str]]) -> None:
@@ -937,16 +929,11 @@ def _last_writes(
             return None
         statements.append(insert)
     if skipped:
-        values = []
-        for event_id, outcome in skipped:
-            quoted_id, quoted_outcome = db.text_literal(event_id), db.text_literal(outcome)
-            if quoted_id is None or quoted_outcome is None:
-                return None
-            values.append(f"({quoted_id}, {quoted_outcome})")
+        if (values := db.values_literal(skipped)) is None:
+            return None
         statements.append(
-            "UPDATE processed_events p SET outcome = v.outcome FROM (VALUES "
-            + ", ".join(values)
-            + ") AS v(event_id, outcome) WHERE p.event_id = v.event_id"
+            f"UPDATE processed_events p SET outcome = v.outcome FROM (VALUES {values}) AS v(event_id, outcome) "
+            "WHERE p.event_id = v.event_id"
         )
     return "; ".join(statements)
 

@@ -232,6 +232,19 @@ def sql_literal(value: object) -> str | None:
     return None
 
 
+def values_literal(rows: Iterable[Sequence[object]]) -> str | None:
+    """Rows as a VALUES list of SQL literals (`sql_literal`), `(a, b), (c, d)`; None when a value
+    has no exact literal. Untyped literals take their types from where the list goes (an INSERT's
+    columns, a FROM's use), as parameters take theirs from the statement."""
+    out = []
+    for row in rows:
+        literals = [sql_literal(value) for value in row]
+        if any(literal is None for literal in literals):
+            return None
+        out.append("(" + ", ".join(literal for literal in literals if literal is not None) + ")")
+    return ", ".join(out)
+
+
 #: What `render` looks at in a statement: a quoted string or identifier (kept as it is), a comment
 #: (dropped: a text substituted into one could end it with a newline), a parameter `$n`.
 _TOKENS = re.compile(r"'[^']*'|\"[^\"]*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.DOTALL)

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.bus import Bus
-from services.common.db import UNAVAILABLE, Conn, bytea_literal, text_literal
+from services.common.db import UNAVAILABLE, Conn, values_literal
 from services.common.errors import PublishError
 from services.common.tracing import inject_headers
 
@@ -171,21 +171,12 @@ def insert_sql(rows: Sequence[OutboxRow]) -> str | None:
     `db.literals_allowed` first. A repeated msg_id is dropped as there; the caller hands every
     row to the relay, and one already in the table goes out again under its Nats-Msg-Id, which
     the stream and subscribers drop as a repeat."""
-    values = []
-    for r in rows:
-        subject, message_type, msg_id, headers = (
-            text_literal(r.subject),
-            text_literal(r.message_type),
-            text_literal(r.msg_id),
-            text_literal(r.headers),
-        )
-        if subject is None or message_type is None or msg_id is None or headers is None:
-            return None
-        values.append(f"({subject}, {message_type}, {msg_id}, {bytea_literal(r.payload)}, {headers}::jsonb)")
+    values = values_literal((r.subject, r.message_type, r.msg_id, r.payload, r.headers) for r in rows)
+    if values is None:
+        return None
     return (
-        "INSERT INTO outbox (subject, message_type, msg_id, payload, headers) VALUES "
-        + ", ".join(values)
-        + " ON CONFLICT (msg_id) DO NOTHING"
+        f"INSERT INTO outbox (subject, message_type, msg_id, payload, headers) VALUES {values} "
+        "ON CONFLICT (msg_id) DO NOTHING"
     )
 
 
